@@ -1,0 +1,330 @@
+//! What an edge ships: per-minute rollup rows and conversion rows, their
+//! Arrow schemas, and their encoding as compressed Arrow IPC streams.
+//!
+//! Rollups are keyed by `(minute, affiliate_id, campaign_id, sub1)` and carry
+//! counters, so their volume grows with keys rather than events.
+//! Conversions are few and carry money, so they ship one row each.
+
+use std::io::Cursor;
+use std::sync::{Arc, LazyLock};
+
+use arrow_array::builder::{Int64Builder, StringBuilder, TimestampMillisecondBuilder, UInt32Builder, UInt64Builder};
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Int64Type, TimestampMillisecondType, UInt32Type, UInt64Type};
+use arrow_array::{Array, ArrayRef, RecordBatch};
+use arrow_ipc::CompressionType;
+use arrow_ipc::reader::StreamReader;
+use arrow_ipc::writer::{IpcWriteOptions, StreamWriter};
+use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef, TimeUnit};
+
+use crate::event::{Event, EventKind};
+use crate::money::{Currency, Money};
+
+/// The key of a rollup row.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RollupKey {
+    /// Start of the minute, Unix milliseconds UTC.
+    pub minute_ms: i64,
+    pub affiliate_id: u32,
+    pub campaign_id: u32,
+    /// Empty when the event carried no sub1.
+    pub sub1: String,
+}
+
+/// Counters of one rollup row. Leads and sales are counted here and also
+/// shipped as [`ConversionRow`]s, which carry their money.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RollupCounts {
+    pub impressions: u64,
+    pub clicks: u64,
+    pub leads: u64,
+    pub sales: u64,
+}
+
+// === impl RollupCounts ===
+
+impl RollupCounts {
+    pub fn count(&mut self, kind: EventKind) {
+        match kind {
+            EventKind::Impression => self.impressions += 1,
+            EventKind::Click => self.clicks += 1,
+            EventKind::Lead => self.leads += 1,
+            EventKind::Sale => self.sales += 1,
+        }
+    }
+
+    /// Adds another row's counters. Counters are u64 and saturate: reaching
+    /// the bound would take centuries of traffic on one key.
+    pub fn merge(&mut self, other: &RollupCounts) {
+        self.impressions = self.impressions.saturating_add(other.impressions);
+        self.clicks = self.clicks.saturating_add(other.clicks);
+        self.leads = self.leads.saturating_add(other.leads);
+        self.sales = self.sales.saturating_add(other.sales);
+    }
+}
+
+/// One conversion as shipped by an edge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConversionRow {
+    pub time_ms: i64,
+    pub kind: EventKind,
+    pub affiliate_id: u32,
+    pub campaign_id: u32,
+    pub sub1: String,
+    pub money: Option<Money>,
+    pub order_id: Option<String>,
+    pub click_id: Option<String>,
+    pub event_id: Option<String>,
+}
+
+// === impl ConversionRow ===
+
+impl ConversionRow {
+    pub fn from_event(event: &Event) -> ConversionRow {
+        ConversionRow {
+            time_ms: event.time_ms,
+            kind: event.kind,
+            affiliate_id: event.affiliate_id,
+            campaign_id: event.campaign_id,
+            sub1: event.sub1().to_owned(),
+            money: event.money,
+            order_id: event.order_id.as_ref().map(|id| id.as_str().to_owned()),
+            click_id: event.click_id.as_ref().map(|id| id.as_str().to_owned()),
+            event_id: event.event_id.as_ref().map(|id| id.as_str().to_owned()),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BatchError {
+    #[error("arrow ipc: {0}")]
+    Arrow(#[from] ArrowError),
+    #[error("schema mismatch: {0}")]
+    Schema(String),
+    #[error("bad value in column {column}: {reason}")]
+    Value { column: &'static str, reason: String },
+}
+
+fn timestamp_utc() -> DataType {
+    DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into()))
+}
+
+/// Schema of shipped rollup rows.
+pub static ROLLUP_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        Field::new("minute", timestamp_utc(), false),
+        Field::new("affiliate_id", DataType::UInt32, false),
+        Field::new("campaign_id", DataType::UInt32, false),
+        Field::new("sub1", DataType::Utf8, false),
+        Field::new("impressions", DataType::UInt64, false),
+        Field::new("clicks", DataType::UInt64, false),
+        Field::new("leads", DataType::UInt64, false),
+        Field::new("sales", DataType::UInt64, false),
+    ]))
+});
+
+/// Schema of shipped conversion rows.
+pub static CONVERSION_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        Field::new("time", timestamp_utc(), false),
+        Field::new("kind", DataType::Utf8, false),
+        Field::new("affiliate_id", DataType::UInt32, false),
+        Field::new("campaign_id", DataType::UInt32, false),
+        Field::new("sub1", DataType::Utf8, false),
+        Field::new("amount_minor", DataType::Int64, true),
+        Field::new("currency", DataType::Utf8, true),
+        Field::new("order_id", DataType::Utf8, true),
+        Field::new("click_id", DataType::Utf8, true),
+        Field::new("event_id", DataType::Utf8, true),
+    ]))
+});
+
+/// Builds the Arrow batch of rollup rows.
+pub fn rollups_to_batch<'a>(rows: impl ExactSizeIterator<Item = (&'a RollupKey, &'a RollupCounts)>) -> RecordBatch {
+    let n_rows = rows.len();
+    let mut minute = TimestampMillisecondBuilder::with_capacity(n_rows).with_timezone("UTC");
+    let mut affiliate_id = UInt32Builder::with_capacity(n_rows);
+    let mut campaign_id = UInt32Builder::with_capacity(n_rows);
+    let mut sub1 = StringBuilder::with_capacity(n_rows, n_rows * 8);
+    let mut counters: [UInt64Builder; 4] = std::array::from_fn(|_| UInt64Builder::with_capacity(n_rows));
+    for (key, counts) in rows {
+        minute.append_value(key.minute_ms);
+        affiliate_id.append_value(key.affiliate_id);
+        campaign_id.append_value(key.campaign_id);
+        sub1.append_value(&key.sub1);
+        for (builder, value) in counters.iter_mut().zip([counts.impressions, counts.clicks, counts.leads, counts.sales])
+        {
+            builder.append_value(value);
+        }
+    }
+    let mut columns: Vec<ArrayRef> = vec![
+        Arc::new(minute.finish()),
+        Arc::new(affiliate_id.finish()),
+        Arc::new(campaign_id.finish()),
+        Arc::new(sub1.finish()),
+    ];
+    columns.extend(counters.iter_mut().map(|builder| Arc::new(builder.finish()) as ArrayRef));
+    // The columns are built above in schema order with matching types.
+    RecordBatch::try_new(ROLLUP_SCHEMA.clone(), columns).expect("columns follow ROLLUP_SCHEMA")
+}
+
+/// Reads rollup rows back from an Arrow batch of [`ROLLUP_SCHEMA`].
+pub fn rollups_from_batch(batch: &RecordBatch) -> Result<Vec<(RollupKey, RollupCounts)>, BatchError> {
+    check_schema(batch, &ROLLUP_SCHEMA)?;
+    let minute = batch.column(0).as_primitive::<TimestampMillisecondType>();
+    let affiliate_id = batch.column(1).as_primitive::<UInt32Type>();
+    let campaign_id = batch.column(2).as_primitive::<UInt32Type>();
+    let sub1 = batch.column(3).as_string::<i32>();
+    let counter = |column_idx: usize| batch.column(column_idx).as_primitive::<UInt64Type>();
+    let (impressions, clicks, leads, sales) = (counter(4), counter(5), counter(6), counter(7));
+    Ok((0..batch.num_rows())
+        .map(|row_idx| {
+            let key = RollupKey {
+                minute_ms: minute.value(row_idx),
+                affiliate_id: affiliate_id.value(row_idx),
+                campaign_id: campaign_id.value(row_idx),
+                sub1: sub1.value(row_idx).to_owned(),
+            };
+            let counts = RollupCounts {
+                impressions: impressions.value(row_idx),
+                clicks: clicks.value(row_idx),
+                leads: leads.value(row_idx),
+                sales: sales.value(row_idx),
+            };
+            (key, counts)
+        })
+        .collect())
+}
+
+/// Builds the Arrow batch of conversion rows.
+pub fn conversions_to_batch(rows: &[ConversionRow]) -> RecordBatch {
+    let n_rows = rows.len();
+    let mut time = TimestampMillisecondBuilder::with_capacity(n_rows).with_timezone("UTC");
+    let mut kind = StringBuilder::with_capacity(n_rows, n_rows * 5);
+    let mut affiliate_id = UInt32Builder::with_capacity(n_rows);
+    let mut campaign_id = UInt32Builder::with_capacity(n_rows);
+    let mut amount_minor = Int64Builder::with_capacity(n_rows);
+    let mut strings: [StringBuilder; 5] = std::array::from_fn(|_| StringBuilder::with_capacity(n_rows, n_rows * 16));
+    for row in rows {
+        time.append_value(row.time_ms);
+        kind.append_value(row.kind.as_str());
+        affiliate_id.append_value(row.affiliate_id);
+        campaign_id.append_value(row.campaign_id);
+        amount_minor.append_option(row.money.map(|money| money.minor_units));
+        let [sub1, currency, order_id, click_id, event_id] = &mut strings;
+        sub1.append_value(&row.sub1);
+        currency.append_option(row.money.map(|money| money.currency.code().to_owned()));
+        order_id.append_option(row.order_id.as_deref());
+        click_id.append_option(row.click_id.as_deref());
+        event_id.append_option(row.event_id.as_deref());
+    }
+    let [sub1, currency, order_id, click_id, event_id] = &mut strings;
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(time.finish()),
+        Arc::new(kind.finish()),
+        Arc::new(affiliate_id.finish()),
+        Arc::new(campaign_id.finish()),
+        Arc::new(sub1.finish()),
+        Arc::new(amount_minor.finish()),
+        Arc::new(currency.finish()),
+        Arc::new(order_id.finish()),
+        Arc::new(click_id.finish()),
+        Arc::new(event_id.finish()),
+    ];
+    // The columns are built above in schema order with matching types.
+    RecordBatch::try_new(CONVERSION_SCHEMA.clone(), columns).expect("columns follow CONVERSION_SCHEMA")
+}
+
+/// Reads conversion rows back from an Arrow batch of [`CONVERSION_SCHEMA`],
+/// checking again every rule the edge applied when it built them.
+pub fn conversions_from_batch(batch: &RecordBatch) -> Result<Vec<ConversionRow>, BatchError> {
+    check_schema(batch, &CONVERSION_SCHEMA)?;
+    let time = batch.column(0).as_primitive::<TimestampMillisecondType>();
+    let kind = batch.column(1).as_string::<i32>();
+    let affiliate_id = batch.column(2).as_primitive::<UInt32Type>();
+    let campaign_id = batch.column(3).as_primitive::<UInt32Type>();
+    let sub1 = batch.column(4).as_string::<i32>();
+    let amount_minor = batch.column(5).as_primitive::<Int64Type>();
+    let currency = batch.column(6).as_string::<i32>();
+    let optional = |column_idx: usize, row_idx: usize| {
+        let column = batch.column(column_idx).as_string::<i32>();
+        column.is_valid(row_idx).then(|| column.value(row_idx).to_owned())
+    };
+    let mut rows = Vec::with_capacity(batch.num_rows());
+    for row_idx in 0..batch.num_rows() {
+        let kind = EventKind::parse(kind.value(row_idx))
+            .filter(EventKind::is_conversion)
+            .ok_or_else(|| BatchError::Value { column: "kind", reason: "not a conversion kind".into() })?;
+        let money = match (amount_minor.is_valid(row_idx), currency.is_valid(row_idx)) {
+            (false, false) => None,
+            (true, true) => {
+                let currency = Currency::parse(currency.value(row_idx))
+                    .map_err(|error| BatchError::Value { column: "currency", reason: error.to_string() })?;
+                let minor_units = amount_minor.value(row_idx);
+                if !(0..=crate::money::AMOUNT_MINOR_MAX).contains(&minor_units) {
+                    return Err(BatchError::Value {
+                        column: "amount_minor",
+                        reason: format!("{minor_units} out of bounds"),
+                    });
+                }
+                Some(Money { minor_units, currency })
+            }
+            _ => {
+                return Err(BatchError::Value {
+                    column: "amount_minor",
+                    reason: "amount and currency must both be set".into(),
+                });
+            }
+        };
+        rows.push(ConversionRow {
+            time_ms: time.value(row_idx),
+            kind,
+            affiliate_id: affiliate_id.value(row_idx),
+            campaign_id: campaign_id.value(row_idx),
+            sub1: sub1.value(row_idx).to_owned(),
+            money,
+            order_id: optional(7, row_idx),
+            click_id: optional(8, row_idx),
+            event_id: optional(9, row_idx),
+        });
+    }
+    Ok(rows)
+}
+
+fn check_schema(batch: &RecordBatch, expect: &Schema) -> Result<(), BatchError> {
+    let actual = batch.schema();
+    let same = actual.fields().len() == expect.fields().len()
+        && actual.fields().iter().zip(expect.fields()).all(|(actual, expect)| {
+            actual.name() == expect.name()
+                && actual.data_type() == expect.data_type()
+                && (expect.is_nullable() || !actual.is_nullable())
+        });
+    if !same {
+        return Err(BatchError::Schema(format!("expected {expect:?}, got {actual:?}")));
+    }
+    // A non-nullable field can still carry nulls in a hand-made IPC stream.
+    for (column, field) in batch.columns().iter().zip(expect.fields()) {
+        if !field.is_nullable() && column.null_count() > 0 {
+            return Err(BatchError::Value { column: "non-nullable", reason: format!("{} has nulls", field.name()) });
+        }
+    }
+    Ok(())
+}
+
+/// Encodes one batch as an Arrow IPC stream with zstd-compressed buffers.
+pub fn encode_ipc(batch: &RecordBatch) -> Result<Vec<u8>, BatchError> {
+    let options = IpcWriteOptions::default().try_with_compression(Some(CompressionType::ZSTD))?;
+    let mut writer = StreamWriter::try_new_with_options(Vec::new(), batch.schema_ref(), options)?;
+    writer.write(batch)?;
+    writer.finish()?;
+    Ok(writer.into_inner()?)
+}
+
+/// Decodes an Arrow IPC stream into its batches.
+pub fn decode_ipc(bytes: &[u8]) -> Result<Vec<RecordBatch>, BatchError> {
+    let reader = StreamReader::try_new(Cursor::new(bytes), None)?;
+    Ok(reader.collect::<Result<Vec<_>, _>>()?)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,59 @@
+//! Round trips of rollup and conversion rows through compressed Arrow IPC.
+
+use super::*;
+
+fn key(minute_ms: i64, affiliate_id: u32, sub1: &str) -> RollupKey {
+    RollupKey { minute_ms, affiliate_id, campaign_id: 9, sub1: sub1.to_owned() }
+}
+
+#[test]
+fn rollups_round_trip() {
+    let rows = vec![
+        (key(60_000, 1, ""), RollupCounts { impressions: 5, clicks: 2, leads: 1, sales: 0 }),
+        (key(120_000, 2, "fb"), RollupCounts { impressions: 0, clicks: 0, leads: 0, sales: u64::MAX }),
+    ];
+    let bytes = encode_ipc(&rollups_to_batch(rows.iter().map(|(k, c)| (k, c)))).unwrap();
+    let batches = decode_ipc(&bytes).unwrap();
+    assert_eq!(batches.len(), 1);
+    assert_eq!(rollups_from_batch(&batches[0]).unwrap(), rows);
+}
+
+#[test]
+fn conversions_round_trip() {
+    let usd = Currency::parse("USD").unwrap();
+    let rows = vec![
+        ConversionRow {
+            time_ms: 61_000,
+            kind: EventKind::Sale,
+            affiliate_id: 3,
+            campaign_id: 4,
+            sub1: "x".into(),
+            money: Some(Money { minor_units: 1234, currency: usd }),
+            order_id: Some("o-1".into()),
+            click_id: None,
+            event_id: Some("e1".into()),
+        },
+        ConversionRow {
+            time_ms: 62_000,
+            kind: EventKind::Lead,
+            affiliate_id: 3,
+            campaign_id: 4,
+            sub1: String::new(),
+            money: None,
+            order_id: None,
+            click_id: Some("c".into()),
+            event_id: None,
+        },
+    ];
+    let bytes = encode_ipc(&conversions_to_batch(&rows)).unwrap();
+    let batches = decode_ipc(&bytes).unwrap();
+    assert_eq!(conversions_from_batch(&batches[0]).unwrap(), rows);
+}
+
+#[test]
+fn wrong_schema_is_refused() {
+    let rows = [(key(0, 1, ""), RollupCounts::default())];
+    let rollups = rollups_to_batch(rows.iter().map(|(k, c)| (k, c)));
+    assert!(matches!(conversions_from_batch(&rollups), Err(BatchError::Schema(_))));
+    assert!(decode_ipc(b"not arrow").is_err());
+}

@@ -1,0 +1,213 @@
+//! The binary frame that carries one sealed batch from an edge to the
+//! aggregator, and the acknowledgement that answers it.
+//!
+//! A frame is a fixed 48-byte little-endian header followed by two Arrow IPC
+//! streams (rollups, then conversions):
+//!
+//! ```text
+//! magic "ETB1" | version u16 | reserved u16 | edge_id u32 | epoch u64 |
+//! sequence u64 | n_rollup_rows u32 | n_conversion_rows u32 |
+//! rollups_len u32 | conversions_len u32 | crc32 u32 | payloads
+//! ```
+//!
+//! The CRC-32 covers the header up to the CRC field and both payloads, so a
+//! frame torn or altered anywhere is refused before any Arrow decoding.
+
+use bytes::{Buf, BufMut, Bytes};
+
+/// ALPN protocol of the edge-to-aggregator QUIC link; bumped with
+/// [`FRAME_VERSION`] when either side could not read the other.
+pub const ALPN: &[u8] = b"edgetally/1";
+
+pub const FRAME_MAGIC: [u8; 4] = *b"ETB1";
+pub const ACK_MAGIC: [u8; 4] = *b"ETA1";
+pub const FRAME_VERSION: u16 = 1;
+pub const FRAME_HEADER_LEN: usize = 48;
+pub const ACK_LEN: usize = 28;
+
+/// The largest frame the aggregator reads. A 250 ms batch of one busy edge
+/// holds at most tens of thousands of rollup keys (a few MiB compressed);
+/// 64 MiB bounds the memory one misbehaving edge can make the aggregator
+/// allocate per stream.
+pub const FRAME_BYTES_MAX: usize = 64 * 1024 * 1024;
+
+const _: () = assert!(FRAME_HEADER_LEN < FRAME_BYTES_MAX);
+const _: () = assert!(FRAME_BYTES_MAX <= u32::MAX as usize);
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    #[error("frame too short: {len} bytes, header is {FRAME_HEADER_LEN}")]
+    TooShort { len: usize },
+    #[error("frame too large: {len} bytes, limit is {FRAME_BYTES_MAX}")]
+    TooLarge { len: usize },
+    #[error("bad magic")]
+    BadMagic,
+    #[error("unsupported frame version {0}")]
+    Version(u16),
+    #[error("length mismatch: header announces {announced} payload bytes, frame has {actual}")]
+    Length { announced: usize, actual: usize },
+    #[error("crc mismatch: header says {expected:#010x}, content is {actual:#010x}")]
+    Crc { expected: u32, actual: u32 },
+    #[error("bad ack status {0}")]
+    AckStatus(u8),
+}
+
+/// One sealed batch of one edge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchFrame {
+    pub edge_id: u32,
+    /// Bumped each time the edge starts; sequence numbers restart per epoch.
+    pub epoch: u64,
+    /// Starts at 1 within an epoch and grows by one per sealed batch.
+    pub sequence: u64,
+    pub n_rollup_rows: u32,
+    pub n_conversion_rows: u32,
+    pub rollups_ipc: Bytes,
+    pub conversions_ipc: Bytes,
+}
+
+// === impl BatchFrame ===
+
+impl BatchFrame {
+    pub fn encoded_len(&self) -> usize {
+        FRAME_HEADER_LEN + self.rollups_ipc.len() + self.conversions_ipc.len()
+    }
+
+    pub fn encode(&self) -> Result<Vec<u8>, FrameError> {
+        let len = self.encoded_len();
+        if len > FRAME_BYTES_MAX {
+            return Err(FrameError::TooLarge { len });
+        }
+        let mut out = Vec::with_capacity(len);
+        out.put_slice(&FRAME_MAGIC);
+        out.put_u16_le(FRAME_VERSION);
+        out.put_u16_le(0);
+        out.put_u32_le(self.edge_id);
+        out.put_u64_le(self.epoch);
+        out.put_u64_le(self.sequence);
+        out.put_u32_le(self.n_rollup_rows);
+        out.put_u32_le(self.n_conversion_rows);
+        // Both fit: their sum is checked against FRAME_BYTES_MAX above.
+        out.put_u32_le(self.rollups_ipc.len() as u32);
+        out.put_u32_le(self.conversions_ipc.len() as u32);
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&out);
+        crc.update(&self.rollups_ipc);
+        crc.update(&self.conversions_ipc);
+        out.put_u32_le(crc.finalize());
+        out.put_slice(&self.rollups_ipc);
+        out.put_slice(&self.conversions_ipc);
+        debug_assert_eq!(out.len(), len);
+        Ok(out)
+    }
+
+    pub fn decode(frame: Bytes) -> Result<BatchFrame, FrameError> {
+        let len = frame.len();
+        if len < FRAME_HEADER_LEN {
+            return Err(FrameError::TooShort { len });
+        }
+        if len > FRAME_BYTES_MAX {
+            return Err(FrameError::TooLarge { len });
+        }
+        let mut header = &frame[..FRAME_HEADER_LEN];
+        if header.copy_to_bytes(4)[..] != FRAME_MAGIC {
+            return Err(FrameError::BadMagic);
+        }
+        let version = header.get_u16_le();
+        if version != FRAME_VERSION {
+            return Err(FrameError::Version(version));
+        }
+        let _reserved = header.get_u16_le();
+        let edge_id = header.get_u32_le();
+        let epoch = header.get_u64_le();
+        let sequence = header.get_u64_le();
+        let n_rollup_rows = header.get_u32_le();
+        let n_conversion_rows = header.get_u32_le();
+        let rollups_len = header.get_u32_le() as usize;
+        let conversions_len = header.get_u32_le() as usize;
+        let expected = header.get_u32_le();
+        let announced = rollups_len + conversions_len;
+        let actual = len - FRAME_HEADER_LEN;
+        if announced != actual {
+            return Err(FrameError::Length { announced, actual });
+        }
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&frame[..FRAME_HEADER_LEN - 4]);
+        crc.update(&frame[FRAME_HEADER_LEN..]);
+        let actual = crc.finalize();
+        if actual != expected {
+            return Err(FrameError::Crc { expected, actual });
+        }
+        let rollups_end = FRAME_HEADER_LEN + rollups_len;
+        Ok(BatchFrame {
+            edge_id,
+            epoch,
+            sequence,
+            n_rollup_rows,
+            n_conversion_rows,
+            rollups_ipc: frame.slice(FRAME_HEADER_LEN..rollups_end),
+            conversions_ipc: frame.slice(rollups_end..),
+        })
+    }
+}
+
+/// What the aggregator did with a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckStatus {
+    /// Applied now.
+    Apply,
+    /// At or below the edge's high-water mark: applied before, not again.
+    Skip,
+    /// Refused as malformed; resending the same bytes cannot succeed.
+    Refuse,
+}
+
+/// The aggregator's answer to one batch, by sequence number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ack {
+    pub edge_id: u32,
+    pub epoch: u64,
+    pub sequence: u64,
+    pub status: AckStatus,
+}
+
+// === impl Ack ===
+
+impl Ack {
+    pub fn encode(&self) -> [u8; ACK_LEN] {
+        let mut out = [0u8; ACK_LEN];
+        let mut buf = &mut out[..];
+        buf.put_slice(&ACK_MAGIC);
+        buf.put_u32_le(self.edge_id);
+        buf.put_u64_le(self.epoch);
+        buf.put_u64_le(self.sequence);
+        buf.put_u8(match self.status {
+            AckStatus::Apply => 0,
+            AckStatus::Skip => 1,
+            AckStatus::Refuse => 2,
+        });
+        out
+    }
+
+    pub fn decode(mut bytes: &[u8]) -> Result<Ack, FrameError> {
+        if bytes.len() != ACK_LEN {
+            return Err(FrameError::Length { announced: ACK_LEN, actual: bytes.len() });
+        }
+        if bytes.copy_to_bytes(4)[..] != ACK_MAGIC {
+            return Err(FrameError::BadMagic);
+        }
+        let edge_id = bytes.get_u32_le();
+        let epoch = bytes.get_u64_le();
+        let sequence = bytes.get_u64_le();
+        let status = match bytes.get_u8() {
+            0 => AckStatus::Apply,
+            1 => AckStatus::Skip,
+            2 => AckStatus::Refuse,
+            other => return Err(FrameError::AckStatus(other)),
+        };
+        Ok(Ack { edge_id, epoch, sequence, status })
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,51 @@
+//! Frame and ack codec cases.
+
+use super::*;
+
+fn sample() -> BatchFrame {
+    BatchFrame {
+        edge_id: 7,
+        epoch: 3,
+        sequence: 42,
+        n_rollup_rows: 2,
+        n_conversion_rows: 1,
+        rollups_ipc: Bytes::from_static(b"rollups"),
+        conversions_ipc: Bytes::from_static(b"conv"),
+    }
+}
+
+#[test]
+fn round_trip() {
+    let encoded = sample().encode().unwrap();
+    assert_eq!(encoded.len(), FRAME_HEADER_LEN + 11);
+    assert_eq!(BatchFrame::decode(Bytes::from(encoded)).unwrap(), sample());
+}
+
+#[test]
+fn every_flipped_byte_is_detected() {
+    let encoded = sample().encode().unwrap();
+    for byte_idx in 0..encoded.len() {
+        let mut corrupt = encoded.clone();
+        corrupt[byte_idx] ^= 0x01;
+        assert!(BatchFrame::decode(Bytes::from(corrupt)).is_err(), "flip at {byte_idx} passed");
+    }
+}
+
+#[test]
+fn truncation_is_detected() {
+    let encoded = sample().encode().unwrap();
+    for len in 0..encoded.len() {
+        assert!(BatchFrame::decode(Bytes::copy_from_slice(&encoded[..len])).is_err(), "{len} bytes passed");
+    }
+}
+
+#[test]
+fn ack_round_trip() {
+    for status in [AckStatus::Apply, AckStatus::Skip, AckStatus::Refuse] {
+        let ack = Ack { edge_id: 1, epoch: 2, sequence: u64::MAX, status };
+        assert_eq!(Ack::decode(&ack.encode()).unwrap(), ack);
+    }
+    let mut bad = Ack { edge_id: 1, epoch: 2, sequence: 3, status: AckStatus::Apply }.encode();
+    bad[24] = 9;
+    assert_eq!(Ack::decode(&bad), Err(FrameError::AckStatus(9)));
+}
