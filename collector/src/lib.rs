@@ -1,0 +1,116 @@
+//! The EdgeTally edge collector.
+//!
+//! It answers pixel and event requests over HTTP ([`http`]), parses them
+//! ([`ingest`]), validates them with the protocol's rules, counts them per
+//! `(minute, affiliate_id, campaign_id, sub1)` in memory ([`tally`]) and ships
+//! sealed batches to the aggregator over QUIC ([`uplink`]). It links no query
+//! engine and no Flight server: edge hosts are small and many.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+mod http;
+pub mod ingest;
+mod metrics;
+pub mod tally;
+mod uplink;
+
+pub use http::PIXEL_GIF;
+pub use tally::TallyLimits;
+pub use uplink::UplinkError;
+
+/// Default flush interval: a batch is sealed four times a second, so a
+/// pixel reaches the aggregator well within a second.
+pub const FLUSH_INTERVAL_DEFAULT: Duration = Duration::from_millis(250);
+
+/// Default largest `POST /v1/events` body: 1 MiB holds thousands of events,
+/// and bounds the memory of one request.
+pub const BODY_BYTES_MAX_DEFAULT: usize = 1024 * 1024;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub http_listen: SocketAddr,
+    pub aggregator_addr: SocketAddr,
+    /// PEM file with the certificate (or its CA) that the aggregator's QUIC
+    /// endpoint presents.
+    pub aggregator_cert: PathBuf,
+    pub aggregator_server_name: String,
+    pub edge_id: u32,
+    pub flush_interval: Duration,
+    pub body_bytes_max: usize,
+    pub tally_limits: TallyLimits,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("binding http listener on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("uplink: {0}")]
+    Uplink(#[from] UplinkError),
+}
+
+/// Resolves once `shutdown` turns true (or its sender is gone), without
+/// holding the watch guard across an await.
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}
+
+/// A running collector.
+pub struct Collector {
+    http_addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    http_task: JoinHandle<()>,
+    uplink_task: JoinHandle<()>,
+}
+
+// === impl Collector ===
+
+impl Collector {
+    pub async fn start(config: Config) -> Result<Collector, Error> {
+        let listener = TcpListener::bind(config.http_listen)
+            .await
+            .map_err(|source| Error::Bind { addr: config.http_listen, source })?;
+        let http_addr = listener.local_addr().map_err(|source| Error::Bind { addr: config.http_listen, source })?;
+        // The epoch only has to grow across restarts of one edge; start time
+        // in milliseconds does, short of a clock set back.
+        let epoch = SystemTime::now().duration_since(UNIX_EPOCH).map_or(1, |elapsed| elapsed.as_millis() as u64);
+        let uplink = uplink::Uplink::new(uplink::UplinkConfig {
+            aggregator_addr: config.aggregator_addr,
+            aggregator_cert: &config.aggregator_cert,
+            aggregator_server_name: config.aggregator_server_name.clone(),
+            edge_id: config.edge_id,
+            epoch,
+            flush_interval: config.flush_interval,
+        })?;
+        let tally = Arc::new(tally::Tally::new(config.tally_limits));
+        let metrics = Arc::new(metrics::Metrics::new());
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let ingress = Arc::new(http::Ingress {
+            tally: tally.clone(),
+            metrics: metrics.clone(),
+            body_bytes_max: config.body_bytes_max,
+        });
+        let http_task = tokio::spawn(http::serve(listener, ingress, shutdown_rx.clone()));
+        let uplink_task = tokio::spawn(uplink.run(tally, metrics, shutdown_rx));
+        tracing::info!(http = %http_addr, edge_id = config.edge_id, epoch, aggregator = %config.aggregator_addr, "Collector started.");
+        Ok(Collector { http_addr, shutdown, http_task, uplink_task })
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// Stops accepting, lets in-flight requests finish, then ships what is
+    /// left for a bounded time.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.http_task.await;
+        let _ = self.uplink_task.await;
+    }
+}

@@ -1,0 +1,84 @@
+//! The `edgetally-collector` binary: flags, logging, signals.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use edgetally_collector::{BODY_BYTES_MAX_DEFAULT, Collector, Config, TallyLimits};
+
+#[derive(Debug, Parser)]
+#[command(name = "edgetally-collector", version, about = "EdgeTally edge collector")]
+struct Args {
+    /// Directory for the collector's state; `collector.json` with the bound
+    /// addresses is written here once the collector is listening.
+    #[arg(long, env = "EDGETALLY_COLLECTOR_DATA_DIR")]
+    data_dir: PathBuf,
+    /// Address of the HTTP listener (port 0 picks a free port).
+    #[arg(long, env = "EDGETALLY_COLLECTOR_HTTP_LISTEN", default_value = "127.0.0.1:8080")]
+    http_listen: SocketAddr,
+    /// QUIC address of the aggregator.
+    #[arg(long, env = "EDGETALLY_COLLECTOR_AGGREGATOR_ADDR", default_value = "127.0.0.1:7443")]
+    aggregator_addr: SocketAddr,
+    /// PEM certificate the aggregator presents (its `quic-cert.pem`), or the
+    /// CA that signed it.
+    #[arg(long, env = "EDGETALLY_COLLECTOR_AGGREGATOR_CERT")]
+    aggregator_cert: PathBuf,
+    /// Name checked against the aggregator's certificate.
+    #[arg(long, env = "EDGETALLY_COLLECTOR_AGGREGATOR_SERVER_NAME", default_value = "localhost")]
+    aggregator_server_name: String,
+    /// This edge's id, unique among the edges of one aggregator.
+    #[arg(long, env = "EDGETALLY_COLLECTOR_EDGE_ID", default_value_t = 1)]
+    edge_id: u32,
+    /// How often a batch is sealed and shipped, in milliseconds.
+    #[arg(long, env = "EDGETALLY_COLLECTOR_FLUSH_INTERVAL_MS", default_value_t = 250)]
+    flush_interval_ms: u64,
+    /// Largest accepted `POST /v1/events` body, in bytes.
+    #[arg(long, env = "EDGETALLY_COLLECTOR_BODY_BYTES_MAX", default_value_t = BODY_BYTES_MAX_DEFAULT)]
+    body_bytes_max: usize,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    std::fs::create_dir_all(&args.data_dir).with_context(|| format!("creating {}", args.data_dir.display()))?;
+    let config = Config {
+        http_listen: args.http_listen,
+        aggregator_addr: args.aggregator_addr,
+        aggregator_cert: args.aggregator_cert,
+        aggregator_server_name: args.aggregator_server_name,
+        edge_id: args.edge_id,
+        flush_interval: Duration::from_millis(args.flush_interval_ms.max(1)),
+        body_bytes_max: args.body_bytes_max,
+        tally_limits: TallyLimits::default(),
+    };
+    let collector = Collector::start(config).await?;
+    let addrs = serde_json::json!({ "http": collector.http_addr().to_string() });
+    write_atomic(&args.data_dir.join("collector.json"), addrs.to_string().as_bytes())?;
+    wait_for_signal().await?;
+    tracing::info!("Shutting down.");
+    collector.shutdown().await;
+    Ok(())
+}
+
+fn write_atomic(path: &std::path::Path, contents: &[u8]) -> anyhow::Result<()> {
+    let temp = path.with_extension("tmp");
+    std::fs::write(&temp, contents).with_context(|| format!("writing {}", temp.display()))?;
+    std::fs::rename(&temp, path).with_context(|| format!("renaming to {}", path.display()))?;
+    Ok(())
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,135 @@
+//! Pre-aggregation: counters per `(minute, affiliate_id, campaign_id, sub1)`
+//! and conversion rows, held in memory until the uplink seals them.
+//!
+//! Memory is bounded by two limits. When either is reached, new keys and new
+//! conversions are refused (the HTTP layer answers `503` or counts the pixel
+//! as shed), while events for keys already held keep counting: a full tally
+//! never drops what it has accepted.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use edgetally_protocol::{ConversionRow, Event, RollupCounts, RollupKey};
+
+#[derive(Debug, Clone, Copy)]
+pub struct TallyLimits {
+    /// Most distinct rollup keys held unsealed. A key with its counters is
+    /// about 100 bytes, so the default bounds rollups to about 100 MiB, which
+    /// only a long aggregator outage with very many keys reaches.
+    pub rollup_keys_max: usize,
+    /// Most conversion rows held unsealed, about 200 bytes each: 40 MiB.
+    pub conversions_max: usize,
+    /// Most rows of each kind put into one sealed batch, which keeps a frame
+    /// well under the aggregator's frame size limit.
+    pub batch_rows_max: usize,
+}
+
+impl Default for TallyLimits {
+    fn default() -> TallyLimits {
+        TallyLimits { rollup_keys_max: 1_000_000, conversions_max: 200_000, batch_rows_max: 100_000 }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TallyError {
+    #[error("rollup keys full: limit is {0}")]
+    KeysFull(usize),
+    #[error("conversion rows full: limit is {0}")]
+    ConversionsFull(usize),
+}
+
+#[derive(Default)]
+struct Unsealed {
+    rollups: HashMap<RollupKey, RollupCounts>,
+    conversions: Vec<ConversionRow>,
+}
+
+/// What one seal takes out of the tally.
+#[derive(Debug, Default)]
+pub struct Sealed {
+    pub rollups: Vec<(RollupKey, RollupCounts)>,
+    pub conversions: Vec<ConversionRow>,
+}
+
+pub struct Tally {
+    limits: TallyLimits,
+    unsealed: Mutex<Unsealed>,
+}
+
+// === impl Tally ===
+
+impl Tally {
+    pub fn new(limits: TallyLimits) -> Tally {
+        Tally { limits, unsealed: Mutex::new(Unsealed::default()) }
+    }
+
+    /// Counts one validated event.
+    pub fn record(&self, event: &Event) -> Result<(), TallyError> {
+        let key = RollupKey {
+            minute_ms: event.minute_ms(),
+            affiliate_id: event.affiliate_id,
+            campaign_id: event.campaign_id,
+            sub1: event.sub1().to_owned(),
+        };
+        let mut unsealed = self.lock();
+        let n_keys = unsealed.rollups.len();
+        let is_conversion = event.kind.is_conversion();
+        if is_conversion && unsealed.conversions.len() >= self.limits.conversions_max {
+            return Err(TallyError::ConversionsFull(self.limits.conversions_max));
+        }
+        match unsealed.rollups.get_mut(&key) {
+            Some(counts) => counts.count(event.kind),
+            None if n_keys >= self.limits.rollup_keys_max => {
+                return Err(TallyError::KeysFull(self.limits.rollup_keys_max));
+            }
+            None => unsealed.rollups.entry(key).or_default().count(event.kind),
+        }
+        if is_conversion {
+            unsealed.conversions.push(ConversionRow::from_event(event));
+        }
+        Ok(())
+    }
+
+    /// Takes up to `batch_rows_max` rows of each kind out of the tally.
+    pub fn seal(&self) -> Sealed {
+        let mut unsealed = self.lock();
+        let n_take = unsealed.rollups.len().min(self.limits.batch_rows_max);
+        let rollups = if n_take == unsealed.rollups.len() {
+            std::mem::take(&mut unsealed.rollups).into_iter().collect()
+        } else {
+            let keys: Vec<RollupKey> = unsealed.rollups.keys().take(n_take).cloned().collect();
+            keys.into_iter()
+                .map(|key| {
+                    // The keys were just read from this map under the same lock.
+                    let counts = unsealed.rollups.remove(&key).expect("key present");
+                    (key, counts)
+                })
+                .collect()
+        };
+        let n_take = unsealed.conversions.len().min(self.limits.batch_rows_max);
+        let conversions = unsealed.conversions.drain(..n_take).collect();
+        Sealed { rollups, conversions }
+    }
+
+    /// Held rollup keys and conversion rows.
+    pub fn len(&self) -> (usize, usize) {
+        let unsealed = self.lock();
+        (unsealed.rollups.len(), unsealed.conversions.len())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Unsealed> {
+        // No code path panics while holding this lock, so it is never
+        // poisoned; if it were, the counts would still be consistent because
+        // every update is a single map or vector operation.
+        self.unsealed.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl Sealed {
+    pub fn is_empty(&self) -> bool {
+        self.rollups.is_empty() && self.conversions.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests;

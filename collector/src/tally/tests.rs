@@ -1,0 +1,92 @@
+//! Tally counting, bounds and sealing.
+
+use std::borrow::Cow;
+
+use edgetally_protocol::EventKind;
+use edgetally_protocol::event::RawEvent;
+
+use super::*;
+
+const NOW_MS: i64 = 1_790_000_000_000;
+
+fn event(kind: &str, affiliate_id: &str, sub1: &str, time_ms: i64) -> Event {
+    let mut raw = RawEvent {
+        kind: Some(Cow::Borrowed(kind)),
+        affiliate_id: Some(Cow::Borrowed(affiliate_id)),
+        campaign_id: Some(Cow::Borrowed("5")),
+        time: Some(Cow::Owned(time_ms.to_string())),
+        ..RawEvent::default()
+    };
+    raw.subs[0] = Some(Cow::Borrowed(sub1));
+    if kind == "sale" {
+        raw.amount = Some(Cow::Borrowed("9.99"));
+        raw.currency = Some(Cow::Borrowed("EUR"));
+    }
+    Event::validate(&raw, None, NOW_MS).unwrap()
+}
+
+#[test]
+fn counts_per_key_and_seals_everything() {
+    let tally = Tally::new(TallyLimits::default());
+    for _ in 0..3 {
+        tally.record(&event("impression", "1", "a", NOW_MS)).unwrap();
+    }
+    tally.record(&event("click", "1", "a", NOW_MS)).unwrap();
+    tally.record(&event("impression", "1", "b", NOW_MS)).unwrap();
+    tally.record(&event("impression", "1", "a", NOW_MS - 60_000)).unwrap();
+    tally.record(&event("sale", "2", "", NOW_MS)).unwrap();
+    assert_eq!(tally.len(), (4, 1));
+    let mut sealed = tally.seal();
+    sealed.rollups.sort_by(|left, right| left.0.cmp(&right.0));
+    let counts: Vec<(u32, &str, i64, RollupCounts)> = sealed
+        .rollups
+        .iter()
+        .map(|(key, counts)| (key.affiliate_id, key.sub1.as_str(), key.minute_ms, *counts))
+        .collect();
+    let minute = NOW_MS / 60_000 * 60_000;
+    assert_eq!(
+        counts,
+        vec![
+            (1, "a", minute - 60_000, RollupCounts { impressions: 1, ..Default::default() }),
+            (1, "a", minute, RollupCounts { impressions: 3, clicks: 1, ..Default::default() }),
+            (1, "b", minute, RollupCounts { impressions: 1, ..Default::default() }),
+            (2, "", minute, RollupCounts { sales: 1, ..Default::default() }),
+        ]
+    );
+    assert_eq!(sealed.conversions.len(), 1);
+    assert_eq!(sealed.conversions[0].kind, EventKind::Sale);
+    assert_eq!(sealed.conversions[0].money.unwrap().minor_units, 999);
+    assert!(tally.seal().is_empty());
+}
+
+#[test]
+fn full_tally_refuses_new_keys_but_counts_known_ones() {
+    let limits = TallyLimits { rollup_keys_max: 2, conversions_max: 1, batch_rows_max: 10 };
+    let tally = Tally::new(limits);
+    tally.record(&event("impression", "1", "", NOW_MS)).unwrap();
+    tally.record(&event("impression", "2", "", NOW_MS)).unwrap();
+    assert_eq!(tally.record(&event("impression", "3", "", NOW_MS)), Err(TallyError::KeysFull(2)));
+    tally.record(&event("impression", "1", "", NOW_MS)).unwrap();
+    tally.record(&event("sale", "1", "", NOW_MS)).unwrap();
+    assert_eq!(tally.record(&event("sale", "1", "", NOW_MS)), Err(TallyError::ConversionsFull(1)));
+    let sealed = tally.seal();
+    let impressions: u64 = sealed.rollups.iter().map(|(_, counts)| counts.impressions).sum();
+    assert_eq!(impressions, 3);
+    assert_eq!(sealed.conversions.len(), 1);
+}
+
+#[test]
+fn seal_takes_at_most_batch_rows_max() {
+    let limits = TallyLimits { rollup_keys_max: 100, conversions_max: 100, batch_rows_max: 2 };
+    let tally = Tally::new(limits);
+    for affiliate_id in 1..=5 {
+        tally.record(&event("sale", &affiliate_id.to_string(), "", NOW_MS)).unwrap();
+    }
+    let sizes: Vec<(usize, usize)> = (0..4)
+        .map(|_| {
+            let sealed = tally.seal();
+            (sealed.rollups.len(), sealed.conversions.len())
+        })
+        .collect();
+    assert_eq!(sizes, vec![(2, 2), (2, 2), (1, 1), (0, 0)]);
+}

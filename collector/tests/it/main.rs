@@ -1,0 +1,5 @@
+//! Collector tests against the real `edgetally-collector` binary on a
+//! loopback port, spoken to over real HTTP.
+
+mod malformed;
+mod support;
