@@ -1,0 +1,63 @@
+//! The generated identity is created once, private, and reused.
+
+use std::os::unix::fs::PermissionsExt;
+
+use super::*;
+
+fn config(data_dir: &Path) -> Config {
+    Config {
+        data_dir: data_dir.to_owned(),
+        quic_listen: "127.0.0.1:0".parse().unwrap(),
+        flight_listen: "127.0.0.1:0".parse().unwrap(),
+        tls_cert: None,
+        tls_key: None,
+        tls_names: vec!["edge.example".into(), "localhost".into()],
+    }
+}
+
+#[test]
+fn generated_once_then_reused() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path());
+    let first = load_or_generate(&config).unwrap();
+    assert_eq!(first.cert_path, dir.path().join(CERT_FILE_NAME));
+    assert!(first.cert_path.is_absolute());
+    let key_path = dir.path().join(KEY_FILE_NAME);
+    assert_eq!(fs::metadata(&key_path).unwrap().permissions().mode() & 0o777, 0o600);
+    let cert_pem = fs::read(&first.cert_path).unwrap();
+    let key_pem = fs::read(&key_path).unwrap();
+
+    let second = load_or_generate(&config).unwrap();
+    assert_eq!(second.cert_chain, first.cert_chain);
+    assert_eq!(fs::read(&second.cert_path).unwrap(), cert_pem);
+    assert_eq!(fs::read(&key_path).unwrap(), key_pem);
+    let n_files = fs::read_dir(dir.path()).unwrap().count();
+    assert_eq!(n_files, 2, "no temp files are left behind");
+}
+
+#[test]
+fn lone_file_is_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path());
+    fs::write(dir.path().join(CERT_FILE_NAME), "stale").unwrap();
+    let identity = load_or_generate(&config).unwrap();
+    assert_eq!(identity.cert_chain.len(), 1);
+}
+
+#[test]
+fn operator_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let generated = load_or_generate(&config(dir.path())).unwrap();
+    let other_dir = tempfile::tempdir().unwrap();
+    let mut config = config(other_dir.path());
+    config.tls_cert = Some(dir.path().join(CERT_FILE_NAME));
+    config.tls_key = Some(dir.path().join(KEY_FILE_NAME));
+    let loaded = load_or_generate(&config).unwrap();
+    assert_eq!(loaded.cert_chain, generated.cert_chain);
+    assert_eq!(fs::read_dir(other_dir.path()).unwrap().count(), 0, "nothing generated");
+
+    config.tls_key = None;
+    assert!(matches!(load_or_generate(&config), Err(CertError::Incomplete)));
+    config.tls_key = Some(dir.path().join("missing.pem"));
+    assert!(matches!(load_or_generate(&config), Err(CertError::Read { .. })));
+}

@@ -1,0 +1,204 @@
+//! The Arrow Flight server: `ListFlights`, `GetFlightInfo`, `GetSchema` and
+//! `DoGet` over the datasets in the store.
+//!
+//! A ticket, and the command of a flight descriptor, is the JSON that
+//! [`crate::ticket`] parses. Every error becomes a [`Status`] in one
+//! exhaustive match, [`into_status`].
+
+use std::future::Future;
+use std::sync::Arc;
+
+use arrow_flight::encode::FlightDataEncoderBuilder;
+use arrow_flight::error::FlightError;
+use arrow_flight::flight_descriptor::DescriptorType;
+use arrow_flight::flight_service_server::{FlightService, FlightServiceServer};
+use arrow_flight::{
+    Action, ActionType, Criteria, Empty, FlightData, FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest,
+    HandshakeResponse, PollInfo, PutResult, SchemaAsIpc, SchemaResult, Ticket,
+};
+use arrow_ipc::writer::IpcWriteOptions;
+use arrow_schema::ArrowError;
+use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
+use tokio::net::TcpListener;
+use tonic::transport::server::TcpIncoming;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::debug;
+
+use crate::query::{Dataset, Query};
+use crate::store::Store;
+use crate::ticket::{self, TicketError};
+
+/// Target size of one `FlightData` message. Arrow splits batches to stay
+/// near it, which keeps each message well under tonic's default 4 MiB
+/// decoding limit on the client side.
+const FLIGHT_DATA_BYTES_MAX: usize = 2 * 1024 * 1024;
+
+/// Largest request message accepted. Requests are tickets and descriptors
+/// of a few hundred bytes; tonic's default of 4 MiB is far more than needed.
+const REQUEST_BYTES_MAX: usize = 64 * 1024;
+
+/// Concurrent requests on one HTTP/2 connection. Each `DoGet` holds its
+/// whole answer in memory while it streams, so this bounds what one client
+/// can make the server hold at once.
+const STREAMS_PER_CONNECTION_MAX: u32 = 16;
+
+/// Longest error message sent to a client; a JSON parser's message can
+/// quote the input.
+const STATUS_MESSAGE_BYTES_MAX: usize = 512;
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum FlightServiceError {
+    #[error("bad ticket: {0}")]
+    Ticket(#[from] TicketError),
+    #[error("flight descriptor must be a cmd holding ticket json, got a path")]
+    DescriptorPath,
+    #[error("build answer: {0}")]
+    Arrow(#[from] ArrowError),
+    #[error("encode answer: {0}")]
+    Encode(#[from] FlightError),
+    #[error("query task: {0}")]
+    Task(#[from] tokio::task::JoinError),
+    #[error("{0} is not supported yet")]
+    Unsupported(&'static str),
+}
+
+/// Maps an error to its gRPC status, truncating the message.
+pub(crate) fn into_status(error: FlightServiceError) -> Status {
+    let mut message = error.to_string();
+    if message.len() > STATUS_MESSAGE_BYTES_MAX {
+        let mut end = STATUS_MESSAGE_BYTES_MAX;
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.truncate(end);
+        message.push('…');
+    }
+    match error {
+        FlightServiceError::Ticket(_) | FlightServiceError::DescriptorPath => Status::invalid_argument(message),
+        FlightServiceError::Arrow(_) | FlightServiceError::Task(_) => Status::internal(message),
+        // A status the client sent through the encoder stays what it was.
+        FlightServiceError::Encode(FlightError::Tonic(status)) => *status,
+        FlightServiceError::Encode(_) => Status::internal(message),
+        FlightServiceError::Unsupported(_) => Status::unimplemented(message),
+    }
+}
+
+/// Serves Flight on `listener` until `shutdown` completes.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    store: Arc<Store>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), tonic::transport::Error> {
+    let service = FlightServiceServer::new(AggregatorFlight { store }).max_decoding_message_size(REQUEST_BYTES_MAX);
+    tonic::transport::Server::builder()
+        .max_concurrent_streams(STREAMS_PER_CONNECTION_MAX)
+        .add_service(service)
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown)
+        .await
+}
+
+struct AggregatorFlight {
+    store: Arc<Store>,
+}
+
+// === impl AggregatorFlight ===
+
+impl AggregatorFlight {
+    fn flight_info(descriptor: FlightDescriptor) -> Result<FlightInfo, FlightServiceError> {
+        let query = query_of(&descriptor)?;
+        let endpoint = FlightEndpoint::new().with_ticket(Ticket::new(descriptor.cmd.clone()));
+        Ok(FlightInfo::new().try_with_schema(&query.schema())?.with_endpoint(endpoint).with_descriptor(descriptor))
+    }
+}
+
+fn query_of(descriptor: &FlightDescriptor) -> Result<Query, FlightServiceError> {
+    if descriptor.r#type() != DescriptorType::Cmd {
+        return Err(FlightServiceError::DescriptorPath);
+    }
+    Ok(ticket::parse(&descriptor.cmd)?)
+}
+
+#[tonic::async_trait]
+impl FlightService for AggregatorFlight {
+    type HandshakeStream = BoxStream<'static, Result<HandshakeResponse, Status>>;
+    type ListFlightsStream = BoxStream<'static, Result<FlightInfo, Status>>;
+    type DoGetStream = BoxStream<'static, Result<FlightData, Status>>;
+    type DoPutStream = BoxStream<'static, Result<PutResult, Status>>;
+    type DoActionStream = BoxStream<'static, Result<arrow_flight::Result, Status>>;
+    type ListActionsStream = BoxStream<'static, Result<ActionType, Status>>;
+    type DoExchangeStream = BoxStream<'static, Result<FlightData, Status>>;
+
+    async fn handshake(
+        &self,
+        _request: Request<Streaming<HandshakeRequest>>,
+    ) -> Result<Response<Self::HandshakeStream>, Status> {
+        Err(into_status(FlightServiceError::Unsupported("handshake")))
+    }
+
+    /// Lists every dataset, whole; the criteria are ignored.
+    async fn list_flights(&self, _request: Request<Criteria>) -> Result<Response<Self::ListFlightsStream>, Status> {
+        let infos: Vec<Result<FlightInfo, Status>> = Dataset::ALL
+            .into_iter()
+            .map(|dataset| {
+                let descriptor = FlightDescriptor::new_cmd(ticket::render(&Query::whole(dataset)));
+                AggregatorFlight::flight_info(descriptor).map_err(into_status)
+            })
+            .collect();
+        Ok(Response::new(stream::iter(infos).boxed()))
+    }
+
+    async fn get_flight_info(&self, request: Request<FlightDescriptor>) -> Result<Response<FlightInfo>, Status> {
+        AggregatorFlight::flight_info(request.into_inner()).map(Response::new).map_err(into_status)
+    }
+
+    async fn poll_flight_info(&self, _request: Request<FlightDescriptor>) -> Result<Response<PollInfo>, Status> {
+        Err(into_status(FlightServiceError::Unsupported("poll_flight_info")))
+    }
+
+    async fn get_schema(&self, request: Request<FlightDescriptor>) -> Result<Response<SchemaResult>, Status> {
+        let query = query_of(request.get_ref()).map_err(into_status)?;
+        let schema = query.schema();
+        let result = SchemaAsIpc::new(&schema, &IpcWriteOptions::default()).try_into();
+        result.map(Response::new).map_err(|error| into_status(FlightServiceError::Arrow(error)))
+    }
+
+    /// Streams the answer to the ticket; an empty answer still carries its
+    /// schema.
+    async fn do_get(&self, request: Request<Ticket>) -> Result<Response<Self::DoGetStream>, Status> {
+        let query = ticket::parse(&request.get_ref().ticket).map_err(|error| into_status(error.into()))?;
+        let schema = query.schema();
+        // Aggregating holds the store lock; keep it off the async workers.
+        let store = self.store.clone();
+        let answer = tokio::task::spawn_blocking(move || query.execute(&store))
+            .await
+            .map_err(|error| into_status(error.into()))?
+            .map_err(|error| into_status(error.into()))?;
+        debug!(n_rows = answer.num_rows(), "DoGet answered.");
+        let batches = (answer.num_rows() > 0).then_some(Ok(answer));
+        let encoded = FlightDataEncoderBuilder::new()
+            .with_schema(schema)
+            .with_max_flight_data_size(FLIGHT_DATA_BYTES_MAX)
+            .build(stream::iter(batches))
+            .map_err(|error| into_status(error.into()));
+        Ok(Response::new(encoded.boxed()))
+    }
+
+    async fn do_put(&self, _request: Request<Streaming<FlightData>>) -> Result<Response<Self::DoPutStream>, Status> {
+        Err(into_status(FlightServiceError::Unsupported("do_put")))
+    }
+
+    async fn do_action(&self, _request: Request<Action>) -> Result<Response<Self::DoActionStream>, Status> {
+        Err(into_status(FlightServiceError::Unsupported("do_action")))
+    }
+
+    async fn list_actions(&self, _request: Request<Empty>) -> Result<Response<Self::ListActionsStream>, Status> {
+        Err(into_status(FlightServiceError::Unsupported("list_actions")))
+    }
+
+    async fn do_exchange(
+        &self,
+        _request: Request<Streaming<FlightData>>,
+    ) -> Result<Response<Self::DoExchangeStream>, Status> {
+        Err(into_status(FlightServiceError::Unsupported("do_exchange")))
+    }
+}

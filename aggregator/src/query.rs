@@ -1,0 +1,241 @@
+//! What a Flight ticket asks for, and how it is answered from the store.
+//!
+//! A [`Query`] names a dataset, a half-open time range `[from, to)`, an
+//! optional affiliate and, for rollups, the columns to group by. Its answer
+//! is one Arrow batch whose schema [`Query::schema`] tells in advance, so
+//! `GetFlightInfo` and `DoGet` agree even when no row matches.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use arrow_array::builder::{StringBuilder, TimestampMillisecondBuilder, UInt32Builder, UInt64Builder};
+use arrow_array::{ArrayRef, RecordBatch};
+use arrow_schema::{ArrowError, Field, Schema, SchemaRef};
+use edgetally_protocol::batch::{CONVERSION_SCHEMA, ROLLUP_SCHEMA, RollupCounts, RollupKey, conversions_to_batch};
+
+use crate::store::{Store, Tables};
+
+/// The datasets the aggregator serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Dataset {
+    Rollups,
+    Conversions,
+}
+
+/// A rollup column that can be grouped by, in canonical (schema) order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum GroupColumn {
+    Minute,
+    AffiliateId,
+    CampaignId,
+    Sub1,
+}
+
+/// A set of group columns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct GroupBy {
+    /// Indexed by `GroupColumn as usize`.
+    columns: [bool; 4],
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Query {
+    pub(crate) dataset: Dataset,
+    /// Inclusive lower bound, Unix ms, on the minute (rollups) or the event
+    /// time (conversions).
+    pub(crate) from_ms: Option<i64>,
+    /// Exclusive upper bound, Unix ms.
+    pub(crate) to_ms: Option<i64>,
+    pub(crate) affiliate_id: Option<u32>,
+    /// Always [`GroupBy::ALL`] for conversions, which are not grouped.
+    pub(crate) group_by: GroupBy,
+}
+
+/// A rollup key with the columns not grouped by left out.
+type GroupKey = (Option<i64>, Option<u32>, Option<u32>, Option<String>);
+
+/// The counter columns every rollup answer ends with, in ROLLUP_SCHEMA.
+const ROLLUP_COUNTER_COLUMNS: std::ops::Range<usize> = 4..8;
+
+// === impl Dataset ===
+
+impl Dataset {
+    pub(crate) const ALL: [Dataset; 2] = [Dataset::Rollups, Dataset::Conversions];
+
+    pub(crate) fn parse(name: &str) -> Option<Dataset> {
+        Dataset::ALL.into_iter().find(|dataset| dataset.as_str() == name)
+    }
+
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Dataset::Rollups => "rollups",
+            Dataset::Conversions => "conversions",
+        }
+    }
+}
+
+// === impl GroupColumn ===
+
+impl GroupColumn {
+    pub(crate) const ALL: [GroupColumn; 4] =
+        [GroupColumn::Minute, GroupColumn::AffiliateId, GroupColumn::CampaignId, GroupColumn::Sub1];
+
+    pub(crate) fn parse(name: &str) -> Option<GroupColumn> {
+        GroupColumn::ALL.into_iter().find(|column| column.as_str() == name)
+    }
+
+    /// The column's name, as in ROLLUP_SCHEMA.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            GroupColumn::Minute => "minute",
+            GroupColumn::AffiliateId => "affiliate_id",
+            GroupColumn::CampaignId => "campaign_id",
+            GroupColumn::Sub1 => "sub1",
+        }
+    }
+}
+
+// === impl GroupBy ===
+
+impl GroupBy {
+    pub(crate) const ALL: GroupBy = GroupBy { columns: [true; 4] };
+    pub(crate) const NONE: GroupBy = GroupBy { columns: [false; 4] };
+
+    pub(crate) fn contains(self, column: GroupColumn) -> bool {
+        self.columns[column as usize]
+    }
+
+    /// Adds `column`; false if it was there already.
+    pub(crate) fn insert(&mut self, column: GroupColumn) -> bool {
+        !std::mem::replace(&mut self.columns[column as usize], true)
+    }
+
+    /// The chosen columns in canonical order.
+    pub(crate) fn columns(self) -> impl Iterator<Item = GroupColumn> {
+        GroupColumn::ALL.into_iter().filter(move |&column| self.contains(column))
+    }
+
+    fn key(self, key: &RollupKey) -> GroupKey {
+        (
+            self.contains(GroupColumn::Minute).then_some(key.minute_ms),
+            self.contains(GroupColumn::AffiliateId).then_some(key.affiliate_id),
+            self.contains(GroupColumn::CampaignId).then_some(key.campaign_id),
+            self.contains(GroupColumn::Sub1).then(|| key.sub1.clone()),
+        )
+    }
+}
+
+// === impl Query ===
+
+impl Query {
+    /// All of `dataset`, rollups grouped by every key column: what
+    /// `ListFlights` names.
+    pub(crate) fn whole(dataset: Dataset) -> Query {
+        Query { dataset, from_ms: None, to_ms: None, affiliate_id: None, group_by: GroupBy::ALL }
+    }
+
+    /// The schema of the answer: for rollups, the group columns with their
+    /// ROLLUP_SCHEMA types followed by the four counters; for conversions,
+    /// CONVERSION_SCHEMA.
+    pub(crate) fn schema(&self) -> SchemaRef {
+        match self.dataset {
+            Dataset::Conversions => CONVERSION_SCHEMA.clone(),
+            Dataset::Rollups => {
+                let group_fields = self.group_by.columns().map(|column| ROLLUP_SCHEMA.field(column as usize));
+                let counter_fields = ROLLUP_COUNTER_COLUMNS.map(|column_idx| ROLLUP_SCHEMA.field(column_idx));
+                let fields: Vec<Field> = group_fields.chain(counter_fields).cloned().collect();
+                Arc::new(Schema::new(fields))
+            }
+        }
+    }
+
+    /// Answers the query from `store`, rows sorted by the group columns
+    /// (rollups) or by time (conversions).
+    pub(crate) fn execute(&self, store: &Store) -> Result<RecordBatch, ArrowError> {
+        match self.dataset {
+            Dataset::Rollups => {
+                let groups = store.read(|tables| self.group_rollups(tables));
+                self.rollups_to_batch(groups)
+            }
+            Dataset::Conversions => {
+                let mut rows = store.read(|tables| {
+                    let matches = |time_ms: i64, affiliate_id: u32| {
+                        self.in_range(time_ms) && self.affiliate_id.is_none_or(|wanted| wanted == affiliate_id)
+                    };
+                    tables
+                        .conversions
+                        .iter()
+                        .filter(|row| matches(row.time_ms, row.affiliate_id))
+                        .cloned()
+                        .collect::<Vec<_>>()
+                });
+                // Stable, so rows of the same millisecond keep arrival order.
+                rows.sort_by_key(|row| row.time_ms);
+                Ok(conversions_to_batch(&rows))
+            }
+        }
+    }
+
+    fn in_range(&self, time_ms: i64) -> bool {
+        self.from_ms.is_none_or(|from_ms| time_ms >= from_ms) && self.to_ms.is_none_or(|to_ms| time_ms < to_ms)
+    }
+
+    fn group_rollups(&self, tables: &Tables) -> BTreeMap<GroupKey, RollupCounts> {
+        // Rollups are ordered by minute first, so the time range is a range
+        // scan rather than a filter over everything.
+        let lower = RollupKey {
+            minute_ms: self.from_ms.unwrap_or(i64::MIN),
+            affiliate_id: 0,
+            campaign_id: 0,
+            sub1: String::new(),
+        };
+        let mut groups: BTreeMap<GroupKey, RollupCounts> = BTreeMap::new();
+        for (key, counts) in tables.rollups.range(lower..) {
+            if self.to_ms.is_some_and(|to_ms| key.minute_ms >= to_ms) {
+                break;
+            }
+            if self.affiliate_id.is_some_and(|wanted| wanted != key.affiliate_id) {
+                continue;
+            }
+            groups.entry(self.group_by.key(key)).or_default().merge(counts);
+        }
+        groups
+    }
+
+    fn rollups_to_batch(&self, groups: BTreeMap<GroupKey, RollupCounts>) -> Result<RecordBatch, ArrowError> {
+        let n_rows = groups.len();
+        let mut minute = TimestampMillisecondBuilder::with_capacity(n_rows).with_timezone("UTC");
+        let mut affiliate_id = UInt32Builder::with_capacity(n_rows);
+        let mut campaign_id = UInt32Builder::with_capacity(n_rows);
+        let mut sub1 = StringBuilder::with_capacity(n_rows, n_rows * 8);
+        let mut counters: [UInt64Builder; 4] = std::array::from_fn(|_| UInt64Builder::with_capacity(n_rows));
+        for ((group_minute, group_affiliate_id, group_campaign_id, group_sub1), counts) in groups {
+            // A column not grouped by is `None` in every key and its builder
+            // is left out below, so these appends of `None` are never read.
+            minute.append_option(group_minute);
+            affiliate_id.append_option(group_affiliate_id);
+            campaign_id.append_option(group_campaign_id);
+            sub1.append_option(group_sub1);
+            for (builder, value) in
+                counters.iter_mut().zip([counts.impressions, counts.clicks, counts.leads, counts.sales])
+            {
+                builder.append_value(value);
+            }
+        }
+        let mut columns: Vec<ArrayRef> = Vec::with_capacity(8);
+        for column in self.group_by.columns() {
+            columns.push(match column {
+                GroupColumn::Minute => Arc::new(minute.finish()),
+                GroupColumn::AffiliateId => Arc::new(affiliate_id.finish()),
+                GroupColumn::CampaignId => Arc::new(campaign_id.finish()),
+                GroupColumn::Sub1 => Arc::new(sub1.finish()),
+            });
+        }
+        columns.extend(counters.iter_mut().map(|builder| Arc::new(builder.finish()) as ArrayRef));
+        // Checks the columns against the schema (types, nullability) again.
+        RecordBatch::try_new(self.schema(), columns)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,109 @@
+//! The in-memory state: merged rollups, conversion rows, and each edge's
+//! high-water mark.
+//!
+//! Applying a batch and raising its edge's high-water mark happen under one
+//! lock, so two copies of a batch arriving at once cannot both be applied.
+//! The lock is a `std` mutex and is never held across an `.await`.
+//!
+//! Nothing here is bounded yet: rollups grow with keys and conversions with
+//! rows until retention and Parquet partitions arrive.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+
+use edgetally_protocol::batch::{ConversionRow, RollupCounts, RollupKey};
+
+/// Where an edge is in its stream of batches.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct EdgeMark {
+    pub(crate) epoch: u64,
+    /// The highest sequence applied within `epoch`; 0 before the first.
+    pub(crate) high_water: u64,
+}
+
+/// What to do with a batch, given its edge's mark.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Admission {
+    Apply,
+    Skip,
+}
+
+/// One decoded batch of one edge.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Batch {
+    pub(crate) edge_id: u32,
+    pub(crate) epoch: u64,
+    pub(crate) sequence: u64,
+    pub(crate) rollups: Vec<(RollupKey, RollupCounts)>,
+    pub(crate) conversions: Vec<ConversionRow>,
+}
+
+/// The data a query reads.
+#[derive(Debug, Default)]
+pub(crate) struct Tables {
+    pub(crate) rollups: BTreeMap<RollupKey, RollupCounts>,
+    /// In arrival order.
+    pub(crate) conversions: Vec<ConversionRow>,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Store {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    tables: Tables,
+    edges: HashMap<u32, EdgeMark>,
+}
+
+// === impl EdgeMark ===
+
+impl EdgeMark {
+    /// A newer epoch starts over from high-water 0; an older epoch is a
+    /// leftover of a previous run of the edge and was dealt with then.
+    pub(crate) fn admit(&self, epoch: u64, sequence: u64) -> Admission {
+        let high_water = match epoch.cmp(&self.epoch) {
+            std::cmp::Ordering::Less => return Admission::Skip,
+            std::cmp::Ordering::Equal => self.high_water,
+            std::cmp::Ordering::Greater => 0,
+        };
+        if sequence > high_water { Admission::Apply } else { Admission::Skip }
+    }
+}
+
+// === impl Store ===
+
+impl Store {
+    /// Applies `batch` unless its edge's high-water mark says it was applied
+    /// before.
+    pub(crate) fn apply(&self, batch: Batch) -> Admission {
+        let mut inner = self.lock();
+        let Inner { tables, edges } = &mut *inner;
+        let mark = edges.entry(batch.edge_id).or_default();
+        let admission = mark.admit(batch.epoch, batch.sequence);
+        if admission == Admission::Apply {
+            *mark = EdgeMark { epoch: batch.epoch, high_water: batch.sequence };
+            for (key, counts) in batch.rollups {
+                tables.rollups.entry(key).or_default().merge(&counts);
+            }
+            tables.conversions.extend(batch.conversions);
+        }
+        admission
+    }
+
+    /// Runs `read` on the tables under the lock. `read` is synchronous, so
+    /// the lock cannot be held across an `.await`; keep it short.
+    pub(crate) fn read<R>(&self, read: impl FnOnce(&Tables) -> R) -> R {
+        read(&self.lock().tables)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // Poisoned only if a panic hit mid-apply; the tables may then hold
+        // half a batch, which must not be served or extended.
+        self.inner.lock().expect("store lock is not poisoned")
+    }
+}
+
+#[cfg(test)]
+mod tests;

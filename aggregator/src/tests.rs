@@ -1,0 +1,198 @@
+//! The whole aggregator in-process: a real batch over QUIC, trusting the
+//! generated certificate, then a real Flight `DoGet` of what it applied.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::{UInt32Type, UInt64Type};
+use arrow_flight::{FlightClient, FlightDescriptor, Ticket};
+use bytes::Bytes;
+use edgetally_protocol::batch::{
+    ConversionRow, RollupCounts, RollupKey, conversions_to_batch, encode_ipc, rollups_to_batch,
+};
+use edgetally_protocol::event::EventKind;
+use edgetally_protocol::frame::{ACK_LEN, ALPN, Ack, AckStatus, BatchFrame};
+use futures::TryStreamExt;
+use quinn::crypto::rustls::QuicClientConfig;
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
+
+use super::*;
+
+/// Bounds the whole test so a hang fails instead of stalling CI.
+const TEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn frame() -> BatchFrame {
+    let rollups = [
+        (
+            RollupKey { minute_ms: 1_795_514_400_000, affiliate_id: 7, campaign_id: 100, sub1: "fb".into() },
+            [40, 3, 1, 0],
+        ),
+        (
+            RollupKey { minute_ms: 1_795_514_400_000, affiliate_id: 7, campaign_id: 200, sub1: String::new() },
+            [2, 1, 0, 1],
+        ),
+        (
+            RollupKey { minute_ms: 1_795_514_460_000, affiliate_id: 8, campaign_id: 100, sub1: String::new() },
+            [9, 0, 0, 0],
+        ),
+    ]
+    .map(|(key, [impressions, clicks, leads, sales])| (key, RollupCounts { impressions, clicks, leads, sales }));
+    let conversions = [ConversionRow {
+        time_ms: 1_795_514_401_000,
+        kind: EventKind::Lead,
+        affiliate_id: 7,
+        campaign_id: 100,
+        sub1: "fb".into(),
+        money: None,
+        order_id: Some("o-1".into()),
+        click_id: None,
+        event_id: None,
+    }];
+    BatchFrame {
+        edge_id: 3,
+        epoch: 1,
+        sequence: 1,
+        n_rollup_rows: 3,
+        n_conversion_rows: 1,
+        rollups_ipc: encode_ipc(&rollups_to_batch(rollups.iter().map(|(key, counts)| (key, counts)))).unwrap().into(),
+        conversions_ipc: encode_ipc(&conversions_to_batch(&conversions)).unwrap().into(),
+    }
+}
+
+async fn connect(aggregator: &Aggregator) -> (quinn::Endpoint, quinn::Connection) {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(aggregator.quic_cert_path()).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let client_config = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls).unwrap()));
+    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let connection = endpoint.connect_with(client_config, aggregator.quic_addr(), "localhost").unwrap().await.unwrap();
+    (endpoint, connection)
+}
+
+async fn send(connection: &quinn::Connection, bytes: &[u8]) -> Ack {
+    let (mut send, mut recv) = connection.open_bi().await.unwrap();
+    send.write_all(bytes).await.unwrap();
+    send.finish().unwrap();
+    let ack = recv.read_to_end(ACK_LEN).await.unwrap();
+    Ack::decode(&ack).unwrap()
+}
+
+async fn do_get(flight: &mut FlightClient, ticket: &str) -> Vec<arrow_array::RecordBatch> {
+    let stream = flight.do_get(Ticket::new(ticket.to_owned())).await.unwrap();
+    stream.try_collect().await.unwrap()
+}
+
+#[tokio::test]
+async fn batch_over_quic_then_flight() {
+    tokio::time::timeout(TEST_TIMEOUT, batch_over_quic_then_flight_inner()).await.expect("test finishes in time");
+}
+
+async fn batch_over_quic_then_flight_inner() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let config = Config {
+        data_dir: data_dir.path().to_owned(),
+        quic_listen: "127.0.0.1:0".parse().unwrap(),
+        flight_listen: "127.0.0.1:0".parse().unwrap(),
+        tls_cert: None,
+        tls_key: None,
+        tls_names: Vec::new(),
+    };
+    let aggregator = Aggregator::start(config).await.unwrap();
+    assert_ne!(aggregator.quic_addr().port(), 0);
+    assert_ne!(aggregator.flight_addr().port(), 0);
+    assert_eq!(aggregator.quic_cert_path(), data_dir.path().join("quic-cert.pem"));
+
+    let (endpoint, connection) = connect(&aggregator).await;
+    let bytes = frame().encode().unwrap();
+    let expect_ack = |status| Ack { edge_id: 3, epoch: 1, sequence: 1, status };
+    assert_eq!(send(&connection, &bytes).await, expect_ack(AckStatus::Apply));
+    assert_eq!(send(&connection, &bytes).await, expect_ack(AckStatus::Skip));
+    let refused = send(&connection, b"not a frame").await;
+    assert_eq!(refused.status, AckStatus::Refuse);
+    assert_eq!(
+        aggregator.stats(),
+        Stats {
+            batches_applied: 1,
+            batches_skipped: 1,
+            batches_refused: 1,
+            rollup_rows_applied: 3,
+            conversion_rows_applied: 1
+        }
+    );
+
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", aggregator.flight_addr()))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut flight = FlightClient::new(channel);
+
+    let batches = do_get(&mut flight, r#"{"dataset":"rollups","group_by":["affiliate_id"]}"#).await;
+    assert_eq!(batches.len(), 1);
+    let batch = &batches[0];
+    let names: Vec<&str> = batch.schema_ref().fields().iter().map(|field| field.name().as_str()).collect();
+    assert_eq!(names, ["affiliate_id", "impressions", "clicks", "leads", "sales"]);
+    let affiliate_ids: Vec<u32> = batch.column(0).as_primitive::<UInt32Type>().values().to_vec();
+    assert_eq!(affiliate_ids, [7, 8]);
+    let counter = |column_idx: usize| batch.column(column_idx).as_primitive::<UInt64Type>().values().to_vec();
+    // Sent twice, counted once.
+    assert_eq!(counter(1), [42, 9]);
+    assert_eq!(counter(2), [4, 0]);
+    assert_eq!(counter(3), [1, 0]);
+    assert_eq!(counter(4), [1, 0]);
+
+    let conversions = do_get(&mut flight, r#"{"dataset":"conversions","affiliate_id":7}"#).await;
+    assert_eq!(conversions.iter().map(|batch| batch.num_rows()).sum::<usize>(), 1);
+
+    // An empty answer still has its schema.
+    let mut stream = flight.do_get(Ticket::new(r#"{"dataset":"rollups","affiliate_id":99}"#)).await.unwrap();
+    assert!(stream.try_next().await.unwrap().is_none());
+    assert_eq!(stream.schema().unwrap().fields().len(), 8);
+
+    let error = flight.do_get(Ticket::new(r#"{"dataset":"clicks"}"#)).await.unwrap_err();
+    assert!(error.to_string().contains("unknown dataset"), "{error}");
+
+    let infos: Vec<_> = flight.list_flights("").await.unwrap().try_collect().await.unwrap();
+    let commands: Vec<Bytes> = infos.iter().map(|info| info.flight_descriptor.clone().unwrap().cmd).collect();
+    assert_eq!(commands, [Bytes::from(r#"{"dataset":"rollups"}"#), Bytes::from(r#"{"dataset":"conversions"}"#)]);
+
+    let descriptor = FlightDescriptor::new_cmd(r#"{"dataset":"rollups","group_by":["sub1"]}"#);
+    let info = flight.get_flight_info(descriptor.clone()).await.unwrap();
+    assert_eq!(info.endpoint.len(), 1);
+    assert_eq!(info.endpoint[0].ticket.as_ref().unwrap().ticket, descriptor.cmd);
+    let schema = flight.get_schema(descriptor).await.unwrap();
+    assert_eq!(schema, info.try_decode_schema().unwrap());
+    assert_eq!(schema.field(0).name(), "sub1");
+
+    connection.close(0u32.into(), b"done");
+    endpoint.wait_idle().await;
+    aggregator.shutdown().await;
+}
+
+#[tokio::test]
+async fn restart_reuses_certificate() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let config = Config {
+        data_dir: data_dir.path().to_owned(),
+        quic_listen: "127.0.0.1:0".parse().unwrap(),
+        flight_listen: "127.0.0.1:0".parse().unwrap(),
+        tls_cert: None,
+        tls_key: None,
+        tls_names: Vec::new(),
+    };
+    let first = Aggregator::start(config.clone()).await.unwrap();
+    let cert_pem = std::fs::read(first.quic_cert_path()).unwrap();
+    first.shutdown().await;
+    let second = Aggregator::start(config).await.unwrap();
+    assert_eq!(std::fs::read(second.quic_cert_path()).unwrap(), cert_pem);
+    second.shutdown().await;
+}

@@ -1,0 +1,126 @@
+//! Parsing of Flight tickets (and descriptor commands, which use the same
+//! format) into a [`Query`].
+//!
+//! A ticket is UTF-8 JSON:
+//!
+//! ```json
+//! {"dataset":"rollups","from":"2026-11-24T10:00:00Z","to":1795525200000,
+//!  "affiliate_id":7,"group_by":["affiliate_id","campaign_id"]}
+//! ```
+//!
+//! Only `dataset` is required. `from` and `to` are RFC 3339 strings or
+//! integer Unix milliseconds; `group_by` applies to rollups only and
+//! defaults to all four key columns. An unknown key is an error that names
+//! it, so a typo never widens a query silently.
+
+use edgetally_protocol::event::parse_time_ms;
+use serde::Deserialize;
+
+use crate::query::{Dataset, GroupBy, GroupColumn, Query};
+
+/// The largest ticket accepted. A full ticket is under 300 bytes; the
+/// limit bounds what a client makes the server parse.
+pub(crate) const TICKET_BYTES_MAX: usize = 4096;
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum TicketError {
+    #[error("ticket too large: {len} bytes, limit is {TICKET_BYTES_MAX}")]
+    TooLarge { len: usize },
+    #[error("bad ticket json: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("unknown dataset {0:?}: expected rollups or conversions")]
+    UnknownDataset(String),
+    #[error("bad {field} time {text:?}: expected RFC 3339 or Unix milliseconds")]
+    BadTime { field: &'static str, text: String },
+    #[error("empty time range: from {from_ms} is not before to {to_ms}")]
+    EmptyRange { from_ms: i64, to_ms: i64 },
+    #[error("unknown group_by column {0:?}: expected minute, affiliate_id, campaign_id or sub1")]
+    UnknownGroupColumn(String),
+    #[error("duplicate group_by column {0:?}")]
+    DuplicateGroupColumn(String),
+    #[error("group_by applies to rollups only, not to {0}")]
+    GroupByNotAllowed(&'static str),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TicketJson {
+    dataset: String,
+    from: Option<TimeBound>,
+    to: Option<TimeBound>,
+    affiliate_id: Option<u32>,
+    group_by: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum TimeBound {
+    Millis(i64),
+    Text(String),
+}
+
+/// Parses a ticket.
+pub(crate) fn parse(ticket: &[u8]) -> Result<Query, TicketError> {
+    if ticket.len() > TICKET_BYTES_MAX {
+        return Err(TicketError::TooLarge { len: ticket.len() });
+    }
+    let json: TicketJson = serde_json::from_slice(ticket)?;
+    let dataset = Dataset::parse(&json.dataset).ok_or(TicketError::UnknownDataset(json.dataset))?;
+    let from_ms = json.from.map(|bound| bound.into_ms("from")).transpose()?;
+    let to_ms = json.to.map(|bound| bound.into_ms("to")).transpose()?;
+    if let (Some(from_ms), Some(to_ms)) = (from_ms, to_ms)
+        && from_ms >= to_ms
+    {
+        return Err(TicketError::EmptyRange { from_ms, to_ms });
+    }
+    let group_by = match (dataset, json.group_by) {
+        (_, None) => GroupBy::ALL,
+        (Dataset::Conversions, Some(_)) => return Err(TicketError::GroupByNotAllowed(dataset.as_str())),
+        (Dataset::Rollups, Some(names)) => {
+            let mut group_by = GroupBy::NONE;
+            for name in names {
+                let column = GroupColumn::parse(&name).ok_or_else(|| TicketError::UnknownGroupColumn(name.clone()))?;
+                if !group_by.insert(column) {
+                    return Err(TicketError::DuplicateGroupColumn(name));
+                }
+            }
+            group_by
+        }
+    };
+    Ok(Query { dataset, from_ms, to_ms, affiliate_id: json.affiliate_id, group_by })
+}
+
+/// The ticket JSON of `query`: the inverse of [`parse`].
+pub(crate) fn render(query: &Query) -> Vec<u8> {
+    let mut json = serde_json::Map::new();
+    json.insert("dataset".into(), query.dataset.as_str().into());
+    if let Some(from_ms) = query.from_ms {
+        json.insert("from".into(), from_ms.into());
+    }
+    if let Some(to_ms) = query.to_ms {
+        json.insert("to".into(), to_ms.into());
+    }
+    if let Some(affiliate_id) = query.affiliate_id {
+        json.insert("affiliate_id".into(), affiliate_id.into());
+    }
+    if query.dataset == Dataset::Rollups && query.group_by != GroupBy::ALL {
+        let names = query.group_by.columns().map(|column| column.as_str().into()).collect();
+        json.insert("group_by".into(), serde_json::Value::Array(names));
+    }
+    // Serializing a map of strings, integers and arrays cannot fail.
+    serde_json::to_vec(&json).expect("ticket json serializes")
+}
+
+// === impl TimeBound ===
+
+impl TimeBound {
+    fn into_ms(self, field: &'static str) -> Result<i64, TicketError> {
+        match self {
+            TimeBound::Millis(ms) => Ok(ms),
+            TimeBound::Text(text) => parse_time_ms(&text).map_err(|_| TicketError::BadTime { field, text }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

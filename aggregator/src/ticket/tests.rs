@@ -1,0 +1,95 @@
+//! Ticket parsing: good tickets give their query; every bad one is
+//! refused as `invalid_argument` with a message that names the problem.
+
+use tonic::Code;
+
+use super::*;
+use crate::flight_service::into_status;
+use crate::query::GroupColumn;
+
+fn query(
+    dataset: Dataset,
+    from_ms: Option<i64>,
+    to_ms: Option<i64>,
+    affiliate_id: Option<u32>,
+    group_by: &[GroupColumn],
+) -> Query {
+    let mut columns = GroupBy::NONE;
+    for &column in group_by {
+        columns.insert(column);
+    }
+    Query { dataset, from_ms, to_ms, affiliate_id, group_by: columns }
+}
+
+#[track_caller]
+fn check(ticket: &str, expect: Query) {
+    let actual = parse(ticket.as_bytes()).unwrap_or_else(|error| panic!("{ticket}: {error}"));
+    assert_eq!(actual, expect, "{ticket}");
+    // Rendering and parsing again gives the same query.
+    assert_eq!(parse(&render(&actual)).unwrap(), actual, "{ticket}");
+}
+
+#[track_caller]
+fn check_error(ticket: &[u8], expect_message: &str) {
+    let error = parse(ticket).expect_err(&String::from_utf8_lossy(ticket));
+    let status = into_status(error.into());
+    assert_eq!(status.code(), Code::InvalidArgument, "{}", String::from_utf8_lossy(ticket));
+    assert!(
+        status.message().contains(expect_message),
+        "{}: {:?} does not contain {expect_message:?}",
+        String::from_utf8_lossy(ticket),
+        status.message()
+    );
+}
+
+#[test]
+fn good_tickets() {
+    use Dataset::{Conversions, Rollups};
+    use GroupColumn::{AffiliateId, CampaignId, Minute, Sub1};
+    let all = &[Minute, AffiliateId, CampaignId, Sub1];
+    check(r#"{"dataset":"rollups"}"#, query(Rollups, None, None, None, all));
+    check(r#"{"dataset":"conversions"}"#, query(Conversions, None, None, None, all));
+    check(
+        r#"{"dataset":"rollups","from":"2026-11-24T10:00:00Z","to":1795518000000,"affiliate_id":7,"group_by":["affiliate_id","campaign_id"]}"#,
+        query(Rollups, Some(1_795_514_400_000), Some(1_795_518_000_000), Some(7), &[AffiliateId, CampaignId]),
+    );
+    check(r#"{"dataset":"rollups","from":0,"to":60000}"#, query(Rollups, Some(0), Some(60_000), None, all));
+    check(
+        r#"{"dataset":"rollups","from":"2026-11-24T11:00:00+01:00"}"#,
+        query(Rollups, Some(1_795_514_400_000), None, None, all),
+    );
+    check(r#"{"dataset":"rollups","to":"120000"}"#, query(Rollups, None, Some(120_000), None, all));
+    // Order given does not matter; output columns are canonical.
+    check(r#"{"dataset":"rollups","group_by":["sub1","minute"]}"#, query(Rollups, None, None, None, &[Minute, Sub1]));
+    // No group columns: one grand total.
+    check(r#"{"dataset":"rollups","group_by":[]}"#, query(Rollups, None, None, None, &[]));
+    check(r#"{"affiliate_id":3,"dataset":"conversions","from":-5}"#, query(Conversions, Some(-5), None, Some(3), all));
+    check(" {\"dataset\" : \"rollups\"}\n", query(Rollups, None, None, None, all));
+}
+
+#[test]
+fn bad_tickets() {
+    check_error(b"", "bad ticket json");
+    check_error(b"not json", "bad ticket json");
+    check_error(b"\xff\xfe", "bad ticket json");
+    check_error(br#"["rollups"]"#, "bad ticket json");
+    check_error(br#"{}"#, "missing field `dataset`");
+    check_error(br#"{"dataset":"clicks"}"#, "unknown dataset \"clicks\"");
+    check_error(br#"{"dataset":"rollups","form":0}"#, "unknown field `form`");
+    check_error(br#"{"dataset":"rollups","from":"yesterday"}"#, "bad from time \"yesterday\"");
+    check_error(br#"{"dataset":"rollups","to":"2026-11-24"}"#, "bad to time \"2026-11-24\"");
+    check_error(br#"{"dataset":"rollups","from":1.5}"#, "bad ticket json");
+    check_error(br#"{"dataset":"rollups","from":5,"to":5}"#, "empty time range: from 5 is not before to 5");
+    check_error(br#"{"dataset":"rollups","from":6,"to":5}"#, "empty time range");
+    check_error(br#"{"dataset":"rollups","affiliate_id":-1}"#, "bad ticket json");
+    check_error(br#"{"dataset":"rollups","affiliate_id":4294967296}"#, "bad ticket json");
+    check_error(br#"{"dataset":"rollups","group_by":["hour"]}"#, "unknown group_by column \"hour\"");
+    check_error(br#"{"dataset":"rollups","group_by":["sub1","sub1"]}"#, "duplicate group_by column \"sub1\"");
+    check_error(br#"{"dataset":"rollups","group_by":"sub1"}"#, "bad ticket json");
+    check_error(
+        br#"{"dataset":"conversions","group_by":["minute"]}"#,
+        "group_by applies to rollups only, not to conversions",
+    );
+    let large = format!(r#"{{"dataset":"rollups","group_by":[{}"sub1"]}}"#, "\"minute\",".repeat(500));
+    check_error(large.as_bytes(), "ticket too large: 4541 bytes, limit is 4096");
+}
