@@ -1,0 +1,36 @@
+//! Parsing and validating what the collector receives: pixel query strings
+//! and `POST /v1/events` bodies.
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use edgetally_collector::ingest::{Item, parse_body, parse_query};
+use edgetally_protocol::{Event, EventKind};
+
+const NOW_MS: i64 = 1_790_000_000_000;
+
+fn ingest(criterion: &mut Criterion) {
+    let mut group = criterion.benchmark_group("ingest");
+    let query = "aff=1234&cmp=56&sub1=newsletter&sub2=banner-3&eid=e-0001&cb=8812371";
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("pixel_query", |bench| {
+        bench.iter(|| Event::validate(&parse_query(query), Some(EventKind::Impression), NOW_MS).unwrap())
+    });
+    for n_items in [1usize, 100] {
+        let item = r#"{"kind":"sale","affiliate_id":1234,"campaign_id":56,"sub1":"newsletter","amount":"49.90","currency":"EUR","order_id":"o-81723","time":1789999990000}"#;
+        let body = vec![item; n_items].join("\n");
+        group.throughput(Throughput::Elements(n_items as u64));
+        group.bench_with_input(BenchmarkId::new("ndjson_events", n_items), &body, |bench, body| {
+            bench.iter(|| {
+                let mut bytes = body.as_bytes().to_vec();
+                let items = parse_body(&mut bytes, true).unwrap();
+                items
+                    .iter()
+                    .filter(|item| matches!(item, Item::Event(raw) if Event::validate(raw, None, NOW_MS).is_ok()))
+                    .count()
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, ingest);
+criterion_main!(benches);

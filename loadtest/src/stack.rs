@@ -1,0 +1,133 @@
+//! `stack`: the whole local EdgeTally on loopback in one process: an
+//! aggregator, one collector shipping to it over QUIC, and a trickle of
+//! traffic into the collector. Both servers run from their libraries with the
+//! same code paths as their binaries.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use arrow_array::cast::AsArray;
+use arrow_array::types::UInt64Type;
+use rand::SeedableRng;
+
+use crate::traffic::Trickle;
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct StackArgs {
+    /// State directory (aggregator certificate and data). Defaults to
+    /// `edgetally-stack` under the system's temporary directory.
+    #[arg(long, env = "EDGETALLY_STACK_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// HTTP address of the collector.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    http_listen: SocketAddr,
+    /// QUIC address of the aggregator.
+    #[arg(long, default_value = "127.0.0.1:7443")]
+    quic_listen: SocketAddr,
+    /// Arrow Flight address of the aggregator.
+    #[arg(long, default_value = "127.0.0.1:8815")]
+    flight_listen: SocketAddr,
+    /// Generated requests per second (0 for none).
+    #[arg(long, default_value_t = 20)]
+    rate: u32,
+    /// Seed of the traffic generator.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Stop after this many seconds (default: run until Ctrl-C).
+    #[arg(long)]
+    duration_secs: Option<u64>,
+}
+
+pub(crate) async fn run(args: StackArgs) -> anyhow::Result<()> {
+    let data_dir = args.data_dir.unwrap_or_else(|| std::env::temp_dir().join("edgetally-stack"));
+    let aggregator_dir = data_dir.join("aggregator");
+    std::fs::create_dir_all(&aggregator_dir).with_context(|| format!("creating {}", aggregator_dir.display()))?;
+    let aggregator = edgetally_aggregator::Aggregator::start(edgetally_aggregator::Config {
+        data_dir: aggregator_dir,
+        quic_listen: args.quic_listen,
+        flight_listen: args.flight_listen,
+        tls_cert: None,
+        tls_key: None,
+        tls_names: Vec::new(),
+    })
+    .await
+    .context("starting the aggregator")?;
+    let collector = edgetally_collector::Collector::start(edgetally_collector::Config {
+        http_listen: args.http_listen,
+        aggregator_addr: aggregator.quic_addr(),
+        aggregator_cert: aggregator.quic_cert_path().to_owned(),
+        aggregator_server_name: "localhost".to_owned(),
+        edge_id: 1,
+        flush_interval: edgetally_collector::FLUSH_INTERVAL_DEFAULT,
+        body_bytes_max: edgetally_collector::BODY_BYTES_MAX_DEFAULT,
+        tally_limits: edgetally_collector::TallyLimits::default(),
+    })
+    .await
+    .context("starting the collector")?;
+
+    let http = collector.http_addr();
+    let flight = aggregator.flight_addr();
+    println!("EdgeTally local stack is running (state in {}).", data_dir.display());
+    println!("  pixel     http://{http}/p.gif?aff=1&cmp=1&sub1=demo");
+    println!(
+        "  events    POST http://{http}/v1/events   e.g. {{\"kind\":\"sale\",\"affiliate_id\":1,\"campaign_id\":1,\"amount\":\"12.34\",\"currency\":\"USD\"}}"
+    );
+    println!("  metrics   http://{http}/metrics");
+    println!(
+        "  flight    http://{flight}   read it: cargo run -p edgetally-loadtest -- query --flight http://{flight}"
+    );
+    println!("  quic      {} (certificate {})", aggregator.quic_addr(), aggregator.quic_cert_path().display());
+    println!("  traffic   {} requests/s generated; Ctrl-C stops", args.rate);
+
+    let flight_url = format!("http://{flight}");
+    let mut trickle = Trickle::new(format!("http://{http}"), rand::rngs::StdRng::seed_from_u64(args.seed));
+    let period = if args.rate == 0 { Duration::from_secs(3600) } else { Duration::from_secs(1) / args.rate };
+    let mut send_tick = tokio::time::interval(period);
+    send_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut report_tick = tokio::time::interval(Duration::from_secs(5));
+    let stop = async {
+        match args.duration_secs {
+            Some(secs) => tokio::time::sleep(Duration::from_secs(secs)).await,
+            None => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    };
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            _ = send_tick.tick(), if args.rate > 0 => trickle.send_one().await,
+            _ = report_tick.tick() => {
+                let counted = counted_events(&flight_url).await;
+                let sent = trickle.sent;
+                match counted {
+                    Ok(counted) => println!(
+                        "sent {} requests, {} events accepted, {} failed; the aggregator counts {counted} events",
+                        sent.requests, sent.accepted_events, sent.failed_requests
+                    ),
+                    Err(error) => println!("sent {} requests; reading the aggregator failed: {error:#}", sent.requests),
+                }
+            }
+        }
+    }
+    println!("Stopping.");
+    collector.shutdown().await;
+    aggregator.shutdown().await;
+    Ok(())
+}
+
+/// All events the aggregator has counted, over all time and keys.
+async fn counted_events(flight_url: &str) -> anyhow::Result<u64> {
+    let batches = crate::query::fetch(flight_url, r#"{"dataset":"rollups","group_by":[]}"#).await?;
+    let mut total = 0u64;
+    for batch in &batches {
+        for column in ["impressions", "clicks", "leads", "sales"] {
+            let column = batch.column_by_name(column).with_context(|| format!("column {column} missing"))?;
+            total += column.as_primitive::<UInt64Type>().iter().flatten().sum::<u64>();
+        }
+    }
+    Ok(total)
+}

@@ -1,0 +1,151 @@
+//! The end-to-end spine: pixels and JSON events in at the edge, rollups out
+//! over Arrow Flight, every count exact.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::json;
+
+use crate::support::{Counts, GroupKey, Stack, rollups};
+
+/// A small deterministic generator, so a failure is reproducible.
+struct Lcg(u64);
+
+impl Lcg {
+    fn below(&mut self, bound: u64) -> u64 {
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (self.0 >> 33) % bound
+    }
+}
+
+fn bump(counts: &mut Counts, kind: &str) {
+    match kind {
+        "impression" => counts.impressions += 1,
+        "click" => counts.clicks += 1,
+        "lead" => counts.leads += 1,
+        "sale" => counts.sales += 1,
+        other => panic!("unknown kind {other}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pixels_and_events_are_counted_exactly() {
+    let stack = Stack::start();
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64;
+    let current_minute = now_ms / 60_000 * 60_000;
+    let minutes = [current_minute - 120_000, current_minute - 60_000];
+
+    // Ground truth, per (minute, affiliate, campaign, sub1) and without minute.
+    let mut by_minute: BTreeMap<GroupKey, Counts> = BTreeMap::new();
+    let mut by_key: BTreeMap<GroupKey, Counts> = BTreeMap::new();
+    let mut rng = Lcg(7);
+    let kinds = ["impression", "impression", "impression", "click", "click", "lead", "sale"];
+    let subs = ["", "fb", "tw"];
+    let mut events = Vec::new();
+    for _ in 0..300 {
+        let minute = minutes[rng.below(2) as usize];
+        let time_ms = minute + rng.below(60_000) as i64;
+        let affiliate_id = 1 + rng.below(4);
+        let campaign_id = [10, 20][rng.below(2) as usize];
+        let sub1 = subs[rng.below(3) as usize];
+        let kind = kinds[rng.below(kinds.len() as u64) as usize];
+        let mut event =
+            json!({"kind": kind, "affiliate_id": affiliate_id, "campaign_id": campaign_id, "time": time_ms});
+        if !sub1.is_empty() {
+            event["sub1"] = json!(sub1);
+        }
+        if kind == "sale" {
+            event["amount"] = json!("19.99");
+            event["currency"] = json!("EUR");
+        }
+        events.push(event);
+        bump(by_minute.entry(format!("{minute}|{affiliate_id}|{campaign_id}|{sub1}")).or_default(), kind);
+        bump(by_key.entry(format!("{affiliate_id}|{campaign_id}|{sub1}")).or_default(), kind);
+    }
+    let invalid = [
+        json!({"kind": "click", "affiliate_id": 0, "campaign_id": 10}),
+        json!({"kind": "sale", "affiliate_id": 1, "campaign_id": 10, "amount": "1.001", "currency": "EUR"}),
+        json!({"kind": "click", "affiliate_id": 1, "campaign_id": 10, "time": 1000}),
+    ];
+
+    // Three body shapes: a JSON array, NDJSON, and single objects.
+    let url = format!("{}/v1/events", stack.pixel_base);
+    let post = |body: String| {
+        let client = client.clone();
+        let request = http::Request::post(url.as_str()).body(Full::new(Bytes::from(body))).unwrap();
+        async move {
+            let response = client.request(request).await.expect("post events");
+            assert_eq!(response.status(), 200);
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            serde_json::from_slice::<serde_json::Value>(&body).unwrap()
+        }
+    };
+    let mut array: Vec<_> = events[..100].to_vec();
+    array.extend(invalid.iter().cloned());
+    let answer = post(serde_json::Value::Array(array).to_string()).await;
+    assert_eq!((answer["accepted"].as_u64(), answer["rejected"].as_u64()), (Some(100), Some(3)), "{answer}");
+    let ndjson: Vec<String> = events[100..200].iter().chain(&invalid).map(|event| event.to_string()).collect();
+    let answer = post(ndjson.join("\n")).await;
+    assert_eq!((answer["accepted"].as_u64(), answer["rejected"].as_u64()), (Some(100), Some(3)), "{answer}");
+    for event in &events[200..] {
+        let answer = post(event.to_string()).await;
+        assert_eq!(answer["accepted"], 1, "{answer}");
+    }
+
+    // Pixels are counted at receive time, so they are checked without minute.
+    for pixel_idx in 0..60u64 {
+        let affiliate_id = 1 + pixel_idx % 3;
+        let sub1 = subs[(pixel_idx % 2) as usize];
+        let mut target = format!("{}/p.gif?aff={affiliate_id}&cmp=10&cb={pixel_idx}", stack.pixel_base);
+        if !sub1.is_empty() {
+            target.push_str(&format!("&sub1={sub1}"));
+        }
+        let response = client.get(target.parse().unwrap()).await.expect("pixel");
+        assert_eq!(response.status(), 200);
+        by_key.entry(format!("{affiliate_id}|10|{sub1}")).or_default().impressions += 1;
+    }
+    for bad in ["aff=0&cmp=10", "aff=1", "aff=1&cmp=10&sub1=%00"] {
+        let response = client.get(format!("{}/p.gif?{bad}", stack.pixel_base).parse().unwrap()).await.unwrap();
+        assert_eq!(response.status(), 200);
+    }
+
+    let by_key_ticket = json!({"dataset": "rollups", "group_by": ["affiliate_id", "campaign_id", "sub1"]});
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let actual = rollups(&stack.flight_url, by_key_ticket.clone()).await;
+        if actual == by_key {
+            break;
+        }
+        assert!(Instant::now() < deadline, "rollups never matched:\nexpected {by_key:#?}\nactual {actual:#?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let ticket = json!({"dataset": "rollups", "from": minutes[0], "to": current_minute});
+    assert_eq!(rollups(&stack.flight_url, ticket).await, by_minute);
+
+    let from = jiff::Timestamp::from_millisecond(minutes[1]).unwrap().to_string();
+    let ticket = json!({"dataset": "rollups", "from": from, "to": current_minute, "affiliate_id": 2, "group_by": ["affiliate_id"]});
+    let mut expect = Counts::default();
+    for (key, counts) in &by_minute {
+        if key.starts_with(&format!("{}|2|", minutes[1])) {
+            for (total, part) in [
+                (&mut expect.impressions, counts.impressions),
+                (&mut expect.clicks, counts.clicks),
+                (&mut expect.leads, counts.leads),
+                (&mut expect.sales, counts.sales),
+            ] {
+                *total += part;
+            }
+        }
+    }
+    assert_eq!(rollups(&stack.flight_url, ticket).await, BTreeMap::from([("2".to_owned(), expect)]));
+
+    // Several more flush intervals change nothing: no batch is applied twice.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(rollups(&stack.flight_url, by_key_ticket).await, by_key);
+}

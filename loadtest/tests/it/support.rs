@@ -1,0 +1,164 @@
+//! Starting the aggregator and collector processes, and reading rollups back
+//! over Arrow Flight.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::{TimestampMillisecondType, UInt32Type, UInt64Type};
+use arrow_flight::{FlightClient, Ticket};
+use futures::TryStreamExt;
+
+/// A process killed on drop.
+pub(crate) struct Process {
+    child: Child,
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn binary(name: &str) -> PathBuf {
+    // The test executable lives in target/<profile>/deps; the workspace's
+    // binaries live one level up.
+    let exe = std::env::current_exe().expect("test executable path");
+    let path = exe.parent().and_then(Path::parent).expect("target dir").join(name);
+    assert!(path.exists(), "{} is missing: run `cargo build --workspace --bins` first", path.display());
+    path
+}
+
+fn spawn(name: &str, args: &[&std::ffi::OsStr]) -> Process {
+    let show_logs = std::env::var_os("TEST_LOG").is_some();
+    let child = Command::new(binary(name))
+        .env_clear()
+        .env("RUST_LOG", if show_logs { "debug" } else { "warn" })
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(if show_logs { Stdio::inherit() } else { Stdio::null() })
+        .spawn()
+        .unwrap_or_else(|error| panic!("spawning {name}: {error}"));
+    Process { child }
+}
+
+fn wait_for_json(path: &Path) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(text) = std::fs::read_to_string(path) {
+            return serde_json::from_str(&text).expect("addresses file is JSON");
+        }
+        assert!(Instant::now() < deadline, "{} did not appear", path.display());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// One aggregator and one collector shipping to it.
+pub(crate) struct Stack {
+    pub(crate) pixel_base: String,
+    pub(crate) flight_url: String,
+    _collector: Process,
+    _aggregator: Process,
+    _dir: tempfile::TempDir,
+}
+
+impl Stack {
+    pub(crate) fn start() -> Stack {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let aggregator_dir = dir.path().join("aggregator");
+        let aggregator = spawn(
+            "edgetally-aggregator",
+            &[
+                "--data-dir".as_ref(),
+                aggregator_dir.as_os_str(),
+                "--quic-listen".as_ref(),
+                "127.0.0.1:0".as_ref(),
+                "--flight-listen".as_ref(),
+                "127.0.0.1:0".as_ref(),
+            ],
+        );
+        let addrs = wait_for_json(&aggregator_dir.join("aggregator.json"));
+        let quic = addrs["quic"].as_str().expect("quic address").to_owned();
+        let flight = addrs["flight"].as_str().expect("flight address").to_owned();
+        let cert = addrs["quic_cert"].as_str().expect("quic_cert path").to_owned();
+        let collector_dir = dir.path().join("collector");
+        let collector = spawn(
+            "edgetally-collector",
+            &[
+                "--data-dir".as_ref(),
+                collector_dir.as_os_str(),
+                "--http-listen".as_ref(),
+                "127.0.0.1:0".as_ref(),
+                "--aggregator-addr".as_ref(),
+                quic.as_ref(),
+                "--aggregator-cert".as_ref(),
+                cert.as_ref(),
+                "--flush-interval-ms".as_ref(),
+                "50".as_ref(),
+            ],
+        );
+        let addrs = wait_for_json(&collector_dir.join("collector.json"));
+        let http = addrs["http"].as_str().expect("http address").to_owned();
+        Stack {
+            pixel_base: format!("http://{http}"),
+            flight_url: format!("http://{flight}"),
+            _collector: collector,
+            _aggregator: aggregator,
+            _dir: dir,
+        }
+    }
+}
+
+/// Rollup counters read back, keyed by whatever the ticket grouped by.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Counts {
+    pub(crate) impressions: u64,
+    pub(crate) clicks: u64,
+    pub(crate) leads: u64,
+    pub(crate) sales: u64,
+}
+
+/// A group key as text: the group-by columns that are present, joined by `|`
+/// in the order minute, affiliate_id, campaign_id, sub1.
+pub(crate) type GroupKey = String;
+
+pub(crate) async fn rollups(flight_url: &str, ticket: serde_json::Value) -> BTreeMap<GroupKey, Counts> {
+    let channel = tonic::transport::Channel::from_shared(flight_url.to_owned())
+        .expect("flight url")
+        .connect()
+        .await
+        .expect("connect to flight");
+    let mut client = FlightClient::new(channel);
+    let stream = client.do_get(Ticket::new(ticket.to_string())).await.expect("do_get");
+    let batches: Vec<_> = stream.try_collect().await.expect("flight stream");
+    let mut out = BTreeMap::new();
+    for batch in batches {
+        let schema = batch.schema();
+        let column = |name: &str| schema.index_of(name).ok().map(|idx| batch.column(idx).clone());
+        let minute = column("minute");
+        let affiliate_id = column("affiliate_id");
+        let campaign_id = column("campaign_id");
+        let sub1 = column("sub1");
+        let counter = |name: &str| column(name).unwrap_or_else(|| panic!("column {name} missing in {schema:?}"));
+        let counters = [counter("impressions"), counter("clicks"), counter("leads"), counter("sales")];
+        for row_idx in 0..batch.num_rows() {
+            let mut parts = Vec::new();
+            if let Some(minute) = &minute {
+                parts.push(minute.as_primitive::<TimestampMillisecondType>().value(row_idx).to_string());
+            }
+            for ids in [&affiliate_id, &campaign_id].into_iter().flatten() {
+                parts.push(ids.as_primitive::<UInt32Type>().value(row_idx).to_string());
+            }
+            if let Some(sub1) = &sub1 {
+                parts.push(sub1.as_string::<i32>().value(row_idx).to_owned());
+            }
+            let value = |counter_idx: usize| counters[counter_idx].as_primitive::<UInt64Type>().value(row_idx);
+            let counts = Counts { impressions: value(0), clicks: value(1), leads: value(2), sales: value(3) };
+            assert!(out.insert(parts.join("|"), counts).is_none(), "group {} returned twice", parts.join("|"));
+        }
+    }
+    out
+}
