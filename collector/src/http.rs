@@ -11,10 +11,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use edgetally_protocol::{Event, EventKind};
-use http::header::{CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
+use http::header::{CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Body, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -33,9 +33,20 @@ pub const PIXEL_GIF: [u8; 43] = [
     0x02, 0x44, 0x01, 0x00, 0x3b,
 ];
 
+/// Response header of a pixel naming its outcome: `accepted`, or the
+/// rejection reason (`bad_id`, `shed_full`, ...).
+pub const OUTCOME_HEADER: &str = "x-edgetally-outcome";
+
 /// How long a client may take to send its request head. Slow-loris clients
 /// hold a connection slot each; ten seconds is ample for real clients.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How much of a refused oversize body is read and discarded so its client
+/// sees the `413`. Costs bandwidth, never memory.
+const DRAIN_BYTES_MAX: usize = 8 * 1024 * 1024;
+
+/// How long draining an oversize body may take.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How long in-flight requests get to finish at shutdown.
 const SHUTDOWN_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -96,8 +107,7 @@ impl Ingress {
     async fn handle(&self, request: Request<Incoming>) -> HttpResponse {
         let path = request.uri().path();
         let method = request.method();
-        let target_len = request.uri().path_and_query().map_or(0, |target| target.as_str().len());
-        self.metrics.request_received_bytes.inc_by(target_len as u64);
+        self.metrics.request_received_bytes.inc_by(head_len(&request) as u64);
         match (path, method) {
             ("/p.gif", &Method::GET | &Method::HEAD) => self.pixel(request.uri().query().unwrap_or("")),
             ("/v1/events", &Method::POST) => self.events(request).await,
@@ -141,31 +151,39 @@ impl Ingress {
             },
             Err(error) => Some(error.reason()),
         };
-        if let Some(reason) = reason {
-            self.metrics.events_rejected.get_or_create(&RejectLabels { source: "pixel", reason }).inc();
-        }
         let mut response = Response::new(Full::new(Bytes::from_static(&PIXEL_GIF)));
         let headers = response.headers_mut();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("image/gif"));
         headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        // The GIF is the same whatever happened; the outcome header lets an
+        // integrator (and the load generator's ledger) see what was counted.
+        let outcome = match reason {
+            None => HeaderValue::from_static("accepted"),
+            Some(reason) => {
+                self.metrics.events_rejected.get_or_create(&RejectLabels { source: "pixel", reason }).inc();
+                HeaderValue::from_static(reason)
+            }
+        };
+        headers.insert(OUTCOME_HEADER, outcome);
         response
     }
 
     async fn events(&self, request: Request<Incoming>) -> HttpResponse {
         let limit = self.body_bytes_max;
-        let announced =
-            request.headers().get(CONTENT_LENGTH).and_then(|value| value.to_str().ok()?.parse::<u64>().ok());
-        if announced.is_some_and(|len| len > limit as u64) {
-            return self.body_too_large(limit);
-        }
         let ndjson =
             request.headers().get(CONTENT_TYPE).and_then(|value| value.to_str().ok()).is_some_and(|value| {
                 value.starts_with("application/x-ndjson") || value.starts_with("application/jsonl")
             });
-        let mut body = match Limited::new(request.into_body(), limit).collect().await {
-            Ok(collected) => collected.to_bytes().to_vec(),
-            Err(error) if error.is::<http_body_util::LengthLimitError>() => return self.body_too_large(limit),
-            Err(error) => {
+        let mut body = match read_body(request.into_body(), limit).await {
+            Ok(body) => body,
+            Err(BodyRead::TooLarge) => {
+                return self.refuse(
+                    "body_too_large",
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("body too large: limit is {limit} bytes"),
+                );
+            }
+            Err(BodyRead::Failed(error)) => {
                 return self.refuse("body_read", StatusCode::BAD_REQUEST, format!("reading the body failed: {error}"));
             }
         };
@@ -216,13 +234,53 @@ impl Ingress {
         response
     }
 
-    fn body_too_large(&self, limit: usize) -> HttpResponse {
-        self.refuse("body_too_large", StatusCode::PAYLOAD_TOO_LARGE, format!("body too large: limit is {limit} bytes"))
-    }
-
     fn refuse(&self, reason: &'static str, status: StatusCode, message: String) -> HttpResponse {
         self.metrics.requests_refused.get_or_create(&ReasonLabels { reason }).inc();
         json_response(status, &json!({"error": message, "reason": reason}))
+    }
+}
+
+/// The size of the request head as HTTP/1.1 puts it on the wire: request
+/// line, header lines and the blank line. HTTP/2 compresses heads, so there it
+/// is an upper bound.
+fn head_len(request: &Request<Incoming>) -> usize {
+    let target_len = request.uri().path_and_query().map_or(1, |target| target.as_str().len());
+    let request_line = request.method().as_str().len() + 1 + target_len + " HTTP/1.1\r\n".len();
+    let headers: usize = request.headers().iter().map(|(name, value)| name.as_str().len() + 2 + value.len() + 2).sum();
+    request_line + headers + 2
+}
+
+enum BodyRead {
+    TooLarge,
+    Failed(hyper::Error),
+}
+
+/// Reads a body of at most `limit` bytes. A larger one is read on and
+/// discarded up to [`DRAIN_BYTES_MAX`] for at most [`DRAIN_TIMEOUT`], so the
+/// client, still sending, gets to read the `413` instead of a connection
+/// reset.
+async fn read_body(mut body: Incoming, limit: usize) -> Result<Vec<u8>, BodyRead> {
+    let announced = body.size_hint().exact().unwrap_or(0);
+    let mut collected = Vec::with_capacity(usize::try_from(announced).unwrap_or(0).min(limit));
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(BodyRead::Failed)?;
+        if let Some(data) = frame.data_ref() {
+            if collected.len() + data.len() > limit || announced > limit as u64 {
+                let _ = tokio::time::timeout(DRAIN_TIMEOUT, drain(&mut body, collected.len() + data.len())).await;
+                return Err(BodyRead::TooLarge);
+            }
+            collected.extend_from_slice(data);
+        }
+    }
+    Ok(collected)
+}
+
+async fn drain(body: &mut Incoming, mut n_read: usize) {
+    while n_read < DRAIN_BYTES_MAX {
+        match body.frame().await {
+            Some(Ok(frame)) => n_read += frame.data_ref().map_or(0, |data| data.len()),
+            _ => return,
+        }
     }
 }
 

@@ -21,7 +21,7 @@ mod metrics;
 pub mod tally;
 mod uplink;
 
-pub use http::PIXEL_GIF;
+pub use http::{OUTCOME_HEADER, PIXEL_GIF};
 pub use tally::TallyLimits;
 pub use uplink::UplinkError;
 

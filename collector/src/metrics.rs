@@ -76,7 +76,7 @@ impl Metrics {
         );
         registry.register(
             "request_received_bytes",
-            "Bytes of request targets and bodies received",
+            "Bytes of HTTP request heads and bodies received",
             metrics.request_received_bytes.clone(),
         );
         registry.register(

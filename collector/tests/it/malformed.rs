@@ -32,9 +32,17 @@ async fn bad_requests_are_answered_and_counted() {
     let answer = get(&format!("{base}/v1/events")).await;
     assert_eq!(answer.status, 405);
 
-    for query in ["aff=x&cmp=1", "aff=7&cmp=1&sub1=bad%20sub", "aff=7&cmp=1&sub1=bad%20sub", "cmp=1", "aff=1&cmp=2"] {
+    let pixels = [
+        ("aff=x&cmp=1", "bad_id"),
+        ("aff=7&cmp=1&sub1=bad%20sub", "bad_charset"),
+        ("aff=7&cmp=1&sub1=bad%20sub", "bad_charset"),
+        ("cmp=1", "missing_field"),
+        ("aff=1&cmp=2", "accepted"),
+    ];
+    for (query, outcome) in pixels {
         let answer = get(&format!("{base}/p.gif?{query}")).await;
         assert_eq!(answer.status, 200, "{query}");
+        assert_eq!(answer.headers["x-edgetally-outcome"], outcome, "{query}");
         assert_eq!(&answer.body[..], &PIXEL_GIF[..], "{query}");
         assert_eq!(answer.headers["cache-control"], "no-store");
         assert_eq!(answer.headers["content-type"], "image/gif");
