@@ -1,20 +1,27 @@
-//! `edgetally-loadtest`: runs the local stack, generates traffic, and reads
-//! rollups back over Arrow Flight.
+//! `edgetally-loadtest`: the load generator SREs size and verify EdgeTally
+//! with, and the runner of the local stack.
 //!
-//! `stack` starts an aggregator and a collector in this process on loopback,
-//! feeds the collector a trickle of generated traffic and prints where
-//! everything listens. `query` prints what a Flight ticket returns.
+//! `run` sends a realistic mix open-loop at a target rate (or closed-loop at
+//! full speed), reports latency and answers, and writes a ground-truth
+//! ledger; `verify` compares that ledger with the aggregator over Arrow
+//! Flight; `stack` starts an aggregator, a collector and a trickle of
+//! traffic on loopback; `query` prints what a Flight ticket returns.
 
+mod ledger;
+mod load;
+mod mix;
 mod query;
+mod report;
+mod runner;
 mod stack;
-mod traffic;
+mod verify;
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "edgetally-loadtest", version, about = "EdgeTally local stack and traffic generator")]
+#[command(name = "edgetally-loadtest", version, about = "EdgeTally load generator, verifier and local stack")]
 struct Args {
     #[command(subcommand)]
     command: Command,
@@ -22,6 +29,10 @@ struct Args {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Send generated traffic to collectors and write a ground-truth ledger.
+    Run(runner::RunArgs),
+    /// Compare a ledger with what the aggregator counted; non-zero on a mismatch.
+    Verify(verify::VerifyArgs),
     /// Start aggregator, collector and a trickle of traffic on loopback.
     Stack(stack::StackArgs),
     /// Run a Flight ticket against an aggregator and print the result.
@@ -34,7 +45,14 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // The generator shares the machine with what it measures, so `run`
+    // uses as few threads as asked; the stack runs two servers and gets two.
+    let worker_threads = match &args.command {
+        Command::Run(run) => run.threads.max(1),
+        _ => 2,
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(worker_threads).enable_all().build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("error: starting the runtime: {error}");
@@ -43,6 +61,8 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match args.command {
+            Command::Run(args) => runner::run(args).await,
+            Command::Verify(args) => verify::run(args).await,
             Command::Stack(args) => stack::run(args).await,
             Command::Query(args) => query::run(args).await,
         }

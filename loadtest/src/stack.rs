@@ -1,18 +1,21 @@
 //! `stack`: the whole local EdgeTally on loopback in one process: an
 //! aggregator, one collector shipping to it over QUIC, and a trickle of
-//! traffic into the collector. Both servers run from their libraries with the
+//! traffic into the collector, drawn from the same mix as `run`. Both servers run from their libraries with the
 //! same code paths as their binaries.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::Context;
 use arrow_array::cast::AsArray;
 use arrow_array::types::UInt64Type;
-use rand::SeedableRng;
+use tokio::sync::watch;
 
-use crate::traffic::Trickle;
+use crate::load::{LoadConfig, Progress};
+use crate::mix::MixArgs;
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct StackArgs {
@@ -38,6 +41,8 @@ pub(crate) struct StackArgs {
     /// Stop after this many seconds (default: run until Ctrl-C).
     #[arg(long)]
     duration_secs: Option<u64>,
+    #[command(flatten)]
+    mix: MixArgs,
 }
 
 pub(crate) async fn run(args: StackArgs) -> anyhow::Result<()> {
@@ -82,12 +87,27 @@ pub(crate) async fn run(args: StackArgs) -> anyhow::Result<()> {
     println!("  traffic   {} requests/s generated; Ctrl-C stops", args.rate);
 
     let flight_url = format!("http://{flight}");
-    let mut trickle = Trickle::new(format!("http://{http}"), rand::rngs::StdRng::seed_from_u64(args.seed));
-    let period = if args.rate == 0 { Duration::from_secs(3600) } else { Duration::from_secs(1) / args.rate };
-    let mut send_tick = tokio::time::interval(period);
-    send_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let (stop_tx, stop) = watch::channel(false);
+    let progress = Arc::new(Progress::default());
+    let load = (args.rate > 0).then(|| {
+        let config = LoadConfig {
+            targets: vec![http.to_string()],
+            connections: 2,
+            streams: 1,
+            http2: false,
+            rate: Some(f64::from(args.rate)),
+            duration: args.duration_secs.map(Duration::from_secs),
+            requests_max: None,
+            timeout: Duration::from_secs(5),
+            seed: args.seed,
+            mix: args.mix.clone(),
+        };
+        let progress = progress.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move { crate::load::run(&config, progress, stop).await })
+    });
     let mut report_tick = tokio::time::interval(Duration::from_secs(5));
-    let stop = async {
+    let finish = async {
         match args.duration_secs {
             Some(secs) => tokio::time::sleep(Duration::from_secs(secs)).await,
             None => {
@@ -95,23 +115,25 @@ pub(crate) async fn run(args: StackArgs) -> anyhow::Result<()> {
             }
         }
     };
-    tokio::pin!(stop);
+    tokio::pin!(finish);
     loop {
         tokio::select! {
-            _ = &mut stop => break,
-            _ = send_tick.tick(), if args.rate > 0 => trickle.send_one().await,
+            _ = &mut finish => break,
             _ = report_tick.tick() => {
-                let counted = counted_events(&flight_url).await;
-                let sent = trickle.sent;
-                match counted {
+                let answered = progress.answered.load(Ordering::Relaxed);
+                let accepted = progress.accepted_events.load(Ordering::Relaxed);
+                match counted_events(&flight_url).await {
                     Ok(counted) => println!(
-                        "sent {} requests, {} events accepted, {} failed; the aggregator counts {counted} events",
-                        sent.requests, sent.accepted_events, sent.failed_requests
+                        "sent {answered} requests, the collector accepted {accepted} events, the aggregator counts {counted}"
                     ),
-                    Err(error) => println!("sent {} requests; reading the aggregator failed: {error:#}", sent.requests),
+                    Err(error) => println!("sent {answered} requests; reading the aggregator failed: {error:#}"),
                 }
             }
         }
+    }
+    let _ = stop_tx.send(true);
+    if let Some(load) = load {
+        load.await.context("traffic task")?.context("traffic")?;
     }
     println!("Stopping.");
     collector.shutdown().await;

@@ -34,7 +34,8 @@ fn bump(counts: &mut Counts, kind: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pixels_and_events_are_counted_exactly() {
-    let stack = Stack::start();
+    let stack = Stack::start(1);
+    let collector = &stack.collectors[0];
     let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
     let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64;
     let current_minute = now_ms / 60_000 * 60_000;
@@ -74,7 +75,7 @@ async fn pixels_and_events_are_counted_exactly() {
     ];
 
     // Three body shapes: a JSON array, NDJSON, and single objects.
-    let url = format!("{}/v1/events", stack.pixel_base);
+    let url = format!("{collector}/v1/events");
     let post = |body: String| {
         let client = client.clone();
         let request = http::Request::post(url.as_str()).body(Full::new(Bytes::from(body))).unwrap();
@@ -101,7 +102,7 @@ async fn pixels_and_events_are_counted_exactly() {
     for pixel_idx in 0..60u64 {
         let affiliate_id = 1 + pixel_idx % 3;
         let sub1 = subs[(pixel_idx % 2) as usize];
-        let mut target = format!("{}/p.gif?aff={affiliate_id}&cmp=10&cb={pixel_idx}", stack.pixel_base);
+        let mut target = format!("{collector}/p.gif?aff={affiliate_id}&cmp=10&cb={pixel_idx}");
         if !sub1.is_empty() {
             target.push_str(&format!("&sub1={sub1}"));
         }
@@ -110,7 +111,7 @@ async fn pixels_and_events_are_counted_exactly() {
         by_key.entry(format!("{affiliate_id}|10|{sub1}")).or_default().impressions += 1;
     }
     for bad in ["aff=0&cmp=10", "aff=1", "aff=1&cmp=10&sub1=%00"] {
-        let response = client.get(format!("{}/p.gif?{bad}", stack.pixel_base).parse().unwrap()).await.unwrap();
+        let response = client.get(format!("{collector}/p.gif?{bad}").parse().unwrap()).await.unwrap();
         assert_eq!(response.status(), 200);
     }
 

@@ -56,20 +56,20 @@ fn wait_for_json(path: &Path) -> serde_json::Value {
     }
 }
 
-/// One aggregator and one collector shipping to it.
+/// One aggregator and collectors shipping to it.
 pub(crate) struct Stack {
-    pub(crate) pixel_base: String,
+    /// Base URL of each collector.
+    pub(crate) collectors: Vec<String>,
     pub(crate) flight_url: String,
-    _collector: Process,
-    _aggregator: Process,
-    _dir: tempfile::TempDir,
+    pub(crate) dir: tempfile::TempDir,
+    _processes: Vec<Process>,
 }
 
 impl Stack {
-    pub(crate) fn start() -> Stack {
+    pub(crate) fn start(n_collectors: u32) -> Stack {
         let dir = tempfile::tempdir().expect("temp dir");
         let aggregator_dir = dir.path().join("aggregator");
-        let aggregator = spawn(
+        let mut processes = vec![spawn(
             "edgetally-aggregator",
             &[
                 "--data-dir".as_ref(),
@@ -79,37 +79,49 @@ impl Stack {
                 "--flight-listen".as_ref(),
                 "127.0.0.1:0".as_ref(),
             ],
-        );
+        )];
         let addrs = wait_for_json(&aggregator_dir.join("aggregator.json"));
         let quic = addrs["quic"].as_str().expect("quic address").to_owned();
         let flight = addrs["flight"].as_str().expect("flight address").to_owned();
         let cert = addrs["quic_cert"].as_str().expect("quic_cert path").to_owned();
-        let collector_dir = dir.path().join("collector");
-        let collector = spawn(
-            "edgetally-collector",
-            &[
-                "--data-dir".as_ref(),
-                collector_dir.as_os_str(),
-                "--http-listen".as_ref(),
-                "127.0.0.1:0".as_ref(),
-                "--aggregator-addr".as_ref(),
-                quic.as_ref(),
-                "--aggregator-cert".as_ref(),
-                cert.as_ref(),
-                "--flush-interval-ms".as_ref(),
-                "50".as_ref(),
-            ],
-        );
-        let addrs = wait_for_json(&collector_dir.join("collector.json"));
-        let http = addrs["http"].as_str().expect("http address").to_owned();
-        Stack {
-            pixel_base: format!("http://{http}"),
-            flight_url: format!("http://{flight}"),
-            _collector: collector,
-            _aggregator: aggregator,
-            _dir: dir,
+        let mut collectors = Vec::new();
+        for edge_id in 1..=n_collectors {
+            let collector_dir = dir.path().join(format!("collector-{edge_id}"));
+            let edge_id = edge_id.to_string();
+            processes.push(spawn(
+                "edgetally-collector",
+                &[
+                    "--data-dir".as_ref(),
+                    collector_dir.as_os_str(),
+                    "--http-listen".as_ref(),
+                    "127.0.0.1:0".as_ref(),
+                    "--aggregator-addr".as_ref(),
+                    quic.as_ref(),
+                    "--aggregator-cert".as_ref(),
+                    cert.as_ref(),
+                    "--edge-id".as_ref(),
+                    edge_id.as_ref(),
+                    "--flush-interval-ms".as_ref(),
+                    "50".as_ref(),
+                ],
+            ));
+            let addrs = wait_for_json(&collector_dir.join("collector.json"));
+            collectors.push(format!("http://{}", addrs["http"].as_str().expect("http address")));
         }
+        Stack { collectors, flight_url: format!("http://{flight}"), dir, _processes: processes }
     }
+}
+
+/// Runs `edgetally-loadtest` to completion and returns its exit status and
+/// standard output.
+pub(crate) fn loadtest(args: &[&str]) -> (std::process::ExitStatus, String) {
+    let output = Command::new(binary("edgetally-loadtest"))
+        .env_clear()
+        .args(args)
+        .stderr(if std::env::var_os("TEST_LOG").is_some() { Stdio::inherit() } else { Stdio::null() })
+        .output()
+        .expect("running edgetally-loadtest");
+    (output.status, String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
 /// Rollup counters read back, keyed by whatever the ticket grouped by.

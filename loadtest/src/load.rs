@@ -1,0 +1,409 @@
+//! The load engine: keep-alive connections that send the mix open-loop at a
+//! target rate, or closed-loop as fast as answers come back.
+//!
+//! Open loop follows wrk2: every request has an intended send time on a fixed
+//! schedule, and its latency is measured from that time, not from when it
+//! was actually sent. A server that stalls therefore shows its stall in the
+//! latency of every request scheduled during it, instead of silently slowing
+//! the generator down (coordinated omission).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use http::header::{CONTENT_TYPE, HOST, USER_AGENT};
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use tokio::net::TcpStream;
+use tokio::sync::{Mutex, watch};
+use tokio::time::Instant;
+
+use crate::ledger::Ledger;
+use crate::mix::{Label, Mix, MixArgs, Plan};
+
+/// Latencies are recorded in microseconds from 1 µs to 60 s with three
+/// significant digits: about 200 KiB per histogram, one per connection task.
+const LATENCY_US_MAX: u64 = 60_000_000;
+
+#[derive(Debug, Clone)]
+pub(crate) struct LoadConfig {
+    /// `host:port` of each collector; connections are spread round-robin.
+    pub(crate) targets: Vec<String>,
+    pub(crate) connections: usize,
+    /// Concurrent requests per HTTP/2 connection (1 for HTTP/1.1).
+    pub(crate) streams: usize,
+    pub(crate) http2: bool,
+    /// Requests per second in total; `None` runs closed-loop at full speed.
+    pub(crate) rate: Option<f64>,
+    pub(crate) duration: Option<Duration>,
+    pub(crate) requests_max: Option<u64>,
+    pub(crate) timeout: Duration,
+    pub(crate) seed: u64,
+    pub(crate) mix: MixArgs,
+}
+
+/// Live counters, read by the progress line.
+#[derive(Debug, Default)]
+pub(crate) struct Progress {
+    pub(crate) sent: AtomicU64,
+    pub(crate) answered: AtomicU64,
+    pub(crate) failed: AtomicU64,
+    pub(crate) accepted_events: AtomicU64,
+}
+
+/// What one run produced.
+pub(crate) struct Outcome {
+    pub(crate) latency_us: Histogram<u64>,
+    pub(crate) ledger: Ledger,
+    /// Answers per request label and outcome (`accepted`, a rejection
+    /// reason, or `http_<status>`).
+    pub(crate) answers: HashMap<Label, HashMap<String, u64>>,
+    /// Requests that got no answer, by error kind.
+    pub(crate) errors: HashMap<&'static str, u64>,
+    pub(crate) n_answered: u64,
+    pub(crate) elapsed: Duration,
+}
+
+// === impl Outcome ===
+
+impl Outcome {
+    fn new() -> Outcome {
+        Outcome {
+            // The bounds are constants that satisfy the constructor's rules.
+            latency_us: Histogram::new_with_bounds(1, LATENCY_US_MAX, 3).expect("valid histogram bounds"),
+            ledger: Ledger::default(),
+            answers: HashMap::new(),
+            errors: HashMap::new(),
+            n_answered: 0,
+            elapsed: Duration::ZERO,
+        }
+    }
+
+    fn merge(&mut self, other: Outcome) {
+        // Both histograms share the same bounds, so adding cannot fail.
+        self.latency_us.add(&other.latency_us).expect("same histogram bounds");
+        self.ledger.merge(other.ledger);
+        for (label, outcomes) in other.answers {
+            let mine = self.answers.entry(label).or_default();
+            for (outcome, n) in outcomes {
+                *mine.entry(outcome).or_default() += n;
+            }
+        }
+        for (kind, n) in other.errors {
+            *self.errors.entry(kind).or_default() += n;
+        }
+        self.n_answered += other.n_answered;
+    }
+
+    fn answer(&mut self, label: Label, outcome: &str) {
+        let outcomes = self.answers.entry(label).or_default();
+        match outcomes.get_mut(outcome) {
+            Some(n) => *n += 1,
+            None => {
+                outcomes.insert(outcome.to_owned(), 1);
+            }
+        }
+    }
+}
+
+/// One request's failure to get an answer.
+#[derive(Debug, thiserror::Error)]
+enum SendError {
+    #[error("connect: {0}")]
+    Connect(std::io::Error),
+    #[error("handshake: {0}")]
+    Handshake(hyper::Error),
+    #[error("request: {0}")]
+    Request(hyper::Error),
+    #[error("timed out")]
+    Timeout,
+}
+
+impl SendError {
+    fn kind(&self) -> &'static str {
+        match self {
+            SendError::Connect(_) => "connect",
+            SendError::Handshake(_) => "handshake",
+            SendError::Request(_) => "request",
+            SendError::Timeout => "timeout",
+        }
+    }
+}
+
+/// The connection a task sends on: its own for HTTP/1.1, shared by the
+/// tasks of one connection for HTTP/2.
+enum Link {
+    Http1(Option<http1::SendRequest<Full<Bytes>>>),
+    Http2(Arc<Mutex<Option<http2::SendRequest<Full<Bytes>>>>>),
+}
+
+struct Answer {
+    status: u16,
+    outcome: Option<String>,
+    body: Bytes,
+}
+
+// === impl Link ===
+
+impl Link {
+    async fn send(&mut self, target: &str, request: http::Request<Full<Bytes>>) -> Result<Answer, SendError> {
+        let response = match self {
+            Link::Http1(slot) => {
+                let sender = match slot {
+                    Some(sender) if !sender.is_closed() => sender,
+                    _ => {
+                        let io = TokioIo::new(connect(target).await?);
+                        let (sender, connection) = http1::handshake(io).await.map_err(SendError::Handshake)?;
+                        tokio::spawn(connection);
+                        slot.insert(sender)
+                    }
+                };
+                let sent = async {
+                    sender.ready().await?;
+                    sender.send_request(request).await
+                };
+                match sent.await {
+                    Ok(response) => response,
+                    Err(error) => {
+                        *slot = None;
+                        return Err(SendError::Request(error));
+                    }
+                }
+            }
+            Link::Http2(shared) => {
+                let mut sender = {
+                    let mut slot = shared.lock().await;
+                    match &*slot {
+                        Some(sender) if !sender.is_closed() => sender.clone(),
+                        _ => {
+                            let io = TokioIo::new(connect(target).await?);
+                            let (sender, connection) =
+                                http2::handshake(TokioExecutor::new(), io).await.map_err(SendError::Handshake)?;
+                            tokio::spawn(connection);
+                            slot.insert(sender).clone()
+                        }
+                    }
+                };
+                let sent = async {
+                    sender.ready().await?;
+                    sender.send_request(request).await
+                };
+                match sent.await {
+                    Ok(response) => response,
+                    Err(error) => {
+                        *shared.lock().await = None;
+                        return Err(SendError::Request(error));
+                    }
+                }
+            }
+        };
+        let status = response.status().as_u16();
+        let outcome = response
+            .headers()
+            .get(edgetally_collector::OUTCOME_HEADER)
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_owned);
+        let body = response.into_body().collect().await.map_err(SendError::Request)?.to_bytes();
+        Ok(Answer { status, outcome, body })
+    }
+}
+
+async fn connect(target: &str) -> Result<TcpStream, SendError> {
+    let stream = TcpStream::connect(target).await.map_err(SendError::Connect)?;
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
+/// Runs the load until the duration or the request cap is reached, or
+/// `stop` turns true.
+pub(crate) async fn run(
+    config: &LoadConfig,
+    progress: Arc<Progress>,
+    stop: watch::Receiver<bool>,
+) -> anyhow::Result<Outcome> {
+    anyhow::ensure!(!config.targets.is_empty(), "no target collector");
+    anyhow::ensure!(config.connections > 0 && config.streams > 0, "connections and streams must be positive");
+    if let Some(rate) = config.rate {
+        anyhow::ensure!(rate > 0.0 && rate.is_finite(), "rate must be positive, got {rate}");
+    }
+    anyhow::ensure!(
+        config.duration.is_some() || config.requests_max.is_some() || config.rate.is_some(),
+        "a max-rate run needs a duration or a request cap to stop by itself"
+    );
+    let n_tasks = config.connections * if config.http2 { config.streams } else { 1 };
+    let start = Instant::now();
+    let end = config.duration.map(|duration| start + duration);
+    let mut tasks = Vec::with_capacity(n_tasks);
+    for connection_idx in 0..config.connections {
+        let target = config.targets[connection_idx % config.targets.len()].clone();
+        let shared = Arc::new(Mutex::new(None));
+        let n_streams = if config.http2 { config.streams } else { 1 };
+        for stream_idx in 0..n_streams {
+            let task_idx = connection_idx * n_streams + stream_idx;
+            let link = if config.http2 { Link::Http2(shared.clone()) } else { Link::Http1(None) };
+            let mix = Mix::new(&config.mix, task_idx).context("building the traffic mix")?;
+            let schedule = config.rate.map(|rate| Schedule {
+                first: start + Duration::from_secs_f64(task_idx as f64 / rate),
+                interval: Duration::from_secs_f64(n_tasks as f64 / rate),
+            });
+            let task = Task {
+                target: target.clone(),
+                link,
+                mix,
+                rng: StdRng::seed_from_u64(config.seed.wrapping_mul(1_000_003).wrapping_add(task_idx as u64)),
+                schedule,
+                end,
+                requests_max: config.requests_max,
+                timeout: config.timeout,
+                progress: progress.clone(),
+                stop: stop.clone(),
+            };
+            tasks.push(tokio::spawn(task.run()));
+        }
+    }
+    let mut outcome = Outcome::new();
+    for task in tasks {
+        outcome.merge(task.await.context("load task panicked")?);
+    }
+    outcome.elapsed = start.elapsed();
+    Ok(outcome)
+}
+
+struct Schedule {
+    first: Instant,
+    interval: Duration,
+}
+
+struct Task {
+    target: String,
+    link: Link,
+    mix: Mix,
+    rng: StdRng,
+    schedule: Option<Schedule>,
+    end: Option<Instant>,
+    requests_max: Option<u64>,
+    timeout: Duration,
+    progress: Arc<Progress>,
+    stop: watch::Receiver<bool>,
+}
+
+// === impl Task ===
+
+impl Task {
+    async fn run(mut self) -> Outcome {
+        let mut outcome = Outcome::new();
+        let mut previous: Option<Plan> = None;
+        for request_idx in 0u32.. {
+            let intended = match &self.schedule {
+                Some(schedule) => schedule.first + schedule.interval * request_idx,
+                None => Instant::now(),
+            };
+            if self.end.is_some_and(|end| intended >= end) || *self.stop.borrow() {
+                break;
+            }
+            if intended > Instant::now() {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(intended) => {}
+                    _ = self.stop.wait_for(|stop| *stop) => break,
+                }
+            }
+            let n_sent = self.progress.sent.fetch_add(1, Ordering::Relaxed);
+            if self.requests_max.is_some_and(|max| n_sent >= max) {
+                break;
+            }
+            let plan = self.mix.next(&mut self.rng, previous.as_ref());
+            if outcome.ledger.first_sent_ms == 0 {
+                outcome.ledger.first_sent_ms = now_ms();
+            }
+            let request = build_request(&self.target, &plan);
+            let answer = tokio::time::timeout(self.timeout, self.link.send(&self.target, request)).await;
+            let answer = answer.unwrap_or(Err(SendError::Timeout));
+            let latency_us = intended.elapsed().as_micros().min(u128::from(LATENCY_US_MAX)) as u64;
+            match answer {
+                Ok(answer) => {
+                    // Saturated to the histogram's upper bound above.
+                    outcome.latency_us.saturating_record(latency_us.max(1));
+                    outcome.n_answered += 1;
+                    outcome.ledger.last_answer_ms = now_ms();
+                    self.progress.answered.fetch_add(1, Ordering::Relaxed);
+                    let n_accepted = settle(&mut outcome, &plan, &answer);
+                    self.progress.accepted_events.fetch_add(n_accepted, Ordering::Relaxed);
+                }
+                Err(error) => {
+                    *outcome.errors.entry(error.kind()).or_default() += 1;
+                    self.progress.failed.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(%error, target = %self.target, "Request failed.");
+                    // A refused connection would otherwise spin in max mode.
+                    if self.schedule.is_none() && matches!(error, SendError::Connect(_)) {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+            previous = Some(plan);
+        }
+        outcome
+    }
+}
+
+fn build_request(target: &str, plan: &Plan) -> http::Request<Full<Bytes>> {
+    let builder = http::Request::builder()
+        .method(if plan.is_post { http::Method::POST } else { http::Method::GET })
+        .uri(format!("http://{target}{}", plan.path_and_query))
+        .header(HOST, target)
+        .header(USER_AGENT, plan.user_agent);
+    let builder = if plan.is_post { builder.header(CONTENT_TYPE, "application/json") } else { builder };
+    // Every part comes from the mix, which only produces valid URIs and
+    // header values.
+    builder.body(Full::new(plan.body.clone())).expect("valid request")
+}
+
+/// Books an answer into the ledger and the answer counts; returns the
+/// number of events accepted.
+fn settle(outcome: &mut Outcome, plan: &Plan, answer: &Answer) -> u64 {
+    if answer.status != 200 {
+        outcome.answer(plan.label, &format!("http_{}", answer.status));
+        return 0;
+    }
+    if !plan.is_post {
+        let verdict = answer.outcome.as_deref().unwrap_or("no_outcome");
+        outcome.answer(plan.label, verdict);
+        if verdict == "accepted"
+            && let Some(truth) = plan.truths.first()
+        {
+            outcome.ledger.accept(truth);
+            return 1;
+        }
+        return 0;
+    }
+    let Ok(body) = serde_json::from_slice::<serde_json::Value>(&answer.body) else {
+        outcome.answer(plan.label, "unreadable_answer");
+        return 0;
+    };
+    let results = body["results"].as_array().map(Vec::as_slice).unwrap_or_default();
+    if results.len() != plan.truths.len() {
+        outcome.answer(plan.label, "result_count_mismatch");
+        return 0;
+    }
+    let mut n_accepted = 0;
+    for (truth, result) in plan.truths.iter().zip(results) {
+        if result["status"] == "accepted" {
+            outcome.ledger.accept(truth);
+            outcome.answer(plan.label, "accepted");
+            n_accepted += 1;
+        } else {
+            outcome.answer(plan.label, result["reason"].as_str().unwrap_or("rejected"));
+        }
+    }
+    n_accepted
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_millis() as i64)
+}

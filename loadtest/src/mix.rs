@@ -1,0 +1,275 @@
+//! The traffic mix: what each generated request is, drawn from seeded
+//! distributions whose shares are all flags.
+//!
+//! Affiliates, campaigns and sub IDs are Zipf-distributed, as real affiliate
+//! traffic is dominated by a few large partners. Each request carries the
+//! [`Truth`] of the events in it, so the ledger can count what the collector
+//! says it accepted.
+
+use bytes::Bytes;
+use rand::Rng;
+use rand::rngs::StdRng;
+use rand_distr::{Distribution, Zipf};
+use serde_json::json;
+
+use crate::ledger::{Kind, Truth};
+
+/// Currencies of generated conversions, with their minor-unit exponents.
+const CURRENCIES: [(&str, u32); 5] = [("USD", 2), ("EUR", 2), ("GBP", 2), ("JPY", 0), ("BHD", 3)];
+
+/// User agents of the bot-like share.
+const BOT_AGENTS: [&str; 3] = ["Googlebot/2.1 (+http://www.google.com/bot.html)", "python-requests/2.31", "curl/8.5.0"];
+const BROWSER_AGENT: &str =
+    "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126 Safari/537.36";
+
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct MixArgs {
+    /// Distinct affiliate ids (Zipf-distributed).
+    #[arg(long, default_value_t = 10_000)]
+    pub(crate) affiliates: u32,
+    /// Distinct campaign ids (Zipf-distributed).
+    #[arg(long, default_value_t = 200)]
+    pub(crate) campaigns: u32,
+    /// Distinct sub1 values (Zipf-distributed); a third of events carry none.
+    #[arg(long, default_value_t = 50)]
+    pub(crate) subs: u32,
+    /// Zipf exponent of the affiliate, campaign and sub distributions.
+    #[arg(long, default_value_t = 1.1)]
+    pub(crate) zipf_exponent: f64,
+    /// Share of requests that are clicks (posted as JSON events).
+    #[arg(long, default_value_t = 0.10)]
+    pub(crate) click_share: f64,
+    /// Share of requests that are leads.
+    #[arg(long, default_value_t = 0.01)]
+    pub(crate) lead_share: f64,
+    /// Share of requests that are sales, with amounts in several currencies.
+    #[arg(long, default_value_t = 0.01)]
+    pub(crate) sale_share: f64,
+    /// Share of requests that repeat this connection's previous request
+    /// exactly (duplicate pixels and retried postbacks).
+    #[arg(long, default_value_t = 0.02)]
+    pub(crate) duplicate_share: f64,
+    /// Share of requests that are malformed, spread over every kind.
+    #[arg(long, default_value_t = 0.01)]
+    pub(crate) malformed_share: f64,
+    /// Share of pixel requests sent with a bot-like user agent.
+    #[arg(long, default_value_t = 0.01)]
+    pub(crate) bot_share: f64,
+    /// Events per `POST /v1/events` body (NDJSON when above 1).
+    #[arg(long, default_value_t = 1)]
+    pub(crate) events_per_post: usize,
+    /// Only valid impression pixels, no duplicates: the mix for comparing
+    /// raw request rates with other HTTP load tools.
+    #[arg(long)]
+    pub(crate) pixels_only: bool,
+}
+
+/// What kind of request a plan is, for the report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) enum Label {
+    Pixel,
+    BotPixel,
+    Events,
+    Duplicate,
+    BadPixel,
+    BadJson,
+    BadAmount,
+    OversizeBody,
+    UnknownRoute,
+}
+
+// === impl Label ===
+
+impl Label {
+    pub(crate) fn as_str(&self) -> &'static str {
+        match self {
+            Label::Pixel => "pixel",
+            Label::BotPixel => "bot_pixel",
+            Label::Events => "events",
+            Label::Duplicate => "duplicate",
+            Label::BadPixel => "malformed_pixel",
+            Label::BadJson => "malformed_json",
+            Label::BadAmount => "malformed_amount",
+            Label::OversizeBody => "malformed_oversize",
+            Label::UnknownRoute => "malformed_route",
+        }
+    }
+}
+
+/// One request to send, and the events in it.
+#[derive(Debug, Clone)]
+pub(crate) struct Plan {
+    pub(crate) label: Label,
+    pub(crate) is_post: bool,
+    pub(crate) path_and_query: String,
+    pub(crate) body: Bytes,
+    pub(crate) user_agent: &'static str,
+    /// For a pixel, its one event; for a post, one per item in order.
+    pub(crate) truths: Vec<Truth>,
+}
+
+pub(crate) struct Mix {
+    args: MixArgs,
+    affiliates: Zipf<f64>,
+    campaigns: Zipf<f64>,
+    subs: Zipf<f64>,
+    /// A per-connection prefix that keeps order ids unique across tasks.
+    order_prefix: String,
+    n_orders: u64,
+}
+
+// === impl Mix ===
+
+impl Mix {
+    pub(crate) fn new(args: &MixArgs, task_idx: usize) -> anyhow::Result<Mix> {
+        anyhow::ensure!(args.affiliates > 0 && args.campaigns > 0 && args.subs > 0, "counts must be positive");
+        anyhow::ensure!(args.events_per_post > 0, "--events-per-post must be positive");
+        let zipf =
+            |n: u32| Zipf::new(f64::from(n), args.zipf_exponent).map_err(|error| anyhow::anyhow!("zipf: {error}"));
+        Ok(Mix {
+            args: args.clone(),
+            affiliates: zipf(args.affiliates)?,
+            campaigns: zipf(args.campaigns)?,
+            subs: zipf(args.subs)?,
+            order_prefix: format!("t{task_idx}-"),
+            n_orders: 0,
+        })
+    }
+
+    /// Draws the next request; `previous` is this connection's last plan.
+    pub(crate) fn next(&mut self, rng: &mut StdRng, previous: Option<&Plan>) -> Plan {
+        if self.args.pixels_only {
+            return self.pixel(rng, BROWSER_AGENT, Label::Pixel);
+        }
+        let roll: f64 = rng.random();
+        let args = &self.args;
+        let mut threshold = args.duplicate_share;
+        if roll < threshold
+            && let Some(previous) = previous
+        {
+            return Plan { label: Label::Duplicate, ..previous.clone() };
+        }
+        threshold += args.malformed_share;
+        if roll < threshold {
+            return self.malformed(rng);
+        }
+        for (share, kind) in
+            [(args.click_share, Kind::Click), (args.lead_share, Kind::Lead), (args.sale_share, Kind::Sale)]
+        {
+            threshold += share;
+            if roll < threshold {
+                return self.events(rng, kind);
+            }
+        }
+        if rng.random::<f64>() < self.args.bot_share {
+            let agent = BOT_AGENTS[rng.random_range(0..BOT_AGENTS.len())];
+            return self.pixel(rng, agent, Label::BotPixel);
+        }
+        self.pixel(rng, BROWSER_AGENT, Label::Pixel)
+    }
+
+    fn ids(&self, rng: &mut StdRng) -> (u32, u32, String) {
+        let affiliate_id = self.affiliates.sample(rng) as u32;
+        let campaign_id = self.campaigns.sample(rng) as u32;
+        let sub1 =
+            if rng.random_range(0..3) == 0 { String::new() } else { format!("s{}", self.subs.sample(rng) as u32) };
+        (affiliate_id, campaign_id, sub1)
+    }
+
+    fn pixel(&mut self, rng: &mut StdRng, user_agent: &'static str, label: Label) -> Plan {
+        let (affiliate_id, campaign_id, sub1) = self.ids(rng);
+        let cache_buster: u32 = rng.random();
+        Plan {
+            label,
+            is_post: false,
+            path_and_query: format!("/p.gif?aff={affiliate_id}&cmp={campaign_id}&sub1={sub1}&cb={cache_buster}"),
+            body: Bytes::new(),
+            user_agent,
+            truths: vec![Truth { kind: Kind::Impression, affiliate_id, campaign_id, money: None }],
+        }
+    }
+
+    fn event(&mut self, rng: &mut StdRng, kind: Kind) -> (serde_json::Value, Truth) {
+        let (affiliate_id, campaign_id, sub1) = self.ids(rng);
+        let mut event = json!({"kind": kind.as_str(), "affiliate_id": affiliate_id, "campaign_id": campaign_id});
+        if !sub1.is_empty() {
+            event["sub1"] = json!(sub1);
+        }
+        let mut money = None;
+        if matches!(kind, Kind::Lead | Kind::Sale) {
+            self.n_orders += 1;
+            event["order_id"] = json!(format!("{}{}", self.order_prefix, self.n_orders));
+        }
+        if kind == Kind::Sale {
+            let (currency, exponent) = CURRENCIES[rng.random_range(0..CURRENCIES.len())];
+            let minor_units: i64 = rng.random_range(100..100_000);
+            event["amount"] = json!(format_amount(minor_units, exponent));
+            event["currency"] = json!(currency);
+            money = Some((currency, minor_units));
+        }
+        (event, Truth { kind, affiliate_id, campaign_id, money })
+    }
+
+    fn events(&mut self, rng: &mut StdRng, kind: Kind) -> Plan {
+        let mut lines = Vec::with_capacity(self.args.events_per_post);
+        let mut truths = Vec::with_capacity(self.args.events_per_post);
+        for _ in 0..self.args.events_per_post {
+            let (event, truth) = self.event(rng, kind);
+            lines.push(event.to_string());
+            truths.push(truth);
+        }
+        Plan {
+            label: Label::Events,
+            is_post: true,
+            path_and_query: "/v1/events".into(),
+            body: Bytes::from(lines.join("\n")),
+            user_agent: BROWSER_AGENT,
+            truths,
+        }
+    }
+
+    fn malformed(&mut self, rng: &mut StdRng) -> Plan {
+        let post = |label: Label, body: String, truths: Vec<Truth>| Plan {
+            label,
+            is_post: true,
+            path_and_query: "/v1/events".into(),
+            body: Bytes::from(body),
+            user_agent: BROWSER_AGENT,
+            truths,
+        };
+        match rng.random_range(0..5) {
+            0 => {
+                let mut plan = self.pixel(rng, BROWSER_AGENT, Label::BadPixel);
+                plan.path_and_query = plan.path_and_query.replacen("aff=", "aff=x", 1);
+                plan
+            }
+            1 => post(Label::BadJson, r#"{"kind":"click","affiliate_id":"#.into(), Vec::new()),
+            2 => {
+                let (mut event, truth) = self.event(rng, Kind::Sale);
+                event["amount"] = json!("12.3456");
+                post(Label::BadAmount, event.to_string(), vec![truth])
+            }
+            3 => post(Label::OversizeBody, "x".repeat(2 * 1024 * 1024), Vec::new()),
+            _ => Plan {
+                label: Label::UnknownRoute,
+                is_post: false,
+                path_and_query: "/no/such/route".into(),
+                body: Bytes::new(),
+                user_agent: BROWSER_AGENT,
+                truths: Vec::new(),
+            },
+        }
+    }
+}
+
+/// Renders minor units as the decimal string the wire expects.
+fn format_amount(minor_units: i64, exponent: u32) -> String {
+    if exponent == 0 {
+        return minor_units.to_string();
+    }
+    let scale = 10i64.pow(exponent);
+    format!("{}.{:0width$}", minor_units / scale, minor_units % scale, width = exponent as usize)
+}
+
+#[cfg(test)]
+mod tests;

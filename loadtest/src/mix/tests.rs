@@ -1,0 +1,71 @@
+//! The mix draws what its shares say.
+
+use rand::SeedableRng;
+
+use super::*;
+
+fn args() -> MixArgs {
+    MixArgs {
+        affiliates: 100,
+        campaigns: 10,
+        subs: 5,
+        zipf_exponent: 1.1,
+        click_share: 0.1,
+        lead_share: 0.05,
+        sale_share: 0.05,
+        duplicate_share: 0.1,
+        malformed_share: 0.1,
+        bot_share: 0.0,
+        events_per_post: 2,
+        pixels_only: false,
+    }
+}
+
+#[test]
+fn amounts_render_in_major_units() {
+    assert_eq!(format_amount(1999, 2), "19.99");
+    assert_eq!(format_amount(5, 2), "0.05");
+    assert_eq!(format_amount(1500, 0), "1500");
+    assert_eq!(format_amount(1250, 3), "1.250");
+}
+
+#[test]
+fn shares_are_respected() {
+    let mut mix = Mix::new(&args(), 0).unwrap();
+    let mut rng = StdRng::seed_from_u64(3);
+    let mut previous: Option<Plan> = None;
+    let mut by_label = std::collections::BTreeMap::new();
+    let n_plans = 20_000;
+    for _ in 0..n_plans {
+        let plan = mix.next(&mut rng, previous.as_ref());
+        *by_label.entry(plan.label).or_insert(0u32) += 1;
+        if plan.label == Label::Events {
+            assert_eq!(plan.truths.len(), 2);
+            assert_eq!(plan.body.split(|b| *b == b'\n').count(), 2);
+        }
+        for truth in &plan.truths {
+            assert!((1..=100).contains(&truth.affiliate_id) && (1..=10).contains(&truth.campaign_id));
+        }
+        previous = Some(plan);
+    }
+    let share = |labels: &[Label]| {
+        labels.iter().map(|label| by_label.get(label).copied().unwrap_or(0)).sum::<u32>() as f64 / n_plans as f64
+    };
+    // Shares within two percentage points of the configured ones.
+    let malformed = [Label::BadPixel, Label::BadJson, Label::BadAmount, Label::OversizeBody, Label::UnknownRoute];
+    assert!((share(&[Label::Duplicate]) - 0.1).abs() < 0.02, "{by_label:?}");
+    assert!((share(&malformed) - 0.1).abs() < 0.02, "{by_label:?}");
+    assert!((share(&[Label::Events]) - 0.2).abs() < 0.02, "{by_label:?}");
+    assert!((share(&[Label::Pixel]) - 0.6).abs() < 0.02, "{by_label:?}");
+}
+
+#[test]
+fn pixels_only_draws_only_valid_pixels() {
+    let mut mix = Mix::new(&MixArgs { pixels_only: true, ..args() }, 0).unwrap();
+    let mut rng = StdRng::seed_from_u64(3);
+    for _ in 0..1000 {
+        let plan = mix.next(&mut rng, None);
+        assert_eq!(plan.label, Label::Pixel);
+        assert!(plan.path_and_query.starts_with("/p.gif?aff="));
+    }
+}

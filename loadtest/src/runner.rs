@@ -1,0 +1,146 @@
+//! `run`: drives the mix against one or more collectors, prints the report,
+//! and writes the ledger that `verify` checks.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::sync::watch;
+
+use crate::load::{LoadConfig, Progress};
+use crate::mix::MixArgs;
+use crate::report::{Report, drained, scrape};
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct RunArgs {
+    /// Collector base URL; repeat or separate with commas to spread the
+    /// connections over several edges.
+    #[arg(long = "target", value_delimiter = ',', default_value = "http://127.0.0.1:8080")]
+    targets: Vec<String>,
+    /// Requests per second, open loop (latency from intended send times).
+    #[arg(long, conflicts_with = "max")]
+    rate: Option<f64>,
+    /// Closed loop: every connection sends its next request as soon as the
+    /// previous one is answered, to find peak throughput.
+    #[arg(long)]
+    max: bool,
+    /// Stop after this many seconds.
+    #[arg(long, default_value_t = 10.0)]
+    duration_secs: f64,
+    /// Stop after this many requests, whichever comes first.
+    #[arg(long)]
+    requests: Option<u64>,
+    /// Keep-alive connections.
+    #[arg(long, default_value_t = 32)]
+    connections: usize,
+    /// Speak HTTP/2 (prior knowledge, no TLS) instead of HTTP/1.1.
+    #[arg(long)]
+    http2: bool,
+    /// Concurrent requests per HTTP/2 connection.
+    #[arg(long, default_value_t = 8)]
+    streams: usize,
+    /// Worker threads of the generator.
+    #[arg(long, default_value_t = 1)]
+    pub(crate) threads: usize,
+    /// Per-request time-out in milliseconds.
+    #[arg(long, default_value_t = 5_000)]
+    timeout_ms: u64,
+    /// Seed of every random draw; the same seed sends the same traffic.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Where to write the ground-truth ledger.
+    #[arg(long, default_value = "edgetally-ledger.json")]
+    ledger: PathBuf,
+    /// Print the report as JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Do not read the collectors' metrics (for targets that are not
+    /// EdgeTally collectors).
+    #[arg(long)]
+    no_metrics: bool,
+    #[command(flatten)]
+    mix: MixArgs,
+}
+
+/// Turns `http://host:port[/]` into `host:port`.
+pub(crate) fn authority(target: &str) -> anyhow::Result<String> {
+    let uri: http::Uri = target.parse().with_context(|| format!("bad target {target:?}"))?;
+    anyhow::ensure!(
+        uri.scheme_str() == Some("http"),
+        "target {target:?} must be an http:// URL (TLS is not supported yet)"
+    );
+    let authority = uri.authority().with_context(|| format!("target {target:?} has no host"))?;
+    Ok(authority.to_string())
+}
+
+pub(crate) async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let targets = args.targets.iter().map(|target| authority(target)).collect::<anyhow::Result<Vec<_>>>()?;
+    anyhow::ensure!(args.max || args.rate.is_some(), "choose --rate <requests/s> (open loop) or --max (closed loop)");
+    let config = LoadConfig {
+        targets: targets.clone(),
+        connections: args.connections,
+        streams: args.streams,
+        http2: args.http2,
+        rate: args.rate,
+        duration: Some(Duration::from_secs_f64(args.duration_secs)),
+        requests_max: args.requests,
+        timeout: Duration::from_millis(args.timeout_ms),
+        seed: args.seed,
+        mix: args.mix.clone(),
+    };
+    let before =
+        if args.no_metrics { None } else { Some(scrape(&targets).await.context("reading collector metrics")?) };
+    let progress = Arc::new(Progress::default());
+    let (stop_tx, stop) = watch::channel(false);
+    let ticker = tokio::spawn(progress_line(progress.clone()));
+    let interrupt = tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            let _ = stop_tx.send(true);
+        }
+    });
+    let outcome = crate::load::run(&config, progress, stop).await?;
+    ticker.abort();
+    interrupt.abort();
+    if std::io::stderr().is_terminal() {
+        eprintln!();
+    }
+    let after = if args.no_metrics {
+        None
+    } else {
+        Some(drained(&targets, Duration::from_secs(10)).await.context("reading collector metrics")?)
+    };
+    outcome.ledger.write(&args.ledger)?;
+    let report = Report::new(&outcome, args.rate, before, after);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.render());
+        println!("ledger     {}", args.ledger.display());
+    }
+    Ok(())
+}
+
+/// A live progress line on a terminal, once a second.
+async fn progress_line(progress: Arc<Progress>) {
+    if !std::io::stderr().is_terminal() {
+        return;
+    }
+    let start = tokio::time::Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut last_answered = 0;
+    loop {
+        tick.tick().await;
+        let answered = progress.answered.load(Ordering::Relaxed);
+        eprint!(
+            "\r{:>5.0} s  answered {answered:>10}  failed {:>8}  accepted events {:>10}  {:>8}/s ",
+            start.elapsed().as_secs_f64(),
+            progress.failed.load(Ordering::Relaxed),
+            progress.accepted_events.load(Ordering::Relaxed),
+            answered - last_answered,
+        );
+        last_answered = answered;
+    }
+}

@@ -1,0 +1,98 @@
+//! The load generator against a real stack of two edges: its ledger follows
+//! what the collectors answered, `verify` agrees with the aggregator, and a
+//! corrupted expectation makes `verify` fail.
+
+use std::collections::BTreeMap;
+
+use crate::support::{Stack, loadtest};
+
+#[test]
+fn generated_run_verifies_exactly_and_corruption_is_caught() {
+    let stack = Stack::start(2);
+    let ledger = stack.dir.path().join("ledger.json");
+    let ledger_arg = ledger.to_str().expect("utf-8 path");
+    let targets = stack.collectors.join(",");
+    let (status, stdout) = loadtest(&[
+        "run",
+        "--target",
+        &targets,
+        "--rate",
+        "400",
+        "--duration-secs",
+        "3",
+        "--connections",
+        "8",
+        "--affiliates",
+        "300",
+        "--duplicate-share",
+        "0.05",
+        "--malformed-share",
+        "0.05",
+        "--sale-share",
+        "0.05",
+        "--events-per-post",
+        "3",
+        "--ledger",
+        ledger_arg,
+        "--json",
+    ]);
+    assert!(status.success(), "run failed: {stdout}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).expect("report is JSON");
+    assert_eq!(report["errors"], serde_json::json!({}), "{report:#}");
+    // Open loop at 400/s for 3 s: the schedule holds 1200 requests.
+    assert_eq!(report["requests_answered"], 1200, "{report:#}");
+
+    // Every malformed kind got the answer it deserves, and nothing else.
+    let answers: BTreeMap<String, BTreeMap<String, u64>> = serde_json::from_value(report["answers"].clone()).unwrap();
+    let only = |label: &str, outcome: &str| {
+        let outcomes = answers.get(label).unwrap_or_else(|| panic!("no {label} requests: {answers:?}"));
+        assert_eq!(outcomes.keys().collect::<Vec<_>>(), vec![outcome], "{label}: {outcomes:?}");
+    };
+    only("malformed_pixel", "bad_id");
+    only("malformed_json", "http_400");
+    only("malformed_amount", "bad_amount");
+    only("malformed_oversize", "http_413");
+    only("malformed_route", "http_404");
+    only("pixel", "accepted");
+    only("events", "accepted");
+    assert!(answers["duplicate"]["accepted"] > 0, "{answers:?}");
+
+    // The ledger holds exactly the events the report says were accepted.
+    let written: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&ledger).unwrap()).unwrap();
+    let total: u64 = written["counts"]
+        .as_object()
+        .unwrap()
+        .values()
+        .flat_map(|counts| ["impressions", "clicks", "leads", "sales"].map(|kind| counts[kind].as_u64().unwrap()))
+        .sum();
+    assert_eq!(report["events_accepted"].as_u64(), Some(total));
+    assert!(!written["money"].as_object().unwrap().is_empty(), "no sales in the ledger");
+
+    let (status, stdout) =
+        loadtest(&["verify", "--ledger", ledger_arg, "--flight", &stack.flight_url, "--wait-secs", "20"]);
+    assert!(status.success(), "verify failed: {stdout}");
+    assert!(stdout.starts_with(&format!("verify: ok: {total} events")), "{stdout}");
+
+    // One impression too many in the expectation: verify must name it.
+    let mut corrupted = written.clone();
+    let (key, counts) = corrupted["counts"].as_object_mut().unwrap().iter_mut().next().unwrap();
+    let key = key.clone();
+    counts["impressions"] = (counts["impressions"].as_u64().unwrap() + 1).into();
+    std::fs::write(&ledger, corrupted.to_string()).unwrap();
+    let (status, stdout) =
+        loadtest(&["verify", "--ledger", ledger_arg, "--flight", &stack.flight_url, "--wait-secs", "0"]);
+    assert!(!status.success(), "verify passed a corrupted ledger: {stdout}");
+    assert!(stdout.contains("verify: 1 differences"), "{stdout}");
+    assert!(stdout.contains(&format!("affiliate/campaign {key}: expected impressions")), "{stdout}");
+
+    // One minor unit off in one money total: also caught.
+    let mut corrupted = written.clone();
+    let (key, amount) = corrupted["money"].as_object_mut().unwrap().iter_mut().next().unwrap();
+    let key = key.clone();
+    *amount = (amount.as_i64().unwrap() - 1).into();
+    std::fs::write(&ledger, corrupted.to_string()).unwrap();
+    let (status, stdout) =
+        loadtest(&["verify", "--ledger", ledger_arg, "--flight", &stack.flight_url, "--wait-secs", "0"]);
+    assert!(!status.success(), "verify passed a corrupted ledger: {stdout}");
+    assert!(stdout.contains(&format!("money {key}: expected")), "{stdout}");
+}
