@@ -7,7 +7,7 @@
 //! exactly that, so a loss or a double count anywhere between shows up as a
 //! difference.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 
 use anyhow::Context;
@@ -69,32 +69,39 @@ pub(crate) struct Truth {
     pub(crate) money: Option<(&'static str, i64)>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// Affiliate id and campaign id.
+pub(crate) type Pair = (u32, u32);
+
+/// The ledger in memory, keyed by numbers so booking an answer costs a hash
+/// lookup and no allocation.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct Ledger {
     /// Unix ms of the first request sent; the aggregator is read from the
     /// start of this minute.
     pub(crate) first_sent_ms: i64,
     /// Unix ms of the last answer received; read up to the end of its minute.
     pub(crate) last_answer_ms: i64,
-    /// Keyed `"<affiliate_id>/<campaign_id>"` so the file stays readable JSON.
-    pub(crate) counts: BTreeMap<String, Counts>,
-    /// Keyed `"<affiliate_id>/<campaign_id>/<currency>"`, minor units.
-    pub(crate) money: BTreeMap<String, i64>,
+    pub(crate) counts: HashMap<Pair, Counts>,
+    /// Minor units per pair and currency code.
+    pub(crate) money: HashMap<(u32, u32, String), i64>,
 }
 
-pub(crate) fn counts_key(affiliate_id: u32, campaign_id: u32) -> String {
-    format!("{affiliate_id}/{campaign_id}")
-}
-
-pub(crate) fn money_key(affiliate_id: u32, campaign_id: u32, currency: &str) -> String {
-    format!("{affiliate_id}/{campaign_id}/{currency}")
+/// The ledger as a file: readable JSON, with `"<affiliate>/<campaign>"` and
+/// `"<affiliate>/<campaign>/<currency>"` keys.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LedgerFile {
+    first_sent_ms: i64,
+    last_answer_ms: i64,
+    counts: BTreeMap<String, Counts>,
+    money: BTreeMap<String, i64>,
 }
 
 // === impl Ledger ===
 
 impl Ledger {
     pub(crate) fn accept(&mut self, truth: &Truth) {
-        let counts = self.counts.entry(counts_key(truth.affiliate_id, truth.campaign_id)).or_default();
+        let counts = self.counts.entry((truth.affiliate_id, truth.campaign_id)).or_default();
         match truth.kind {
             Kind::Impression => counts.impressions += 1,
             Kind::Click => counts.clicks += 1,
@@ -102,13 +109,14 @@ impl Ledger {
             Kind::Sale => counts.sales += 1,
         }
         if let Some((currency, minor_units)) = truth.money {
-            *self.money.entry(money_key(truth.affiliate_id, truth.campaign_id, currency)).or_default() += minor_units;
+            let key = (truth.affiliate_id, truth.campaign_id, currency.to_owned());
+            *self.money.entry(key).or_default() += minor_units;
         }
     }
 
     pub(crate) fn merge(&mut self, other: Ledger) {
-        for (key, counts) in other.counts {
-            self.counts.entry(key).or_default().add(&counts);
+        for (pair, counts) in other.counts {
+            self.counts.entry(pair).or_default().add(&counts);
         }
         for (key, minor_units) in other.money {
             *self.money.entry(key).or_default() += minor_units;
@@ -126,26 +134,55 @@ impl Ledger {
     }
 
     pub(crate) fn write(&self, path: &Path) -> anyhow::Result<()> {
-        let text = serde_json::to_string_pretty(self)?;
+        let counts = self
+            .counts
+            .iter()
+            .map(|((affiliate_id, campaign_id), counts)| (format!("{affiliate_id}/{campaign_id}"), *counts));
+        let money = self.money.iter().map(|((affiliate_id, campaign_id, currency), minor_units)| {
+            (format!("{affiliate_id}/{campaign_id}/{currency}"), *minor_units)
+        });
+        let file = LedgerFile {
+            first_sent_ms: self.first_sent_ms,
+            last_answer_ms: self.last_answer_ms,
+            counts: counts.collect(),
+            money: money.collect(),
+        };
+        let text = serde_json::to_string_pretty(&file)?;
         std::fs::write(path, text).with_context(|| format!("writing ledger {}", path.display()))
     }
 
     pub(crate) fn read(path: &Path) -> anyhow::Result<Ledger> {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading ledger {}", path.display()))?;
-        serde_json::from_str(&text).with_context(|| format!("parsing ledger {}", path.display()))
+        let file: LedgerFile =
+            serde_json::from_str(&text).with_context(|| format!("parsing ledger {}", path.display()))?;
+        let mut ledger =
+            Ledger { first_sent_ms: file.first_sent_ms, last_answer_ms: file.last_answer_ms, ..Ledger::default() };
+        for (key, counts) in file.counts {
+            let [affiliate_id, campaign_id] = split_key(&key)?;
+            ledger.counts.insert((number(affiliate_id, &key)?, number(campaign_id, &key)?), counts);
+        }
+        for (key, minor_units) in file.money {
+            let [affiliate_id, campaign_id, currency] = split_key(&key)?;
+            let key_parts = (number(affiliate_id, &key)?, number(campaign_id, &key)?, currency.to_owned());
+            ledger.money.insert(key_parts, minor_units);
+        }
+        Ok(ledger)
     }
 
     /// Every difference between this ledger (expected) and `actual`, as
-    /// human-readable lines; empty when they agree exactly.
+    /// human-readable lines in key order; empty when they agree exactly.
     pub(crate) fn diff(&self, actual: &Ledger) -> Vec<String> {
         let mut lines = Vec::new();
-        let keys: std::collections::BTreeSet<&String> = self.counts.keys().chain(actual.counts.keys()).collect();
-        for key in keys {
-            let expected = self.counts.get(key).copied().unwrap_or_default();
-            let found = actual.counts.get(key).copied().unwrap_or_default();
+        let pairs: BTreeSet<&Pair> = self.counts.keys().chain(actual.counts.keys()).collect();
+        for pair in pairs {
+            let expected = self.counts.get(pair).copied().unwrap_or_default();
+            let found = actual.counts.get(pair).copied().unwrap_or_default();
             if expected != found {
                 lines.push(format!(
-                    "affiliate/campaign {key}: expected impressions {} clicks {} leads {} sales {}, aggregator has {} {} {} {}",
+                    "affiliate/campaign {}/{}: expected impressions {} clicks {} leads {} sales {}, \
+                     aggregator has {} {} {} {}",
+                    pair.0,
+                    pair.1,
                     expected.impressions,
                     expected.clicks,
                     expected.leads,
@@ -157,16 +194,28 @@ impl Ledger {
                 ));
             }
         }
-        let keys: std::collections::BTreeSet<&String> = self.money.keys().chain(actual.money.keys()).collect();
+        let keys: BTreeSet<&(u32, u32, String)> = self.money.keys().chain(actual.money.keys()).collect();
         for key in keys {
             let expected = self.money.get(key).copied().unwrap_or_default();
             let found = actual.money.get(key).copied().unwrap_or_default();
             if expected != found {
-                lines.push(format!("money {key}: expected {expected} minor units, aggregator has {found}"));
+                lines.push(format!(
+                    "money {}/{}/{}: expected {expected} minor units, aggregator has {found}",
+                    key.0, key.1, key.2
+                ));
             }
         }
         lines
     }
+}
+
+fn split_key<const N: usize>(key: &str) -> anyhow::Result<[&str; N]> {
+    let parts: Vec<&str> = key.split('/').collect();
+    parts.try_into().map_err(|_| anyhow::anyhow!("bad ledger key {key:?}: expected {N} parts separated by /"))
+}
+
+fn number(part: &str, key: &str) -> anyhow::Result<u32> {
+    part.parse().with_context(|| format!("bad ledger key {key:?}: {part:?} is not an id"))
 }
 
 #[cfg(test)]

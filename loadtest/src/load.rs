@@ -146,7 +146,7 @@ enum Link {
 
 struct Answer {
     status: u16,
-    outcome: Option<String>,
+    outcome: Option<http::HeaderValue>,
     body: Bytes,
 }
 
@@ -205,11 +205,8 @@ impl Link {
             }
         };
         let status = response.status().as_u16();
-        let outcome = response
-            .headers()
-            .get(edgetally_collector::OUTCOME_HEADER)
-            .and_then(|value| value.to_str().ok())
-            .map(str::to_owned);
+        // A header value clone shares its bytes; nothing is copied per answer.
+        let outcome = response.headers().get(edgetally_collector::OUTCOME_HEADER).cloned();
         let body = response.into_body().collect().await.map_err(SendError::Request)?.to_bytes();
         Ok(Answer { status, outcome, body })
     }
@@ -322,7 +319,7 @@ impl Task {
             if outcome.ledger.first_sent_ms == 0 {
                 outcome.ledger.first_sent_ms = now_ms();
             }
-            let request = build_request(&self.target, &plan);
+            let request = build_request(&self.target, &plan, matches!(self.link, Link::Http2(_)));
             let answer = tokio::time::timeout(self.timeout, self.link.send(&self.target, request)).await;
             let answer = answer.unwrap_or(Err(SendError::Timeout));
             let latency_us = intended.elapsed().as_micros().min(u128::from(LATENCY_US_MAX)) as u64;
@@ -352,10 +349,13 @@ impl Task {
     }
 }
 
-fn build_request(target: &str, plan: &Plan) -> http::Request<Full<Bytes>> {
+/// HTTP/1.1 requests use the origin form (`/p.gif?…` plus a Host header), as
+/// browsers send them; HTTP/2 needs the scheme and authority in the URI.
+fn build_request(target: &str, plan: &Plan, absolute: bool) -> http::Request<Full<Bytes>> {
+    let uri = if absolute { format!("http://{target}{}", plan.path_and_query) } else { plan.path_and_query.clone() };
     let builder = http::Request::builder()
         .method(if plan.is_post { http::Method::POST } else { http::Method::GET })
-        .uri(format!("http://{target}{}", plan.path_and_query))
+        .uri(uri)
         .header(HOST, target)
         .header(USER_AGENT, plan.user_agent);
     let builder = if plan.is_post { builder.header(CONTENT_TYPE, "application/json") } else { builder };
@@ -372,7 +372,7 @@ fn settle(outcome: &mut Outcome, plan: &Plan, answer: &Answer) -> u64 {
         return 0;
     }
     if !plan.is_post {
-        let verdict = answer.outcome.as_deref().unwrap_or("no_outcome");
+        let verdict = answer.outcome.as_ref().and_then(|value| value.to_str().ok()).unwrap_or("no_outcome");
         outcome.answer(plan.label, verdict);
         if verdict == "accepted"
             && let Some(truth) = plan.truths.first()

@@ -10,7 +10,7 @@ use arrow_array::types::{Int64Type, UInt32Type, UInt64Type};
 use arrow_array::{Array, RecordBatch};
 use serde_json::json;
 
-use crate::ledger::{Counts, Ledger, counts_key, money_key};
+use crate::ledger::{Counts, Ledger};
 use crate::query::fetch;
 
 const MINUTE_MS: i64 = 60_000;
@@ -80,11 +80,7 @@ async fn read_back(flight_url: &str, expected: &Ledger) -> anyhow::Result<Ledger
                 leads: leads.value(row_idx),
                 sales: sales.value(row_idx),
             };
-            actual
-                .counts
-                .entry(counts_key(affiliate_id.value(row_idx), campaign_id.value(row_idx)))
-                .or_default()
-                .add(&counts);
+            actual.counts.entry((affiliate_id.value(row_idx), campaign_id.value(row_idx))).or_default().add(&counts);
         }
     }
     let ticket = json!({"dataset": "conversions", "from": from, "to": to});
@@ -97,7 +93,7 @@ async fn read_back(flight_url: &str, expected: &Ledger) -> anyhow::Result<Ledger
             if amount.is_null(row_idx) {
                 continue;
             }
-            let key = money_key(affiliate_id.value(row_idx), campaign_id.value(row_idx), currency.value(row_idx));
+            let key = (affiliate_id.value(row_idx), campaign_id.value(row_idx), currency.value(row_idx).to_owned());
             *actual.money.entry(key).or_default() += amount.value(row_idx);
         }
     }

@@ -96,3 +96,33 @@ fn generated_run_verifies_exactly_and_corruption_is_caught() {
     assert!(!status.success(), "verify passed a corrupted ledger: {stdout}");
     assert!(stdout.contains(&format!("money {key}: expected")), "{stdout}");
 }
+
+#[test]
+fn closed_loop_over_http2_stops_at_the_request_cap() {
+    let stack = Stack::start(1);
+    let ledger = stack.dir.path().join("ledger.json");
+    let ledger_arg = ledger.to_str().expect("utf-8 path");
+    let (status, stdout) = loadtest(&[
+        "run",
+        "--target",
+        &stack.collectors[0],
+        "--max",
+        "--http2",
+        "--connections",
+        "2",
+        "--streams",
+        "4",
+        "--requests",
+        "300",
+        "--ledger",
+        ledger_arg,
+        "--json",
+    ]);
+    assert!(status.success(), "run failed: {stdout}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).expect("report is JSON");
+    assert_eq!(report["mode"], "max");
+    assert_eq!(report["requests_answered"], 300, "{report:#}");
+    assert_eq!(report["errors"], serde_json::json!({}), "{report:#}");
+    let (status, stdout) = loadtest(&["verify", "--ledger", ledger_arg, "--flight", &stack.flight_url, "--wait-secs", "20"]);
+    assert!(status.success(), "verify failed: {stdout}");
+}
