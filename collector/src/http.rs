@@ -23,7 +23,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::ingest::{Item, parse_body, parse_query};
-use crate::metrics::{KindLabels, Metrics, ReasonLabels, RejectLabels};
+use crate::metrics::{Metrics, ReasonLabels, RejectLabels};
 use crate::tally::{Tally, TallyError};
 
 /// The 43-byte transparent 1×1 GIF answered by every pixel.
@@ -144,7 +144,7 @@ impl Ingress {
         let reason = match Event::validate(&raw, Some(EventKind::Impression), now_ms) {
             Ok(event) => match self.tally.record(&event) {
                 Ok(()) => {
-                    self.metrics.events_accepted.get_or_create(&KindLabels { kind: event.kind.as_str() }).inc();
+                    self.metrics.accepted(event.kind);
                     None
                 }
                 Err(TallyError::KeysFull(_) | TallyError::ConversionsFull(_)) => Some("shed_full"),
@@ -201,7 +201,7 @@ impl Ingress {
                 Item::Event(raw) => match Event::validate(raw, None, now_ms) {
                     Ok(event) => match self.tally.record(&event) {
                         Ok(()) => {
-                            self.metrics.events_accepted.get_or_create(&KindLabels { kind: event.kind.as_str() }).inc();
+                            self.metrics.accepted(event.kind);
                             Ok(())
                         }
                         Err(error) => {

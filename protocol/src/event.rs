@@ -35,6 +35,9 @@ pub enum EventKind {
 // === impl EventKind ===
 
 impl EventKind {
+    /// Every kind, in declaration order (so `kind as usize` indexes it).
+    pub const ALL: [EventKind; 4] = [EventKind::Impression, EventKind::Click, EventKind::Lead, EventKind::Sale];
+
     pub fn parse(text: &str) -> Option<EventKind> {
         match text {
             "impression" => Some(EventKind::Impression),

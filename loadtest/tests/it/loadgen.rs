@@ -123,6 +123,7 @@ fn closed_loop_over_http2_stops_at_the_request_cap() {
     assert_eq!(report["mode"], "max");
     assert_eq!(report["requests_answered"], 300, "{report:#}");
     assert_eq!(report["errors"], serde_json::json!({}), "{report:#}");
-    let (status, stdout) = loadtest(&["verify", "--ledger", ledger_arg, "--flight", &stack.flight_url, "--wait-secs", "20"]);
+    let (status, stdout) =
+        loadtest(&["verify", "--ledger", ledger_arg, "--flight", &stack.flight_url, "--wait-secs", "20"]);
     assert!(status.success(), "verify failed: {stdout}");
 }

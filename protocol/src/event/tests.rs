@@ -68,3 +68,11 @@ fn minute_floors_event_time() {
     assert_eq!(event.minute_ms(), 1_789_999_980_000);
     assert_eq!(parse_time_ms("2026-09-21T15:13:00+02:00"), Ok(1_789_996_380_000));
 }
+
+#[test]
+fn kinds_index_their_table() {
+    for (kind_idx, kind) in EventKind::ALL.iter().enumerate() {
+        assert_eq!(*kind as usize, kind_idx);
+        assert_eq!(EventKind::parse(kind.as_str()), Some(*kind));
+    }
+}
