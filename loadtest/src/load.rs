@@ -17,7 +17,7 @@ use bytes::Bytes;
 use hdrhistogram::Histogram;
 use http::header::{CONTENT_TYPE, HOST, USER_AGENT};
 use http_body_util::{BodyExt, Full};
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -25,6 +25,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{Mutex, watch};
 use tokio::time::Instant;
 
+use crate::http1::{Answer, Http1Error};
 use crate::ledger::Ledger;
 use crate::mix::{Label, Mix, MixArgs, Plan};
 
@@ -122,6 +123,8 @@ enum SendError {
     Handshake(hyper::Error),
     #[error("request: {0}")]
     Request(hyper::Error),
+    #[error("{0}")]
+    Http1(#[from] Http1Error),
     #[error("timed out")]
     Timeout,
 }
@@ -132,6 +135,11 @@ impl SendError {
             SendError::Connect(_) => "connect",
             SendError::Handshake(_) => "handshake",
             SendError::Request(_) => "request",
+            SendError::Http1(Http1Error::Io(_)) => "io",
+            SendError::Http1(Http1Error::Closed) => "closed",
+            SendError::Http1(
+                Http1Error::Parse(_) | Http1Error::HeadTooLarge | Http1Error::NoLength | Http1Error::BodyTooLarge(_),
+            ) => "bad_response",
             SendError::Timeout => "timeout",
         }
     }
@@ -140,40 +148,38 @@ impl SendError {
 /// The connection a task sends on: its own for HTTP/1.1, shared by the
 /// tasks of one connection for HTTP/2.
 enum Link {
-    Http1(Option<http1::SendRequest<Full<Bytes>>>),
+    Http1(Option<crate::http1::Connection>),
     Http2(Arc<Mutex<Option<http2::SendRequest<Full<Bytes>>>>>),
-}
-
-struct Answer {
-    status: u16,
-    outcome: Option<http::HeaderValue>,
-    body: Bytes,
 }
 
 // === impl Link ===
 
 impl Link {
-    async fn send(&mut self, target: &str, request: http::Request<Full<Bytes>>) -> Result<Answer, SendError> {
-        let response = match self {
+    async fn send(&mut self, target: &str, plan: &Plan) -> Result<Answer, SendError> {
+        match self {
             Link::Http1(slot) => {
-                let sender = match slot {
-                    Some(sender) if !sender.is_closed() => sender,
-                    _ => {
-                        let io = TokioIo::new(connect(target).await?);
-                        let (sender, connection) = http1::handshake(io).await.map_err(SendError::Handshake)?;
-                        tokio::spawn(connection);
-                        slot.insert(sender)
+                let connection = match slot {
+                    Some(connection) => connection,
+                    None => slot.insert(crate::http1::Connection::new(connect(target).await?)),
+                };
+                let request = crate::http1::Request {
+                    post: plan.is_post,
+                    path_and_query: &plan.path_and_query,
+                    host: target,
+                    user_agent: plan.user_agent,
+                    content_type: "application/json",
+                    body: &plan.body,
+                };
+                match connection.exchange(&request, plan.is_post).await {
+                    Ok(answer) => {
+                        if answer.closing {
+                            *slot = None;
+                        }
+                        Ok(answer)
                     }
-                };
-                let sent = async {
-                    sender.ready().await?;
-                    sender.send_request(request).await
-                };
-                match sent.await {
-                    Ok(response) => response,
                     Err(error) => {
                         *slot = None;
-                        return Err(SendError::Request(error));
+                        Err(error.into())
                     }
                 }
             }
@@ -193,22 +199,24 @@ impl Link {
                 };
                 let sent = async {
                     sender.ready().await?;
-                    sender.send_request(request).await
+                    sender.send_request(build_request(target, plan)).await
                 };
-                match sent.await {
+                let response = match sent.await {
                     Ok(response) => response,
                     Err(error) => {
                         *shared.lock().await = None;
                         return Err(SendError::Request(error));
                     }
-                }
+                };
+                let status = response.status().as_u16();
+                let outcome = response
+                    .headers()
+                    .get(edgetally_collector::OUTCOME_HEADER)
+                    .map(|value| Bytes::copy_from_slice(value.as_bytes()));
+                let body = response.into_body().collect().await.map_err(SendError::Request)?.to_bytes();
+                Ok(Answer { status, outcome, body, closing: false })
             }
-        };
-        let status = response.status().as_u16();
-        // A header value clone shares its bytes; nothing is copied per answer.
-        let outcome = response.headers().get(edgetally_collector::OUTCOME_HEADER).cloned();
-        let body = response.into_body().collect().await.map_err(SendError::Request)?.to_bytes();
-        Ok(Answer { status, outcome, body })
+        }
     }
 }
 
@@ -319,8 +327,7 @@ impl Task {
             if outcome.ledger.first_sent_ms == 0 {
                 outcome.ledger.first_sent_ms = now_ms();
             }
-            let request = build_request(&self.target, &plan, matches!(self.link, Link::Http2(_)));
-            let answer = tokio::time::timeout(self.timeout, self.link.send(&self.target, request)).await;
+            let answer = tokio::time::timeout(self.timeout, self.link.send(&self.target, &plan)).await;
             let answer = answer.unwrap_or(Err(SendError::Timeout));
             let latency_us = intended.elapsed().as_micros().min(u128::from(LATENCY_US_MAX)) as u64;
             match answer {
@@ -349,10 +356,9 @@ impl Task {
     }
 }
 
-/// HTTP/1.1 requests use the origin form (`/p.gif?…` plus a Host header), as
-/// browsers send them; HTTP/2 needs the scheme and authority in the URI.
-fn build_request(target: &str, plan: &Plan, absolute: bool) -> http::Request<Full<Bytes>> {
-    let uri = if absolute { format!("http://{target}{}", plan.path_and_query) } else { plan.path_and_query.clone() };
+/// An HTTP/2 request, which carries the scheme and authority in its URI.
+fn build_request(target: &str, plan: &Plan) -> http::Request<Full<Bytes>> {
+    let uri = format!("http://{target}{}", plan.path_and_query);
     let builder = http::Request::builder()
         .method(if plan.is_post { http::Method::POST } else { http::Method::GET })
         .uri(uri)
@@ -372,7 +378,8 @@ fn settle(outcome: &mut Outcome, plan: &Plan, answer: &Answer) -> u64 {
         return 0;
     }
     if !plan.is_post {
-        let verdict = answer.outcome.as_ref().and_then(|value| value.to_str().ok()).unwrap_or("no_outcome");
+        let verdict =
+            answer.outcome.as_deref().and_then(|value| std::str::from_utf8(value).ok()).unwrap_or("no_outcome");
         outcome.answer(plan.label, verdict);
         if verdict == "accepted"
             && let Some(truth) = plan.truths.first()

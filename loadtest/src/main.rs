@@ -7,6 +7,7 @@
 //! Flight; `stack` starts an aggregator, a collector and a trickle of
 //! traffic on loopback; `query` prints what a Flight ticket returns.
 
+mod http1;
 mod ledger;
 mod load;
 mod mix;
