@@ -5,13 +5,15 @@
 //! publisher's page) and count what was wrong; every other bad request gets
 //! an error status and a JSON body naming the reason.
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use edgetally_protocol::{Event, EventKind};
-use http::header::{CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER};
+use edgetally_protocol::event::RawEvent;
+use edgetally_protocol::{Click, ClickIdError, ClickKeys, Event, EventError, EventKind};
+use http::header::{CACHE_CONTROL, CONTENT_TYPE, LOCATION, RETRY_AFTER};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Incoming};
@@ -22,9 +24,10 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::campaigns::Campaigns;
 use crate::ingest::{Item, parse_body, parse_query};
 use crate::metrics::{Metrics, ReasonLabels, RejectLabels};
-use crate::tally::{Tally, TallyError};
+use crate::tally::Tally;
 
 /// The 43-byte transparent 1×1 GIF answered by every pixel.
 pub const PIXEL_GIF: [u8; 43] = [
@@ -58,6 +61,9 @@ pub(crate) struct Ingress {
     pub(crate) tally: Arc<Tally>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) body_bytes_max: usize,
+    pub(crate) edge_id: u32,
+    pub(crate) campaigns: Campaigns,
+    pub(crate) click_keys: ClickKeys,
 }
 
 type HttpResponse = Response<Full<Bytes>>;
@@ -101,19 +107,64 @@ pub(crate) async fn serve(listener: TcpListener, ingress: Arc<Ingress>, mut shut
     }
 }
 
+/// Why one event was not counted: a bounded reason label and a message.
+#[derive(Debug)]
+struct Rejection {
+    reason: &'static str,
+    detail: String,
+}
+
+impl From<EventError> for Rejection {
+    fn from(error: EventError) -> Rejection {
+        Rejection { reason: error.reason(), detail: error.to_string() }
+    }
+}
+
+impl From<ClickIdError> for Rejection {
+    fn from(error: ClickIdError) -> Rejection {
+        Rejection { reason: error.reason(), detail: error.to_string() }
+    }
+}
+
+/// Where an event came in, for metrics and for how its answer looks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    Pixel,
+    Click,
+    Postback,
+    ConversionPixel,
+    Events,
+}
+
+impl Source {
+    fn as_str(&self) -> &'static str {
+        match self {
+            Source::Pixel => "pixel",
+            Source::Click => "click",
+            Source::Postback => "postback",
+            Source::ConversionPixel => "conversion_pixel",
+            Source::Events => "events",
+        }
+    }
+}
+
 // === impl Ingress ===
 
 impl Ingress {
     async fn handle(&self, request: Request<Incoming>) -> HttpResponse {
         let path = request.uri().path();
         let method = request.method();
+        let query = request.uri().query().unwrap_or("");
         self.metrics.request_received_bytes.inc_by(head_len(&request) as u64);
-        match (path, method) {
-            ("/p.gif", &Method::GET | &Method::HEAD) => self.pixel(request.uri().query().unwrap_or("")),
-            ("/v1/events", &Method::POST) => self.events(request).await,
-            ("/healthz", &Method::GET) => text(StatusCode::OK, "ok\n"),
-            ("/readyz", &Method::GET) => text(StatusCode::OK, "ready\n"),
-            ("/metrics", &Method::GET) => {
+        let readable = matches!(method, &Method::GET | &Method::HEAD);
+        match path {
+            "/p.gif" if readable => self.pixel(query),
+            "/cv.gif" if readable => self.conversion(Source::ConversionPixel, query),
+            "/pb" if readable => self.conversion(Source::Postback, query),
+            "/v1/events" if method == Method::POST => self.events(request).await,
+            "/healthz" if readable => text(StatusCode::OK, "ok\n"),
+            "/readyz" if readable => text(StatusCode::OK, "ready\n"),
+            "/metrics" if readable => {
                 let mut response = Response::new(Full::new(Bytes::from(self.metrics.render())));
                 response.headers_mut().insert(
                     CONTENT_TYPE,
@@ -121,15 +172,21 @@ impl Ingress {
                 );
                 response
             }
-            ("/p.gif" | "/healthz" | "/readyz" | "/metrics", _) => self.refuse(
+            _ if readable && path.starts_with("/c/") => self.click(&path[3..], query),
+            "/p.gif" | "/cv.gif" | "/pb" | "/healthz" | "/readyz" | "/metrics" => self.refuse(
                 "method_not_allowed",
                 StatusCode::METHOD_NOT_ALLOWED,
-                format!("method {method} not allowed on {path}"),
+                format!("method {method} not allowed on {path}, use GET"),
             ),
-            ("/v1/events", _) => self.refuse(
+            "/v1/events" => self.refuse(
                 "method_not_allowed",
                 StatusCode::METHOD_NOT_ALLOWED,
                 format!("method {method} not allowed on {path}, use POST"),
+            ),
+            _ if path.starts_with("/c/") => self.refuse(
+                "method_not_allowed",
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!("method {method} not allowed on clicks, use GET"),
             ),
             _ => {
                 let shown: String = path.chars().take(64).collect();
@@ -138,33 +195,170 @@ impl Ingress {
         }
     }
 
-    fn pixel(&self, query: &str) -> HttpResponse {
-        let raw = parse_query(query);
-        let now_ms = now_ms();
-        let reason = match Event::validate(&raw, Some(EventKind::Impression), now_ms) {
-            Ok(event) => match self.tally.record(&event) {
-                Ok(()) => {
-                    self.metrics.accepted(event.kind);
-                    None
-                }
-                Err(TallyError::KeysFull(_) | TallyError::ConversionsFull(_)) => Some("shed_full"),
-            },
-            Err(error) => Some(error.reason()),
+    /// Attributes, validates and counts one event. A conversion's click ID
+    /// gives its affiliate and campaign (which must agree with any given)
+    /// and must fall within the campaign's attribution window.
+    fn accept(
+        &self,
+        source: Source,
+        raw: &mut RawEvent<'_>,
+        default_kind: Option<EventKind>,
+        now_ms: i64,
+    ) -> Result<Event, Rejection> {
+        let click = match raw.click_id.as_deref().filter(|text| !text.is_empty()) {
+            Some(text) => Some(Click::verify(text, &self.click_keys)?),
+            None if matches!(source, Source::Postback | Source::ConversionPixel) => {
+                return Err(EventError::Missing { field: "click_id" }.into());
+            }
+            None => None,
         };
+        if let Some(click) = &click {
+            for (field, slot, id) in [
+                ("affiliate_id", &mut raw.affiliate_id, click.affiliate_id),
+                ("campaign_id", &mut raw.campaign_id, click.campaign_id),
+            ] {
+                let from_click = id.to_string();
+                match slot.as_deref().filter(|text| !text.is_empty()) {
+                    Some(given) if given != from_click => {
+                        return Err(Rejection {
+                            reason: "click_id_mismatch",
+                            detail: format!("click_id_mismatch: {field} {given} differs from the click's {from_click}"),
+                        });
+                    }
+                    _ => *slot = Some(Cow::Owned(from_click)),
+                }
+            }
+        }
+        let event = Event::validate(raw, default_kind, now_ms)?;
+        if let Some(click) = &click {
+            let campaign = self.campaigns.campaign(click.campaign_id).ok_or_else(|| Rejection {
+                reason: "unknown_campaign",
+                detail: format!("unknown campaign {}", click.campaign_id),
+            })?;
+            click.check_window(event.time_ms, campaign.attribution_window_ms)?;
+        }
+        self.tally.record(&event).map_err(|error| Rejection { reason: "shed_full", detail: error.to_string() })?;
+        self.metrics.accepted(event.kind);
+        Ok(event)
+    }
+
+    fn rejected(&self, source: Source, rejection: &Rejection) {
+        let labels = RejectLabels { source: source.as_str(), reason: rejection.reason };
+        self.metrics.events_rejected.get_or_create(&labels).inc();
+    }
+
+    fn pixel(&self, query: &str) -> HttpResponse {
+        let mut raw = parse_query(query);
+        let outcome = self.accept(Source::Pixel, &mut raw, Some(EventKind::Impression), now_ms());
+        self.gif(Source::Pixel, outcome.map(|_| ()))
+    }
+
+    /// The GIF, whatever happened; the outcome header lets an integrator
+    /// (and the load generator's ledger) see what was counted.
+    fn gif(&self, source: Source, outcome: Result<(), Rejection>) -> HttpResponse {
         let mut response = Response::new(Full::new(Bytes::from_static(&PIXEL_GIF)));
         let headers = response.headers_mut();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("image/gif"));
         headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        // The GIF is the same whatever happened; the outcome header lets an
-        // integrator (and the load generator's ledger) see what was counted.
-        let outcome = match reason {
-            None => HeaderValue::from_static("accepted"),
-            Some(reason) => {
-                self.metrics.events_rejected.get_or_create(&RejectLabels { source: "pixel", reason }).inc();
-                HeaderValue::from_static(reason)
+        let outcome = match outcome {
+            Ok(()) => HeaderValue::from_static("accepted"),
+            Err(rejection) => {
+                self.rejected(source, &rejection);
+                HeaderValue::from_static(rejection.reason)
             }
         };
         headers.insert(OUTCOME_HEADER, outcome);
+        response
+    }
+
+    /// `GET /c/{campaign_id}?aff=&sub1..5=`: counts the click, mints its
+    /// signed click ID and redirects to the campaign's landing URL.
+    fn click(&self, campaign_text: &str, query: &str) -> HttpResponse {
+        let mut raw = parse_query(query);
+        raw.kind = None;
+        raw.click_id = None;
+        raw.campaign_id = Some(Cow::Borrowed(campaign_text));
+        let now_ms = now_ms();
+        let campaign = campaign_text.parse().ok().and_then(|id| self.campaigns.campaign(id));
+        let outcome = match campaign {
+            None => Err(Rejection {
+                reason: "unknown_campaign",
+                detail: format!("unknown campaign: {}", campaign_text.chars().take(16).collect::<String>()),
+            }),
+            Some(_) => self.accept(Source::Click, &mut raw, Some(EventKind::Click), now_ms),
+        };
+        let (campaign, event) = match (campaign, outcome) {
+            (Some(campaign), Ok(event)) => (campaign, event),
+            (_, Err(rejection)) => {
+                self.rejected(Source::Click, &rejection);
+                let status = match rejection.reason {
+                    "unknown_campaign" => StatusCode::NOT_FOUND,
+                    "shed_full" => StatusCode::SERVICE_UNAVAILABLE,
+                    _ => StatusCode::BAD_REQUEST,
+                };
+                return rejection_response(status, &rejection);
+            }
+            (None, Ok(_)) => unreachable!("a click without a campaign is rejected above"),
+        };
+        let click = Click {
+            key_id: 0,
+            edge_id: self.edge_id,
+            time_ms: event.time_ms,
+            affiliate_id: event.affiliate_id,
+            campaign_id: event.campaign_id,
+            nonce: rand::random(),
+        };
+        let click_id = match click.mint(&self.click_keys) {
+            Ok(click_id) => click_id,
+            Err(error) => {
+                // Only a clock before 1970 or past year 10889 gets here.
+                tracing::error!(%error, "Minting a click id failed.");
+                return rejection_response(StatusCode::INTERNAL_SERVER_ERROR, &Rejection::from(error));
+            }
+        };
+        let subs = event.subs.each_ref().map(|sub| sub.as_ref().map_or("", |sub| sub.as_str()));
+        let location = campaign.landing(&click_id, event.affiliate_id, subs);
+        let mut response = Response::new(Full::default());
+        *response.status_mut() = StatusCode::FOUND;
+        let headers = response.headers_mut();
+        headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        headers.insert(OUTCOME_HEADER, HeaderValue::from_static("accepted"));
+        match HeaderValue::try_from(location) {
+            Ok(location) => {
+                headers.insert(LOCATION, location);
+            }
+            Err(_) => {
+                // Landing URLs are checked for control characters at load and
+                // substituted values are URL-safe, so this is a defect.
+                tracing::error!(campaign_id = event.campaign_id, "A landing URL is not a valid header value.");
+                *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+            }
+        }
+        response
+    }
+
+    /// `GET /pb` (server-to-server, JSON answer) and `GET /cv.gif` (browser,
+    /// GIF answer): a conversion attributed by its click ID.
+    fn conversion(&self, source: Source, query: &str) -> HttpResponse {
+        let mut raw = parse_query(query);
+        let outcome = self.accept(source, &mut raw, Some(EventKind::Sale), now_ms()).map(|_| ());
+        if source == Source::ConversionPixel {
+            return self.gif(source, outcome);
+        }
+        let mut response = match &outcome {
+            Ok(()) => json_response(StatusCode::OK, &json!({"status": "accepted"})),
+            Err(rejection) => {
+                self.rejected(source, rejection);
+                let status = if rejection.reason == "shed_full" {
+                    StatusCode::SERVICE_UNAVAILABLE
+                } else {
+                    StatusCode::BAD_REQUEST
+                };
+                rejection_response(status, rejection)
+            }
+        };
+        let verdict = outcome.as_ref().map_or_else(|rejection| rejection.reason, |()| "accepted");
+        response.headers_mut().insert(OUTCOME_HEADER, HeaderValue::from_static(verdict));
         response
     }
 
@@ -196,32 +390,21 @@ impl Ingress {
         let mut results = Vec::with_capacity(items.len());
         let (mut n_accepted, mut n_rejected) = (0u64, 0u64);
         let mut shed = false;
-        for item in &items {
+        for item in items {
             let outcome = match item {
-                Item::Event(raw) => match Event::validate(raw, None, now_ms) {
-                    Ok(event) => match self.tally.record(&event) {
-                        Ok(()) => {
-                            self.metrics.accepted(event.kind);
-                            Ok(())
-                        }
-                        Err(error) => {
-                            shed = true;
-                            Err(("shed_full", error.to_string()))
-                        }
-                    },
-                    Err(error) => Err((error.reason(), error.to_string())),
-                },
-                Item::Invalid { reason, detail } => Err((*reason, detail.clone())),
+                Item::Event(mut raw) => self.accept(Source::Events, &mut raw, None, now_ms).map(|_| ()),
+                Item::Invalid { reason, detail } => Err(Rejection { reason, detail }),
             };
             results.push(match outcome {
                 Ok(()) => {
                     n_accepted += 1;
                     json!({"status": "accepted"})
                 }
-                Err((reason, detail)) => {
+                Err(rejection) => {
                     n_rejected += 1;
-                    self.metrics.events_rejected.get_or_create(&RejectLabels { source: "events", reason }).inc();
-                    json!({"status": "rejected", "reason": reason, "error": detail})
+                    shed |= rejection.reason == "shed_full";
+                    self.rejected(Source::Events, &rejection);
+                    json!({"status": "rejected", "reason": rejection.reason, "error": rejection.detail})
                 }
             });
         }
@@ -282,6 +465,15 @@ async fn drain(body: &mut Incoming, mut n_read: usize) {
             _ => return,
         }
     }
+}
+
+fn rejection_response(status: StatusCode, rejection: &Rejection) -> HttpResponse {
+    let mut response =
+        json_response(status, &json!({"status": "rejected", "reason": rejection.reason, "error": rejection.detail}));
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        response.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECONDS));
+    }
+    response
 }
 
 fn json_response(status: StatusCode, body: &serde_json::Value) -> HttpResponse {

@@ -31,8 +31,8 @@ pub enum Item<'a> {
     Invalid { reason: &'static str, detail: String },
 }
 
-/// Reads the pixel query string. Unknown parameters (cache busters) are
-/// ignored; a repeated parameter keeps its last value.
+/// Reads the query string of a pixel, click or postback. Unknown parameters
+/// (cache busters) are ignored; a repeated parameter keeps its last value.
 pub fn parse_query(query: &str) -> RawEvent<'_> {
     let mut raw = RawEvent::default();
     for (name, value) in form_urlencoded::parse(query.as_bytes()) {
@@ -42,6 +42,10 @@ pub fn parse_query(query: &str) -> RawEvent<'_> {
             "kind" => &mut raw.kind,
             "eid" => &mut raw.event_id,
             "ts" => &mut raw.time,
+            "click_id" => &mut raw.click_id,
+            "amount" => &mut raw.amount,
+            "currency" => &mut raw.currency,
+            "order_id" => &mut raw.order_id,
             "sub1" => &mut raw.subs[0],
             "sub2" => &mut raw.subs[1],
             "sub3" => &mut raw.subs[2],

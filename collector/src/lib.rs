@@ -1,9 +1,11 @@
 //! The EdgeTally edge collector.
 //!
-//! It answers pixel and event requests over HTTP ([`http`]), parses them
-//! ([`ingest`]), validates them with the protocol's rules, counts them per
-//! `(minute, affiliate_id, campaign_id, sub1)` in memory ([`tally`]) and ships
-//! sealed batches to the aggregator over QUIC ([`uplink`]). It links no query
+//! It answers pixels, clicks, postbacks and event posts over HTTP, parses
+//! them ([`ingest`]), mints and verifies signed click IDs against the
+//! campaign snapshot ([`campaigns`], [`click_keys`]), validates with the
+//! protocol's rules, counts per `(minute, affiliate_id, campaign_id, sub1)`
+//! in memory ([`tally`]) and ships sealed batches to the aggregator over
+//! QUIC (`uplink`). It links no query
 //! engine and no Flight server: edge hosts are small and many.
 
 use std::net::SocketAddr;
@@ -15,12 +17,16 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+pub mod campaigns;
+pub mod click_keys;
 mod http;
 pub mod ingest;
 mod metrics;
 pub mod tally;
 mod uplink;
 
+pub use campaigns::Campaigns;
+pub use edgetally_protocol::ClickKeys;
 pub use http::{OUTCOME_HEADER, PIXEL_GIF};
 pub use tally::TallyLimits;
 pub use uplink::UplinkError;
@@ -45,6 +51,10 @@ pub struct Config {
     pub flush_interval: Duration,
     pub body_bytes_max: usize,
     pub tally_limits: TallyLimits,
+    /// Campaign landing URLs and attribution windows.
+    pub campaigns: Campaigns,
+    /// Keys that sign and verify click IDs.
+    pub click_keys: ClickKeys,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -95,6 +105,9 @@ impl Collector {
             tally: tally.clone(),
             metrics: metrics.clone(),
             body_bytes_max: config.body_bytes_max,
+            edge_id: config.edge_id,
+            campaigns: config.campaigns,
+            click_keys: config.click_keys,
         });
         let http_task = tokio::spawn(http::serve(listener, ingress, shutdown_rx.clone()));
         let uplink_task = tokio::spawn(uplink.run(tally, metrics, shutdown_rx));

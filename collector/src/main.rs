@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use edgetally_collector::{BODY_BYTES_MAX_DEFAULT, Collector, Config, TallyLimits};
+use edgetally_collector::{BODY_BYTES_MAX_DEFAULT, Campaigns, Collector, Config, TallyLimits, click_keys};
 
 #[derive(Debug, Parser)]
 #[command(name = "edgetally-collector", version, about = "EdgeTally edge collector")]
@@ -34,6 +34,14 @@ struct Args {
     /// How often a batch is sealed and shipped, in milliseconds.
     #[arg(long, env = "EDGETALLY_COLLECTOR_FLUSH_INTERVAL_MS", default_value_t = 250)]
     flush_interval_ms: u64,
+    /// Campaign snapshot (JSON: landing URLs and attribution windows). Without
+    /// one, clicks answer 404 and click IDs cannot be attributed.
+    #[arg(long, env = "EDGETALLY_COLLECTOR_CAMPAIGNS")]
+    campaigns: Option<PathBuf>,
+    /// Click-signing keys (JSON); created with a random key when missing.
+    /// Defaults to `click-keys.json` in the data directory.
+    #[arg(long, env = "EDGETALLY_COLLECTOR_CLICK_KEYS")]
+    click_keys: Option<PathBuf>,
     /// Largest accepted `POST /v1/events` body, in bytes.
     #[arg(long, env = "EDGETALLY_COLLECTOR_BODY_BYTES_MAX", default_value_t = BODY_BYTES_MAX_DEFAULT)]
     body_bytes_max: usize,
@@ -47,6 +55,12 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let args = Args::parse();
     std::fs::create_dir_all(&args.data_dir).with_context(|| format!("creating {}", args.data_dir.display()))?;
+    let campaigns = match &args.campaigns {
+        Some(path) => Campaigns::load(path)?,
+        None => Campaigns::default(),
+    };
+    let click_keys_path = args.click_keys.clone().unwrap_or_else(|| args.data_dir.join("click-keys.json"));
+    let click_keys = click_keys::load_or_create(&click_keys_path)?;
     let config = Config {
         http_listen: args.http_listen,
         aggregator_addr: args.aggregator_addr,
@@ -56,6 +70,8 @@ async fn main() -> anyhow::Result<()> {
         flush_interval: Duration::from_millis(args.flush_interval_ms.max(1)),
         body_bytes_max: args.body_bytes_max,
         tally_limits: TallyLimits::default(),
+        campaigns,
+        click_keys,
     };
     let collector = Collector::start(config).await?;
     let addrs = serde_json::json!({ "http": collector.http_addr().to_string() });

@@ -1,17 +1,20 @@
 //! The contract between EdgeTally's parts, with no I/O and no clock.
 //!
-//! This crate owns the event model ([`event`]), exact money ([`money`]), the
+//! This crate owns the event model ([`event`]), exact money ([`money`]),
+//! signed click IDs ([`click_id`]), the
 //! Arrow schemas of what an edge ships ([`batch`]) and the binary frame that
 //! carries a batch from a collector to the aggregator ([`frame`]). Whatever
 //! needs the current time takes it as an argument, so every rule here is
 //! deterministic and testable without a runtime.
 
 pub mod batch;
+pub mod click_id;
 pub mod event;
 pub mod frame;
 pub mod money;
 
 pub use batch::{BatchError, ConversionRow, RollupCounts, RollupKey};
+pub use click_id::{Click, ClickIdError, ClickKey, ClickKeys};
 pub use event::{Event, EventError, EventKind, SubId};
 pub use frame::{Ack, BatchFrame, FrameError};
 pub use money::{Currency, Money, MoneyError};

@@ -1,5 +1,6 @@
 //! Collector tests against the real `edgetally-collector` binary on a
 //! loopback port, spoken to over real HTTP.
 
+mod clicks;
 mod malformed;
 mod support;

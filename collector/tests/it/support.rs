@@ -14,14 +14,19 @@ use hyper_util::rt::TokioExecutor;
 pub(crate) struct TestCollector {
     child: Child,
     pub(crate) base_url: String,
-    _dir: tempfile::TempDir,
+    pub(crate) dir: tempfile::TempDir,
 }
 
 impl TestCollector {
     /// Starts a collector whose aggregator is absent: HTTP behaviour does
     /// not depend on shipping, and unshipped counts stay in memory.
     pub(crate) fn start(extra_args: &[&str]) -> TestCollector {
-        let dir = tempfile::tempdir().expect("temp dir");
+        TestCollector::start_in(tempfile::tempdir().expect("temp dir"), extra_args)
+    }
+
+    /// Starts a collector whose data directory is `dir/collector`, so a test
+    /// can put files (campaigns, keys) in `dir` first.
+    pub(crate) fn start_in(dir: tempfile::TempDir, extra_args: &[&str]) -> TestCollector {
         let cert_path = dir.path().join("aggregator-cert.pem");
         let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("rcgen");
         std::fs::write(&cert_path, certified.cert.pem()).expect("write cert");
@@ -41,7 +46,7 @@ impl TestCollector {
         let child = command.spawn().expect("spawn edgetally-collector");
         let addrs = wait_for_file(&data_dir.join("collector.json"));
         let http = addrs["http"].as_str().expect("http address").to_owned();
-        TestCollector { child, base_url: format!("http://{http}"), _dir: dir }
+        TestCollector { child, base_url: format!("http://{http}"), dir }
     }
 }
 
