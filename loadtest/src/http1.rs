@@ -42,6 +42,8 @@ pub(crate) struct Answer {
     pub(crate) status: u16,
     /// The `x-edgetally-outcome` header, if any.
     pub(crate) outcome: Option<Bytes>,
+    /// The `location` header of a redirect, if any.
+    pub(crate) location: Option<Bytes>,
     /// The body, when the caller asked for it.
     pub(crate) body: Bytes,
     /// The server will close the connection after this answer.
@@ -71,8 +73,8 @@ impl Connection {
         Connection { stream, write: Vec::with_capacity(512), read: BytesMut::with_capacity(8 * 1024) }
     }
 
-    /// Sends one request and reads its answer; `keep_body` copies the body
-    /// out (pixels' GIFs are not needed).
+    /// Sends one request and reads its answer; `keep_body` copies out the
+    /// body of a successful answer (pixels' GIFs are not needed).
     pub(crate) async fn exchange(&mut self, request: &Request<'_>, keep_body: bool) -> Result<Answer, Http1Error> {
         self.write.clear();
         self.write.extend_from_slice(if request.post { b"POST " } else { b"GET " });
@@ -109,12 +111,15 @@ impl Connection {
                     let status = response.code.unwrap_or(0);
                     let mut content_length = None;
                     let mut outcome = None;
+                    let mut location = None;
                     let mut closing = false;
                     for header in response.headers.iter() {
                         if header.name.eq_ignore_ascii_case("content-length") {
                             content_length = std::str::from_utf8(header.value).ok().and_then(|v| v.trim().parse().ok());
                         } else if header.name.eq_ignore_ascii_case(edgetally_collector::OUTCOME_HEADER) {
                             outcome = Some(Bytes::copy_from_slice(header.value));
+                        } else if header.name.eq_ignore_ascii_case("location") {
+                            location = Some(Bytes::copy_from_slice(header.value));
                         } else if header.name.eq_ignore_ascii_case("connection") {
                             closing = header.value.eq_ignore_ascii_case(b"close");
                         }
@@ -127,13 +132,14 @@ impl Connection {
                         self.fill().await?;
                     }
                     self.read.advance(head_len);
-                    let body = if keep_body {
+                    // Error answers explain themselves in their bodies.
+                    let body = if keep_body || !matches!(status, 200 | 302) {
                         self.read.split_to(body_len).freeze()
                     } else {
                         self.read.advance(body_len);
                         Bytes::new()
                     };
-                    return Ok(Answer { status, outcome, body, closing });
+                    return Ok(Answer { status, outcome, location, body, closing });
                 }
                 httparse::Status::Partial => {
                     if self.read.len() >= HEAD_BYTES_MAX {

@@ -209,12 +209,12 @@ impl Link {
                     }
                 };
                 let status = response.status().as_u16();
-                let outcome = response
-                    .headers()
-                    .get(edgetally_collector::OUTCOME_HEADER)
-                    .map(|value| Bytes::copy_from_slice(value.as_bytes()));
+                let header =
+                    |name: &str| response.headers().get(name).map(|value| Bytes::copy_from_slice(value.as_bytes()));
+                let outcome = header(edgetally_collector::OUTCOME_HEADER);
+                let location = header("location");
                 let body = response.into_body().collect().await.map_err(SendError::Request)?.to_bytes();
-                Ok(Answer { status, outcome, body, closing: false })
+                Ok(Answer { status, outcome, location, body, closing: false })
             }
         }
     }
@@ -337,7 +337,7 @@ impl Task {
                     outcome.n_answered += 1;
                     outcome.ledger.last_answer_ms = now_ms();
                     self.progress.answered.fetch_add(1, Ordering::Relaxed);
-                    let n_accepted = settle(&mut outcome, &plan, &answer);
+                    let n_accepted = settle(&mut outcome, &mut self.mix, &plan, &answer);
                     self.progress.accepted_events.fetch_add(n_accepted, Ordering::Relaxed);
                 }
                 Err(error) => {
@@ -370,45 +370,85 @@ fn build_request(target: &str, plan: &Plan) -> http::Request<Full<Bytes>> {
     builder.body(Full::new(plan.body.clone())).expect("valid request")
 }
 
-/// Books an answer into the ledger and the answer counts; returns the
-/// number of events accepted.
-fn settle(outcome: &mut Outcome, plan: &Plan, answer: &Answer) -> u64 {
-    if answer.status != 200 {
-        outcome.answer(plan.label, &format!("http_{}", answer.status));
-        return 0;
-    }
-    if !plan.is_post {
-        let verdict =
-            answer.outcome.as_deref().and_then(|value| std::str::from_utf8(value).ok()).unwrap_or("no_outcome");
-        outcome.answer(plan.label, verdict);
-        if verdict == "accepted"
-            && let Some(truth) = plan.truths.first()
-        {
-            outcome.ledger.accept(truth);
-            return 1;
-        }
-        return 0;
-    }
-    let Ok(body) = serde_json::from_slice::<serde_json::Value>(&answer.body) else {
-        outcome.answer(plan.label, "unreadable_answer");
-        return 0;
-    };
-    let results = body["results"].as_array().map(Vec::as_slice).unwrap_or_default();
-    if results.len() != plan.truths.len() {
-        outcome.answer(plan.label, "result_count_mismatch");
-        return 0;
-    }
-    let mut n_accepted = 0;
-    for (truth, result) in plan.truths.iter().zip(results) {
-        if result["status"] == "accepted" {
-            outcome.ledger.accept(truth);
+/// Books an answer into the ledger and the answer counts, and gives the
+/// mix the click ID of an accepted click; returns the number of events
+/// accepted.
+fn settle(outcome: &mut Outcome, mix: &mut Mix, plan: &Plan, answer: &Answer) -> u64 {
+    let verdict = || answer.outcome.as_deref().and_then(|value| std::str::from_utf8(value).ok());
+    match (plan.is_post, answer.status) {
+        // A click: the redirect carries the click ID for later conversions.
+        (false, 302) => {
+            let Some(truth) = plan.truths.first().filter(|_| verdict() == Some("accepted")) else {
+                outcome.answer(plan.label, verdict().unwrap_or("no_outcome"));
+                return 0;
+            };
             outcome.answer(plan.label, "accepted");
-            n_accepted += 1;
-        } else {
-            outcome.answer(plan.label, result["reason"].as_str().unwrap_or("rejected"));
+            outcome.ledger.accept(truth);
+            match answer.location.as_deref().and_then(click_id_in) {
+                Some(click_id) => mix.remember_click(click_id, truth.affiliate_id, truth.campaign_id),
+                None => outcome.answer(plan.label, "no_click_id_in_location"),
+            }
+            1
+        }
+        // A pixel or postback answered 200 carries its outcome in a header
+        // (pixels) or its body (postbacks).
+        (false, 200) => {
+            let accepted = match verdict() {
+                Some(verdict) => verdict == "accepted",
+                None => serde_json::from_slice::<serde_json::Value>(&answer.body)
+                    .is_ok_and(|body| body["status"] == "accepted"),
+            };
+            let label = if accepted { "accepted" } else { verdict().unwrap_or("no_outcome") };
+            outcome.answer(plan.label, label);
+            match plan.truths.first().filter(|_| accepted) {
+                Some(truth) => {
+                    outcome.ledger.accept(truth);
+                    1
+                }
+                None => 0,
+            }
+        }
+        (false, status) => {
+            let reason = serde_json::from_slice::<serde_json::Value>(&answer.body)
+                .ok()
+                .and_then(|body| body["reason"].as_str().map(|reason| format!("http_{status}_{reason}")));
+            outcome.answer(plan.label, reason.as_deref().unwrap_or(&format!("http_{status}")));
+            0
+        }
+        (true, 200) => {
+            let Ok(body) = serde_json::from_slice::<serde_json::Value>(&answer.body) else {
+                outcome.answer(plan.label, "unreadable_answer");
+                return 0;
+            };
+            let results = body["results"].as_array().map(Vec::as_slice).unwrap_or_default();
+            if results.len() != plan.truths.len() {
+                outcome.answer(plan.label, "result_count_mismatch");
+                return 0;
+            }
+            let mut n_accepted = 0;
+            for (truth, result) in plan.truths.iter().zip(results) {
+                if result["status"] == "accepted" {
+                    outcome.ledger.accept(truth);
+                    outcome.answer(plan.label, "accepted");
+                    n_accepted += 1;
+                } else {
+                    outcome.answer(plan.label, result["reason"].as_str().unwrap_or("rejected"));
+                }
+            }
+            n_accepted
+        }
+        (true, status) => {
+            outcome.answer(plan.label, &format!("http_{status}"));
+            0
         }
     }
-    n_accepted
+}
+
+/// The click ID in a landing URL: the 48-character value of its `click_id`
+/// (or other) parameter or path segment.
+fn click_id_in(location: &[u8]) -> Option<&str> {
+    let location = std::str::from_utf8(location).ok()?;
+    location.split(['=', '&', '/', '?']).find(|part| part.len() == edgetally_protocol::click_id::CLICK_ID_LEN)
 }
 
 fn now_ms() -> i64 {

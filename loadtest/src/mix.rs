@@ -6,6 +6,8 @@
 //! [`Truth`] of the events in it, so the ledger can count what the collector
 //! says it accepted.
 
+use std::collections::VecDeque;
+
 use bytes::Bytes;
 use rand::Rng;
 use rand::rngs::StdRng;
@@ -36,7 +38,8 @@ pub(crate) struct MixArgs {
     /// Zipf exponent of the affiliate, campaign and sub distributions.
     #[arg(long, default_value_t = 1.1)]
     pub(crate) zipf_exponent: f64,
-    /// Share of requests that are clicks (posted as JSON events).
+    /// Share of requests that are clicks: `GET /c/{campaign}`, whose
+    /// redirect's click ID is kept for later conversions.
     #[arg(long, default_value_t = 0.10)]
     pub(crate) click_share: f64,
     /// Share of requests that are leads.
@@ -55,6 +58,11 @@ pub(crate) struct MixArgs {
     /// Share of pixel requests sent with a bot-like user agent.
     #[arg(long, default_value_t = 0.01)]
     pub(crate) bot_share: f64,
+    /// Share of leads and sales sent against a remembered click ID (as a
+    /// `/pb` postback, or one in four as a `/cv.gif` pixel); the rest are
+    /// posted as JSON events without one.
+    #[arg(long, default_value_t = 0.8)]
+    pub(crate) postback_share: f64,
     /// Events per `POST /v1/events` body (NDJSON when above 1).
     #[arg(long, default_value_t = 1)]
     pub(crate) events_per_post: usize,
@@ -69,9 +77,13 @@ pub(crate) struct MixArgs {
 pub(crate) enum Label {
     Pixel,
     BotPixel,
+    Click,
+    Postback,
+    ConversionPixel,
     Events,
     Duplicate,
     BadPixel,
+    BadClickId,
     BadJson,
     BadAmount,
     OversizeBody,
@@ -85,9 +97,13 @@ impl Label {
         match self {
             Label::Pixel => "pixel",
             Label::BotPixel => "bot_pixel",
+            Label::Click => "click",
+            Label::Postback => "postback",
+            Label::ConversionPixel => "conversion_pixel",
             Label::Events => "events",
             Label::Duplicate => "duplicate",
             Label::BadPixel => "malformed_pixel",
+            Label::BadClickId => "malformed_click_id",
             Label::BadJson => "malformed_json",
             Label::BadAmount => "malformed_amount",
             Label::OversizeBody => "malformed_oversize",
@@ -116,7 +132,14 @@ pub(crate) struct Mix {
     /// A per-connection prefix that keeps order ids unique across tasks.
     order_prefix: String,
     n_orders: u64,
+    /// Click IDs this connection was given, with their affiliate and
+    /// campaign, for conversions to be posted back against.
+    clicks: VecDeque<(String, u32, u32)>,
 }
+
+/// Remembered click IDs per connection: enough for conversions to land on
+/// clicks of many affiliates, at about 100 bytes each.
+const CLICKS_REMEMBERED_MAX: usize = 1024;
 
 // === impl Mix ===
 
@@ -133,6 +156,7 @@ impl Mix {
             subs: zipf(args.subs)?,
             order_prefix: format!("t{task_idx}-"),
             n_orders: 0,
+            clicks: VecDeque::with_capacity(CLICKS_REMEMBERED_MAX),
         })
     }
 
@@ -153,11 +177,18 @@ impl Mix {
         if roll < threshold {
             return self.malformed(rng);
         }
-        for (share, kind) in
-            [(args.click_share, Kind::Click), (args.lead_share, Kind::Lead), (args.sale_share, Kind::Sale)]
-        {
+        threshold += args.click_share;
+        if roll < threshold {
+            return self.click(rng);
+        }
+        for (share, kind) in [(args.lead_share, Kind::Lead), (args.sale_share, Kind::Sale)] {
             threshold += share;
             if roll < threshold {
+                if rng.random::<f64>() < self.args.postback_share
+                    && let Some(plan) = self.postback(rng, kind)
+                {
+                    return plan;
+                }
                 return self.events(rng, kind);
             }
         }
@@ -189,6 +220,61 @@ impl Mix {
         }
     }
 
+    /// Keeps the click ID of an accepted click for later conversions.
+    pub(crate) fn remember_click(&mut self, click_id: &str, affiliate_id: u32, campaign_id: u32) {
+        if self.clicks.len() == CLICKS_REMEMBERED_MAX {
+            self.clicks.pop_front();
+        }
+        self.clicks.push_back((click_id.to_owned(), affiliate_id, campaign_id));
+    }
+
+    fn click(&mut self, rng: &mut StdRng) -> Plan {
+        let (affiliate_id, campaign_id, sub1) = self.ids(rng);
+        Plan {
+            label: Label::Click,
+            is_post: false,
+            path_and_query: format!("/c/{campaign_id}?aff={affiliate_id}&sub1={sub1}"),
+            body: Bytes::new(),
+            user_agent: BROWSER_AGENT,
+            truths: vec![Truth { kind: Kind::Click, affiliate_id, campaign_id, money: None }],
+        }
+    }
+
+    /// A conversion against a remembered click, some time after it.
+    fn postback(&mut self, rng: &mut StdRng, kind: Kind) -> Option<Plan> {
+        let click_idx = rng.random_range(0..self.clicks.len().max(1));
+        let (click_id, affiliate_id, campaign_id) = self.clicks.get(click_idx)?.clone();
+        self.n_orders += 1;
+        let mut path_and_query =
+            format!("/pb?click_id={click_id}&kind={}&order_id={}{}", kind.as_str(), self.order_prefix, self.n_orders);
+        let mut money = None;
+        if kind == Kind::Sale {
+            let (currency, minor_units, amount) = self.amount(rng);
+            path_and_query.push_str(&format!("&amount={amount}&currency={currency}"));
+            money = Some((currency, minor_units));
+        }
+        let label = if rng.random_range(0..4) == 0 {
+            path_and_query.replace_range(..3, "/cv.gif");
+            Label::ConversionPixel
+        } else {
+            Label::Postback
+        };
+        Some(Plan {
+            label,
+            is_post: false,
+            path_and_query,
+            body: Bytes::new(),
+            user_agent: BROWSER_AGENT,
+            truths: vec![Truth { kind, affiliate_id, campaign_id, money }],
+        })
+    }
+
+    fn amount(&mut self, rng: &mut StdRng) -> (&'static str, i64, String) {
+        let (currency, exponent) = CURRENCIES[rng.random_range(0..CURRENCIES.len())];
+        let minor_units: i64 = rng.random_range(100..100_000);
+        (currency, minor_units, format_amount(minor_units, exponent))
+    }
+
     fn event(&mut self, rng: &mut StdRng, kind: Kind) -> (serde_json::Value, Truth) {
         let (affiliate_id, campaign_id, sub1) = self.ids(rng);
         let mut event = json!({"kind": kind.as_str(), "affiliate_id": affiliate_id, "campaign_id": campaign_id});
@@ -201,9 +287,8 @@ impl Mix {
             event["order_id"] = json!(format!("{}{}", self.order_prefix, self.n_orders));
         }
         if kind == Kind::Sale {
-            let (currency, exponent) = CURRENCIES[rng.random_range(0..CURRENCIES.len())];
-            let minor_units: i64 = rng.random_range(100..100_000);
-            event["amount"] = json!(format_amount(minor_units, exponent));
+            let (currency, minor_units, amount) = self.amount(rng);
+            event["amount"] = json!(amount);
             event["currency"] = json!(currency);
             money = Some((currency, minor_units));
         }
@@ -237,7 +322,7 @@ impl Mix {
             user_agent: BROWSER_AGENT,
             truths,
         };
-        match rng.random_range(0..5) {
+        match rng.random_range(0..6) {
             0 => {
                 let mut plan = self.pixel(rng, BROWSER_AGENT, Label::BadPixel);
                 plan.path_and_query = plan.path_and_query.replacen("aff=", "aff=x", 1);
@@ -250,6 +335,20 @@ impl Mix {
                 post(Label::BadAmount, event.to_string(), vec![truth])
             }
             3 => post(Label::OversizeBody, "x".repeat(2 * 1024 * 1024), Vec::new()),
+            4 => {
+                // Version 1, key 1, then zeros: well formed, but its
+                // signature cannot verify.
+                let forged = format!("AQEA{}", "A".repeat(edgetally_protocol::click_id::CLICK_ID_LEN - 4));
+                let path_and_query = format!("/pb?click_id={forged}&amount=9.99&currency=USD");
+                Plan {
+                    label: Label::BadClickId,
+                    is_post: false,
+                    path_and_query,
+                    body: Bytes::new(),
+                    user_agent: BROWSER_AGENT,
+                    truths: Vec::new(),
+                }
+            }
             _ => Plan {
                 label: Label::UnknownRoute,
                 is_post: false,

@@ -59,6 +59,19 @@ pub(crate) async fn run(args: StackArgs) -> anyhow::Result<()> {
     })
     .await
     .context("starting the aggregator")?;
+    // Campaigns 1..=N, as many as the mix draws from, each landing on a
+    // placeholder shop page that carries the click ID.
+    let campaigns_path = data_dir.join("campaigns.json");
+    let campaigns: Vec<serde_json::Value> = (1..=args.mix.campaigns)
+        .map(|id| {
+            serde_json::json!({
+                "id": id,
+                "landing_url": format!("https://shop.example/landing/{id}?click_id={{click_id}}&sub1={{sub1}}"),
+            })
+        })
+        .collect();
+    let snapshot = serde_json::json!({ "campaigns": campaigns }).to_string();
+    std::fs::write(&campaigns_path, &snapshot).with_context(|| format!("writing {}", campaigns_path.display()))?;
     let collector = edgetally_collector::Collector::start(edgetally_collector::Config {
         http_listen: args.http_listen,
         aggregator_addr: aggregator.quic_addr(),
@@ -68,6 +81,8 @@ pub(crate) async fn run(args: StackArgs) -> anyhow::Result<()> {
         flush_interval: edgetally_collector::FLUSH_INTERVAL_DEFAULT,
         body_bytes_max: edgetally_collector::BODY_BYTES_MAX_DEFAULT,
         tally_limits: edgetally_collector::TallyLimits::default(),
+        campaigns: edgetally_collector::Campaigns::parse(&snapshot)?,
+        click_keys: edgetally_collector::click_keys::load_or_create(&data_dir.join("click-keys.json"))?,
     })
     .await
     .context("starting the collector")?;
@@ -79,6 +94,8 @@ pub(crate) async fn run(args: StackArgs) -> anyhow::Result<()> {
     println!(
         "  events    POST http://{http}/v1/events   e.g. {{\"kind\":\"sale\",\"affiliate_id\":1,\"campaign_id\":1,\"amount\":\"12.34\",\"currency\":\"USD\"}}"
     );
+    println!("  click     http://{http}/c/1?aff=1&sub1=demo   (campaigns in {})", campaigns_path.display());
+    println!("  postback  http://{http}/pb?click_id=<from the click's Location>&amount=12.34&currency=USD");
     println!("  metrics   http://{http}/metrics");
     println!(
         "  flight    http://{flight}   read it: cargo run -p edgetally-loadtest -- query --flight http://{flight}"

@@ -16,6 +16,7 @@ fn args() -> MixArgs {
         duplicate_share: 0.1,
         malformed_share: 0.1,
         bot_share: 0.0,
+        postback_share: 0.0,
         events_per_post: 2,
         pixels_only: false,
     }
@@ -39,6 +40,9 @@ fn shares_are_respected() {
     for _ in 0..n_plans {
         let plan = mix.next(&mut rng, previous.as_ref());
         *by_label.entry(plan.label).or_insert(0u32) += 1;
+        if plan.label == Label::Click {
+            assert!(plan.path_and_query.starts_with("/c/"));
+        }
         if plan.label == Label::Events {
             assert_eq!(plan.truths.len(), 2);
             assert_eq!(plan.body.split(|b| *b == b'\n').count(), 2);
@@ -52,10 +56,18 @@ fn shares_are_respected() {
         labels.iter().map(|label| by_label.get(label).copied().unwrap_or(0)).sum::<u32>() as f64 / n_plans as f64
     };
     // Shares within two percentage points of the configured ones.
-    let malformed = [Label::BadPixel, Label::BadJson, Label::BadAmount, Label::OversizeBody, Label::UnknownRoute];
+    let malformed = [
+        Label::BadPixel,
+        Label::BadClickId,
+        Label::BadJson,
+        Label::BadAmount,
+        Label::OversizeBody,
+        Label::UnknownRoute,
+    ];
     assert!((share(&[Label::Duplicate]) - 0.1).abs() < 0.02, "{by_label:?}");
     assert!((share(&malformed) - 0.1).abs() < 0.02, "{by_label:?}");
-    assert!((share(&[Label::Events]) - 0.2).abs() < 0.02, "{by_label:?}");
+    assert!((share(&[Label::Click]) - 0.1).abs() < 0.02, "{by_label:?}");
+    assert!((share(&[Label::Events]) - 0.1).abs() < 0.02, "{by_label:?}");
     assert!((share(&[Label::Pixel]) - 0.6).abs() < 0.02, "{by_label:?}");
 }
 
@@ -68,4 +80,30 @@ fn pixels_only_draws_only_valid_pixels() {
         assert_eq!(plan.label, Label::Pixel);
         assert!(plan.path_and_query.starts_with("/p.gif?aff="));
     }
+}
+
+#[test]
+fn conversions_use_remembered_clicks() {
+    let args = MixArgs { postback_share: 1.0, click_share: 0.0, duplicate_share: 0.0, malformed_share: 0.0, ..args() };
+    let mut mix = Mix::new(&args, 3).unwrap();
+    let mut rng = StdRng::seed_from_u64(5);
+    // Without a remembered click, conversions are posted as events.
+    let plans: Vec<Plan> = (0..200).map(|_| mix.next(&mut rng, None)).collect();
+    assert!(plans.iter().all(|plan| plan.label != Label::Postback && plan.label != Label::ConversionPixel));
+    let click_id = "C".repeat(48);
+    mix.remember_click(&click_id, 11, 12);
+    let mut n_postbacks = 0;
+    for _ in 0..400 {
+        let plan = mix.next(&mut rng, None);
+        if matches!(plan.label, Label::Postback | Label::ConversionPixel) {
+            n_postbacks += 1;
+            assert!(plan.path_and_query.contains(&format!("click_id={click_id}")), "{}", plan.path_and_query);
+            assert!(plan.path_and_query.starts_with(if plan.label == Label::Postback { "/pb?" } else { "/cv.gif?" }));
+            let truth = &plan.truths[0];
+            assert_eq!((truth.affiliate_id, truth.campaign_id), (11, 12));
+            assert_eq!(truth.money.is_some(), truth.kind == Kind::Sale);
+        }
+    }
+    // Leads and sales are 10% of requests, all of them against the click.
+    assert!((20..=60).contains(&n_postbacks), "{n_postbacks}");
 }

@@ -30,6 +30,8 @@ fn generated_run_verifies_exactly_and_corruption_is_caught() {
         "0.05",
         "--sale-share",
         "0.05",
+        "--lead-share",
+        "0.03",
         "--events-per-post",
         "3",
         "--ledger",
@@ -52,8 +54,12 @@ fn generated_run_verifies_exactly_and_corruption_is_caught() {
     only("malformed_json", "http_400");
     only("malformed_amount", "bad_amount");
     only("malformed_oversize", "http_413");
-    only("malformed_route", "http_404");
+    only("malformed_route", "http_404_not_found");
+    only("malformed_click_id", "http_400_click_id_forged");
     only("pixel", "accepted");
+    only("click", "accepted");
+    only("postback", "accepted");
+    only("conversion_pixel", "accepted");
     only("events", "accepted");
     assert!(answers["duplicate"]["accepted"] > 0, "{answers:?}");
 

@@ -84,6 +84,15 @@ impl Stack {
         let quic = addrs["quic"].as_str().expect("quic address").to_owned();
         let flight = addrs["flight"].as_str().expect("flight address").to_owned();
         let cert = addrs["quic_cert"].as_str().expect("quic_cert path").to_owned();
+        // Every edge shares one campaign snapshot (the mix's default 200
+        // campaigns) and one click-signing key, so a click minted at one
+        // edge converts at another.
+        let campaigns: Vec<serde_json::Value> = (1..=200)
+            .map(|id| serde_json::json!({"id": id, "landing_url": format!("https://shop.example/{id}?click_id={{click_id}}")}))
+            .collect();
+        let campaigns_path = dir.path().join("campaigns.json");
+        std::fs::write(&campaigns_path, serde_json::json!({ "campaigns": campaigns }).to_string()).expect("campaigns");
+        let keys_path = dir.path().join("click-keys.json");
         let mut collectors = Vec::new();
         for edge_id in 1..=n_collectors {
             let collector_dir = dir.path().join(format!("collector-{edge_id}"));
@@ -101,6 +110,10 @@ impl Stack {
                     cert.as_ref(),
                     "--edge-id".as_ref(),
                     edge_id.as_ref(),
+                    "--campaigns".as_ref(),
+                    campaigns_path.as_os_str(),
+                    "--click-keys".as_ref(),
+                    keys_path.as_os_str(),
                     "--flush-interval-ms".as_ref(),
                     "50".as_ref(),
                 ],
