@@ -19,6 +19,7 @@ use tokio::task::JoinHandle;
 
 pub mod campaigns;
 pub mod click_keys;
+pub mod dedup;
 mod http;
 pub mod ingest;
 mod metrics;
