@@ -11,7 +11,9 @@ use std::sync::Arc;
 use arrow_array::builder::{StringBuilder, TimestampMillisecondBuilder, UInt32Builder, UInt64Builder};
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{ArrowError, Field, Schema, SchemaRef};
-use edgetally_protocol::batch::{CONVERSION_SCHEMA, ROLLUP_SCHEMA, RollupCounts, RollupKey, conversions_to_batch};
+use edgetally_protocol::batch::{
+    CONVERSION_SCHEMA, N_COUNTERS, ROLLUP_SCHEMA, RollupCounts, RollupKey, conversions_to_batch,
+};
 
 use crate::store::{Store, Tables};
 
@@ -55,7 +57,7 @@ pub(crate) struct Query {
 type GroupKey = (Option<i64>, Option<u32>, Option<u32>, Option<String>);
 
 /// The counter columns every rollup answer ends with, in ROLLUP_SCHEMA.
-const ROLLUP_COUNTER_COLUMNS: std::ops::Range<usize> = 4..8;
+const ROLLUP_COUNTER_COLUMNS: std::ops::Range<usize> = 4..4 + N_COUNTERS;
 
 // === impl Dataset ===
 
@@ -208,7 +210,7 @@ impl Query {
         let mut affiliate_id = UInt32Builder::with_capacity(n_rows);
         let mut campaign_id = UInt32Builder::with_capacity(n_rows);
         let mut sub1 = StringBuilder::with_capacity(n_rows, n_rows * 8);
-        let mut counters: [UInt64Builder; 4] = std::array::from_fn(|_| UInt64Builder::with_capacity(n_rows));
+        let mut counters: [UInt64Builder; N_COUNTERS] = std::array::from_fn(|_| UInt64Builder::with_capacity(n_rows));
         for ((group_minute, group_affiliate_id, group_campaign_id, group_sub1), counts) in groups {
             // A column not grouped by is `None` in every key and its builder
             // is left out below, so these appends of `None` are never read.
@@ -216,13 +218,11 @@ impl Query {
             affiliate_id.append_option(group_affiliate_id);
             campaign_id.append_option(group_campaign_id);
             sub1.append_option(group_sub1);
-            for (builder, value) in
-                counters.iter_mut().zip([counts.impressions, counts.clicks, counts.leads, counts.sales])
-            {
+            for (builder, value) in counters.iter_mut().zip(counts.values()) {
                 builder.append_value(value);
             }
         }
-        let mut columns: Vec<ArrayRef> = Vec::with_capacity(8);
+        let mut columns: Vec<ArrayRef> = Vec::with_capacity(4 + N_COUNTERS);
         for column in self.group_by.columns() {
             columns.push(match column {
                 GroupColumn::Minute => Arc::new(minute.finish()),

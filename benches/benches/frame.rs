@@ -15,6 +15,7 @@ fn rows(n_rows: u32) -> Vec<(RollupKey, RollupCounts)> {
                 sub1: format!("sub{}", row_idx % 20),
             };
             let counts = RollupCounts {
+                duplicates: u64::from(row_idx % 2),
                 impressions: u64::from(row_idx % 97),
                 clicks: u64::from(row_idx % 7),
                 leads: 0,

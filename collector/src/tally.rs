@@ -90,6 +90,25 @@ impl Tally {
         Ok(())
     }
 
+    /// Counts an event refused as a repeat, under its rollup key, so
+    /// duplicates are visible without being paid. A full tally drops the
+    /// count rather than refuse anything: the event itself is not counted.
+    pub fn record_duplicate(&self, event: &Event) {
+        let key = RollupKey {
+            minute_ms: event.minute_ms(),
+            affiliate_id: event.affiliate_id,
+            campaign_id: event.campaign_id,
+            sub1: event.sub1().to_owned(),
+        };
+        let mut unsealed = self.lock();
+        let n_keys = unsealed.rollups.len();
+        match unsealed.rollups.get_mut(&key) {
+            Some(counts) => counts.duplicates = counts.duplicates.saturating_add(1),
+            None if n_keys >= self.limits.rollup_keys_max => {}
+            None => unsealed.rollups.entry(key).or_default().duplicates = 1,
+        }
+    }
+
     /// Takes up to `batch_rows_max` rows of each kind out of the tally.
     pub fn seal(&self) -> Sealed {
         let mut unsealed = self.lock();

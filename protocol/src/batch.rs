@@ -11,7 +11,7 @@ use std::sync::{Arc, LazyLock};
 use arrow_array::builder::{Int64Builder, StringBuilder, TimestampMillisecondBuilder, UInt32Builder, UInt64Builder};
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Int64Type, TimestampMillisecondType, UInt32Type, UInt64Type};
-use arrow_array::{Array, ArrayRef, RecordBatch};
+use arrow_array::{Array, ArrayRef, RecordBatch, UInt64Array};
 use arrow_ipc::CompressionType;
 use arrow_ipc::reader::StreamReader;
 use arrow_ipc::writer::{IpcWriteOptions, StreamWriter};
@@ -32,18 +32,37 @@ pub struct RollupKey {
 }
 
 /// Counters of one rollup row. Leads and sales are counted here and also
-/// shipped as [`ConversionRow`]s, which carry their money.
+/// shipped as [`ConversionRow`]s, which carry their money. `duplicates`
+/// counts events refused as repeats of one already counted, so they can be
+/// watched without being paid.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RollupCounts {
     pub impressions: u64,
     pub clicks: u64,
     pub leads: u64,
     pub sales: u64,
+    pub duplicates: u64,
 }
+
+/// How many counters a rollup row has.
+pub const N_COUNTERS: usize = 5;
 
 // === impl RollupCounts ===
 
 impl RollupCounts {
+    /// Counter column names, in schema order and in the order of
+    /// [`RollupCounts::values`].
+    pub const COLUMNS: [&'static str; N_COUNTERS] = ["impressions", "clicks", "leads", "sales", "duplicates"];
+
+    pub fn values(&self) -> [u64; N_COUNTERS] {
+        [self.impressions, self.clicks, self.leads, self.sales, self.duplicates]
+    }
+
+    pub fn from_values(values: [u64; N_COUNTERS]) -> RollupCounts {
+        let [impressions, clicks, leads, sales, duplicates] = values;
+        RollupCounts { impressions, clicks, leads, sales, duplicates }
+    }
+
     pub fn count(&mut self, kind: EventKind) {
         match kind {
             EventKind::Impression => self.impressions += 1,
@@ -56,10 +75,11 @@ impl RollupCounts {
     /// Adds another row's counters. Counters are u64 and saturate: reaching
     /// the bound would take centuries of traffic on one key.
     pub fn merge(&mut self, other: &RollupCounts) {
-        self.impressions = self.impressions.saturating_add(other.impressions);
-        self.clicks = self.clicks.saturating_add(other.clicks);
-        self.leads = self.leads.saturating_add(other.leads);
-        self.sales = self.sales.saturating_add(other.sales);
+        let mut values = self.values();
+        for (value, other) in values.iter_mut().zip(other.values()) {
+            *value = value.saturating_add(other);
+        }
+        *self = RollupCounts::from_values(values);
     }
 }
 
@@ -111,16 +131,17 @@ fn timestamp_utc() -> DataType {
 
 /// Schema of shipped rollup rows.
 pub static ROLLUP_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
-    Arc::new(Schema::new(vec![
-        Field::new("minute", timestamp_utc(), false),
-        Field::new("affiliate_id", DataType::UInt32, false),
-        Field::new("campaign_id", DataType::UInt32, false),
-        Field::new("sub1", DataType::Utf8, false),
-        Field::new("impressions", DataType::UInt64, false),
-        Field::new("clicks", DataType::UInt64, false),
-        Field::new("leads", DataType::UInt64, false),
-        Field::new("sales", DataType::UInt64, false),
-    ]))
+    Arc::new(Schema::new(
+        [
+            Field::new("minute", timestamp_utc(), false),
+            Field::new("affiliate_id", DataType::UInt32, false),
+            Field::new("campaign_id", DataType::UInt32, false),
+            Field::new("sub1", DataType::Utf8, false),
+        ]
+        .into_iter()
+        .chain(RollupCounts::COLUMNS.map(|name| Field::new(name, DataType::UInt64, false)))
+        .collect::<Vec<_>>(),
+    ))
 });
 
 /// Schema of shipped conversion rows.
@@ -146,14 +167,13 @@ pub fn rollups_to_batch<'a>(rows: impl ExactSizeIterator<Item = (&'a RollupKey, 
     let mut affiliate_id = UInt32Builder::with_capacity(n_rows);
     let mut campaign_id = UInt32Builder::with_capacity(n_rows);
     let mut sub1 = StringBuilder::with_capacity(n_rows, n_rows * 8);
-    let mut counters: [UInt64Builder; 4] = std::array::from_fn(|_| UInt64Builder::with_capacity(n_rows));
+    let mut counters: [UInt64Builder; N_COUNTERS] = std::array::from_fn(|_| UInt64Builder::with_capacity(n_rows));
     for (key, counts) in rows {
         minute.append_value(key.minute_ms);
         affiliate_id.append_value(key.affiliate_id);
         campaign_id.append_value(key.campaign_id);
         sub1.append_value(&key.sub1);
-        for (builder, value) in counters.iter_mut().zip([counts.impressions, counts.clicks, counts.leads, counts.sales])
-        {
+        for (builder, value) in counters.iter_mut().zip(counts.values()) {
             builder.append_value(value);
         }
     }
@@ -175,8 +195,8 @@ pub fn rollups_from_batch(batch: &RecordBatch) -> Result<Vec<(RollupKey, RollupC
     let affiliate_id = batch.column(1).as_primitive::<UInt32Type>();
     let campaign_id = batch.column(2).as_primitive::<UInt32Type>();
     let sub1 = batch.column(3).as_string::<i32>();
-    let counter = |column_idx: usize| batch.column(column_idx).as_primitive::<UInt64Type>();
-    let (impressions, clicks, leads, sales) = (counter(4), counter(5), counter(6), counter(7));
+    let counters: [&UInt64Array; N_COUNTERS] =
+        std::array::from_fn(|counter_idx| batch.column(4 + counter_idx).as_primitive::<UInt64Type>());
     Ok((0..batch.num_rows())
         .map(|row_idx| {
             let key = RollupKey {
@@ -185,12 +205,7 @@ pub fn rollups_from_batch(batch: &RecordBatch) -> Result<Vec<(RollupKey, RollupC
                 campaign_id: campaign_id.value(row_idx),
                 sub1: sub1.value(row_idx).to_owned(),
             };
-            let counts = RollupCounts {
-                impressions: impressions.value(row_idx),
-                clicks: clicks.value(row_idx),
-                leads: leads.value(row_idx),
-                sales: sales.value(row_idx),
-            };
+            let counts = RollupCounts::from_values(counters.map(|counter| counter.value(row_idx)));
             (key, counts)
         })
         .collect())

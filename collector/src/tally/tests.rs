@@ -90,3 +90,18 @@ fn seal_takes_at_most_batch_rows_max() {
         .collect();
     assert_eq!(sizes, vec![(2, 2), (2, 2), (1, 1), (0, 0)]);
 }
+
+#[test]
+fn duplicates_count_apart_from_events() {
+    let tally = Tally::new(TallyLimits { rollup_keys_max: 1, conversions_max: 10, batch_rows_max: 10 });
+    let sale = event("sale", "1", "", NOW_MS);
+    tally.record(&sale).unwrap();
+    tally.record_duplicate(&sale);
+    tally.record_duplicate(&sale);
+    // A new key when the tally is full: the duplicate count is dropped.
+    tally.record_duplicate(&event("sale", "2", "", NOW_MS));
+    let sealed = tally.seal();
+    assert_eq!(sealed.rollups.len(), 1);
+    assert_eq!(sealed.rollups[0].1, RollupCounts { sales: 1, duplicates: 2, ..Default::default() });
+    assert_eq!(sealed.conversions.len(), 1);
+}

@@ -9,8 +9,8 @@ fn key(minute_ms: i64, affiliate_id: u32, sub1: &str) -> RollupKey {
 #[test]
 fn rollups_round_trip() {
     let rows = vec![
-        (key(60_000, 1, ""), RollupCounts { impressions: 5, clicks: 2, leads: 1, sales: 0 }),
-        (key(120_000, 2, "fb"), RollupCounts { impressions: 0, clicks: 0, leads: 0, sales: u64::MAX }),
+        (key(60_000, 1, ""), RollupCounts { impressions: 5, clicks: 2, leads: 1, sales: 0, duplicates: 3 }),
+        (key(120_000, 2, "fb"), RollupCounts { sales: u64::MAX, ..RollupCounts::default() }),
     ];
     let bytes = encode_ipc(&rollups_to_batch(rows.iter().map(|(k, c)| (k, c)))).unwrap();
     let batches = decode_ipc(&bytes).unwrap();
