@@ -182,6 +182,8 @@ pub struct DedupStats {
     /// Keys held now, including generations that a shard not checked since
     /// has yet to rotate out.
     pub keys: u64,
+    /// Checks made.
+    pub checks: u64,
     /// Checks for which the bloom filter said "maybe seen".
     pub bloom_maybe: u64,
     /// Of those, checks whose key the exact store did not hold.
@@ -232,6 +234,7 @@ struct BloomBlock([u64; N_GENERATIONS]);
 
 #[derive(Default)]
 struct Counters {
+    checks: u64,
     bloom_maybe: u64,
     bloom_false_positive: u64,
     duplicates: u64,
@@ -315,6 +318,7 @@ impl Dedup {
         for shard in &self.shards {
             let window = lock(shard);
             stats.keys += window.n_keys() as u64;
+            stats.checks += window.counters.checks;
             stats.bloom_maybe += window.counters.bloom_maybe;
             stats.bloom_false_positive += window.counters.bloom_false_positive;
             stats.duplicates += window.counters.duplicates;
@@ -347,6 +351,7 @@ fn lock(shard: &Shard) -> MutexGuard<'_, ShardWindow> {
 impl ShardWindow {
     fn check(&mut self, hash: &KeyHash, now_generation: i64) -> Verdict {
         let tag = self.advance(now_generation);
+        self.counters.checks += 1;
         let block_idx = fastrange(hash.bloom_bits, self.bloom.len());
         let mask = bloom_mask(hash.bloom_bits);
         let maybe_seen = self.bloom[block_idx].0.iter().any(|word| word & mask == mask);

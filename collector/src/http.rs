@@ -11,8 +11,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use edgetally_protocol::event::ID_TEXT_LEN_MAX;
 use edgetally_protocol::event::RawEvent;
-use edgetally_protocol::{Click, ClickIdError, ClickKeys, Event, EventError, EventKind};
+use edgetally_protocol::{Click, ClickIdError, ClickKeys, Event, EventError, EventKind, SubId};
 use http::header::{CACHE_CONTROL, CONTENT_TYPE, LOCATION, RETRY_AFTER};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -25,9 +26,10 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::campaigns::Campaigns;
+use crate::dedup::{Dedup, Verdict};
 use crate::ingest::{Item, parse_body, parse_query};
 use crate::metrics::{Metrics, ReasonLabels, RejectLabels};
-use crate::tally::Tally;
+use crate::tally::{Recorded, Tally};
 
 /// The 43-byte transparent 1×1 GIF answered by every pixel.
 pub const PIXEL_GIF: [u8; 43] = [
@@ -39,6 +41,9 @@ pub const PIXEL_GIF: [u8; 43] = [
 /// Response header of a pixel naming its outcome: `accepted`, or the
 /// rejection reason (`bad_id`, `shed_full`, ...).
 pub const OUTCOME_HEADER: &str = "x-edgetally-outcome";
+
+/// A dedup key: a tag byte, a scope of at most four bytes, and an ID.
+const DEDUP_KEY_BYTES_MAX: usize = 1 + 4 + ID_TEXT_LEN_MAX;
 
 /// How long a client may take to send its request head. Slow-loris clients
 /// hold a connection slot each; ten seconds is ample for real clients.
@@ -64,6 +69,7 @@ pub(crate) struct Ingress {
     pub(crate) edge_id: u32,
     pub(crate) campaigns: Campaigns,
     pub(crate) click_keys: ClickKeys,
+    pub(crate) dedup: Dedup,
 }
 
 type HttpResponse = Response<Full<Bytes>>;
@@ -165,6 +171,7 @@ impl Ingress {
             "/healthz" if readable => text(StatusCode::OK, "ok\n"),
             "/readyz" if readable => text(StatusCode::OK, "ready\n"),
             "/metrics" if readable => {
+                self.metrics.observe_dedup(&self.dedup);
                 let mut response = Response::new(Full::new(Bytes::from(self.metrics.render())));
                 response.headers_mut().insert(
                     CONTENT_TYPE,
@@ -204,7 +211,7 @@ impl Ingress {
         raw: &mut RawEvent<'_>,
         default_kind: Option<EventKind>,
         now_ms: i64,
-    ) -> Result<Event, Rejection> {
+    ) -> Result<(Event, Recorded), Rejection> {
         let click = match raw.click_id.as_deref().filter(|text| !text.is_empty()) {
             Some(text) => Some(Click::verify(text, &self.click_keys)?),
             None if matches!(source, Source::Postback | Source::ConversionPixel) => {
@@ -237,9 +244,42 @@ impl Ingress {
             })?;
             click.check_window(event.time_ms, campaign.attribution_window_ms)?;
         }
-        self.tally.record(&event).map_err(|error| Rejection { reason: "shed_full", detail: error.to_string() })?;
-        self.metrics.accepted(event.kind);
-        Ok(event)
+        let recorded = self
+            .tally
+            .record_unless(&event, || self.is_duplicate(&event, now_ms))
+            .map_err(|error| Rejection { reason: "shed_full", detail: error.to_string() })?;
+        match recorded {
+            Recorded::Counted => self.metrics.accepted(event.kind),
+            Recorded::Duplicate => self.metrics.duplicate(source.as_str()),
+        }
+        Ok((event, recorded))
+    }
+
+    /// Asks the dedup window about every key of the event: its event ID,
+    /// and for a conversion its order ID within the campaign, or else its
+    /// click ID and kind. Each check records its key.
+    fn is_duplicate(&self, event: &Event, now_ms: i64) -> bool {
+        let mut key = [0u8; DEDUP_KEY_BYTES_MAX];
+        let mut seen = |tag: u8, scope: &[u8], id: &SubId| {
+            let len = 1 + scope.len() + id.as_str().len();
+            key[0] = tag;
+            key[1..1 + scope.len()].copy_from_slice(scope);
+            key[1 + scope.len()..len].copy_from_slice(id.as_str().as_bytes());
+            self.dedup.check(&key[..len], now_ms) == Verdict::Duplicate
+        };
+        if let Some(event_id) = &event.event_id
+            && seen(b'e', &[], event_id)
+        {
+            return true;
+        }
+        if !event.kind.is_conversion() {
+            return false;
+        }
+        match (&event.order_id, &event.click_id) {
+            (Some(order_id), _) => seen(b'o', &event.campaign_id.to_le_bytes(), order_id),
+            (None, Some(click_id)) => seen(b'c', &[event.kind as u8], click_id),
+            (None, None) => false,
+        }
     }
 
     fn rejected(&self, source: Source, rejection: &Rejection) {
@@ -250,18 +290,18 @@ impl Ingress {
     fn pixel(&self, query: &str) -> HttpResponse {
         let mut raw = parse_query(query);
         let outcome = self.accept(Source::Pixel, &mut raw, Some(EventKind::Impression), now_ms());
-        self.gif(Source::Pixel, outcome.map(|_| ()))
+        self.gif(Source::Pixel, outcome.map(|(_, recorded)| recorded))
     }
 
     /// The GIF, whatever happened; the outcome header lets an integrator
     /// (and the load generator's ledger) see what was counted.
-    fn gif(&self, source: Source, outcome: Result<(), Rejection>) -> HttpResponse {
+    fn gif(&self, source: Source, outcome: Result<Recorded, Rejection>) -> HttpResponse {
         let mut response = Response::new(Full::new(Bytes::from_static(&PIXEL_GIF)));
         let headers = response.headers_mut();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("image/gif"));
         headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
         let outcome = match outcome {
-            Ok(()) => HeaderValue::from_static("accepted"),
+            Ok(recorded) => HeaderValue::from_static(label(recorded)),
             Err(rejection) => {
                 self.rejected(source, &rejection);
                 HeaderValue::from_static(rejection.reason)
@@ -287,8 +327,10 @@ impl Ingress {
             }),
             Some(_) => self.accept(Source::Click, &mut raw, Some(EventKind::Click), now_ms),
         };
-        let (campaign, event) = match (campaign, outcome) {
-            (Some(campaign), Ok(event)) => (campaign, event),
+        // A repeated click (same event ID) still gets its redirect: a visitor
+        // is never stranded; it is counted as a duplicate, not a click.
+        let (campaign, event, recorded) = match (campaign, outcome) {
+            (Some(campaign), Ok((event, recorded))) => (campaign, event, recorded),
             (_, Err(rejection)) => {
                 self.rejected(Source::Click, &rejection);
                 let status = match rejection.reason {
@@ -322,7 +364,7 @@ impl Ingress {
         *response.status_mut() = StatusCode::FOUND;
         let headers = response.headers_mut();
         headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        headers.insert(OUTCOME_HEADER, HeaderValue::from_static("accepted"));
+        headers.insert(OUTCOME_HEADER, HeaderValue::from_static(label(recorded)));
         match HeaderValue::try_from(location) {
             Ok(location) => {
                 headers.insert(LOCATION, location);
@@ -341,12 +383,12 @@ impl Ingress {
     /// GIF answer): a conversion attributed by its click ID.
     fn conversion(&self, source: Source, query: &str) -> HttpResponse {
         let mut raw = parse_query(query);
-        let outcome = self.accept(source, &mut raw, Some(EventKind::Sale), now_ms()).map(|_| ());
+        let outcome = self.accept(source, &mut raw, Some(EventKind::Sale), now_ms()).map(|(_, recorded)| recorded);
         if source == Source::ConversionPixel {
             return self.gif(source, outcome);
         }
         let mut response = match &outcome {
-            Ok(()) => json_response(StatusCode::OK, &json!({"status": "accepted"})),
+            Ok(recorded) => json_response(StatusCode::OK, &json!({"status": label(*recorded)})),
             Err(rejection) => {
                 self.rejected(source, rejection);
                 let status = if rejection.reason == "shed_full" {
@@ -357,7 +399,7 @@ impl Ingress {
                 rejection_response(status, rejection)
             }
         };
-        let verdict = outcome.as_ref().map_or_else(|rejection| rejection.reason, |()| "accepted");
+        let verdict = outcome.as_ref().map_or_else(|rejection| rejection.reason, |recorded| label(*recorded));
         response.headers_mut().insert(OUTCOME_HEADER, HeaderValue::from_static(verdict));
         response
     }
@@ -388,17 +430,23 @@ impl Ingress {
         };
         let now_ms = now_ms();
         let mut results = Vec::with_capacity(items.len());
-        let (mut n_accepted, mut n_rejected) = (0u64, 0u64);
+        let (mut n_accepted, mut n_duplicates, mut n_rejected) = (0u64, 0u64, 0u64);
         let mut shed = false;
         for item in items {
             let outcome = match item {
-                Item::Event(mut raw) => self.accept(Source::Events, &mut raw, None, now_ms).map(|_| ()),
+                Item::Event(mut raw) => {
+                    self.accept(Source::Events, &mut raw, None, now_ms).map(|(_, recorded)| recorded)
+                }
                 Item::Invalid { reason, detail } => Err(Rejection { reason, detail }),
             };
             results.push(match outcome {
-                Ok(()) => {
+                Ok(Recorded::Counted) => {
                     n_accepted += 1;
                     json!({"status": "accepted"})
+                }
+                Ok(Recorded::Duplicate) => {
+                    n_duplicates += 1;
+                    json!({"status": "duplicate"})
                 }
                 Err(rejection) => {
                     n_rejected += 1;
@@ -408,7 +456,8 @@ impl Ingress {
                 }
             });
         }
-        let body = json!({"accepted": n_accepted, "rejected": n_rejected, "results": results});
+        let body =
+            json!({"accepted": n_accepted, "duplicates": n_duplicates, "rejected": n_rejected, "results": results});
         let mut response = json_response(StatusCode::OK, &body);
         if shed {
             // Items refused for capacity can be retried; say when.
@@ -464,6 +513,14 @@ async fn drain(body: &mut Incoming, mut n_read: usize) {
             Some(Ok(frame)) => n_read += frame.data_ref().map_or(0, |data| data.len()),
             _ => return,
         }
+    }
+}
+
+/// The outcome word of a counted or repeated event.
+fn label(recorded: Recorded) -> &'static str {
+    match recorded {
+        Recorded::Counted => "accepted",
+        Recorded::Duplicate => "duplicate",
     }
 }
 

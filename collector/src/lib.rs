@@ -27,6 +27,8 @@ pub mod tally;
 mod uplink;
 
 pub use campaigns::Campaigns;
+use dedup::Dedup;
+pub use dedup::DedupConfig;
 pub use edgetally_protocol::ClickKeys;
 pub use http::{OUTCOME_HEADER, PIXEL_GIF};
 pub use tally::TallyLimits;
@@ -56,6 +58,8 @@ pub struct Config {
     pub campaigns: Campaigns,
     /// Keys that sign and verify click IDs.
     pub click_keys: ClickKeys,
+    /// The dedup window of order IDs, click IDs and event IDs.
+    pub dedup: DedupConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -109,6 +113,7 @@ impl Collector {
             edge_id: config.edge_id,
             campaigns: config.campaigns,
             click_keys: config.click_keys,
+            dedup: Dedup::new(config.dedup),
         });
         let http_task = tokio::spawn(http::serve(listener, ingress, shutdown_rx.clone()));
         let uplink_task = tokio::spawn(uplink.run(tally, metrics, shutdown_rx));

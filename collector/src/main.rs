@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use edgetally_collector::{BODY_BYTES_MAX_DEFAULT, Campaigns, Collector, Config, TallyLimits, click_keys};
+use edgetally_collector::{BODY_BYTES_MAX_DEFAULT, Campaigns, Collector, Config, DedupConfig, TallyLimits, click_keys};
 
 #[derive(Debug, Parser)]
 #[command(name = "edgetally-collector", version, about = "EdgeTally edge collector")]
@@ -42,6 +42,14 @@ struct Args {
     /// Defaults to `click-keys.json` in the data directory.
     #[arg(long, env = "EDGETALLY_COLLECTOR_CLICK_KEYS")]
     click_keys: Option<PathBuf>,
+    /// A repeated order ID, click ID or event ID within this many seconds
+    /// is answered `duplicate` and not counted again.
+    #[arg(long, env = "EDGETALLY_COLLECTOR_DEDUP_WINDOW_SECS", default_value_t = 86_400)]
+    dedup_window_secs: u64,
+    /// Distinct keys the dedup window holds per window without loss; memory
+    /// is about 13.1 bytes per key, allocated at start (10 million: 126 MiB).
+    #[arg(long, env = "EDGETALLY_COLLECTOR_DEDUP_KEYS_MAX", default_value_t = 10_000_000)]
+    dedup_keys_max: usize,
     /// Largest accepted `POST /v1/events` body, in bytes.
     #[arg(long, env = "EDGETALLY_COLLECTOR_BODY_BYTES_MAX", default_value_t = BODY_BYTES_MAX_DEFAULT)]
     body_bytes_max: usize,
@@ -55,6 +63,12 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let args = Args::parse();
     std::fs::create_dir_all(&args.data_dir).with_context(|| format!("creating {}", args.data_dir.display()))?;
+    // Each key costs about 13 bytes allocated at start: a billion is 13 GB.
+    anyhow::ensure!(
+        (1..=1_000_000_000).contains(&args.dedup_keys_max),
+        "--dedup-keys-max must be from 1 to 1000000000, got {}",
+        args.dedup_keys_max
+    );
     let campaigns = match &args.campaigns {
         Some(path) => Campaigns::load(path)?,
         None => Campaigns::default(),
@@ -72,6 +86,10 @@ async fn main() -> anyhow::Result<()> {
         tally_limits: TallyLimits::default(),
         campaigns,
         click_keys,
+        dedup: DedupConfig {
+            window: Duration::from_secs(args.dedup_window_secs.max(1)),
+            keys_max: args.dedup_keys_max,
+        },
     };
     let collector = Collector::start(config).await?;
     let addrs = serde_json::json!({ "http": collector.http_addr().to_string() });

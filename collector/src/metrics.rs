@@ -3,12 +3,17 @@
 //! Label sets are bounded: routes, kinds and reasons are static strings from
 //! fixed sets, never request data.
 
+use std::sync::Mutex;
+use std::sync::atomic::AtomicU64;
+
 use edgetally_protocol::EventKind;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+
+use crate::dedup::{Dedup, DedupStats};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct KindLabels {
@@ -20,6 +25,11 @@ pub(crate) struct RejectLabels {
     /// Where the event came in: `pixel` or `events`.
     pub(crate) source: &'static str,
     pub(crate) reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct SourceLabels {
+    pub(crate) source: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -39,6 +49,17 @@ pub(crate) struct Metrics {
     /// an accepted event is then one atomic add, with no label lookup.
     accepted_by_kind: [Counter; 4],
     pub(crate) events_rejected: Family<RejectLabels, Counter>,
+    events_duplicate: Family<SourceLabels, Counter>,
+    dedup_memory_bytes: Gauge,
+    dedup_keys: Gauge,
+    dedup_checks: Counter,
+    dedup_bloom_maybe: Counter,
+    dedup_bloom_false_positive: Counter,
+    dedup_evicted_early: Counter,
+    /// Bloom false positives per new key checked, since start.
+    dedup_bloom_false_positive_ratio: Gauge<f64, AtomicU64>,
+    /// The dedup counters at the last scrape, to add only what is new.
+    dedup_seen: Mutex<DedupStats>,
     pub(crate) requests_refused: Family<ReasonLabels, Counter>,
     pub(crate) request_received_bytes: Counter,
     pub(crate) uplink_batches: Family<StatusLabels, Counter>,
@@ -58,6 +79,15 @@ impl Metrics {
             events_accepted: Family::default(),
             accepted_by_kind: Default::default(),
             events_rejected: Family::default(),
+            events_duplicate: Family::default(),
+            dedup_memory_bytes: Gauge::default(),
+            dedup_keys: Gauge::default(),
+            dedup_checks: Counter::default(),
+            dedup_bloom_maybe: Counter::default(),
+            dedup_bloom_false_positive: Counter::default(),
+            dedup_evicted_early: Counter::default(),
+            dedup_bloom_false_positive_ratio: Gauge::default(),
+            dedup_seen: Mutex::new(DedupStats::default()),
             requests_refused: Family::default(),
             request_received_bytes: Counter::default(),
             uplink_batches: Family::default(),
@@ -73,6 +103,38 @@ impl Metrics {
             "events_rejected",
             "Events rejected by validation, by source and reason",
             metrics.events_rejected.clone(),
+        );
+        registry.register(
+            "events_duplicate",
+            "Events answered as repeats of one already counted, by source",
+            metrics.events_duplicate.clone(),
+        );
+        registry.register(
+            "dedup_memory_bytes",
+            "Bytes allocated for the dedup window",
+            metrics.dedup_memory_bytes.clone(),
+        );
+        registry.register("dedup_keys", "Keys held in the dedup window", metrics.dedup_keys.clone());
+        registry.register("dedup_checks", "Keys checked against the dedup window", metrics.dedup_checks.clone());
+        registry.register(
+            "dedup_bloom_maybe",
+            "Checks the bloom filter answered maybe-seen",
+            metrics.dedup_bloom_maybe.clone(),
+        );
+        registry.register(
+            "dedup_bloom_false_positive",
+            "Maybe-seen answers the exact store found new",
+            metrics.dedup_bloom_false_positive.clone(),
+        );
+        registry.register(
+            "dedup_evicted_early",
+            "Keys forgotten before the window ended because the window was full",
+            metrics.dedup_evicted_early.clone(),
+        );
+        registry.register(
+            "dedup_bloom_false_positive_ratio",
+            "Bloom false positives per new key checked, since start",
+            metrics.dedup_bloom_false_positive_ratio.clone(),
         );
         registry.register(
             "requests_refused",
@@ -109,6 +171,28 @@ impl Metrics {
 
     pub(crate) fn accepted(&self, kind: EventKind) {
         self.accepted_by_kind[kind as usize].inc();
+    }
+
+    pub(crate) fn duplicate(&self, source: &'static str) {
+        self.events_duplicate.get_or_create(&SourceLabels { source }).inc();
+    }
+
+    /// Brings the dedup metrics up to date; called per scrape, not per event.
+    pub(crate) fn observe_dedup(&self, dedup: &Dedup) {
+        let stats = dedup.stats();
+        // Poisoning would need a panic in the few lines below, which only
+        // do arithmetic; the last stats are still a fine base if it happens.
+        let mut seen = self.dedup_seen.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        self.dedup_memory_bytes.set(dedup.memory_bytes() as i64);
+        self.dedup_keys.set(stats.keys as i64);
+        self.dedup_checks.inc_by(stats.checks.saturating_sub(seen.checks));
+        self.dedup_bloom_maybe.inc_by(stats.bloom_maybe.saturating_sub(seen.bloom_maybe));
+        self.dedup_bloom_false_positive.inc_by(stats.bloom_false_positive.saturating_sub(seen.bloom_false_positive));
+        self.dedup_evicted_early.inc_by(stats.evicted_early.saturating_sub(seen.evicted_early));
+        let n_new = stats.checks.saturating_sub(stats.duplicates);
+        let ratio = if n_new == 0 { 0.0 } else { stats.bloom_false_positive as f64 / n_new as f64 };
+        self.dedup_bloom_false_positive_ratio.set(ratio);
+        *seen = stats;
     }
 
     pub(crate) fn render(&self) -> String {

@@ -38,6 +38,13 @@ pub enum TallyError {
     ConversionsFull(usize),
 }
 
+/// What [`Tally::record_unless`] did with an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recorded {
+    Counted,
+    Duplicate,
+}
+
 #[derive(Default)]
 struct Unsealed {
     rollups: HashMap<RollupKey, RollupCounts>,
@@ -65,6 +72,16 @@ impl Tally {
 
     /// Counts one validated event.
     pub fn record(&self, event: &Event) -> Result<(), TallyError> {
+        self.record_unless(event, || false).map(|_| ())
+    }
+
+    /// Counts one validated event unless `is_duplicate` says it repeats
+    /// one already counted, in which case only its rollup's `duplicates`
+    /// grows. `is_duplicate` runs only once the tally is known to have room,
+    /// under the tally's lock: a dedup window that records the key it is
+    /// asked about then never holds the key of an event refused for room,
+    /// so a client's retry of that event is not mistaken for a repeat.
+    pub fn record_unless(&self, event: &Event, is_duplicate: impl FnOnce() -> bool) -> Result<Recorded, TallyError> {
         let key = RollupKey {
             minute_ms: event.minute_ms(),
             affiliate_id: event.affiliate_id,
@@ -72,41 +89,24 @@ impl Tally {
             sub1: event.sub1().to_owned(),
         };
         let mut unsealed = self.lock();
-        let n_keys = unsealed.rollups.len();
         let is_conversion = event.kind.is_conversion();
         if is_conversion && unsealed.conversions.len() >= self.limits.conversions_max {
             return Err(TallyError::ConversionsFull(self.limits.conversions_max));
         }
-        match unsealed.rollups.get_mut(&key) {
-            Some(counts) => counts.count(event.kind),
-            None if n_keys >= self.limits.rollup_keys_max => {
-                return Err(TallyError::KeysFull(self.limits.rollup_keys_max));
-            }
-            None => unsealed.rollups.entry(key).or_default().count(event.kind),
+        if !unsealed.rollups.contains_key(&key) && unsealed.rollups.len() >= self.limits.rollup_keys_max {
+            return Err(TallyError::KeysFull(self.limits.rollup_keys_max));
         }
+        let duplicate = is_duplicate();
+        let counts = unsealed.rollups.entry(key).or_default();
+        if duplicate {
+            counts.duplicates = counts.duplicates.saturating_add(1);
+            return Ok(Recorded::Duplicate);
+        }
+        counts.count(event.kind);
         if is_conversion {
             unsealed.conversions.push(ConversionRow::from_event(event));
         }
-        Ok(())
-    }
-
-    /// Counts an event refused as a repeat, under its rollup key, so
-    /// duplicates are visible without being paid. A full tally drops the
-    /// count rather than refuse anything: the event itself is not counted.
-    pub fn record_duplicate(&self, event: &Event) {
-        let key = RollupKey {
-            minute_ms: event.minute_ms(),
-            affiliate_id: event.affiliate_id,
-            campaign_id: event.campaign_id,
-            sub1: event.sub1().to_owned(),
-        };
-        let mut unsealed = self.lock();
-        let n_keys = unsealed.rollups.len();
-        match unsealed.rollups.get_mut(&key) {
-            Some(counts) => counts.duplicates = counts.duplicates.saturating_add(1),
-            None if n_keys >= self.limits.rollup_keys_max => {}
-            None => unsealed.rollups.entry(key).or_default().duplicates = 1,
-        }
+        Ok(Recorded::Counted)
     }
 
     /// Takes up to `batch_rows_max` rows of each kind out of the tally.

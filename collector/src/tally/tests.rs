@@ -95,11 +95,17 @@ fn seal_takes_at_most_batch_rows_max() {
 fn duplicates_count_apart_from_events() {
     let tally = Tally::new(TallyLimits { rollup_keys_max: 1, conversions_max: 10, batch_rows_max: 10 });
     let sale = event("sale", "1", "", NOW_MS);
-    tally.record(&sale).unwrap();
-    tally.record_duplicate(&sale);
-    tally.record_duplicate(&sale);
-    // A new key when the tally is full: the duplicate count is dropped.
-    tally.record_duplicate(&event("sale", "2", "", NOW_MS));
+    assert_eq!(tally.record_unless(&sale, || false), Ok(Recorded::Counted));
+    assert_eq!(tally.record_unless(&sale, || true), Ok(Recorded::Duplicate));
+    assert_eq!(tally.record_unless(&sale, || true), Ok(Recorded::Duplicate));
+    // No room for a new key: the dedup check is not even asked, so it
+    // records nothing for an event that was refused.
+    let mut asked = false;
+    let refused = tally.record_unless(&event("sale", "2", "", NOW_MS), || {
+        asked = true;
+        false
+    });
+    assert_eq!((refused, asked), (Err(TallyError::KeysFull(1)), false));
     let sealed = tally.seal();
     assert_eq!(sealed.rollups.len(), 1);
     assert_eq!(sealed.rollups[0].1, RollupCounts { sales: 1, duplicates: 2, ..Default::default() });

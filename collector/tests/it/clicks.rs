@@ -18,7 +18,7 @@ fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64
 }
 
-fn start(keys: Option<&str>) -> TestCollector {
+pub(crate) fn start(keys: Option<&str>) -> TestCollector {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("campaigns.json"), CAMPAIGNS).unwrap();
     let keys_path = dir.path().join("click-keys.json");
@@ -37,7 +37,7 @@ fn keys_of(collector: &TestCollector) -> ClickKeys {
 }
 
 /// Clicks and returns the click ID from the landing URL.
-async fn click(base: &str, campaign: &str, query: &str) -> String {
+pub(crate) async fn click(base: &str, campaign: &str, query: &str) -> String {
     let answer = get(&format!("{base}/c/{campaign}?{query}")).await;
     assert_eq!(answer.status, 302, "{:?}", answer.body);
     let location = answer.headers["location"].to_str().unwrap().to_owned();
@@ -138,7 +138,7 @@ async fn conversions_are_attributed_by_click_id_or_refused_with_reason() {
     // and campaign, and must agree with any given.
     let body = format!(
         "{}\n{}",
-        serde_json::json!({"kind": "sale", "click_id": click_id, "amount": "5.00", "currency": "EUR"}),
+        serde_json::json!({"kind": "sale", "click_id": click_id, "amount": "5.00", "currency": "EUR", "order_id": "o-json"}),
         serde_json::json!({"kind": "sale", "click_id": click_id, "affiliate_id": 8, "amount": "5.00", "currency": "EUR"}),
     );
     let answer = post(&format!("{base}/v1/events"), body).await;

@@ -2,5 +2,6 @@
 //! loopback port, spoken to over real HTTP.
 
 mod clicks;
+mod dedup;
 mod malformed;
 mod support;

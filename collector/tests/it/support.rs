@@ -38,6 +38,8 @@ impl TestCollector {
             .arg("--data-dir")
             .arg(&data_dir)
             .args(["--http-listen", "127.0.0.1:0", "--aggregator-addr", "127.0.0.1:9"])
+            // A small dedup window keeps many test collectors cheap.
+            .args(["--dedup-keys-max", "100000"])
             .arg("--aggregator-cert")
             .arg(&cert_path)
             .args(extra_args)
