@@ -13,13 +13,16 @@ use std::path::Path;
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
-/// Counts of one `(affiliate_id, campaign_id)`.
+/// Counts of one `(affiliate_id, campaign_id)`. `duplicates` are events a
+/// collector answered as repeats: counted apart, never paid.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct Counts {
     pub(crate) impressions: u64,
     pub(crate) clicks: u64,
     pub(crate) leads: u64,
     pub(crate) sales: u64,
+    pub(crate) duplicates: u64,
 }
 
 // === impl Counts ===
@@ -30,6 +33,7 @@ impl Counts {
         self.clicks += other.clicks;
         self.leads += other.leads;
         self.sales += other.sales;
+        self.duplicates += other.duplicates;
     }
 
     pub(crate) fn total(&self) -> u64 {
@@ -114,6 +118,11 @@ impl Ledger {
         }
     }
 
+    /// Books an event the collector answered as a duplicate.
+    pub(crate) fn duplicate(&mut self, truth: &Truth) {
+        self.counts.entry((truth.affiliate_id, truth.campaign_id)).or_default().duplicates += 1;
+    }
+
     pub(crate) fn merge(&mut self, other: Ledger) {
         for (pair, counts) in other.counts {
             self.counts.entry(pair).or_default().add(&counts);
@@ -179,18 +188,20 @@ impl Ledger {
             let found = actual.counts.get(pair).copied().unwrap_or_default();
             if expected != found {
                 lines.push(format!(
-                    "affiliate/campaign {}/{}: expected impressions {} clicks {} leads {} sales {}, \
-                     aggregator has {} {} {} {}",
+                    "affiliate/campaign {}/{}: expected impressions {} clicks {} leads {} sales {} \
+                     duplicates {}, aggregator has {} {} {} {} {}",
                     pair.0,
                     pair.1,
                     expected.impressions,
                     expected.clicks,
                     expected.leads,
                     expected.sales,
+                    expected.duplicates,
                     found.impressions,
                     found.clicks,
                     found.leads,
-                    found.sales
+                    found.sales,
+                    found.duplicates
                 ));
             }
         }

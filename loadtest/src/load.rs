@@ -400,6 +400,11 @@ fn settle(outcome: &mut Outcome, mix: &mut Mix, plan: &Plan, answer: &Answer) ->
             };
             let label = if accepted { "accepted" } else { verdict().unwrap_or("no_outcome") };
             outcome.answer(plan.label, label);
+            if label == "duplicate"
+                && let Some(truth) = plan.truths.first()
+            {
+                outcome.ledger.duplicate(truth);
+            }
             match plan.truths.first().filter(|_| accepted) {
                 Some(truth) => {
                     outcome.ledger.accept(truth);
@@ -431,6 +436,9 @@ fn settle(outcome: &mut Outcome, mix: &mut Mix, plan: &Plan, answer: &Answer) ->
                     outcome.ledger.accept(truth);
                     outcome.answer(plan.label, "accepted");
                     n_accepted += 1;
+                } else if result["status"] == "duplicate" {
+                    outcome.ledger.duplicate(truth);
+                    outcome.answer(plan.label, "duplicate");
                 } else {
                     outcome.answer(plan.label, result["reason"].as_str().unwrap_or("rejected"));
                 }

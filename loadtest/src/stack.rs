@@ -83,6 +83,7 @@ pub(crate) async fn run(args: StackArgs) -> anyhow::Result<()> {
         tally_limits: edgetally_collector::TallyLimits::default(),
         campaigns: edgetally_collector::Campaigns::parse(&snapshot)?,
         click_keys: edgetally_collector::click_keys::load_or_create(&data_dir.join("click-keys.json"))?,
+        dedup: edgetally_collector::DedupConfig::default(),
     })
     .await
     .context("starting the collector")?;

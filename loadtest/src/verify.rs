@@ -71,14 +71,15 @@ async fn read_back(flight_url: &str, expected: &Ledger) -> anyhow::Result<Ledger
         let campaign_id = column(&batch, "campaign_id")?.as_primitive::<UInt32Type>().clone();
         let counter =
             |name: &str| -> anyhow::Result<_> { Ok(column(&batch, name)?.as_primitive::<UInt64Type>().clone()) };
-        let (impressions, clicks, leads, sales) =
-            (counter("impressions")?, counter("clicks")?, counter("leads")?, counter("sales")?);
+        let (impressions, clicks, leads, sales, duplicates) =
+            (counter("impressions")?, counter("clicks")?, counter("leads")?, counter("sales")?, counter("duplicates")?);
         for row_idx in 0..batch.num_rows() {
             let counts = Counts {
                 impressions: impressions.value(row_idx),
                 clicks: clicks.value(row_idx),
                 leads: leads.value(row_idx),
                 sales: sales.value(row_idx),
+                duplicates: duplicates.value(row_idx),
             };
             actual.counts.entry((affiliate_id.value(row_idx), campaign_id.value(row_idx))).or_default().add(&counts);
         }

@@ -14,9 +14,10 @@ fn accepts_merges_and_diffs() {
     let mut right = Ledger::default();
     right.accept(&truth(Kind::Sale, 1, Some(("EUR", 1))));
     right.accept(&truth(Kind::Click, 2, None));
+    right.duplicate(&truth(Kind::Sale, 1, Some(("EUR", 1))));
     left.merge(right);
-    assert_eq!(left.counts[&(1, 3)], Counts { impressions: 1, clicks: 0, leads: 0, sales: 2 });
-    assert_eq!(left.counts[&(2, 3)], Counts { impressions: 0, clicks: 1, leads: 0, sales: 0 });
+    assert_eq!(left.counts[&(1, 3)], Counts { impressions: 1, clicks: 0, leads: 0, sales: 2, duplicates: 1 });
+    assert_eq!(left.counts[&(2, 3)], Counts { impressions: 0, clicks: 1, leads: 0, sales: 0, duplicates: 0 });
     assert_eq!(left.money[&(1, 3, "EUR".to_owned())], 2000);
     assert_eq!(left.n_accepted(), 4);
     assert!(left.diff(&left.clone()).is_empty());
@@ -27,7 +28,7 @@ fn accepts_merges_and_diffs() {
     assert_eq!(
         left.diff(&actual),
         vec![
-            "affiliate/campaign 2/3: expected impressions 0 clicks 1 leads 0 sales 0, aggregator has 0 2 0 0"
+            "affiliate/campaign 2/3: expected impressions 0 clicks 1 leads 0 sales 0 duplicates 0, aggregator has 0 2 0 0 0"
                 .to_owned(),
             "money 1/3/JPY: expected 0 minor units, aggregator has 5".to_owned(),
         ]
@@ -43,7 +44,7 @@ fn file_round_trip() {
     let path = dir.path().join("ledger.json");
     ledger.write(&path).unwrap();
     assert_eq!(Ledger::read(&path).unwrap(), ledger);
-    let bad = r#"{"first_sent_ms":0,"last_answer_ms":0,"counts":{"1":{"impressions":1,"clicks":0,"leads":0,"sales":0}},"money":{}}"#;
+    let bad = r#"{"first_sent_ms":0,"last_answer_ms":0,"counts":{"1":{"impressions":1,"clicks":0,"leads":0,"sales":0,"duplicates":0}},"money":{}}"#;
     std::fs::write(&path, bad).unwrap();
     let error = Ledger::read(&path).unwrap_err().to_string();
     assert_eq!(error, "bad ledger key \"1\": expected 2 parts separated by /");

@@ -110,6 +110,8 @@ impl Stack {
                     cert.as_ref(),
                     "--edge-id".as_ref(),
                     edge_id.as_ref(),
+                    "--dedup-keys-max".as_ref(),
+                    "100000".as_ref(),
                     "--campaigns".as_ref(),
                     campaigns_path.as_os_str(),
                     "--click-keys".as_ref(),
