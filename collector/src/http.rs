@@ -20,10 +20,11 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use serde_json::json;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
+use tokio_rustls::TlsAcceptor;
 
 use crate::campaigns::Campaigns;
 use crate::dedup::{Dedup, Verdict};
@@ -45,16 +46,23 @@ pub const OUTCOME_HEADER: &str = "x-edgetally-outcome";
 /// A dedup key: a tag byte, a scope of at most four bytes, and an ID.
 const DEDUP_KEY_BYTES_MAX: usize = 1 + 4 + ID_TEXT_LEN_MAX;
 
-/// How long a client may take to send its request head. Slow-loris clients
-/// hold a connection slot each; ten seconds is ample for real clients.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// How much of a refused oversize body is read and discarded so its client
 /// sees the `413`. Costs bandwidth, never memory.
 const DRAIN_BYTES_MAX: usize = 8 * 1024 * 1024;
 
 /// How long draining an oversize body may take.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Largest request head (request line and headers). Real pixel and
+/// postback heads are under 2 KiB; hyper answers a larger one with `431`.
+const HEAD_BYTES_MAX: usize = 64 * 1024;
+
+/// How long a TLS handshake may take before the connection is dropped.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a connection over the limit is told before it is closed.
+const CONNECTIONS_FULL_ANSWER: &[u8] =
+    b"HTTP/1.1 503 Service Unavailable\r\nretry-after: 1\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
 
 /// How long in-flight requests get to finish at shutdown.
 const SHUTDOWN_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -70,15 +78,35 @@ pub(crate) struct Ingress {
     pub(crate) campaigns: Campaigns,
     pub(crate) click_keys: ClickKeys,
     pub(crate) dedup: Dedup,
+    /// One permit per open connection.
+    pub(crate) connections: Arc<Semaphore>,
+    pub(crate) connections_max: usize,
+    pub(crate) url_bytes_max: usize,
+    /// How long a client may take to send a request head, and how long an
+    /// idle keep-alive connection waits for the next one.
+    pub(crate) header_read_timeout: Duration,
 }
 
 type HttpResponse = Response<Full<Bytes>>;
 
 /// Accepts connections until `shutdown` turns true, then lets in-flight
-/// requests finish for a bounded time.
-pub(crate) async fn serve(listener: TcpListener, ingress: Arc<Ingress>, mut shutdown: watch::Receiver<bool>) {
+/// requests finish for a bounded time. Past `connections_max` open
+/// connections a new one is answered `503` and closed at once.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    ingress: Arc<Ingress>,
+    tls: Option<TlsAcceptor>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT).keep_alive(true);
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(ingress.header_read_timeout)
+        .max_buf_size(HEAD_BYTES_MAX)
+        .keep_alive(true);
+    builder.http2().max_header_list_size(HEAD_BYTES_MAX as u32);
+    let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
     loop {
         let (stream, _peer) = tokio::select! {
@@ -94,23 +122,46 @@ pub(crate) async fn serve(listener: TcpListener, ingress: Arc<Ingress>, mut shut
             },
             _ = crate::stopped(&mut shutdown) => break,
         };
+        let Ok(permit) = ingress.connections.clone().try_acquire_owned() else {
+            ingress.metrics.requests_refused.get_or_create(&ReasonLabels { reason: "connections_full" }).inc();
+            // A best-effort answer without a task per refused connection:
+            // under a flood, refusing must cost less than serving.
+            let _ = stream.try_write(CONNECTIONS_FULL_ANSWER);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
-        let ingress = ingress.clone();
-        let service = hyper::service::service_fn(move |request| {
-            let ingress = ingress.clone();
-            async move { Ok::<_, Infallible>(ingress.handle(request).await) }
-        });
-        let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-        let connection = graceful.watch(connection.into_owned());
+        let (builder, ingress, tls, watcher) = (builder.clone(), ingress.clone(), tls.clone(), graceful.watcher());
         tokio::spawn(async move {
-            // Errors here are client resets and time-outs, which are normal.
-            let _ = connection.await;
+            let _permit = permit;
+            match tls {
+                None => serve_connection(&builder, TokioIo::new(stream), ingress, watcher).await,
+                Some(acceptor) => match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(stream)) => serve_connection(&builder, TokioIo::new(stream), ingress, watcher).await,
+                    Ok(Err(_)) | Err(_) => {
+                        let labels = ReasonLabels { reason: "tls_handshake" };
+                        ingress.metrics.requests_refused.get_or_create(&labels).inc();
+                    }
+                },
+            }
         });
     }
     drop(listener);
     if tokio::time::timeout(SHUTDOWN_DRAIN_TIMEOUT, graceful.shutdown()).await.is_err() {
         tracing::warn!("Some HTTP connections did not finish within the drain time-out.");
     }
+}
+
+async fn serve_connection<I>(builder: &auto::Builder<TokioExecutor>, io: I, ingress: Arc<Ingress>, watcher: Watcher)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |request| {
+        let ingress = ingress.clone();
+        async move { Ok::<_, Infallible>(ingress.handle(request).await) }
+    });
+    let connection = builder.serve_connection_with_upgrades(io, service);
+    // Errors here are client resets and time-outs, which are normal.
+    let _ = watcher.watch(connection.into_owned()).await;
 }
 
 /// Why one event was not counted: a bounded reason label and a message.
@@ -162,6 +213,12 @@ impl Ingress {
         let method = request.method();
         let query = request.uri().query().unwrap_or("");
         self.metrics.request_received_bytes.inc_by(head_len(&request) as u64);
+        let target_len = request.uri().path_and_query().map_or(0, |target| target.as_str().len());
+        if target_len > self.url_bytes_max {
+            let limit = self.url_bytes_max;
+            let message = format!("url too long: {target_len} bytes, limit is {limit}");
+            return self.refuse("url_too_long", StatusCode::URI_TOO_LONG, message);
+        }
         let readable = matches!(method, &Method::GET | &Method::HEAD);
         match path {
             "/p.gif" if readable => self.pixel(query),
@@ -172,6 +229,8 @@ impl Ingress {
             "/readyz" if readable => text(StatusCode::OK, "ready\n"),
             "/metrics" if readable => {
                 self.metrics.observe_dedup(&self.dedup);
+                let n_open = self.connections_max - self.connections.available_permits();
+                self.metrics.connections_open.set(n_open as i64);
                 let mut response = Response::new(Full::new(Bytes::from(self.metrics.render())));
                 response.headers_mut().insert(
                     CONTENT_TYPE,

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 
 pub mod campaigns;
@@ -24,6 +24,7 @@ mod http;
 pub mod ingest;
 mod metrics;
 pub mod tally;
+pub mod tls;
 mod uplink;
 
 pub use campaigns::Campaigns;
@@ -41,6 +42,19 @@ pub const FLUSH_INTERVAL_DEFAULT: Duration = Duration::from_millis(250);
 /// Default largest `POST /v1/events` body: 1 MiB holds thousands of events,
 /// and bounds the memory of one request.
 pub const BODY_BYTES_MAX_DEFAULT: usize = 1024 * 1024;
+
+/// Default most open connections: a collector's file descriptor limit is
+/// set well above it, and each idle keep-alive connection costs a few KiB.
+pub const CONNECTIONS_MAX_DEFAULT: usize = 10_000;
+
+/// Default longest request target: 8 KiB, as common proxies allow; real
+/// pixels and postbacks are under 1 KiB.
+pub const URL_BYTES_MAX_DEFAULT: usize = 8 * 1024;
+
+/// Default time for a request head, and for an idle keep-alive connection:
+/// slow-loris clients hold a connection slot each, and ten seconds is ample
+/// for real clients.
+pub const HEADER_READ_TIMEOUT_DEFAULT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -60,6 +74,15 @@ pub struct Config {
     pub click_keys: ClickKeys,
     /// The dedup window of order IDs, click IDs and event IDs.
     pub dedup: DedupConfig,
+    /// Certificate chain and key (PEM) to serve HTTPS; plain HTTP without.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// Most open HTTP connections; more are answered `503` and closed.
+    pub connections_max: usize,
+    /// Longest request target (path and query) in bytes; longer gets `414`.
+    pub url_bytes_max: usize,
+    /// How long a client may take to send a request head; also how long an
+    /// idle keep-alive connection is kept.
+    pub header_read_timeout: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +91,8 @@ pub enum Error {
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("uplink: {0}")]
     Uplink(#[from] UplinkError),
+    #[error("tls: {0}")]
+    Tls(#[from] tls::TlsError),
 }
 
 /// Resolves once `shutdown` turns true (or its sender is gone), without
@@ -103,6 +128,10 @@ impl Collector {
             epoch,
             flush_interval: config.flush_interval,
         })?;
+        let tls = match &config.tls {
+            Some((cert, key)) => Some(tls::acceptor(cert, key)?),
+            None => None,
+        };
         let tally = Arc::new(tally::Tally::new(config.tally_limits));
         let metrics = Arc::new(metrics::Metrics::new());
         let (shutdown, shutdown_rx) = watch::channel(false);
@@ -114,8 +143,12 @@ impl Collector {
             campaigns: config.campaigns,
             click_keys: config.click_keys,
             dedup: Dedup::new(config.dedup),
+            connections: Arc::new(Semaphore::new(config.connections_max)),
+            connections_max: config.connections_max,
+            url_bytes_max: config.url_bytes_max,
+            header_read_timeout: config.header_read_timeout,
         });
-        let http_task = tokio::spawn(http::serve(listener, ingress, shutdown_rx.clone()));
+        let http_task = tokio::spawn(http::serve(listener, ingress, tls, shutdown_rx.clone()));
         let uplink_task = tokio::spawn(uplink.run(tally, metrics, shutdown_rx));
         tracing::info!(http = %http_addr, edge_id = config.edge_id, epoch, aggregator = %config.aggregator_addr, "Collector started.");
         Ok(Collector { http_addr, shutdown, http_task, uplink_task })

@@ -6,7 +6,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use edgetally_collector::{BODY_BYTES_MAX_DEFAULT, Campaigns, Collector, Config, DedupConfig, TallyLimits, click_keys};
+use edgetally_collector::{
+    BODY_BYTES_MAX_DEFAULT, CONNECTIONS_MAX_DEFAULT, Campaigns, Collector, Config, DedupConfig, TallyLimits,
+    URL_BYTES_MAX_DEFAULT, click_keys,
+};
 
 #[derive(Debug, Parser)]
 #[command(name = "edgetally-collector", version, about = "EdgeTally edge collector")]
@@ -50,6 +53,24 @@ struct Args {
     /// is about 13.1 bytes per key, allocated at start (10 million: 126 MiB).
     #[arg(long, env = "EDGETALLY_COLLECTOR_DEDUP_KEYS_MAX", default_value_t = 10_000_000)]
     dedup_keys_max: usize,
+    /// PEM certificate chain to serve HTTPS (TLS 1.2 and 1.3) with; needs
+    /// --tls-key. Without both, the collector speaks plain HTTP (behind a
+    /// load balancer that terminates TLS).
+    #[arg(long, env = "EDGETALLY_COLLECTOR_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "EDGETALLY_COLLECTOR_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Most open HTTP connections; more are answered 503 and closed.
+    #[arg(long, env = "EDGETALLY_COLLECTOR_CONNECTIONS_MAX", default_value_t = CONNECTIONS_MAX_DEFAULT)]
+    connections_max: usize,
+    /// Longest request target (path and query), in bytes; longer gets 414.
+    #[arg(long, env = "EDGETALLY_COLLECTOR_URL_BYTES_MAX", default_value_t = URL_BYTES_MAX_DEFAULT)]
+    url_bytes_max: usize,
+    /// Milliseconds a client may take to send a request head; also how long
+    /// an idle keep-alive connection is kept.
+    #[arg(long, env = "EDGETALLY_COLLECTOR_HEADER_READ_TIMEOUT_MS", default_value_t = 10_000)]
+    header_read_timeout_ms: u64,
     /// Largest accepted `POST /v1/events` body, in bytes.
     #[arg(long, env = "EDGETALLY_COLLECTOR_BODY_BYTES_MAX", default_value_t = BODY_BYTES_MAX_DEFAULT)]
     body_bytes_max: usize,
@@ -86,6 +107,10 @@ async fn main() -> anyhow::Result<()> {
         tally_limits: TallyLimits::default(),
         campaigns,
         click_keys,
+        tls: args.tls_cert.clone().zip(args.tls_key.clone()),
+        connections_max: args.connections_max.max(1),
+        url_bytes_max: args.url_bytes_max,
+        header_read_timeout: Duration::from_millis(args.header_read_timeout_ms.max(1)),
         dedup: DedupConfig {
             window: Duration::from_secs(args.dedup_window_secs.max(1)),
             keys_max: args.dedup_keys_max,

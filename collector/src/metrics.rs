@@ -62,6 +62,7 @@ pub(crate) struct Metrics {
     dedup_seen: Mutex<DedupStats>,
     pub(crate) requests_refused: Family<ReasonLabels, Counter>,
     pub(crate) request_received_bytes: Counter,
+    pub(crate) connections_open: Gauge,
     pub(crate) uplink_batches: Family<StatusLabels, Counter>,
     pub(crate) uplink_sent_bytes: Counter,
     pub(crate) uplink_errors: Counter,
@@ -90,6 +91,7 @@ impl Metrics {
             dedup_seen: Mutex::new(DedupStats::default()),
             requests_refused: Family::default(),
             request_received_bytes: Counter::default(),
+            connections_open: Gauge::default(),
             uplink_batches: Family::default(),
             uplink_sent_bytes: Counter::default(),
             uplink_errors: Counter::default(),
@@ -151,6 +153,7 @@ impl Metrics {
             "Batches acknowledged by the aggregator, by status (apply, skip, refuse)",
             metrics.uplink_batches.clone(),
         );
+        registry.register("connections_open", "Open HTTP connections", metrics.connections_open.clone());
         registry.register("uplink_sent_bytes", "Frame bytes sent to the aggregator", metrics.uplink_sent_bytes.clone());
         registry.register("uplink_errors", "Failed attempts to ship a batch", metrics.uplink_errors.clone());
         registry.register(

@@ -84,6 +84,10 @@ pub(crate) async fn run(args: StackArgs) -> anyhow::Result<()> {
         campaigns: edgetally_collector::Campaigns::parse(&snapshot)?,
         click_keys: edgetally_collector::click_keys::load_or_create(&data_dir.join("click-keys.json"))?,
         dedup: edgetally_collector::DedupConfig::default(),
+        tls: None,
+        connections_max: edgetally_collector::CONNECTIONS_MAX_DEFAULT,
+        url_bytes_max: edgetally_collector::URL_BYTES_MAX_DEFAULT,
+        header_read_timeout: edgetally_collector::HEADER_READ_TIMEOUT_DEFAULT,
     })
     .await
     .context("starting the collector")?;

@@ -3,5 +3,6 @@
 
 mod clicks;
 mod dedup;
+mod limits;
 mod malformed;
 mod support;
