@@ -39,7 +39,7 @@ fn frame() -> BatchFrame {
         ),
     ]
     .map(|(key, [impressions, clicks, leads, sales])| {
-        (key, RollupCounts { impressions, clicks, leads, sales, duplicates: 0 })
+        (key, RollupCounts { impressions, clicks, unique_clicks: 0, leads, sales, duplicates: 0 })
     });
     let conversions = [ConversionRow {
         time_ms: 1_795_514_401_000,
@@ -142,15 +142,17 @@ async fn batch_over_quic_then_flight_inner() {
     assert_eq!(batches.len(), 1);
     let batch = &batches[0];
     let names: Vec<&str> = batch.schema_ref().fields().iter().map(|field| field.name().as_str()).collect();
-    assert_eq!(names, ["affiliate_id", "impressions", "clicks", "leads", "sales", "duplicates"]);
+    assert_eq!(names, ["affiliate_id", "impressions", "clicks", "unique_clicks", "leads", "sales", "duplicates"]);
     let affiliate_ids: Vec<u32> = batch.column(0).as_primitive::<UInt32Type>().values().to_vec();
     assert_eq!(affiliate_ids, [7, 8]);
     let counter = |column_idx: usize| batch.column(column_idx).as_primitive::<UInt64Type>().values().to_vec();
     // Sent twice, counted once.
     assert_eq!(counter(1), [42, 9]);
     assert_eq!(counter(2), [4, 0]);
-    assert_eq!(counter(3), [1, 0]);
+    assert_eq!(counter(3), [0, 0]);
     assert_eq!(counter(4), [1, 0]);
+    assert_eq!(counter(5), [1, 0]);
+    assert_eq!(counter(6), [0, 0]);
 
     let conversions = do_get(&mut flight, r#"{"dataset":"conversions","affiliate_id":7}"#).await;
     assert_eq!(conversions.iter().map(|batch| batch.num_rows()).sum::<usize>(), 1);
@@ -158,7 +160,7 @@ async fn batch_over_quic_then_flight_inner() {
     // An empty answer still has its schema.
     let mut stream = flight.do_get(Ticket::new(r#"{"dataset":"rollups","affiliate_id":99}"#)).await.unwrap();
     assert!(stream.try_next().await.unwrap().is_none());
-    assert_eq!(stream.schema().unwrap().fields().len(), 9);
+    assert_eq!(stream.schema().unwrap().fields().len(), 10);
 
     let error = flight.do_get(Ticket::new(r#"{"dataset":"clicks"}"#)).await.unwrap_err();
     assert!(error.to_string().contains("unknown dataset"), "{error}");

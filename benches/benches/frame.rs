@@ -16,6 +16,7 @@ fn rows(n_rows: u32) -> Vec<(RollupKey, RollupCounts)> {
             };
             let counts = RollupCounts {
                 duplicates: u64::from(row_idx % 2),
+                unique_clicks: u64::from(row_idx % 5),
                 impressions: u64::from(row_idx % 97),
                 clicks: u64::from(row_idx % 7),
                 leads: 0,

@@ -7,6 +7,7 @@
 
 use std::borrow::Cow;
 use std::convert::Infallible;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -14,8 +15,8 @@ use bytes::Bytes;
 use edgetally_protocol::event::ID_TEXT_LEN_MAX;
 use edgetally_protocol::event::RawEvent;
 use edgetally_protocol::{Click, ClickIdError, ClickKeys, Event, EventError, EventKind, SubId};
-use http::header::{CACHE_CONTROL, CONTENT_TYPE, LOCATION, RETRY_AFTER};
-use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http::header::{CACHE_CONTROL, CONTENT_TYPE, LOCATION, RETRY_AFTER, USER_AGENT};
+use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -31,6 +32,7 @@ use crate::dedup::{Dedup, Verdict};
 use crate::ingest::{Item, parse_body, parse_query};
 use crate::metrics::{Metrics, ReasonLabels, RejectLabels};
 use crate::tally::{Recorded, Tally};
+use crate::visitor::VisitorHasher;
 
 /// The 43-byte transparent 1×1 GIF answered by every pixel.
 pub const PIXEL_GIF: [u8; 43] = [
@@ -78,6 +80,12 @@ pub(crate) struct Ingress {
     pub(crate) campaigns: Campaigns,
     pub(crate) click_keys: ClickKeys,
     pub(crate) dedup: Dedup,
+    /// The window in which a visitor's repeated clicks are not unique.
+    pub(crate) uniques: Dedup,
+    pub(crate) visitors: VisitorHasher,
+    /// Header carrying the client IP when a trusted load balancer is in
+    /// front (for example `x-forwarded-for`); the peer address otherwise.
+    pub(crate) client_ip_header: Option<HeaderName>,
     /// One permit per open connection.
     pub(crate) connections: Arc<Semaphore>,
     pub(crate) connections_max: usize,
@@ -109,7 +117,7 @@ pub(crate) async fn serve(
     let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
     loop {
-        let (stream, _peer) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(error) => {
@@ -134,9 +142,11 @@ pub(crate) async fn serve(
         tokio::spawn(async move {
             let _permit = permit;
             match tls {
-                None => serve_connection(&builder, TokioIo::new(stream), ingress, watcher).await,
+                None => serve_connection(&builder, TokioIo::new(stream), peer.ip(), ingress, watcher).await,
                 Some(acceptor) => match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                    Ok(Ok(stream)) => serve_connection(&builder, TokioIo::new(stream), ingress, watcher).await,
+                    Ok(Ok(stream)) => {
+                        serve_connection(&builder, TokioIo::new(stream), peer.ip(), ingress, watcher).await;
+                    }
                     Ok(Err(_)) | Err(_) => {
                         let labels = ReasonLabels { reason: "tls_handshake" };
                         ingress.metrics.requests_refused.get_or_create(&labels).inc();
@@ -151,13 +161,18 @@ pub(crate) async fn serve(
     }
 }
 
-async fn serve_connection<I>(builder: &auto::Builder<TokioExecutor>, io: I, ingress: Arc<Ingress>, watcher: Watcher)
-where
+async fn serve_connection<I>(
+    builder: &auto::Builder<TokioExecutor>,
+    io: I,
+    peer_ip: IpAddr,
+    ingress: Arc<Ingress>,
+    watcher: Watcher,
+) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     let service = hyper::service::service_fn(move |request| {
         let ingress = ingress.clone();
-        async move { Ok::<_, Infallible>(ingress.handle(request).await) }
+        async move { Ok::<_, Infallible>(ingress.handle(request, peer_ip).await) }
     });
     let connection = builder.serve_connection_with_upgrades(io, service);
     // Errors here are client resets and time-outs, which are normal.
@@ -208,7 +223,7 @@ impl Source {
 // === impl Ingress ===
 
 impl Ingress {
-    async fn handle(&self, request: Request<Incoming>) -> HttpResponse {
+    async fn handle(&self, request: Request<Incoming>, peer_ip: IpAddr) -> HttpResponse {
         let path = request.uri().path();
         let method = request.method();
         let query = request.uri().query().unwrap_or("");
@@ -238,7 +253,10 @@ impl Ingress {
                 );
                 response
             }
-            _ if readable && path.starts_with("/c/") => self.click(&path[3..], query),
+            _ if readable && path.starts_with("/c/") => {
+                let visitor = self.visitor(&request, peer_ip);
+                self.click(&path[3..], query, visitor)
+            }
             "/p.gif" | "/cv.gif" | "/pb" | "/healthz" | "/readyz" | "/metrics" => self.refuse(
                 "method_not_allowed",
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -269,6 +287,7 @@ impl Ingress {
         source: Source,
         raw: &mut RawEvent<'_>,
         default_kind: Option<EventKind>,
+        visitor: Option<u64>,
         now_ms: i64,
     ) -> Result<(Event, Recorded), Rejection> {
         let click = match raw.click_id.as_deref().filter(|text| !text.is_empty()) {
@@ -303,9 +322,24 @@ impl Ingress {
             })?;
             click.check_window(event.time_ms, campaign.attribution_window_ms)?;
         }
+        // A click is unique unless the same visitor clicked the same
+        // affiliate's campaign within the uniqueness window. Clicks without
+        // a visitor (posted by servers) cannot be told apart and count as
+        // unique.
+        let unique = match visitor {
+            Some(visitor) if event.kind == EventKind::Click => {
+                let mut key = [0u8; 17];
+                key[0] = b'v';
+                key[1..9].copy_from_slice(&visitor.to_le_bytes());
+                key[9..13].copy_from_slice(&event.affiliate_id.to_le_bytes());
+                key[13..17].copy_from_slice(&event.campaign_id.to_le_bytes());
+                self.uniques.check(&key, now_ms) == Verdict::New
+            }
+            _ => true,
+        };
         let recorded = self
             .tally
-            .record_unless(&event, || self.is_duplicate(&event, now_ms))
+            .record_unless(&event, unique, || self.is_duplicate(&event, now_ms))
             .map_err(|error| Rejection { reason: "shed_full", detail: error.to_string() })?;
         match recorded {
             Recorded::Counted => self.metrics.accepted(event.kind),
@@ -341,6 +375,20 @@ impl Ingress {
         }
     }
 
+    /// The visitor hash of a browser request: its client IP (the peer, or
+    /// the last address of the configured header, which the trusted load
+    /// balancer in front appends) and its user agent. The IP goes no
+    /// further than this function.
+    fn visitor(&self, request: &Request<Incoming>, peer_ip: IpAddr) -> u64 {
+        let forwarded = self.client_ip_header.as_ref().and_then(|name| {
+            let values = request.headers().get_all(name);
+            let last = values.iter().next_back()?.to_str().ok()?;
+            last.rsplit(',').next()?.trim().parse::<IpAddr>().ok()
+        });
+        let user_agent = request.headers().get(USER_AGENT).map_or(&b""[..], |value| value.as_bytes());
+        self.visitors.hash(forwarded.unwrap_or(peer_ip), user_agent, now_ms())
+    }
+
     fn rejected(&self, source: Source, rejection: &Rejection) {
         let labels = RejectLabels { source: source.as_str(), reason: rejection.reason };
         self.metrics.events_rejected.get_or_create(&labels).inc();
@@ -348,7 +396,7 @@ impl Ingress {
 
     fn pixel(&self, query: &str) -> HttpResponse {
         let mut raw = parse_query(query);
-        let outcome = self.accept(Source::Pixel, &mut raw, Some(EventKind::Impression), now_ms());
+        let outcome = self.accept(Source::Pixel, &mut raw, Some(EventKind::Impression), None, now_ms());
         self.gif(Source::Pixel, outcome.map(|(_, recorded)| recorded))
     }
 
@@ -372,7 +420,7 @@ impl Ingress {
 
     /// `GET /c/{campaign_id}?aff=&sub1..5=`: counts the click, mints its
     /// signed click ID and redirects to the campaign's landing URL.
-    fn click(&self, campaign_text: &str, query: &str) -> HttpResponse {
+    fn click(&self, campaign_text: &str, query: &str, visitor: u64) -> HttpResponse {
         let mut raw = parse_query(query);
         raw.kind = None;
         raw.click_id = None;
@@ -384,7 +432,7 @@ impl Ingress {
                 reason: "unknown_campaign",
                 detail: format!("unknown campaign: {}", campaign_text.chars().take(16).collect::<String>()),
             }),
-            Some(_) => self.accept(Source::Click, &mut raw, Some(EventKind::Click), now_ms),
+            Some(_) => self.accept(Source::Click, &mut raw, Some(EventKind::Click), Some(visitor), now_ms),
         };
         // A repeated click (same event ID) still gets its redirect: a visitor
         // is never stranded; it is counted as a duplicate, not a click.
@@ -442,7 +490,8 @@ impl Ingress {
     /// GIF answer): a conversion attributed by its click ID.
     fn conversion(&self, source: Source, query: &str) -> HttpResponse {
         let mut raw = parse_query(query);
-        let outcome = self.accept(source, &mut raw, Some(EventKind::Sale), now_ms()).map(|(_, recorded)| recorded);
+        let outcome =
+            self.accept(source, &mut raw, Some(EventKind::Sale), None, now_ms()).map(|(_, recorded)| recorded);
         if source == Source::ConversionPixel {
             return self.gif(source, outcome);
         }
@@ -494,7 +543,7 @@ impl Ingress {
         for item in items {
             let outcome = match item {
                 Item::Event(mut raw) => {
-                    self.accept(Source::Events, &mut raw, None, now_ms).map(|(_, recorded)| recorded)
+                    self.accept(Source::Events, &mut raw, None, None, now_ms).map(|(_, recorded)| recorded)
                 }
                 Item::Invalid { reason, detail } => Err(Rejection { reason, detail }),
             };

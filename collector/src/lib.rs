@@ -26,6 +26,7 @@ mod metrics;
 pub mod tally;
 pub mod tls;
 mod uplink;
+mod visitor;
 
 pub use campaigns::Campaigns;
 use dedup::Dedup;
@@ -74,6 +75,11 @@ pub struct Config {
     pub click_keys: ClickKeys,
     /// The dedup window of order IDs, click IDs and event IDs.
     pub dedup: DedupConfig,
+    /// The window in which a visitor's repeated clicks on one affiliate's
+    /// campaign are not unique.
+    pub uniques: DedupConfig,
+    /// Header with the client IP set by a trusted load balancer in front.
+    pub client_ip_header: Option<::http::HeaderName>,
     /// Certificate chain and key (PEM) to serve HTTPS; plain HTTP without.
     pub tls: Option<(PathBuf, PathBuf)>,
     /// Most open HTTP connections; more are answered `503` and closed.
@@ -143,6 +149,9 @@ impl Collector {
             campaigns: config.campaigns,
             click_keys: config.click_keys,
             dedup: Dedup::new(config.dedup),
+            uniques: Dedup::new(config.uniques),
+            visitors: visitor::VisitorHasher::new(),
+            client_ip_header: config.client_ip_header,
             connections: Arc::new(Semaphore::new(config.connections_max)),
             connections_max: config.connections_max,
             url_bytes_max: config.url_bytes_max,

@@ -71,6 +71,19 @@ struct Args {
     /// an idle keep-alive connection is kept.
     #[arg(long, env = "EDGETALLY_COLLECTOR_HEADER_READ_TIMEOUT_MS", default_value_t = 10_000)]
     header_read_timeout_ms: u64,
+    /// A visitor's repeated clicks on one affiliate's campaign within this
+    /// many seconds are counted as clicks but not as unique clicks.
+    #[arg(long, env = "EDGETALLY_COLLECTOR_UNIQUE_WINDOW_SECS", default_value_t = 3_600)]
+    unique_window_secs: u64,
+    /// Distinct (visitor, affiliate, campaign) keys the uniqueness window
+    /// holds (about 13.1 bytes each, allocated at start).
+    #[arg(long, env = "EDGETALLY_COLLECTOR_UNIQUE_KEYS_MAX", default_value_t = 1_000_000)]
+    unique_keys_max: usize,
+    /// Take the client IP from the last address in this header, appended by
+    /// a trusted load balancer (for example x-forwarded-for); without it the
+    /// peer address is the client.
+    #[arg(long, env = "EDGETALLY_COLLECTOR_CLIENT_IP_HEADER")]
+    client_ip_header: Option<http::HeaderName>,
     /// Largest accepted `POST /v1/events` body, in bytes.
     #[arg(long, env = "EDGETALLY_COLLECTOR_BODY_BYTES_MAX", default_value_t = BODY_BYTES_MAX_DEFAULT)]
     body_bytes_max: usize,
@@ -111,6 +124,11 @@ async fn main() -> anyhow::Result<()> {
         connections_max: args.connections_max.max(1),
         url_bytes_max: args.url_bytes_max,
         header_read_timeout: Duration::from_millis(args.header_read_timeout_ms.max(1)),
+        uniques: DedupConfig {
+            window: Duration::from_secs(args.unique_window_secs.max(1)),
+            keys_max: args.unique_keys_max.clamp(1, 1_000_000_000),
+        },
+        client_ip_header: args.client_ip_header.clone(),
         dedup: DedupConfig {
             window: Duration::from_secs(args.dedup_window_secs.max(1)),
             keys_max: args.dedup_keys_max,

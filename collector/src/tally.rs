@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use edgetally_protocol::{ConversionRow, Event, RollupCounts, RollupKey};
+use edgetally_protocol::{ConversionRow, Event, EventKind, RollupCounts, RollupKey};
 
 #[derive(Debug, Clone, Copy)]
 pub struct TallyLimits {
@@ -72,16 +72,21 @@ impl Tally {
 
     /// Counts one validated event.
     pub fn record(&self, event: &Event) -> Result<(), TallyError> {
-        self.record_unless(event, || false).map(|_| ())
+        self.record_unless(event, true, || false).map(|_| ())
     }
 
     /// Counts one validated event unless `is_duplicate` says it repeats
     /// one already counted, in which case only its rollup's `duplicates`
-    /// grows. `is_duplicate` runs only once the tally is known to have room,
+    /// grows. A click counted with `unique` also counts as a unique click. `is_duplicate` runs only once the tally is known to have room,
     /// under the tally's lock: a dedup window that records the key it is
     /// asked about then never holds the key of an event refused for room,
     /// so a client's retry of that event is not mistaken for a repeat.
-    pub fn record_unless(&self, event: &Event, is_duplicate: impl FnOnce() -> bool) -> Result<Recorded, TallyError> {
+    pub fn record_unless(
+        &self,
+        event: &Event,
+        unique: bool,
+        is_duplicate: impl FnOnce() -> bool,
+    ) -> Result<Recorded, TallyError> {
         let key = RollupKey {
             minute_ms: event.minute_ms(),
             affiliate_id: event.affiliate_id,
@@ -103,6 +108,9 @@ impl Tally {
             return Ok(Recorded::Duplicate);
         }
         counts.count(event.kind);
+        if unique && event.kind == EventKind::Click {
+            counts.unique_clicks = counts.unique_clicks.saturating_add(1);
+        }
         if is_conversion {
             unsealed.conversions.push(ConversionRow::from_event(event));
         }

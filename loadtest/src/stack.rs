@@ -84,6 +84,11 @@ pub(crate) async fn run(args: StackArgs) -> anyhow::Result<()> {
         campaigns: edgetally_collector::Campaigns::parse(&snapshot)?,
         click_keys: edgetally_collector::click_keys::load_or_create(&data_dir.join("click-keys.json"))?,
         dedup: edgetally_collector::DedupConfig::default(),
+        uniques: edgetally_collector::DedupConfig {
+            window: std::time::Duration::from_secs(3_600),
+            keys_max: 1_000_000,
+        },
+        client_ip_header: None,
         tls: None,
         connections_max: edgetally_collector::CONNECTIONS_MAX_DEFAULT,
         url_bytes_max: edgetally_collector::URL_BYTES_MAX_DEFAULT,

@@ -34,33 +34,37 @@ pub struct RollupKey {
 /// Counters of one rollup row. Leads and sales are counted here and also
 /// shipped as [`ConversionRow`]s, which carry their money. `duplicates`
 /// counts events refused as repeats of one already counted, so they can be
-/// watched without being paid.
+/// watched without being paid. `unique_clicks` counts the clicks that were
+/// not a repeat of the same visitor on the same affiliate and campaign
+/// within the edge's uniqueness window.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RollupCounts {
     pub impressions: u64,
     pub clicks: u64,
+    pub unique_clicks: u64,
     pub leads: u64,
     pub sales: u64,
     pub duplicates: u64,
 }
 
 /// How many counters a rollup row has.
-pub const N_COUNTERS: usize = 5;
+pub const N_COUNTERS: usize = 6;
 
 // === impl RollupCounts ===
 
 impl RollupCounts {
     /// Counter column names, in schema order and in the order of
     /// [`RollupCounts::values`].
-    pub const COLUMNS: [&'static str; N_COUNTERS] = ["impressions", "clicks", "leads", "sales", "duplicates"];
+    pub const COLUMNS: [&'static str; N_COUNTERS] =
+        ["impressions", "clicks", "unique_clicks", "leads", "sales", "duplicates"];
 
     pub fn values(&self) -> [u64; N_COUNTERS] {
-        [self.impressions, self.clicks, self.leads, self.sales, self.duplicates]
+        [self.impressions, self.clicks, self.unique_clicks, self.leads, self.sales, self.duplicates]
     }
 
     pub fn from_values(values: [u64; N_COUNTERS]) -> RollupCounts {
-        let [impressions, clicks, leads, sales, duplicates] = values;
-        RollupCounts { impressions, clicks, leads, sales, duplicates }
+        let [impressions, clicks, unique_clicks, leads, sales, duplicates] = values;
+        RollupCounts { impressions, clicks, unique_clicks, leads, sales, duplicates }
     }
 
     pub fn count(&mut self, kind: EventKind) {

@@ -25,8 +25,9 @@ fn rollup(
     let [impressions, clicks, leads, sales] = counts;
     (
         RollupKey { minute_ms, affiliate_id, campaign_id, sub1: sub1.to_owned() },
-        // Duplicates mirror leads, so their sums are checked against known ones.
-        RollupCounts { impressions, clicks, leads, sales, duplicates: leads },
+        // Duplicates mirror leads and unique clicks mirror sales, so their sums
+        // are checked against known ones.
+        RollupCounts { impressions, clicks, unique_clicks: sales, leads, sales, duplicates: leads },
     )
 }
 
@@ -118,38 +119,41 @@ fn rollups_grouped() {
     check(
         r#"{"dataset":"rollups"}"#,
         r#"
-        minute=M0 affiliate_id=7 campaign_id=100 sub1="" impressions=110 clicks=22 leads=1 sales=0 duplicates=1
-        minute=M0 affiliate_id=7 campaign_id=100 sub1="fb" impressions=5 clicks=1 leads=0 sales=0 duplicates=0
-        minute=M0 affiliate_id=8 campaign_id=100 sub1="" impressions=3 clicks=0 leads=0 sales=0 duplicates=0
-        minute=M1 affiliate_id=7 campaign_id=200 sub1="" impressions=1 clicks=1 leads=1 sales=1 duplicates=1
-        minute=M2 affiliate_id=8 campaign_id=100 sub1="" impressions=4 clicks=4 leads=0 sales=0 duplicates=0
+        minute=M0 affiliate_id=7 campaign_id=100 sub1="" impressions=110 clicks=22 unique_clicks=0 leads=1 sales=0 duplicates=1
+        minute=M0 affiliate_id=7 campaign_id=100 sub1="fb" impressions=5 clicks=1 unique_clicks=0 leads=0 sales=0 duplicates=0
+        minute=M0 affiliate_id=8 campaign_id=100 sub1="" impressions=3 clicks=0 unique_clicks=0 leads=0 sales=0 duplicates=0
+        minute=M1 affiliate_id=7 campaign_id=200 sub1="" impressions=1 clicks=1 unique_clicks=1 leads=1 sales=1 duplicates=1
+        minute=M2 affiliate_id=8 campaign_id=100 sub1="" impressions=4 clicks=4 unique_clicks=0 leads=0 sales=0 duplicates=0
         "#,
     );
     check(
         r#"{"dataset":"rollups","group_by":["affiliate_id","campaign_id"]}"#,
         r#"
-        affiliate_id=7 campaign_id=100 impressions=115 clicks=23 leads=1 sales=0 duplicates=1
-        affiliate_id=7 campaign_id=200 impressions=1 clicks=1 leads=1 sales=1 duplicates=1
-        affiliate_id=8 campaign_id=100 impressions=7 clicks=4 leads=0 sales=0 duplicates=0
+        affiliate_id=7 campaign_id=100 impressions=115 clicks=23 unique_clicks=0 leads=1 sales=0 duplicates=1
+        affiliate_id=7 campaign_id=200 impressions=1 clicks=1 unique_clicks=1 leads=1 sales=1 duplicates=1
+        affiliate_id=8 campaign_id=100 impressions=7 clicks=4 unique_clicks=0 leads=0 sales=0 duplicates=0
         "#,
     );
     check(
         r#"{"dataset":"rollups","group_by":["sub1","campaign_id"]}"#,
         r#"
-        campaign_id=100 sub1="" impressions=117 clicks=26 leads=1 sales=0 duplicates=1
-        campaign_id=100 sub1="fb" impressions=5 clicks=1 leads=0 sales=0 duplicates=0
-        campaign_id=200 sub1="" impressions=1 clicks=1 leads=1 sales=1 duplicates=1
+        campaign_id=100 sub1="" impressions=117 clicks=26 unique_clicks=0 leads=1 sales=0 duplicates=1
+        campaign_id=100 sub1="fb" impressions=5 clicks=1 unique_clicks=0 leads=0 sales=0 duplicates=0
+        campaign_id=200 sub1="" impressions=1 clicks=1 unique_clicks=1 leads=1 sales=1 duplicates=1
         "#,
     );
     check(
         r#"{"dataset":"rollups","group_by":["minute"]}"#,
         r#"
-        minute=M0 impressions=118 clicks=23 leads=1 sales=0 duplicates=1
-        minute=M1 impressions=1 clicks=1 leads=1 sales=1 duplicates=1
-        minute=M2 impressions=4 clicks=4 leads=0 sales=0 duplicates=0
+        minute=M0 impressions=118 clicks=23 unique_clicks=0 leads=1 sales=0 duplicates=1
+        minute=M1 impressions=1 clicks=1 unique_clicks=1 leads=1 sales=1 duplicates=1
+        minute=M2 impressions=4 clicks=4 unique_clicks=0 leads=0 sales=0 duplicates=0
         "#,
     );
-    check(r#"{"dataset":"rollups","group_by":[]}"#, "impressions=123 clicks=28 leads=2 sales=1 duplicates=2");
+    check(
+        r#"{"dataset":"rollups","group_by":[]}"#,
+        "impressions=123 clicks=28 unique_clicks=1 leads=2 sales=1 duplicates=2",
+    );
 }
 
 #[test]
@@ -158,20 +162,20 @@ fn rollups_filtered() {
     let (m1, m2) = (M1, M2);
     check(
         &format!(r#"{{"dataset":"rollups","from":{m1},"to":{m2},"group_by":["minute"]}}"#),
-        "minute=M1 impressions=1 clicks=1 leads=1 sales=1 duplicates=1",
+        "minute=M1 impressions=1 clicks=1 unique_clicks=1 leads=1 sales=1 duplicates=1",
     );
     check(
         r#"{"dataset":"rollups","from":"2026-11-24T10:01:00Z","group_by":["minute"]}"#,
-        "minute=M1 impressions=1 clicks=1 leads=1 sales=1 duplicates=1\nminute=M2 impressions=4 clicks=4 leads=0 sales=0 duplicates=0",
+        "minute=M1 impressions=1 clicks=1 unique_clicks=1 leads=1 sales=1 duplicates=1\nminute=M2 impressions=4 clicks=4 unique_clicks=0 leads=0 sales=0 duplicates=0",
     );
     // A bound inside a minute leaves that minute out of `from`.
     check(
         &format!(r#"{{"dataset":"rollups","from":{},"to":{m2},"group_by":[]}}"#, M0 + 1),
-        "impressions=1 clicks=1 leads=1 sales=1 duplicates=1",
+        "impressions=1 clicks=1 unique_clicks=1 leads=1 sales=1 duplicates=1",
     );
     check(
         r#"{"dataset":"rollups","affiliate_id":8,"group_by":["affiliate_id"]}"#,
-        "affiliate_id=8 impressions=7 clicks=4 leads=0 sales=0 duplicates=0",
+        "affiliate_id=8 impressions=7 clicks=4 unique_clicks=0 leads=0 sales=0 duplicates=0",
     );
     check(r#"{"dataset":"rollups","affiliate_id":9}"#, "");
     check(r#"{"dataset":"rollups","to":0}"#, "");
@@ -201,7 +205,7 @@ fn schemas() {
     };
     assert_eq!(
         names(r#"{"dataset":"rollups","group_by":["sub1","minute"]}"#),
-        ["minute", "sub1", "impressions", "clicks", "leads", "sales", "duplicates"]
+        ["minute", "sub1", "impressions", "clicks", "unique_clicks", "leads", "sales", "duplicates"]
     );
     assert_eq!(*ticket::parse(br#"{"dataset":"rollups"}"#).unwrap().schema(), **ROLLUP_SCHEMA);
     assert_eq!(*ticket::parse(br#"{"dataset":"conversions"}"#).unwrap().schema(), **CONVERSION_SCHEMA);

@@ -48,7 +48,7 @@ fn counts_per_key_and_seals_everything() {
         counts,
         vec![
             (1, "a", minute - 60_000, RollupCounts { impressions: 1, ..Default::default() }),
-            (1, "a", minute, RollupCounts { impressions: 3, clicks: 1, ..Default::default() }),
+            (1, "a", minute, RollupCounts { impressions: 3, clicks: 1, unique_clicks: 1, ..Default::default() }),
             (1, "b", minute, RollupCounts { impressions: 1, ..Default::default() }),
             (2, "", minute, RollupCounts { sales: 1, ..Default::default() }),
         ]
@@ -95,13 +95,13 @@ fn seal_takes_at_most_batch_rows_max() {
 fn duplicates_count_apart_from_events() {
     let tally = Tally::new(TallyLimits { rollup_keys_max: 1, conversions_max: 10, batch_rows_max: 10 });
     let sale = event("sale", "1", "", NOW_MS);
-    assert_eq!(tally.record_unless(&sale, || false), Ok(Recorded::Counted));
-    assert_eq!(tally.record_unless(&sale, || true), Ok(Recorded::Duplicate));
-    assert_eq!(tally.record_unless(&sale, || true), Ok(Recorded::Duplicate));
+    assert_eq!(tally.record_unless(&sale, true, || false), Ok(Recorded::Counted));
+    assert_eq!(tally.record_unless(&sale, true, || true), Ok(Recorded::Duplicate));
+    assert_eq!(tally.record_unless(&sale, true, || true), Ok(Recorded::Duplicate));
     // No room for a new key: the dedup check is not even asked, so it
     // records nothing for an event that was refused.
     let mut asked = false;
-    let refused = tally.record_unless(&event("sale", "2", "", NOW_MS), || {
+    let refused = tally.record_unless(&event("sale", "2", "", NOW_MS), true, || {
         asked = true;
         false
     });
@@ -110,4 +110,15 @@ fn duplicates_count_apart_from_events() {
     assert_eq!(sealed.rollups.len(), 1);
     assert_eq!(sealed.rollups[0].1, RollupCounts { sales: 1, duplicates: 2, ..Default::default() });
     assert_eq!(sealed.conversions.len(), 1);
+}
+
+#[test]
+fn only_unique_clicks_count_as_unique() {
+    let tally = Tally::new(TallyLimits::default());
+    let click = event("click", "1", "", NOW_MS);
+    tally.record_unless(&click, true, || false).unwrap();
+    tally.record_unless(&click, false, || false).unwrap();
+    tally.record_unless(&event("impression", "1", "", NOW_MS), true, || false).unwrap();
+    let sealed = tally.seal();
+    assert_eq!(sealed.rollups[0].1, RollupCounts { impressions: 1, clicks: 2, unique_clicks: 1, ..Default::default() });
 }

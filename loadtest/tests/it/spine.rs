@@ -25,7 +25,11 @@ impl Lcg {
 fn bump(counts: &mut Counts, kind: &str) {
     match kind {
         "impression" => counts.impressions += 1,
-        "click" => counts.clicks += 1,
+        "click" => {
+            // Posted clicks carry no visitor, so each is unique.
+            counts.clicks += 1;
+            counts.unique_clicks += 1;
+        }
         "lead" => counts.leads += 1,
         "sale" => counts.sales += 1,
         other => panic!("unknown kind {other}"),
@@ -137,6 +141,7 @@ async fn pixels_and_events_are_counted_exactly() {
             for (total, part) in [
                 (&mut expect.impressions, counts.impressions),
                 (&mut expect.clicks, counts.clicks),
+                (&mut expect.unique_clicks, counts.unique_clicks),
                 (&mut expect.leads, counts.leads),
                 (&mut expect.sales, counts.sales),
             ] {
@@ -149,4 +154,47 @@ async fn pixels_and_events_are_counted_exactly() {
     // Several more flush intervals change nothing: no batch is applied twice.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(rollups(&stack.flight_url, by_key_ticket).await, by_key);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clicks_are_unique_per_visitor_affiliate_and_campaign() {
+    let stack = Stack::start_with(1, &["--client-ip-header", "x-forwarded-for"]);
+    let collector = &stack.collectors[0];
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let click = |affiliate_id: u32, user_agent: &'static str, forwarded: Option<&'static str>| {
+        let mut request =
+            http::Request::get(format!("{collector}/c/5?aff={affiliate_id}")).header("user-agent", user_agent);
+        if let Some(forwarded) = forwarded {
+            request = request.header("x-forwarded-for", forwarded);
+        }
+        let request = request.body(Full::default()).unwrap();
+        let client = client.clone();
+        async move {
+            let response = client.request(request).await.expect("click");
+            assert_eq!(response.status(), 302);
+        }
+    };
+    for _ in 0..3 {
+        click(9, "browser-a", None).await;
+    }
+    click(9, "browser-b", None).await;
+    // Behind a load balancer the client is the last forwarded address.
+    click(9, "browser-a", Some("198.51.100.1")).await;
+    click(9, "browser-a", Some("10.0.0.1, 198.51.100.1")).await;
+    click(10, "browser-a", None).await;
+
+    let expect = BTreeMap::from([
+        ("9|5".to_owned(), Counts { clicks: 6, unique_clicks: 3, ..Counts::default() }),
+        ("10|5".to_owned(), Counts { clicks: 1, unique_clicks: 1, ..Counts::default() }),
+    ]);
+    let ticket = json!({"dataset": "rollups", "group_by": ["affiliate_id", "campaign_id"]});
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let actual = rollups(&stack.flight_url, ticket.clone()).await;
+        if actual == expect {
+            break;
+        }
+        assert!(Instant::now() < deadline, "expected {expect:#?}\nactual {actual:#?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

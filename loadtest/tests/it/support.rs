@@ -67,6 +67,11 @@ pub(crate) struct Stack {
 
 impl Stack {
     pub(crate) fn start(n_collectors: u32) -> Stack {
+        Stack::start_with(n_collectors, &[])
+    }
+
+    /// Starts the stack with extra flags for every collector.
+    pub(crate) fn start_with(n_collectors: u32, collector_args: &[&str]) -> Stack {
         let dir = tempfile::tempdir().expect("temp dir");
         let aggregator_dir = dir.path().join("aggregator");
         let mut processes = vec![spawn(
@@ -97,29 +102,28 @@ impl Stack {
         for edge_id in 1..=n_collectors {
             let collector_dir = dir.path().join(format!("collector-{edge_id}"));
             let edge_id = edge_id.to_string();
-            processes.push(spawn(
-                "edgetally-collector",
-                &[
-                    "--data-dir".as_ref(),
-                    collector_dir.as_os_str(),
-                    "--http-listen".as_ref(),
-                    "127.0.0.1:0".as_ref(),
-                    "--aggregator-addr".as_ref(),
-                    quic.as_ref(),
-                    "--aggregator-cert".as_ref(),
-                    cert.as_ref(),
-                    "--edge-id".as_ref(),
-                    edge_id.as_ref(),
-                    "--dedup-keys-max".as_ref(),
-                    "100000".as_ref(),
-                    "--campaigns".as_ref(),
-                    campaigns_path.as_os_str(),
-                    "--click-keys".as_ref(),
-                    keys_path.as_os_str(),
-                    "--flush-interval-ms".as_ref(),
-                    "50".as_ref(),
-                ],
-            ));
+            let mut args: Vec<&std::ffi::OsStr> = collector_args.iter().map(|arg| arg.as_ref()).collect();
+            args.extend::<[&std::ffi::OsStr; 18]>([
+                "--data-dir".as_ref(),
+                collector_dir.as_os_str(),
+                "--http-listen".as_ref(),
+                "127.0.0.1:0".as_ref(),
+                "--aggregator-addr".as_ref(),
+                quic.as_ref(),
+                "--aggregator-cert".as_ref(),
+                cert.as_ref(),
+                "--edge-id".as_ref(),
+                edge_id.as_ref(),
+                "--dedup-keys-max".as_ref(),
+                "100000".as_ref(),
+                "--campaigns".as_ref(),
+                campaigns_path.as_os_str(),
+                "--click-keys".as_ref(),
+                keys_path.as_os_str(),
+                "--flush-interval-ms".as_ref(),
+                "50".as_ref(),
+            ]);
+            processes.push(spawn("edgetally-collector", &args));
             let addrs = wait_for_json(&collector_dir.join("collector.json"));
             collectors.push(format!("http://{}", addrs["http"].as_str().expect("http address")));
         }
@@ -144,8 +148,10 @@ pub(crate) fn loadtest(args: &[&str]) -> (std::process::ExitStatus, String) {
 pub(crate) struct Counts {
     pub(crate) impressions: u64,
     pub(crate) clicks: u64,
+    pub(crate) unique_clicks: u64,
     pub(crate) leads: u64,
     pub(crate) sales: u64,
+    pub(crate) duplicates: u64,
 }
 
 /// A group key as text: the group-by columns that are present, joined by `|`
@@ -170,7 +176,7 @@ pub(crate) async fn rollups(flight_url: &str, ticket: serde_json::Value) -> BTre
         let campaign_id = column("campaign_id");
         let sub1 = column("sub1");
         let counter = |name: &str| column(name).unwrap_or_else(|| panic!("column {name} missing in {schema:?}"));
-        let counters = [counter("impressions"), counter("clicks"), counter("leads"), counter("sales")];
+        let counters = ["impressions", "clicks", "unique_clicks", "leads", "sales", "duplicates"].map(counter);
         for row_idx in 0..batch.num_rows() {
             let mut parts = Vec::new();
             if let Some(minute) = &minute {
@@ -183,7 +189,14 @@ pub(crate) async fn rollups(flight_url: &str, ticket: serde_json::Value) -> BTre
                 parts.push(sub1.as_string::<i32>().value(row_idx).to_owned());
             }
             let value = |counter_idx: usize| counters[counter_idx].as_primitive::<UInt64Type>().value(row_idx);
-            let counts = Counts { impressions: value(0), clicks: value(1), leads: value(2), sales: value(3) };
+            let counts = Counts {
+                impressions: value(0),
+                clicks: value(1),
+                unique_clicks: value(2),
+                leads: value(3),
+                sales: value(4),
+                duplicates: value(5),
+            };
             assert!(out.insert(parts.join("|"), counts).is_none(), "group {} returned twice", parts.join("|"));
         }
     }

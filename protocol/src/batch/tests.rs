@@ -9,7 +9,10 @@ fn key(minute_ms: i64, affiliate_id: u32, sub1: &str) -> RollupKey {
 #[test]
 fn rollups_round_trip() {
     let rows = vec![
-        (key(60_000, 1, ""), RollupCounts { impressions: 5, clicks: 2, leads: 1, sales: 0, duplicates: 3 }),
+        (
+            key(60_000, 1, ""),
+            RollupCounts { impressions: 5, clicks: 2, unique_clicks: 1, leads: 1, sales: 0, duplicates: 3 },
+        ),
         (key(120_000, 2, "fb"), RollupCounts { sales: u64::MAX, ..RollupCounts::default() }),
     ];
     let bytes = encode_ipc(&rollups_to_batch(rows.iter().map(|(k, c)| (k, c)))).unwrap();
