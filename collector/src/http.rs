@@ -32,6 +32,7 @@ use crate::dedup::{Dedup, Verdict};
 use crate::ingest::{Item, parse_body, parse_query};
 use crate::metrics::{Metrics, ReasonLabels, RejectLabels};
 use crate::tally::{Recorded, Tally};
+use crate::throttle::{Throttle, Throttled};
 use crate::visitor::VisitorHasher;
 
 /// The 43-byte transparent 1×1 GIF answered by every pixel.
@@ -86,6 +87,8 @@ pub(crate) struct Ingress {
     /// Header carrying the client IP when a trusted load balancer is in
     /// front (for example `x-forwarded-for`); the peer address otherwise.
     pub(crate) client_ip_header: Option<HeaderName>,
+    /// Per-client request rate, when edges are reached directly.
+    pub(crate) throttle: Option<Throttle>,
     /// One permit per open connection.
     pub(crate) connections: Arc<Semaphore>,
     pub(crate) connections_max: usize,
@@ -235,6 +238,28 @@ impl Ingress {
             return self.refuse("url_too_long", StatusCode::URI_TOO_LONG, message);
         }
         let readable = matches!(method, &Method::GET | &Method::HEAD);
+        if let Some(throttle) = &self.throttle
+            && !matches!(path, "/healthz" | "/readyz" | "/metrics")
+        {
+            match throttle.check(self.client_ip(&request, peer_ip)) {
+                Throttled::Allow => {}
+                Throttled::Untracked => {
+                    self.metrics.requests_refused.get_or_create(&ReasonLabels { reason: "throttle_untracked" }).inc();
+                }
+                Throttled::Limit => {
+                    let rejection = Rejection {
+                        reason: "rate_limited",
+                        detail: "rate_limited: too many requests from this client".into(),
+                    };
+                    if matches!(path, "/p.gif" | "/cv.gif") {
+                        let source = if path == "/p.gif" { Source::Pixel } else { Source::ConversionPixel };
+                        return self.gif(source, Err(rejection));
+                    }
+                    self.metrics.requests_refused.get_or_create(&ReasonLabels { reason: "rate_limited" }).inc();
+                    return rejection_response(StatusCode::TOO_MANY_REQUESTS, &rejection);
+                }
+            }
+        }
         match path {
             "/p.gif" if readable => self.pixel(query),
             "/cv.gif" if readable => self.conversion(Source::ConversionPixel, query),
@@ -380,13 +405,19 @@ impl Ingress {
     /// balancer in front appends) and its user agent. The IP goes no
     /// further than this function.
     fn visitor(&self, request: &Request<Incoming>, peer_ip: IpAddr) -> u64 {
+        let user_agent = request.headers().get(USER_AGENT).map_or(&b""[..], |value| value.as_bytes());
+        self.visitors.hash(self.client_ip(request, peer_ip), user_agent, now_ms())
+    }
+
+    /// The client's IP: the peer, or the last address of the configured
+    /// header, which the trusted load balancer in front appends.
+    fn client_ip(&self, request: &Request<Incoming>, peer_ip: IpAddr) -> IpAddr {
         let forwarded = self.client_ip_header.as_ref().and_then(|name| {
             let values = request.headers().get_all(name);
             let last = values.iter().next_back()?.to_str().ok()?;
             last.rsplit(',').next()?.trim().parse::<IpAddr>().ok()
         });
-        let user_agent = request.headers().get(USER_AGENT).map_or(&b""[..], |value| value.as_bytes());
-        self.visitors.hash(forwarded.unwrap_or(peer_ip), user_agent, now_ms())
+        forwarded.unwrap_or(peer_ip)
     }
 
     fn rejected(&self, source: Source, rejection: &Rejection) {
@@ -635,7 +666,7 @@ fn label(recorded: Recorded) -> &'static str {
 fn rejection_response(status: StatusCode, rejection: &Rejection) -> HttpResponse {
     let mut response =
         json_response(status, &json!({"status": "rejected", "reason": rejection.reason, "error": rejection.detail}));
-    if status == StatusCode::SERVICE_UNAVAILABLE {
+    if matches!(status, StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS) {
         response.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECONDS));
     }
     response

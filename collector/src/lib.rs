@@ -9,6 +9,7 @@
 //! engine and no Flight server: edge hosts are small and many.
 
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -24,6 +25,7 @@ mod http;
 pub mod ingest;
 mod metrics;
 pub mod tally;
+mod throttle;
 pub mod tls;
 mod uplink;
 mod visitor;
@@ -80,6 +82,10 @@ pub struct Config {
     pub uniques: DedupConfig,
     /// Header with the client IP set by a trusted load balancer in front.
     pub client_ip_header: Option<::http::HeaderName>,
+    /// Requests per second and burst allowed per client IP; `None` for no
+    /// limit (the right choice behind a load balancer without
+    /// `client_ip_header`, where every request comes from one address).
+    pub ip_rate: Option<(NonZeroU32, NonZeroU32)>,
     /// Certificate chain and key (PEM) to serve HTTPS; plain HTTP without.
     pub tls: Option<(PathBuf, PathBuf)>,
     /// Most open HTTP connections; more are answered `503` and closed.
@@ -152,6 +158,9 @@ impl Collector {
             uniques: Dedup::new(config.uniques),
             visitors: visitor::VisitorHasher::new(),
             client_ip_header: config.client_ip_header,
+            throttle: config
+                .ip_rate
+                .map(|(per_second, burst)| throttle::Throttle::new(per_second, burst, throttle::TRACKED_MAX_DEFAULT)),
             connections: Arc::new(Semaphore::new(config.connections_max)),
             connections_max: config.connections_max,
             url_bytes_max: config.url_bytes_max,

@@ -84,6 +84,14 @@ struct Args {
     /// peer address is the client.
     #[arg(long, env = "EDGETALLY_COLLECTOR_CLIENT_IP_HEADER")]
     client_ip_header: Option<http::HeaderName>,
+    /// Requests per second allowed per client IP (0: no limit, the default,
+    /// right behind a load balancer); over it, 429 (pixels: the GIF,
+    /// uncounted, reason rate_limited).
+    #[arg(long, env = "EDGETALLY_COLLECTOR_IP_RATE_PER_SEC", default_value_t = 0)]
+    ip_rate_per_sec: u32,
+    /// Burst allowed per client IP above the rate (default: twice the rate).
+    #[arg(long, env = "EDGETALLY_COLLECTOR_IP_RATE_BURST")]
+    ip_rate_burst: Option<u32>,
     /// Largest accepted `POST /v1/events` body, in bytes.
     #[arg(long, env = "EDGETALLY_COLLECTOR_BODY_BYTES_MAX", default_value_t = BODY_BYTES_MAX_DEFAULT)]
     body_bytes_max: usize,
@@ -129,6 +137,10 @@ async fn main() -> anyhow::Result<()> {
             keys_max: args.unique_keys_max.clamp(1, 1_000_000_000),
         },
         client_ip_header: args.client_ip_header.clone(),
+        ip_rate: std::num::NonZeroU32::new(args.ip_rate_per_sec).map(|per_second| {
+            let burst = args.ip_rate_burst.unwrap_or(per_second.get().saturating_mul(2));
+            (per_second, std::num::NonZeroU32::new(burst).unwrap_or(per_second))
+        }),
         dedup: DedupConfig {
             window: Duration::from_secs(args.dedup_window_secs.max(1)),
             keys_max: args.dedup_keys_max,

@@ -89,6 +89,7 @@ pub(crate) async fn run(args: StackArgs) -> anyhow::Result<()> {
             keys_max: 1_000_000,
         },
         client_ip_header: None,
+        ip_rate: None,
         tls: None,
         connections_max: edgetally_collector::CONNECTIONS_MAX_DEFAULT,
         url_bytes_max: edgetally_collector::URL_BYTES_MAX_DEFAULT,

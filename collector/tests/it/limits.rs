@@ -140,3 +140,54 @@ async fn long_urls_and_slow_clients_get_their_answers() {
     assert_eq!(refused(&text, "url_too_long"), 1, "{text}");
     assert_eq!(metric(&text, r#"edgetally_collector_events_accepted_total{kind="impression"}"#), 0, "{text}");
 }
+
+#[tokio::test]
+async fn a_flood_from_one_client_is_limited_while_others_are_served() {
+    let collector = TestCollector::start(&[
+        "--ip-rate-per-sec",
+        "1",
+        "--ip-rate-burst",
+        "5",
+        "--client-ip-header",
+        "x-forwarded-for",
+    ]);
+    let base = &collector.base_url;
+    let pixel = |client: &'static str| {
+        let request = http::Request::get(format!("{base}/p.gif?aff=1&cmp=2"))
+            .header("x-forwarded-for", client)
+            .body(http_body_util::Full::default())
+            .unwrap();
+        async move {
+            let answer = crate::support::send(request).await;
+            assert_eq!(answer.status, 200);
+            assert_eq!(&answer.body[..], &edgetally_collector::PIXEL_GIF[..]);
+            answer.headers["x-edgetally-outcome"].to_str().unwrap().to_owned()
+        }
+    };
+    let mut outcomes = Vec::new();
+    for _ in 0..10 {
+        outcomes.push(pixel("203.0.113.9").await);
+    }
+    // A burst of five, then one more per second at most.
+    assert_eq!(outcomes[..5], ["accepted"; 5]);
+    let n_limited = outcomes.iter().filter(|outcome| *outcome == "rate_limited").count();
+    assert!(n_limited >= 4, "{outcomes:?}");
+    let request = http::Request::post(format!("{base}/v1/events"))
+        .header("x-forwarded-for", "203.0.113.9")
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(b"{}")))
+        .unwrap();
+    let answer = crate::support::send(request).await;
+    assert_eq!(answer.status, 429);
+    assert_eq!(answer.headers["retry-after"], "1");
+    assert_eq!(answer.json()["reason"], "rate_limited");
+
+    // Another client, and health checks, are served meanwhile.
+    assert_eq!(pixel("203.0.113.10").await, "accepted");
+    assert_eq!(get(&format!("{base}/healthz")).await.status, 200);
+    let text = metrics_text(base).await;
+    let limited = r#"edgetally_collector_events_rejected_total{source="pixel",reason="rate_limited"}"#;
+    assert_eq!(metric(&text, limited), n_limited as u64, "{text}");
+    assert_eq!(refused(&text, "rate_limited"), 1, "{text}");
+    let accepted = r#"edgetally_collector_events_accepted_total{kind="impression"}"#;
+    assert_eq!(metric(&text, accepted), 11 - n_limited as u64, "{text}");
+}
