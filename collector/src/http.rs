@@ -29,7 +29,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::campaigns::Campaigns;
 use crate::dedup::{Dedup, Verdict};
-use crate::ingest::{Item, parse_body, parse_query};
+use crate::ingest::{Item, parse_body, parse_event, parse_query, pixel_payload};
 use crate::metrics::{Metrics, ReasonLabels, RejectLabels};
 use crate::tally::{Recorded, Tally};
 use crate::throttle::{Throttle, Throttled};
@@ -426,8 +426,15 @@ impl Ingress {
     }
 
     fn pixel(&self, query: &str) -> HttpResponse {
-        let mut raw = parse_query(query);
-        let outcome = self.accept(Source::Pixel, &mut raw, Some(EventKind::Impression), None, now_ms());
+        let now_ms = now_ms();
+        let outcome = match pixel_payload(query) {
+            None => self.accept(Source::Pixel, &mut parse_query(query), Some(EventKind::Impression), None, now_ms),
+            Some(Ok(mut bytes)) => match parse_event(&mut bytes) {
+                Item::Event(mut raw) => self.accept(Source::Pixel, &mut raw, Some(EventKind::Impression), None, now_ms),
+                Item::Invalid { reason, detail } => Err(Rejection { reason, detail }),
+            },
+            Some(Err(reason)) => Err(Rejection { reason, detail: "bad payload: d is not base64url".into() }),
+        };
         self.gif(Source::Pixel, outcome.map(|(_, recorded)| recorded))
     }
 

@@ -4,6 +4,8 @@
 
 use std::borrow::Cow;
 
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use edgetally_protocol::event::{RawEvent, SUB_FIELDS};
 use simd_json::{BorrowedValue, StaticNode};
 
@@ -56,6 +58,26 @@ pub fn parse_query(query: &str) -> RawEvent<'_> {
         *slot = Some(value);
     }
     raw
+}
+
+/// The JSON event a pixel carries in its `d` parameter (base64url, as
+/// browser trackers send structured events through an image request), if
+/// any. `Err` holds the rejection reason.
+pub fn pixel_payload(query: &str) -> Option<Result<Vec<u8>, &'static str>> {
+    if !(query.starts_with("d=") || query.contains("&d=")) {
+        return None;
+    }
+    let (_, encoded) = form_urlencoded::parse(query.as_bytes()).find(|(name, _)| name == "d")?;
+    let encoded = encoded.trim_end_matches('=');
+    Some(URL_SAFE_NO_PAD.decode(encoded.as_bytes()).map_err(|_| "bad_payload"))
+}
+
+/// Parses one JSON event object, as carried by a pixel's `d` parameter.
+pub fn parse_event(bytes: &mut [u8]) -> Item<'_> {
+    match simd_json::to_borrowed_value(bytes) {
+        Ok(value) => item_from_value(value),
+        Err(error) => Item::Invalid { reason: "invalid_json", detail: format!("invalid json: {error}") },
+    }
 }
 
 /// Splits a body into items. NDJSON is chosen by content type, or when a

@@ -56,3 +56,25 @@ fn query_strings() {
     assert_eq!(raw.event_id.as_deref(), Some("e1"));
     assert!(parse_query("").affiliate_id.is_none());
 }
+
+#[test]
+fn pixel_payloads() {
+    use base64::Engine;
+    let encode = |json: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json);
+    assert!(pixel_payload("aff=1&cmp=2").is_none());
+    assert!(pixel_payload("aff=1&dd=2").is_none());
+    let query = format!("cb=1&d={}", encode(r#"{"affiliate_id":7,"campaign_id":3,"sub1":"x"}"#));
+    let mut bytes = pixel_payload(&query).unwrap().unwrap();
+    match parse_event(&mut bytes) {
+        Item::Event(raw) => {
+            assert_eq!((raw.affiliate_id.as_deref(), raw.subs[0].as_deref()), (Some("7"), Some("x")));
+        }
+        Item::Invalid { reason, .. } => panic!("{reason}"),
+    }
+    // Padded base64url is accepted too.
+    let padded = format!("d={}==", encode(r#"{"a":1}"#));
+    assert!(pixel_payload(&padded).unwrap().is_ok());
+    assert_eq!(pixel_payload("d=%%%"), Some(Err("bad_payload")));
+    let mut bytes = pixel_payload(&format!("d={}", encode("{oops"))).unwrap().unwrap();
+    assert!(matches!(parse_event(&mut bytes), Item::Invalid { reason: "invalid_json", .. }));
+}

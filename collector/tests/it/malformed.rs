@@ -100,3 +100,33 @@ async fn events_answer_per_item() {
     );
     assert_eq!(json["results"][1]["error"], "bad amount: too many decimals: USD has 2, amount has 3");
 }
+
+#[tokio::test]
+async fn pixels_carry_json_events_in_d() {
+    use base64::Engine;
+    let collector = TestCollector::start(&[]);
+    let base = &collector.base_url;
+    let encode = |json: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json);
+    let cases = [
+        (encode(r#"{"kind":"click","affiliate_id":7,"campaign_id":3,"sub1":"nav"}"#), "accepted"),
+        (encode(r#"{"affiliate_id":7,"campaign_id":3,"event_id":"e-9"}"#), "accepted"),
+        (encode(r#"{"affiliate_id":7,"campaign_id":3,"event_id":"e-9"}"#), "duplicate"),
+        (encode(r#"{"affiliate_id":0,"campaign_id":3}"#), "bad_id"),
+        (encode("{not json"), "invalid_json"),
+        (encode("[1,2]"), "not_an_object"),
+        ("%%%".to_owned(), "bad_payload"),
+    ];
+    for (payload, outcome) in &cases {
+        let answer = get(&format!("{base}/p.gif?d={payload}&cb=1")).await;
+        assert_eq!(answer.status, 200);
+        assert_eq!(&answer.body[..], &PIXEL_GIF[..]);
+        assert_eq!(answer.headers["x-edgetally-outcome"], *outcome, "{payload}");
+    }
+    let text = String::from_utf8(get(&format!("{base}/metrics")).await.body.to_vec()).unwrap();
+    assert_eq!(metric(&text, r#"edgetally_collector_events_accepted_total{kind="click"}"#), 1, "{text}");
+    assert_eq!(metric(&text, r#"edgetally_collector_events_accepted_total{kind="impression"}"#), 1, "{text}");
+    for reason in ["bad_id", "invalid_json", "not_an_object", "bad_payload"] {
+        let series = format!(r#"edgetally_collector_events_rejected_total{{source="pixel",reason="{reason}"}}"#);
+        assert_eq!(metric(&text, &series), 1, "{reason}: {text}");
+    }
+}
