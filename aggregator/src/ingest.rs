@@ -21,7 +21,8 @@ use std::time::Duration;
 use arrow_array::RecordBatch;
 use bytes::Bytes;
 use edgetally_protocol::batch::{
-    BatchError, ConversionRow, RollupCounts, RollupKey, conversions_from_batch, decode_ipc, rollups_from_batch,
+    BatchError, ConversionRow, QuarantineRow, RollupCounts, RollupKey, conversions_from_batch, decode_ipc,
+    quarantine_from_batch, rollups_from_batch,
 };
 use edgetally_protocol::frame::{ALPN, Ack, AckStatus, BatchFrame, FRAME_BYTES_MAX, FrameError};
 use quinn::crypto::rustls::QuicServerConfig;
@@ -274,19 +275,20 @@ fn decode(bytes: Bytes) -> Received {
     };
     let ids = FrameIds { edge_id: frame.edge_id, epoch: frame.epoch, sequence: frame.sequence };
     match decode_payloads(&frame) {
-        Ok((rollups, conversions)) => Received::Batch(Batch {
+        Ok((rollups, conversions, quarantine)) => Received::Batch(Batch {
             edge_id: frame.edge_id,
             epoch: frame.epoch,
             sequence: frame.sequence,
             rollups,
             conversions,
+            quarantine,
         }),
         Err(error) => Received::Refuse { ids, error },
     }
 }
 
-/// A frame's rollup rows and conversion rows.
-type Rows = (Vec<(RollupKey, RollupCounts)>, Vec<ConversionRow>);
+/// A frame's rollup rows, conversion rows and quarantine rows.
+type Rows = (Vec<(RollupKey, RollupCounts)>, Vec<ConversionRow>, Vec<QuarantineRow>);
 
 fn decode_payloads(frame: &BatchFrame) -> Result<Rows, IngestError> {
     if frame.sequence == 0 {
@@ -295,7 +297,8 @@ fn decode_payloads(frame: &BatchFrame) -> Result<Rows, IngestError> {
     let rollups = decode_rows("rollups", &frame.rollups_ipc, frame.n_rollup_rows, rollups_from_batch)?;
     let conversions =
         decode_rows("conversions", &frame.conversions_ipc, frame.n_conversion_rows, conversions_from_batch)?;
-    Ok((rollups, conversions))
+    let quarantine = decode_rows("quarantine", &frame.quarantine_ipc, frame.n_quarantine_rows, quarantine_from_batch)?;
+    Ok((rollups, conversions, quarantine))
 }
 
 /// Decodes one IPC payload; an empty payload means no rows.

@@ -12,7 +12,8 @@ use arrow_array::builder::{StringBuilder, TimestampMillisecondBuilder, UInt32Bui
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{ArrowError, Field, Schema, SchemaRef};
 use edgetally_protocol::batch::{
-    CONVERSION_SCHEMA, N_COUNTERS, ROLLUP_SCHEMA, RollupCounts, RollupKey, conversions_to_batch,
+    CONVERSION_SCHEMA, N_COUNTERS, QUARANTINE_SCHEMA, ROLLUP_SCHEMA, RollupCounts, RollupKey, conversions_to_batch,
+    quarantine_to_batch,
 };
 
 use crate::store::{Store, Tables};
@@ -22,6 +23,7 @@ use crate::store::{Store, Tables};
 pub(crate) enum Dataset {
     Rollups,
     Conversions,
+    Quarantine,
 }
 
 /// A rollup column that can be grouped by, in canonical (schema) order.
@@ -62,7 +64,7 @@ const ROLLUP_COUNTER_COLUMNS: std::ops::Range<usize> = 4..4 + N_COUNTERS;
 // === impl Dataset ===
 
 impl Dataset {
-    pub(crate) const ALL: [Dataset; 2] = [Dataset::Rollups, Dataset::Conversions];
+    pub(crate) const ALL: [Dataset; 3] = [Dataset::Rollups, Dataset::Conversions, Dataset::Quarantine];
 
     pub(crate) fn parse(name: &str) -> Option<Dataset> {
         Dataset::ALL.into_iter().find(|dataset| dataset.as_str() == name)
@@ -72,6 +74,7 @@ impl Dataset {
         match self {
             Dataset::Rollups => "rollups",
             Dataset::Conversions => "conversions",
+            Dataset::Quarantine => "quarantine",
         }
     }
 }
@@ -142,6 +145,7 @@ impl Query {
     pub(crate) fn schema(&self) -> SchemaRef {
         match self.dataset {
             Dataset::Conversions => CONVERSION_SCHEMA.clone(),
+            Dataset::Quarantine => QUARANTINE_SCHEMA.clone(),
             Dataset::Rollups => {
                 let group_fields = self.group_by.columns().map(|column| ROLLUP_SCHEMA.field(column as usize));
                 let counter_fields = ROLLUP_COUNTER_COLUMNS.map(|column_idx| ROLLUP_SCHEMA.field(column_idx));
@@ -174,6 +178,15 @@ impl Query {
                 // Stable, so rows of the same millisecond keep arrival order.
                 rows.sort_by_key(|row| row.time_ms);
                 Ok(conversions_to_batch(&rows))
+            }
+            Dataset::Quarantine => {
+                // Quarantined input has no trusted affiliate: the ticket
+                // parser refuses an affiliate filter on it.
+                let mut rows = store.read(|tables| {
+                    tables.quarantine.iter().filter(|row| self.in_range(row.time_ms)).cloned().collect::<Vec<_>>()
+                });
+                rows.sort_by_key(|row| row.time_ms);
+                Ok(quarantine_to_batch(&rows))
             }
         }
     }

@@ -8,10 +8,10 @@
 //! Nothing here is bounded yet: rollups grow with keys and conversions with
 //! rows until retention and Parquet partitions arrive.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Mutex;
 
-use edgetally_protocol::batch::{ConversionRow, RollupCounts, RollupKey};
+use edgetally_protocol::batch::{ConversionRow, QuarantineRow, RollupCounts, RollupKey};
 
 /// Where an edge is in its stream of batches.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -36,7 +36,13 @@ pub(crate) struct Batch {
     pub(crate) sequence: u64,
     pub(crate) rollups: Vec<(RollupKey, RollupCounts)>,
     pub(crate) conversions: Vec<ConversionRow>,
+    pub(crate) quarantine: Vec<QuarantineRow>,
 }
+
+/// Quarantine rows kept in memory, oldest dropped first: review needs the
+/// recent ones, and at about 1.3 KiB a row this bounds them to 1.3 GiB
+/// worst case (typical rows are a tenth of that).
+pub(crate) const QUARANTINE_ROWS_MAX: usize = 1_000_000;
 
 /// The data a query reads.
 #[derive(Debug, Default)]
@@ -44,6 +50,10 @@ pub(crate) struct Tables {
     pub(crate) rollups: BTreeMap<RollupKey, RollupCounts>,
     /// In arrival order.
     pub(crate) conversions: Vec<ConversionRow>,
+    /// In arrival order.
+    pub(crate) quarantine: VecDeque<QuarantineRow>,
+    /// Quarantine rows dropped to keep the bound.
+    pub(crate) quarantine_dropped: u64,
 }
 
 #[derive(Debug, Default)]
@@ -88,6 +98,13 @@ impl Store {
                 tables.rollups.entry(key).or_default().merge(&counts);
             }
             tables.conversions.extend(batch.conversions);
+            for row in batch.quarantine {
+                if tables.quarantine.len() == QUARANTINE_ROWS_MAX {
+                    tables.quarantine.pop_front();
+                    tables.quarantine_dropped += 1;
+                }
+                tables.quarantine.push_back(row);
+            }
         }
         admission
     }

@@ -8,8 +8,9 @@ use arrow_array::cast::AsArray;
 use arrow_array::types::{UInt32Type, UInt64Type};
 use arrow_flight::{FlightClient, FlightDescriptor, Ticket};
 use bytes::Bytes;
+use edgetally_protocol::QuarantineRow;
 use edgetally_protocol::batch::{
-    ConversionRow, RollupCounts, RollupKey, conversions_to_batch, encode_ipc, rollups_to_batch,
+    ConversionRow, RollupCounts, RollupKey, conversions_to_batch, encode_ipc, quarantine_to_batch, rollups_to_batch,
 };
 use edgetally_protocol::event::EventKind;
 use edgetally_protocol::frame::{ACK_LEN, ALPN, Ack, AckStatus, BatchFrame};
@@ -58,8 +59,18 @@ fn frame() -> BatchFrame {
         sequence: 1,
         n_rollup_rows: 3,
         n_conversion_rows: 1,
+        n_quarantine_rows: 1,
         rollups_ipc: encode_ipc(&rollups_to_batch(rollups.iter().map(|(key, counts)| (key, counts)))).unwrap().into(),
         conversions_ipc: encode_ipc(&conversions_to_batch(&conversions)).unwrap().into(),
+        quarantine_ipc: encode_ipc(&quarantine_to_batch(&[QuarantineRow::new(
+            1_795_514_400_000,
+            "pixel",
+            "bad_id",
+            "bad affiliate_id",
+            "aff=x",
+        )]))
+        .unwrap()
+        .into(),
     }
 }
 
@@ -154,6 +165,10 @@ async fn batch_over_quic_then_flight_inner() {
     assert_eq!(counter(5), [1, 0]);
     assert_eq!(counter(6), [0, 0]);
 
+    // Sent twice, quarantined once.
+    let quarantine = do_get(&mut flight, r#"{"dataset":"quarantine"}"#).await;
+    assert_eq!(quarantine.iter().map(|batch| batch.num_rows()).sum::<usize>(), 1);
+    assert_eq!(quarantine[0].column_by_name("reason").unwrap().as_string::<i32>().value(0), "bad_id");
     let conversions = do_get(&mut flight, r#"{"dataset":"conversions","affiliate_id":7}"#).await;
     assert_eq!(conversions.iter().map(|batch| batch.num_rows()).sum::<usize>(), 1);
 
@@ -167,7 +182,14 @@ async fn batch_over_quic_then_flight_inner() {
 
     let infos: Vec<_> = flight.list_flights("").await.unwrap().try_collect().await.unwrap();
     let commands: Vec<Bytes> = infos.iter().map(|info| info.flight_descriptor.clone().unwrap().cmd).collect();
-    assert_eq!(commands, [Bytes::from(r#"{"dataset":"rollups"}"#), Bytes::from(r#"{"dataset":"conversions"}"#)]);
+    assert_eq!(
+        commands,
+        [
+            Bytes::from(r#"{"dataset":"rollups"}"#),
+            Bytes::from(r#"{"dataset":"conversions"}"#),
+            Bytes::from(r#"{"dataset":"quarantine"}"#)
+        ]
+    );
 
     let descriptor = FlightDescriptor::new_cmd(r#"{"dataset":"rollups","group_by":["sub1"]}"#);
     let info = flight.get_flight_info(descriptor.clone()).await.unwrap();

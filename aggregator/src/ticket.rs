@@ -28,7 +28,7 @@ pub(crate) enum TicketError {
     TooLarge { len: usize },
     #[error("bad ticket json: {0}")]
     Json(#[from] serde_json::Error),
-    #[error("unknown dataset {0:?}: expected rollups or conversions")]
+    #[error("unknown dataset {0:?}: expected rollups, conversions or quarantine")]
     UnknownDataset(String),
     #[error("bad {field} time {text:?}: expected RFC 3339 or Unix milliseconds")]
     BadTime { field: &'static str, text: String },
@@ -40,6 +40,8 @@ pub(crate) enum TicketError {
     DuplicateGroupColumn(String),
     #[error("group_by applies to rollups only, not to {0}")]
     GroupByNotAllowed(&'static str),
+    #[error("affiliate_id cannot filter {0}: rejected input has no trusted affiliate")]
+    AffiliateNotAllowed(&'static str),
 }
 
 #[derive(Debug, Deserialize)]
@@ -75,7 +77,9 @@ pub(crate) fn parse(ticket: &[u8]) -> Result<Query, TicketError> {
     }
     let group_by = match (dataset, json.group_by) {
         (_, None) => GroupBy::ALL,
-        (Dataset::Conversions, Some(_)) => return Err(TicketError::GroupByNotAllowed(dataset.as_str())),
+        (Dataset::Conversions | Dataset::Quarantine, Some(_)) => {
+            return Err(TicketError::GroupByNotAllowed(dataset.as_str()));
+        }
         (Dataset::Rollups, Some(names)) => {
             let mut group_by = GroupBy::NONE;
             for name in names {
@@ -87,6 +91,9 @@ pub(crate) fn parse(ticket: &[u8]) -> Result<Query, TicketError> {
             group_by
         }
     };
+    if dataset == Dataset::Quarantine && json.affiliate_id.is_some() {
+        return Err(TicketError::AffiliateNotAllowed(dataset.as_str()));
+    }
     Ok(Query { dataset, from_ms, to_ms, affiliate_id: json.affiliate_id, group_by })
 }
 

@@ -43,6 +43,8 @@ fn frame(criterion: &mut Criterion) {
                     n_conversion_rows: 0,
                     rollups_ipc: ipc.into(),
                     conversions_ipc: Bytes::new(),
+                    n_quarantine_rows: 0,
+                    quarantine_ipc: Bytes::new(),
                 }
                 .encode()
                 .unwrap()
@@ -58,6 +60,8 @@ fn frame(criterion: &mut Criterion) {
                 n_conversion_rows: 0,
                 rollups_ipc: ipc.into(),
                 conversions_ipc: Bytes::new(),
+                n_quarantine_rows: 0,
+                quarantine_ipc: Bytes::new(),
             }
             .encode()
             .unwrap(),

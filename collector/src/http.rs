@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use edgetally_protocol::event::ID_TEXT_LEN_MAX;
 use edgetally_protocol::event::RawEvent;
-use edgetally_protocol::{Click, ClickIdError, ClickKeys, Event, EventError, EventKind, SubId};
+use edgetally_protocol::{Click, ClickIdError, ClickKeys, Event, EventError, EventKind, QuarantineRow, SubId};
 use http::header::{CACHE_CONTROL, CONTENT_TYPE, LOCATION, RETRY_AFTER, USER_AGENT};
 use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -253,7 +253,7 @@ impl Ingress {
                     };
                     if matches!(path, "/p.gif" | "/cv.gif") {
                         let source = if path == "/p.gif" { Source::Pixel } else { Source::ConversionPixel };
-                        return self.gif(source, Err(rejection));
+                        return self.gif(source, Err(rejection), query);
                     }
                     self.metrics.requests_refused.get_or_create(&ReasonLabels { reason: "rate_limited" }).inc();
                     return rejection_response(StatusCode::TOO_MANY_REQUESTS, &rejection);
@@ -420,7 +420,13 @@ impl Ingress {
         forwarded.unwrap_or(peer_ip)
     }
 
-    fn rejected(&self, source: Source, rejection: &Rejection) {
+    /// Counts a rejected event and quarantines it with its input for
+    /// review.
+    fn rejected(&self, source: Source, rejection: &Rejection, input: &str) {
+        let row = QuarantineRow::new(now_ms(), source.as_str(), rejection.reason, &rejection.detail, input);
+        if !self.tally.quarantine(row) {
+            self.metrics.quarantine_discarded.inc();
+        }
         let labels = RejectLabels { source: source.as_str(), reason: rejection.reason };
         self.metrics.events_rejected.get_or_create(&labels).inc();
     }
@@ -435,12 +441,12 @@ impl Ingress {
             },
             Some(Err(reason)) => Err(Rejection { reason, detail: "bad payload: d is not base64url".into() }),
         };
-        self.gif(Source::Pixel, outcome.map(|(_, recorded)| recorded))
+        self.gif(Source::Pixel, outcome.map(|(_, recorded)| recorded), query)
     }
 
     /// The GIF, whatever happened; the outcome header lets an integrator
     /// (and the load generator's ledger) see what was counted.
-    fn gif(&self, source: Source, outcome: Result<Recorded, Rejection>) -> HttpResponse {
+    fn gif(&self, source: Source, outcome: Result<Recorded, Rejection>, input: &str) -> HttpResponse {
         let mut response = Response::new(Full::new(Bytes::from_static(&PIXEL_GIF)));
         let headers = response.headers_mut();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("image/gif"));
@@ -448,7 +454,7 @@ impl Ingress {
         let outcome = match outcome {
             Ok(recorded) => HeaderValue::from_static(label(recorded)),
             Err(rejection) => {
-                self.rejected(source, &rejection);
+                self.rejected(source, &rejection, input);
                 HeaderValue::from_static(rejection.reason)
             }
         };
@@ -477,7 +483,7 @@ impl Ingress {
         let (campaign, event, recorded) = match (campaign, outcome) {
             (Some(campaign), Ok((event, recorded))) => (campaign, event, recorded),
             (_, Err(rejection)) => {
-                self.rejected(Source::Click, &rejection);
+                self.rejected(Source::Click, &rejection, query);
                 let status = match rejection.reason {
                     "unknown_campaign" => StatusCode::NOT_FOUND,
                     "shed_full" => StatusCode::SERVICE_UNAVAILABLE,
@@ -531,12 +537,12 @@ impl Ingress {
         let outcome =
             self.accept(source, &mut raw, Some(EventKind::Sale), None, now_ms()).map(|(_, recorded)| recorded);
         if source == Source::ConversionPixel {
-            return self.gif(source, outcome);
+            return self.gif(source, outcome, query);
         }
         let mut response = match &outcome {
             Ok(recorded) => json_response(StatusCode::OK, &json!({"status": label(*recorded)})),
             Err(rejection) => {
-                self.rejected(source, rejection);
+                self.rejected(source, rejection, query);
                 let status = if rejection.reason == "shed_full" {
                     StatusCode::SERVICE_UNAVAILABLE
                 } else {
@@ -597,7 +603,7 @@ impl Ingress {
                 Err(rejection) => {
                     n_rejected += 1;
                     shed |= rejection.reason == "shed_full";
-                    self.rejected(Source::Events, &rejection);
+                    self.rejected(Source::Events, &rejection, "");
                     json!({"status": "rejected", "reason": rejection.reason, "error": rejection.detail})
                 }
             });

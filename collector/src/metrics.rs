@@ -69,6 +69,8 @@ pub(crate) struct Metrics {
     pub(crate) uplink_pending_batches: Gauge,
     pub(crate) rollup_keys: Gauge,
     pub(crate) conversions_pending: Gauge,
+    pub(crate) quarantine_pending: Gauge,
+    pub(crate) quarantine_discarded: Counter,
 }
 
 // === impl Metrics ===
@@ -98,6 +100,8 @@ impl Metrics {
             uplink_pending_batches: Gauge::default(),
             rollup_keys: Gauge::default(),
             conversions_pending: Gauge::default(),
+            quarantine_pending: Gauge::default(),
+            quarantine_discarded: Counter::default(),
             registry: Registry::default(),
         };
         registry.register("events_accepted", "Events accepted, by kind", metrics.events_accepted.clone());
@@ -169,6 +173,16 @@ impl Metrics {
         );
         let accepted_by_kind = EventKind::ALL
             .map(|kind| metrics.events_accepted.get_or_create(&KindLabels { kind: kind.as_str() }).clone());
+        registry.register(
+            "quarantine_pending",
+            "Quarantined inputs held in memory, not yet sealed",
+            metrics.quarantine_pending.clone(),
+        );
+        registry.register(
+            "quarantine_discarded",
+            "Rejected inputs not kept because the quarantine was full (still counted by reason)",
+            metrics.quarantine_discarded.clone(),
+        );
         Metrics { registry, accepted_by_kind, ..metrics }
     }
 

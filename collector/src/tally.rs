@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use edgetally_protocol::{ConversionRow, Event, EventKind, RollupCounts, RollupKey};
+use edgetally_protocol::{ConversionRow, Event, EventKind, QuarantineRow, RollupCounts, RollupKey};
 
 #[derive(Debug, Clone, Copy)]
 pub struct TallyLimits {
@@ -22,11 +22,19 @@ pub struct TallyLimits {
     /// Most rows of each kind put into one sealed batch, which keeps a frame
     /// well under the aggregator's frame size limit.
     pub batch_rows_max: usize,
+    /// Most quarantine rows held unsealed, at most about 1.3 KiB each:
+    /// 13 MiB. Past it, rejected input is counted but not kept.
+    pub quarantine_max: usize,
 }
 
 impl Default for TallyLimits {
     fn default() -> TallyLimits {
-        TallyLimits { rollup_keys_max: 1_000_000, conversions_max: 200_000, batch_rows_max: 100_000 }
+        TallyLimits {
+            rollup_keys_max: 1_000_000,
+            conversions_max: 200_000,
+            batch_rows_max: 100_000,
+            quarantine_max: 10_000,
+        }
     }
 }
 
@@ -49,6 +57,7 @@ pub enum Recorded {
 struct Unsealed {
     rollups: HashMap<RollupKey, RollupCounts>,
     conversions: Vec<ConversionRow>,
+    quarantine: Vec<QuarantineRow>,
 }
 
 /// What one seal takes out of the tally.
@@ -56,6 +65,7 @@ struct Unsealed {
 pub struct Sealed {
     pub rollups: Vec<(RollupKey, RollupCounts)>,
     pub conversions: Vec<ConversionRow>,
+    pub quarantine: Vec<QuarantineRow>,
 }
 
 pub struct Tally {
@@ -135,13 +145,26 @@ impl Tally {
         };
         let n_take = unsealed.conversions.len().min(self.limits.batch_rows_max);
         let conversions = unsealed.conversions.drain(..n_take).collect();
-        Sealed { rollups, conversions }
+        let n_take = unsealed.quarantine.len().min(self.limits.batch_rows_max);
+        let quarantine = unsealed.quarantine.drain(..n_take).collect();
+        Sealed { rollups, conversions, quarantine }
     }
 
-    /// Held rollup keys and conversion rows.
-    pub fn len(&self) -> (usize, usize) {
+    /// Keeps a rejected input for shipping; false when the quarantine is
+    /// full and the row was dropped.
+    pub fn quarantine(&self, row: QuarantineRow) -> bool {
+        let mut unsealed = self.lock();
+        if unsealed.quarantine.len() >= self.limits.quarantine_max {
+            return false;
+        }
+        unsealed.quarantine.push(row);
+        true
+    }
+
+    /// Held rollup keys, conversion rows and quarantine rows.
+    pub fn len(&self) -> (usize, usize, usize) {
         let unsealed = self.lock();
-        (unsealed.rollups.len(), unsealed.conversions.len())
+        (unsealed.rollups.len(), unsealed.conversions.len(), unsealed.quarantine.len())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Unsealed> {
@@ -154,7 +177,7 @@ impl Tally {
 
 impl Sealed {
     pub fn is_empty(&self) -> bool {
-        self.rollups.is_empty() && self.conversions.is_empty()
+        self.rollups.is_empty() && self.conversions.is_empty() && self.quarantine.is_empty()
     }
 }
 

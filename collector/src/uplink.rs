@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use edgetally_protocol::batch::{conversions_to_batch, encode_ipc, rollups_to_batch};
+use edgetally_protocol::batch::{conversions_to_batch, encode_ipc, quarantine_to_batch, rollups_to_batch};
 use edgetally_protocol::frame::{ACK_LEN, ALPN, AckStatus};
 use edgetally_protocol::{Ack, BatchFrame};
 use rand::Rng;
@@ -154,8 +154,8 @@ impl Uplink {
         }
         let deadline = Instant::now() + SHUTDOWN_FLUSH_TIMEOUT;
         while Instant::now() < deadline {
-            let (n_keys, n_conversions) = tally.len();
-            if self.in_flight.is_none() && n_keys == 0 && n_conversions == 0 {
+            let (n_keys, n_conversions, n_quarantined) = tally.len();
+            if self.in_flight.is_none() && n_keys == 0 && n_conversions == 0 && n_quarantined == 0 {
                 break;
             }
             self.retry_at = self.retry_at.min(Instant::now());
@@ -164,12 +164,13 @@ impl Uplink {
                 tokio::time::sleep(BACKOFF_MIN).await;
             }
         }
-        let (n_keys, n_conversions) = tally.len();
-        if self.in_flight.is_some() || n_keys > 0 || n_conversions > 0 {
+        let (n_keys, n_conversions, n_quarantined) = tally.len();
+        if self.in_flight.is_some() || n_keys > 0 || n_conversions > 0 || n_quarantined > 0 {
             tracing::error!(
                 unacknowledged = self.in_flight.is_some(),
                 n_keys,
                 n_conversions,
+                n_quarantined,
                 "Shutdown left data unshipped; it is lost without a spool."
             );
         }
@@ -183,9 +184,10 @@ impl Uplink {
     async fn step(&mut self, tally: &Tally, metrics: &Metrics) {
         if self.in_flight.is_none() {
             let sealed = tally.seal();
-            let (n_keys, n_conversions) = tally.len();
+            let (n_keys, n_conversions, n_quarantined) = tally.len();
             metrics.rollup_keys.set(n_keys as i64);
             metrics.conversions_pending.set(n_conversions as i64);
+            metrics.quarantine_pending.set(n_quarantined as i64);
             if sealed.is_empty() {
                 return;
             }
@@ -286,14 +288,21 @@ fn build_frame(edge_id: u32, epoch: u64, sequence: u64, sealed: &Sealed) -> Resu
     } else {
         encode_ipc(&conversions_to_batch(&sealed.conversions)).map_err(|error| build(error.to_string()))?
     };
+    let quarantine_ipc = if sealed.quarantine.is_empty() {
+        Vec::new()
+    } else {
+        encode_ipc(&quarantine_to_batch(&sealed.quarantine)).map_err(|error| build(error.to_string()))?
+    };
     let frame = BatchFrame {
         edge_id,
         epoch,
         sequence,
         n_rollup_rows: u32::try_from(sealed.rollups.len()).map_err(|error| build(error.to_string()))?,
         n_conversion_rows: u32::try_from(sealed.conversions.len()).map_err(|error| build(error.to_string()))?,
+        n_quarantine_rows: u32::try_from(sealed.quarantine.len()).map_err(|error| build(error.to_string()))?,
         rollups_ipc: rollups_ipc.into(),
         conversions_ipc: conversions_ipc.into(),
+        quarantine_ipc: quarantine_ipc.into(),
     };
     Ok(frame.encode().map_err(|error| build(error.to_string()))?.into())
 }

@@ -87,6 +87,56 @@ impl RollupCounts {
     }
 }
 
+/// Input an edge refused, kept for review with its reason. Raw visitor IPs
+/// are never part of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuarantineRow {
+    /// Receive time, Unix milliseconds UTC.
+    pub time_ms: i64,
+    /// Where it came in: `pixel`, `click`, `postback`, `conversion_pixel`,
+    /// `events`.
+    pub source: String,
+    /// The bounded rejection reason, as in the edge's metrics.
+    pub reason: String,
+    /// The full rejection message.
+    pub detail: String,
+    /// The request's query string, at most [`QUARANTINE_INPUT_LEN_MAX`]
+    /// bytes; empty for posted JSON items, whose text the parser consumed.
+    pub input: String,
+}
+
+/// Longest quarantined input kept, in bytes: enough for any real pixel or
+/// postback query, small enough that a flood of junk stays cheap to ship.
+pub const QUARANTINE_INPUT_LEN_MAX: usize = 1024;
+/// Longest rejection message kept, in bytes.
+pub const QUARANTINE_DETAIL_LEN_MAX: usize = 256;
+
+// === impl QuarantineRow ===
+
+impl QuarantineRow {
+    /// Builds a row, truncating text to its bound on a character boundary.
+    pub fn new(time_ms: i64, source: &str, reason: &str, detail: &str, input: &str) -> QuarantineRow {
+        QuarantineRow {
+            time_ms,
+            source: truncate(source, 32).to_owned(),
+            reason: truncate(reason, 64).to_owned(),
+            detail: truncate(detail, QUARANTINE_DETAIL_LEN_MAX).to_owned(),
+            input: truncate(input, QUARANTINE_INPUT_LEN_MAX).to_owned(),
+        }
+    }
+}
+
+fn truncate(text: &str, len_max: usize) -> &str {
+    if text.len() <= len_max {
+        return text;
+    }
+    let mut end = len_max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
 /// One conversion as shipped by an edge.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConversionRow {
@@ -163,6 +213,53 @@ pub static CONVERSION_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
         Field::new("event_id", DataType::Utf8, true),
     ]))
 });
+
+/// Schema of shipped quarantine rows.
+pub static QUARANTINE_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        Field::new("time", timestamp_utc(), false),
+        Field::new("source", DataType::Utf8, false),
+        Field::new("reason", DataType::Utf8, false),
+        Field::new("detail", DataType::Utf8, false),
+        Field::new("input", DataType::Utf8, false),
+    ]))
+});
+
+/// Builds the Arrow batch of quarantine rows.
+pub fn quarantine_to_batch(rows: &[QuarantineRow]) -> RecordBatch {
+    let n_rows = rows.len();
+    let mut time = TimestampMillisecondBuilder::with_capacity(n_rows).with_timezone("UTC");
+    let mut texts: [StringBuilder; 4] = std::array::from_fn(|_| StringBuilder::with_capacity(n_rows, n_rows * 32));
+    for row in rows {
+        time.append_value(row.time_ms);
+        for (builder, text) in texts.iter_mut().zip([&row.source, &row.reason, &row.detail, &row.input]) {
+            builder.append_value(text);
+        }
+    }
+    let mut columns: Vec<ArrayRef> = vec![Arc::new(time.finish())];
+    columns.extend(texts.iter_mut().map(|builder| Arc::new(builder.finish()) as ArrayRef));
+    // The columns are built above in schema order with matching types.
+    RecordBatch::try_new(QUARANTINE_SCHEMA.clone(), columns).expect("columns follow QUARANTINE_SCHEMA")
+}
+
+/// Reads quarantine rows back, truncating text to the bounds again.
+pub fn quarantine_from_batch(batch: &RecordBatch) -> Result<Vec<QuarantineRow>, BatchError> {
+    check_schema(batch, &QUARANTINE_SCHEMA)?;
+    let time = batch.column(0).as_primitive::<TimestampMillisecondType>();
+    let text = |column_idx: usize| batch.column(column_idx).as_string::<i32>();
+    let (source, reason, detail, input) = (text(1), text(2), text(3), text(4));
+    Ok((0..batch.num_rows())
+        .map(|row_idx| {
+            QuarantineRow::new(
+                time.value(row_idx),
+                source.value(row_idx),
+                reason.value(row_idx),
+                detail.value(row_idx),
+                input.value(row_idx),
+            )
+        })
+        .collect())
+}
 
 /// Builds the Arrow batch of rollup rows.
 pub fn rollups_to_batch<'a>(rows: impl ExactSizeIterator<Item = (&'a RollupKey, &'a RollupCounts)>) -> RecordBatch {

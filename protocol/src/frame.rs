@@ -1,16 +1,18 @@
 //! The binary frame that carries one sealed batch from an edge to the
 //! aggregator, and the acknowledgement that answers it.
 //!
-//! A frame is a fixed 48-byte little-endian header followed by two Arrow IPC
-//! streams (rollups, then conversions):
+//! A frame is a fixed 56-byte little-endian header followed by three Arrow
+//! IPC streams (rollups, conversions, quarantine), each empty when it has no
+//! rows:
 //!
 //! ```text
 //! magic "ETB1" | version u16 | reserved u16 | edge_id u32 | epoch u64 |
 //! sequence u64 | n_rollup_rows u32 | n_conversion_rows u32 |
-//! rollups_len u32 | conversions_len u32 | crc32 u32 | payloads
+//! n_quarantine_rows u32 | rollups_len u32 | conversions_len u32 |
+//! quarantine_len u32 | crc32 u32 | payloads
 //! ```
 //!
-//! The CRC-32 covers the header up to the CRC field and both payloads, so a
+//! The CRC-32 covers the header up to the CRC field and all payloads, so a
 //! frame torn or altered anywhere is refused before any Arrow decoding.
 
 use bytes::{Buf, BufMut, Bytes};
@@ -21,8 +23,8 @@ pub const ALPN: &[u8] = b"edgetally/1";
 
 pub const FRAME_MAGIC: [u8; 4] = *b"ETB1";
 pub const ACK_MAGIC: [u8; 4] = *b"ETA1";
-pub const FRAME_VERSION: u16 = 1;
-pub const FRAME_HEADER_LEN: usize = 48;
+pub const FRAME_VERSION: u16 = 2;
+pub const FRAME_HEADER_LEN: usize = 56;
 pub const ACK_LEN: usize = 28;
 
 /// The largest frame the aggregator reads. A 250 ms batch of one busy edge
@@ -62,15 +64,17 @@ pub struct BatchFrame {
     pub sequence: u64,
     pub n_rollup_rows: u32,
     pub n_conversion_rows: u32,
+    pub n_quarantine_rows: u32,
     pub rollups_ipc: Bytes,
     pub conversions_ipc: Bytes,
+    pub quarantine_ipc: Bytes,
 }
 
 // === impl BatchFrame ===
 
 impl BatchFrame {
     pub fn encoded_len(&self) -> usize {
-        FRAME_HEADER_LEN + self.rollups_ipc.len() + self.conversions_ipc.len()
+        FRAME_HEADER_LEN + self.rollups_ipc.len() + self.conversions_ipc.len() + self.quarantine_ipc.len()
     }
 
     pub fn encode(&self) -> Result<Vec<u8>, FrameError> {
@@ -87,16 +91,20 @@ impl BatchFrame {
         out.put_u64_le(self.sequence);
         out.put_u32_le(self.n_rollup_rows);
         out.put_u32_le(self.n_conversion_rows);
+        out.put_u32_le(self.n_quarantine_rows);
         // Both fit: their sum is checked against FRAME_BYTES_MAX above.
         out.put_u32_le(self.rollups_ipc.len() as u32);
         out.put_u32_le(self.conversions_ipc.len() as u32);
+        out.put_u32_le(self.quarantine_ipc.len() as u32);
         let mut crc = crc32fast::Hasher::new();
         crc.update(&out);
         crc.update(&self.rollups_ipc);
         crc.update(&self.conversions_ipc);
+        crc.update(&self.quarantine_ipc);
         out.put_u32_le(crc.finalize());
         out.put_slice(&self.rollups_ipc);
         out.put_slice(&self.conversions_ipc);
+        out.put_slice(&self.quarantine_ipc);
         debug_assert_eq!(out.len(), len);
         Ok(out)
     }
@@ -123,10 +131,12 @@ impl BatchFrame {
         let sequence = header.get_u64_le();
         let n_rollup_rows = header.get_u32_le();
         let n_conversion_rows = header.get_u32_le();
+        let n_quarantine_rows = header.get_u32_le();
         let rollups_len = header.get_u32_le() as usize;
         let conversions_len = header.get_u32_le() as usize;
+        let quarantine_len = header.get_u32_le() as usize;
         let expected = header.get_u32_le();
-        let announced = rollups_len + conversions_len;
+        let announced = rollups_len + conversions_len + quarantine_len;
         let actual = len - FRAME_HEADER_LEN;
         if announced != actual {
             return Err(FrameError::Length { announced, actual });
@@ -139,14 +149,17 @@ impl BatchFrame {
             return Err(FrameError::Crc { expected, actual });
         }
         let rollups_end = FRAME_HEADER_LEN + rollups_len;
+        let conversions_end = rollups_end + conversions_len;
         Ok(BatchFrame {
             edge_id,
             epoch,
             sequence,
             n_rollup_rows,
             n_conversion_rows,
+            n_quarantine_rows,
             rollups_ipc: frame.slice(FRAME_HEADER_LEN..rollups_end),
-            conversions_ipc: frame.slice(rollups_end..),
+            conversions_ipc: frame.slice(rollups_end..conversions_end),
+            quarantine_ipc: frame.slice(conversions_end..),
         })
     }
 }

@@ -13,7 +13,7 @@ pub mod event;
 pub mod frame;
 pub mod money;
 
-pub use batch::{BatchError, ConversionRow, RollupCounts, RollupKey};
+pub use batch::{BatchError, ConversionRow, QuarantineRow, RollupCounts, RollupKey};
 pub use click_id::{Click, ClickIdError, ClickKey, ClickKeys};
 pub use event::{Event, EventError, EventKind, SubId};
 pub use frame::{Ack, BatchFrame, FrameError};

@@ -21,8 +21,10 @@ fn frame(sequence: u64, n_rollup_rows: u32, rollups_ipc: Bytes) -> BatchFrame {
         sequence,
         n_rollup_rows,
         n_conversion_rows: 0,
+        n_quarantine_rows: 0,
         rollups_ipc,
         conversions_ipc: Bytes::new(),
+        quarantine_ipc: Bytes::new(),
     }
 }
 
@@ -53,7 +55,7 @@ fn decode_frames() {
     );
     check(frame(1, 1, Bytes::new()).encode().unwrap(), Err("rollups row count mismatch: header says 1, payload has 0"));
     check(frame(0, 2, rollups_ipc(2)).encode().unwrap(), Err("sequence 0 is below the first sequence 1"));
-    check(b"short".to_vec(), Err("frame: frame too short: 5 bytes, header is 48"));
+    check(b"short".to_vec(), Err("frame: frame too short: 5 bytes, header is 56"));
     let mut corrupt = frame(1, 2, rollups_ipc(2)).encode().unwrap();
     let last_idx = corrupt.len() - 1;
     corrupt[last_idx] ^= 1;

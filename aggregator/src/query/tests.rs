@@ -7,6 +7,8 @@ use arrow_schema::DataType;
 use edgetally_protocol::batch::ConversionRow;
 use edgetally_protocol::event::EventKind;
 
+use edgetally_protocol::QuarantineRow;
+
 use super::*;
 use crate::store::Batch;
 use crate::ticket;
@@ -58,6 +60,10 @@ fn store() -> Store {
             rollup(M1, 7, 200, "", [1, 1, 1, 1]),
         ],
         conversions: vec![conversion(M1 + 5, 7, "b"), conversion(M0 + 5, 8, "a")],
+        quarantine: vec![
+            QuarantineRow::new(M1 + 9, "pixel", "bad_id", "bad affiliate_id", "aff=x&cmp=1"),
+            QuarantineRow::new(M0 + 9, "postback", "click_id_forged", "forged click id", "click_id=AQEA"),
+        ],
     };
     // A second edge adds to keys the first one has.
     let second = Batch {
@@ -66,6 +72,7 @@ fn store() -> Store {
         sequence: 1,
         rollups: vec![rollup(M0, 7, 100, "", [100, 20, 0, 0]), rollup(M2, 8, 100, "", [4, 4, 0, 0])],
         conversions: vec![conversion(M1 + 5, 8, "c"), conversion(M2, 7, "d")],
+        quarantine: vec![QuarantineRow::new(M2 + 1, "events", "bad_amount", "too many decimals", "")],
     };
     store.apply(first);
     store.apply(second);
@@ -209,4 +216,20 @@ fn schemas() {
     );
     assert_eq!(*ticket::parse(br#"{"dataset":"rollups"}"#).unwrap().schema(), **ROLLUP_SCHEMA);
     assert_eq!(*ticket::parse(br#"{"dataset":"conversions"}"#).unwrap().schema(), **CONVERSION_SCHEMA);
+}
+
+#[test]
+fn quarantine_by_time() {
+    check(
+        r#"{"dataset":"quarantine"}"#,
+        r#"
+        time=M0 source="postback" reason="click_id_forged" detail="forged click id" input="click_id=AQEA"
+        time=M1 source="pixel" reason="bad_id" detail="bad affiliate_id" input="aff=x&cmp=1"
+        time=M2 source="events" reason="bad_amount" detail="too many decimals" input=""
+        "#,
+    );
+    check(
+        &format!(r#"{{"dataset":"quarantine","from":{M1},"to":{M2}}}"#),
+        r#"time=M1 source="pixel" reason="bad_id" detail="bad affiliate_id" input="aff=x&cmp=1""#,
+    );
 }

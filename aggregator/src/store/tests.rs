@@ -40,6 +40,7 @@ fn batch(edge_id: u32, epoch: u64, sequence: u64, impressions: u64) -> Batch {
         sequence,
         rollups: vec![(key, RollupCounts { impressions, ..RollupCounts::default() })],
         conversions: Vec::new(),
+        quarantine: Vec::new(),
     }
 }
 

@@ -90,6 +90,11 @@ fn bad_tickets() {
         br#"{"dataset":"conversions","group_by":["minute"]}"#,
         "group_by applies to rollups only, not to conversions",
     );
+    check_error(br#"{"dataset":"quarantine","group_by":[]}"#, "group_by applies to rollups only, not to quarantine");
+    check_error(
+        br#"{"dataset":"quarantine","affiliate_id":7}"#,
+        "affiliate_id cannot filter quarantine: rejected input has no trusted affiliate",
+    );
     let large = format!(r#"{{"dataset":"rollups","group_by":[{}"sub1"]}}"#, "\"minute\",".repeat(500));
     check_error(large.as_bytes(), "ticket too large: 4541 bytes, limit is 4096");
 }

@@ -2,8 +2,8 @@
 
 use std::borrow::Cow;
 
-use edgetally_protocol::EventKind;
 use edgetally_protocol::event::RawEvent;
+use edgetally_protocol::{EventKind, QuarantineRow};
 
 use super::*;
 
@@ -35,7 +35,7 @@ fn counts_per_key_and_seals_everything() {
     tally.record(&event("impression", "1", "b", NOW_MS)).unwrap();
     tally.record(&event("impression", "1", "a", NOW_MS - 60_000)).unwrap();
     tally.record(&event("sale", "2", "", NOW_MS)).unwrap();
-    assert_eq!(tally.len(), (4, 1));
+    assert_eq!(tally.len(), (4, 1, 0));
     let mut sealed = tally.seal();
     sealed.rollups.sort_by(|left, right| left.0.cmp(&right.0));
     let counts: Vec<(u32, &str, i64, RollupCounts)> = sealed
@@ -61,7 +61,7 @@ fn counts_per_key_and_seals_everything() {
 
 #[test]
 fn full_tally_refuses_new_keys_but_counts_known_ones() {
-    let limits = TallyLimits { rollup_keys_max: 2, conversions_max: 1, batch_rows_max: 10 };
+    let limits = TallyLimits { rollup_keys_max: 2, conversions_max: 1, batch_rows_max: 10, quarantine_max: 2 };
     let tally = Tally::new(limits);
     tally.record(&event("impression", "1", "", NOW_MS)).unwrap();
     tally.record(&event("impression", "2", "", NOW_MS)).unwrap();
@@ -77,7 +77,7 @@ fn full_tally_refuses_new_keys_but_counts_known_ones() {
 
 #[test]
 fn seal_takes_at_most_batch_rows_max() {
-    let limits = TallyLimits { rollup_keys_max: 100, conversions_max: 100, batch_rows_max: 2 };
+    let limits = TallyLimits { rollup_keys_max: 100, conversions_max: 100, batch_rows_max: 2, quarantine_max: 2 };
     let tally = Tally::new(limits);
     for affiliate_id in 1..=5 {
         tally.record(&event("sale", &affiliate_id.to_string(), "", NOW_MS)).unwrap();
@@ -93,7 +93,8 @@ fn seal_takes_at_most_batch_rows_max() {
 
 #[test]
 fn duplicates_count_apart_from_events() {
-    let tally = Tally::new(TallyLimits { rollup_keys_max: 1, conversions_max: 10, batch_rows_max: 10 });
+    let tally =
+        Tally::new(TallyLimits { rollup_keys_max: 1, conversions_max: 10, batch_rows_max: 10, quarantine_max: 2 });
     let sale = event("sale", "1", "", NOW_MS);
     assert_eq!(tally.record_unless(&sale, true, || false), Ok(Recorded::Counted));
     assert_eq!(tally.record_unless(&sale, true, || true), Ok(Recorded::Duplicate));
@@ -121,4 +122,18 @@ fn only_unique_clicks_count_as_unique() {
     tally.record_unless(&event("impression", "1", "", NOW_MS), true, || false).unwrap();
     let sealed = tally.seal();
     assert_eq!(sealed.rollups[0].1, RollupCounts { impressions: 1, clicks: 2, unique_clicks: 1, ..Default::default() });
+}
+
+#[test]
+fn quarantine_is_bounded_and_sealed() {
+    let tally = Tally::new(TallyLimits { quarantine_max: 2, ..TallyLimits::default() });
+    let row = |reason: &str| QuarantineRow::new(NOW_MS, "pixel", reason, "detail", "aff=x");
+    assert!(tally.quarantine(row("a")));
+    assert!(tally.quarantine(row("b")));
+    assert!(!tally.quarantine(row("c")));
+    assert_eq!(tally.len(), (0, 0, 2));
+    let sealed = tally.seal();
+    assert!(!sealed.is_empty());
+    assert_eq!(sealed.quarantine.iter().map(|row| row.reason.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+    assert!(tally.quarantine(row("d")));
 }

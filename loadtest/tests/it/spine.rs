@@ -10,6 +10,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::json;
 
+use arrow_array::cast::AsArray;
+
 use crate::support::{Counts, GroupKey, Stack, rollups};
 
 /// A small deterministic generator, so a failure is reproducible.
@@ -150,6 +152,34 @@ async fn pixels_and_events_are_counted_exactly() {
         }
     }
     assert_eq!(rollups(&stack.flight_url, ticket).await, BTreeMap::from([("2".to_owned(), expect)]));
+
+    // Every rejected event is in the quarantine with its reason; pixels keep
+    // their query string (posted items' text is consumed by the parser).
+    let mut quarantined: Vec<(String, String, String)> = Vec::new();
+    for batch in crate::support::fetch(&stack.flight_url, json!({"dataset": "quarantine"})).await {
+        let text = |name: &str| batch.column_by_name(name).unwrap().as_string::<i32>().clone();
+        let (source, reason, input) = (text("source"), text("reason"), text("input"));
+        for row_idx in 0..batch.num_rows() {
+            let row = (source.value(row_idx), reason.value(row_idx), input.value(row_idx));
+            quarantined.push((row.0.to_owned(), row.1.to_owned(), row.2.to_owned()));
+        }
+    }
+    quarantined.sort();
+    let expect_quarantine: Vec<(String, String, String)> = [
+        ("events", "bad_amount", ""),
+        ("events", "bad_amount", ""),
+        ("events", "bad_id", ""),
+        ("events", "bad_id", ""),
+        ("events", "time_out_of_window", ""),
+        ("events", "time_out_of_window", ""),
+        ("pixel", "bad_charset", "aff=1&cmp=10&sub1=%00"),
+        ("pixel", "bad_id", "aff=0&cmp=10"),
+        ("pixel", "missing_field", "aff=1"),
+    ]
+    .iter()
+    .map(|(source, reason, input)| ((*source).to_owned(), (*reason).to_owned(), (*input).to_owned()))
+    .collect();
+    assert_eq!(quarantined, expect_quarantine);
 
     // Several more flush intervals change nothing: no batch is applied twice.
     tokio::time::sleep(Duration::from_millis(500)).await;

@@ -158,7 +158,8 @@ pub(crate) struct Counts {
 /// in the order minute, affiliate_id, campaign_id, sub1.
 pub(crate) type GroupKey = String;
 
-pub(crate) async fn rollups(flight_url: &str, ticket: serde_json::Value) -> BTreeMap<GroupKey, Counts> {
+/// Runs one Flight ticket and collects its batches.
+pub(crate) async fn fetch(flight_url: &str, ticket: serde_json::Value) -> Vec<arrow_array::RecordBatch> {
     let channel = tonic::transport::Channel::from_shared(flight_url.to_owned())
         .expect("flight url")
         .connect()
@@ -166,7 +167,11 @@ pub(crate) async fn rollups(flight_url: &str, ticket: serde_json::Value) -> BTre
         .expect("connect to flight");
     let mut client = FlightClient::new(channel);
     let stream = client.do_get(Ticket::new(ticket.to_string())).await.expect("do_get");
-    let batches: Vec<_> = stream.try_collect().await.expect("flight stream");
+    stream.try_collect().await.expect("flight stream")
+}
+
+pub(crate) async fn rollups(flight_url: &str, ticket: serde_json::Value) -> BTreeMap<GroupKey, Counts> {
+    let batches = fetch(flight_url, ticket).await;
     let mut out = BTreeMap::new();
     for batch in batches {
         let schema = batch.schema();

@@ -60,3 +60,17 @@ fn wrong_schema_is_refused() {
     assert!(matches!(conversions_from_batch(&rollups), Err(BatchError::Schema(_))));
     assert!(decode_ipc(b"not arrow").is_err());
 }
+
+#[test]
+fn quarantine_round_trip_and_bounds() {
+    let long = "é".repeat(QUARANTINE_INPUT_LEN_MAX);
+    let rows = vec![
+        QuarantineRow::new(5, "pixel", "bad_id", "bad affiliate_id", "aff=x&cmp=1"),
+        QuarantineRow::new(6, "events", "invalid_json", &"d".repeat(1000), &long),
+    ];
+    assert_eq!(rows[1].detail.len(), QUARANTINE_DETAIL_LEN_MAX);
+    assert_eq!(rows[1].input.len(), QUARANTINE_INPUT_LEN_MAX);
+    assert!(rows[1].input.chars().all(|c| c == 'é'));
+    let bytes = encode_ipc(&quarantine_to_batch(&rows)).unwrap();
+    assert_eq!(quarantine_from_batch(&decode_ipc(&bytes).unwrap()[0]).unwrap(), rows);
+}

@@ -9,15 +9,17 @@ fn sample() -> BatchFrame {
         sequence: 42,
         n_rollup_rows: 2,
         n_conversion_rows: 1,
+        n_quarantine_rows: 3,
         rollups_ipc: Bytes::from_static(b"rollups"),
         conversions_ipc: Bytes::from_static(b"conv"),
+        quarantine_ipc: Bytes::from_static(b"q"),
     }
 }
 
 #[test]
 fn round_trip() {
     let encoded = sample().encode().unwrap();
-    assert_eq!(encoded.len(), FRAME_HEADER_LEN + 11);
+    assert_eq!(encoded.len(), FRAME_HEADER_LEN + 12);
     assert_eq!(BatchFrame::decode(Bytes::from(encoded)).unwrap(), sample());
 }
 
