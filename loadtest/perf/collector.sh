@@ -33,11 +33,15 @@ start_stack() {
     cert=$(json "$dir/aggregator/aggregator.json" quic_cert)
     flight=$(json "$dir/aggregator/aggregator.json" flight)
     RUST_LOG=warn "$bin/edgetally-collector" --data-dir "$dir/collector" --http-listen 127.0.0.1:0 \
-        --aggregator-addr "$quic" --aggregator-cert "$cert" & pids+=($!)
+        --aggregator-addr "$quic" --aggregator-cert "$cert" --campaigns "$work/campaigns.json" & pids+=($!)
     wait_for "$dir/collector/collector.json"
     http=$(json "$dir/collector/collector.json" http)
 }
 stop_stack() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; pids=(); }
+
+# The 200 campaigns the mix draws from, so clicks redirect and conversions
+# post back against real click IDs.
+python3 -c 'import json; print(json.dumps({"campaigns": [{"id": i, "landing_url": f"https://shop.example/{i}?click_id={{click_id}}"} for i in range(1, 201)]}))' > "$work/campaigns.json"
 
 echo "machine: $(nproc) cores, $(uname -r); $connections connections, 1 generator thread, ${seconds}s per run"
 echo
