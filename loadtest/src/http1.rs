@@ -8,8 +8,7 @@
 //! only what a collector answers: `Content-Length` bodies, no pipelining.
 
 use bytes::{Buf, Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// The largest response head read; a collector's is about 200 bytes.
 const HEAD_BYTES_MAX: usize = 16 * 1024;
@@ -60,8 +59,13 @@ pub(crate) struct Request<'a> {
     pub(crate) body: &'a [u8],
 }
 
+/// A byte stream the client speaks over: plain TCP or TLS over it.
+pub(crate) trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
 pub(crate) struct Connection {
-    stream: TcpStream,
+    stream: Box<dyn Io>,
     write: Vec<u8>,
     read: BytesMut,
 }
@@ -69,7 +73,7 @@ pub(crate) struct Connection {
 // === impl Connection ===
 
 impl Connection {
-    pub(crate) fn new(stream: TcpStream) -> Connection {
+    pub(crate) fn new(stream: Box<dyn Io>) -> Connection {
         Connection { stream, write: Vec::with_capacity(512), read: BytesMut::with_capacity(8 * 1024) }
     }
 

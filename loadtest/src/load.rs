@@ -24,8 +24,11 @@ use rand::rngs::StdRng;
 use tokio::net::TcpStream;
 use tokio::sync::{Mutex, watch};
 use tokio::time::Instant;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::rustls;
+use tokio_rustls::rustls::pki_types::ServerName;
 
-use crate::http1::{Answer, Http1Error};
+use crate::http1::{Answer, Http1Error, Io};
 use crate::ledger::Ledger;
 use crate::mix::{Label, Mix, MixArgs, Plan};
 
@@ -33,7 +36,7 @@ use crate::mix::{Label, Mix, MixArgs, Plan};
 /// significant digits: about 200 KiB per histogram, one per connection task.
 const LATENCY_US_MAX: u64 = 60_000_000;
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(crate) struct LoadConfig {
     /// `host:port` of each collector; connections are spread round-robin.
     pub(crate) targets: Vec<String>,
@@ -48,6 +51,8 @@ pub(crate) struct LoadConfig {
     pub(crate) timeout: Duration,
     pub(crate) seed: u64,
     pub(crate) mix: MixArgs,
+    /// TLS towards the targets, with the roots that verify them.
+    pub(crate) tls: Option<TlsConnector>,
 }
 
 /// Live counters, read by the progress line.
@@ -125,6 +130,8 @@ enum SendError {
     Request(hyper::Error),
     #[error("{0}")]
     Http1(#[from] Http1Error),
+    #[error("tls: {0}")]
+    Tls(String),
     #[error("timed out")]
     Timeout,
 }
@@ -140,6 +147,7 @@ impl SendError {
             SendError::Http1(
                 Http1Error::Parse(_) | Http1Error::HeadTooLarge | Http1Error::NoLength | Http1Error::BodyTooLarge(_),
             ) => "bad_response",
+            SendError::Tls(_) => "tls",
             SendError::Timeout => "timeout",
         }
     }
@@ -155,12 +163,12 @@ enum Link {
 // === impl Link ===
 
 impl Link {
-    async fn send(&mut self, target: &str, plan: &Plan) -> Result<Answer, SendError> {
+    async fn send(&mut self, target: &str, tls: Option<&TlsConnector>, plan: &Plan) -> Result<Answer, SendError> {
         match self {
             Link::Http1(slot) => {
                 let connection = match slot {
                     Some(connection) => connection,
-                    None => slot.insert(crate::http1::Connection::new(connect(target).await?)),
+                    None => slot.insert(crate::http1::Connection::new(connect(target, tls).await?)),
                 };
                 let request = crate::http1::Request {
                     post: plan.is_post,
@@ -189,7 +197,7 @@ impl Link {
                     match &*slot {
                         Some(sender) if !sender.is_closed() => sender.clone(),
                         _ => {
-                            let io = TokioIo::new(connect(target).await?);
+                            let io = TokioIo::new(connect(target, tls).await?);
                             let (sender, connection) =
                                 http2::handshake(TokioExecutor::new(), io).await.map_err(SendError::Handshake)?;
                             tokio::spawn(connection);
@@ -220,10 +228,34 @@ impl Link {
     }
 }
 
-async fn connect(target: &str) -> Result<TcpStream, SendError> {
+async fn connect(target: &str, tls: Option<&TlsConnector>) -> Result<Box<dyn Io>, SendError> {
     let stream = TcpStream::connect(target).await.map_err(SendError::Connect)?;
     let _ = stream.set_nodelay(true);
-    Ok(stream)
+    let Some(tls) = tls else { return Ok(Box::new(stream)) };
+    // The certificate is checked against the target's host name.
+    let host = target.rsplit_once(':').map_or(target, |(host, _)| host).trim_matches(['[', ']']);
+    let server_name = ServerName::try_from(host.to_owned()).map_err(|_| SendError::Tls(format!("bad host {host}")))?;
+    let stream = tls.connect(server_name, stream).await.map_err(|error| SendError::Tls(error.to_string()))?;
+    Ok(Box::new(stream))
+}
+
+/// A TLS client for the targets, trusting the certificates in `ca_pem`,
+/// offering `h2` or `http/1.1` by ALPN.
+pub(crate) fn tls_connector(ca_pem: &std::path::Path, http2: bool) -> anyhow::Result<TlsConnector> {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for certificate in rustls_pki_types::CertificateDer::pem_file_iter(ca_pem)
+        .with_context(|| format!("reading {}", ca_pem.display()))?
+    {
+        roots.add(certificate.with_context(|| format!("reading {}", ca_pem.display()))?)?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![if http2 { b"h2".to_vec() } else { b"http/1.1".to_vec() }];
+    Ok(TlsConnector::from(Arc::new(config)))
 }
 
 /// Runs the load until the duration or the request cap is reached, or
@@ -260,6 +292,7 @@ pub(crate) async fn run(
             });
             let task = Task {
                 target: target.clone(),
+                tls: config.tls.clone(),
                 link,
                 mix,
                 rng: StdRng::seed_from_u64(config.seed.wrapping_mul(1_000_003).wrapping_add(task_idx as u64)),
@@ -288,6 +321,7 @@ struct Schedule {
 
 struct Task {
     target: String,
+    tls: Option<TlsConnector>,
     link: Link,
     mix: Mix,
     rng: StdRng,
@@ -327,7 +361,8 @@ impl Task {
             if outcome.ledger.first_sent_ms == 0 {
                 outcome.ledger.first_sent_ms = now_ms();
             }
-            let answer = tokio::time::timeout(self.timeout, self.link.send(&self.target, &plan)).await;
+            let answer =
+                tokio::time::timeout(self.timeout, self.link.send(&self.target, self.tls.as_ref(), &plan)).await;
             let answer = answer.unwrap_or(Err(SendError::Timeout));
             let latency_us = intended.elapsed().as_micros().min(u128::from(LATENCY_US_MAX)) as u64;
             match answer {

@@ -16,8 +16,8 @@ use crate::report::{Report, drained, scrape};
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct RunArgs {
-    /// Collector base URL; repeat or separate with commas to spread the
-    /// connections over several edges.
+    /// Collector base URL (http:// or, with --tls-ca, https://); repeat or
+    /// separate with commas to spread the connections over several edges.
     #[arg(long = "target", value_delimiter = ',', default_value = "http://127.0.0.1:8080")]
     targets: Vec<String>,
     /// Requests per second, open loop (latency from intended send times).
@@ -57,27 +57,43 @@ pub(crate) struct RunArgs {
     /// Print the report as JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// PEM certificates that verify https:// targets (their certificate or
+    /// its CA).
+    #[arg(long)]
+    tls_ca: Option<PathBuf>,
     /// Do not read the collectors' metrics (for targets that are not
-    /// EdgeTally collectors).
+    /// EdgeTally collectors; always off for https:// targets).
     #[arg(long)]
     no_metrics: bool,
     #[command(flatten)]
     mix: MixArgs,
 }
 
-/// Turns `http://host:port[/]` into `host:port`.
-pub(crate) fn authority(target: &str) -> anyhow::Result<String> {
+/// Turns `http[s]://host:port[/]` into `host:port` and whether it is https.
+pub(crate) fn authority(target: &str) -> anyhow::Result<(String, bool)> {
     let uri: http::Uri = target.parse().with_context(|| format!("bad target {target:?}"))?;
-    anyhow::ensure!(
-        uri.scheme_str() == Some("http"),
-        "target {target:?} must be an http:// URL (TLS is not supported yet)"
-    );
+    let https = match uri.scheme_str() {
+        Some("http") => false,
+        Some("https") => true,
+        _ => anyhow::bail!("target {target:?} must be an http:// or https:// URL"),
+    };
     let authority = uri.authority().with_context(|| format!("target {target:?} has no host"))?;
-    Ok(authority.to_string())
+    let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
+    Ok((format!("{}:{port}", authority.host()), https))
 }
 
 pub(crate) async fn run(args: RunArgs) -> anyhow::Result<()> {
-    let targets = args.targets.iter().map(|target| authority(target)).collect::<anyhow::Result<Vec<_>>>()?;
+    let parsed = args.targets.iter().map(|target| authority(target)).collect::<anyhow::Result<Vec<_>>>()?;
+    let https = parsed.iter().any(|(_, https)| *https);
+    anyhow::ensure!(parsed.iter().all(|(_, each)| *each == https), "targets must all be http:// or all https://");
+    let targets: Vec<String> = parsed.into_iter().map(|(authority, _)| authority).collect();
+    let tls = match (&args.tls_ca, https) {
+        (Some(ca), true) => Some(crate::load::tls_connector(ca, args.http2)?),
+        (None, true) => anyhow::bail!("https:// targets need --tls-ca with the certificates that verify them"),
+        (_, false) => None,
+    };
+    // Metrics are read over plain HTTP only.
+    let no_metrics = args.no_metrics || https;
     anyhow::ensure!(args.max || args.rate.is_some(), "choose --rate <requests/s> (open loop) or --max (closed loop)");
     let config = LoadConfig {
         targets: targets.clone(),
@@ -90,9 +106,9 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<()> {
         timeout: Duration::from_millis(args.timeout_ms),
         seed: args.seed,
         mix: args.mix.clone(),
+        tls,
     };
-    let before =
-        if args.no_metrics { None } else { Some(scrape(&targets).await.context("reading collector metrics")?) };
+    let before = if no_metrics { None } else { Some(scrape(&targets).await.context("reading collector metrics")?) };
     let progress = Arc::new(Progress::default());
     let (stop_tx, stop) = watch::channel(false);
     let ticker = tokio::spawn(progress_line(progress.clone()));
@@ -107,7 +123,7 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<()> {
     if std::io::stderr().is_terminal() {
         eprintln!();
     }
-    let after = if args.no_metrics {
+    let after = if no_metrics {
         None
     } else {
         Some(drained(&targets, Duration::from_secs(10)).await.context("reading collector metrics")?)

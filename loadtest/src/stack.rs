@@ -129,6 +129,7 @@ pub(crate) async fn run(args: StackArgs) -> anyhow::Result<()> {
             timeout: Duration::from_secs(5),
             seed: args.seed,
             mix: args.mix.clone(),
+            tls: None,
         };
         let progress = progress.clone();
         let stop = stop.clone();

@@ -35,7 +35,7 @@ async fn exchanges_keep_alive_answers() {
         b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 5\r\nconnection: close\r\n\r\nlarge",
     ])
     .await;
-    let mut connection = Connection::new(TcpStream::connect(&addr).await.unwrap());
+    let mut connection = Connection::new(Box::new(tokio::net::TcpStream::connect(&addr).await.unwrap()));
     let pixel = Request {
         post: false,
         path_and_query: "/p.gif?aff=1",
@@ -64,11 +64,11 @@ async fn exchanges_keep_alive_answers() {
 #[tokio::test]
 async fn refuses_answers_it_cannot_frame() {
     let (addr, _server) = scripted(vec![b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n"]).await;
-    let mut connection = Connection::new(TcpStream::connect(&addr).await.unwrap());
+    let mut connection = Connection::new(Box::new(tokio::net::TcpStream::connect(&addr).await.unwrap()));
     let request = Request { post: false, path_and_query: "/", host: "h", user_agent: "u", content_type: "", body: b"" };
     assert!(matches!(connection.exchange(&request, false).await, Err(Http1Error::NoLength)));
 
     let (addr, _server) = scripted(vec![b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nshort"]).await;
-    let mut connection = Connection::new(TcpStream::connect(&addr).await.unwrap());
+    let mut connection = Connection::new(Box::new(tokio::net::TcpStream::connect(&addr).await.unwrap()));
     assert!(matches!(connection.exchange(&request, false).await, Err(Http1Error::Closed)));
 }

@@ -133,3 +133,64 @@ fn closed_loop_over_http2_stops_at_the_request_cap() {
         loadtest(&["verify", "--ledger", ledger_arg, "--flight", &stack.flight_url, "--wait-secs", "20"]);
     assert!(status.success(), "verify failed: {stdout}");
 }
+
+#[test]
+fn runs_against_tls_collectors_over_http1_and_http2() {
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let pem_dir = tempfile::tempdir().unwrap();
+    let cert = pem_dir.path().join("edge-cert.pem");
+    let key = pem_dir.path().join("edge-key.pem");
+    std::fs::write(&cert, certified.cert.pem()).unwrap();
+    std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
+    let stack = Stack::start_with(1, &["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()]);
+    let port = stack.collectors[0].rsplit(':').next().unwrap();
+    let target = format!("https://localhost:{port}");
+    let mut expected_total = 0;
+    for (protocol, extra) in [("http1", None), ("http2", Some("--http2"))] {
+        let ledger = stack.dir.path().join(format!("ledger-{protocol}.json"));
+        let mut args = vec![
+            "run",
+            "--target",
+            &target,
+            "--tls-ca",
+            cert.to_str().unwrap(),
+            "--max",
+            "--connections",
+            "2",
+            "--requests",
+            "200",
+            "--ledger",
+            ledger.to_str().unwrap(),
+            "--json",
+        ];
+        args.extend(extra);
+        let (status, stdout) = loadtest(&args);
+        assert!(status.success(), "{protocol} run failed: {stdout}");
+        let report: serde_json::Value = serde_json::from_str(&stdout).expect("report is JSON");
+        assert_eq!(report["requests_answered"], 200, "{protocol}: {report:#}");
+        assert_eq!(report["errors"], serde_json::json!({}), "{protocol}: {report:#}");
+        expected_total += report["events_accepted"].as_u64().unwrap();
+        // The second run's minutes also hold the first run's events, so
+        // only the first verifies alone; both together are checked below.
+        if protocol == "http1" {
+            let ledger = ledger.to_str().unwrap();
+            let (status, stdout) =
+                loadtest(&["verify", "--ledger", ledger, "--flight", &stack.flight_url, "--wait-secs", "20"]);
+            assert!(status.success(), "verify failed: {stdout}");
+        }
+    }
+    // Both runs' accepted events, and nothing else, reach the aggregator.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let ticket = serde_json::json!({"dataset": "rollups", "group_by": []});
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let totals = runtime.block_on(crate::support::rollups(&stack.flight_url, ticket.clone()));
+        let counts = totals.values().next().copied().unwrap_or_default();
+        let counted = counts.impressions + counts.clicks + counts.leads + counts.sales;
+        if counted == expected_total {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "aggregator counts {counted}, expected {expected_total}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
