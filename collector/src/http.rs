@@ -92,6 +92,8 @@ pub(crate) struct Ingress {
     /// One permit per open connection.
     pub(crate) connections: Arc<Semaphore>,
     pub(crate) connections_max: usize,
+    /// One permit per request being handled, bodies included.
+    pub(crate) requests: Arc<Semaphore>,
     pub(crate) url_bytes_max: usize,
     /// How long a client may take to send a request head, and how long an
     /// idle keep-alive connection waits for the next one.
@@ -238,8 +240,25 @@ impl Ingress {
             return self.refuse("url_too_long", StatusCode::URI_TOO_LONG, message);
         }
         let readable = matches!(method, &Method::GET | &Method::HEAD);
+        let probe = matches!(path, "/healthz" | "/readyz" | "/metrics");
+        // Work in progress is bounded: past the limit a request is shed at
+        // once rather than queued, and health checks are always answered.
+        let _in_flight = match self.requests.clone().try_acquire_owned() {
+            Ok(permit) => Some(permit),
+            Err(_) if probe => None,
+            Err(_) => {
+                let rejection =
+                    Rejection { reason: "shed_overload", detail: "shed_overload: too many requests in flight".into() };
+                if matches!(path, "/p.gif" | "/cv.gif") {
+                    let source = if path == "/p.gif" { Source::Pixel } else { Source::ConversionPixel };
+                    return self.gif(source, Err(rejection), query);
+                }
+                self.metrics.requests_refused.get_or_create(&ReasonLabels { reason: "shed_overload" }).inc();
+                return rejection_response(StatusCode::SERVICE_UNAVAILABLE, &rejection);
+            }
+        };
         if let Some(throttle) = &self.throttle
-            && !matches!(path, "/healthz" | "/readyz" | "/metrics")
+            && !probe
         {
             match throttle.check(self.client_ip(&request, peer_ip)) {
                 Throttled::Allow => {}

@@ -50,6 +50,11 @@ pub const BODY_BYTES_MAX_DEFAULT: usize = 1024 * 1024;
 /// set well above it, and each idle keep-alive connection costs a few KiB.
 pub const CONNECTIONS_MAX_DEFAULT: usize = 10_000;
 
+/// Default most requests in flight: far above what two cores finish in a
+/// second's worth of queueing at pixel latencies, and each holds at most a
+/// body (1 MiB by default) in memory, which bounds request memory.
+pub const REQUESTS_IN_FLIGHT_MAX_DEFAULT: usize = 4_096;
+
 /// Default longest request target: 8 KiB, as common proxies allow; real
 /// pixels and postbacks are under 1 KiB.
 pub const URL_BYTES_MAX_DEFAULT: usize = 8 * 1024;
@@ -90,6 +95,9 @@ pub struct Config {
     pub tls: Option<(PathBuf, PathBuf)>,
     /// Most open HTTP connections; more are answered `503` and closed.
     pub connections_max: usize,
+    /// Most requests handled at once (bodies being read included); more are
+    /// shed with `503` and `Retry-After` (pixels: the GIF, uncounted).
+    pub requests_in_flight_max: usize,
     /// Longest request target (path and query) in bytes; longer gets `414`.
     pub url_bytes_max: usize,
     /// How long a client may take to send a request head; also how long an
@@ -163,6 +171,7 @@ impl Collector {
                 .map(|(per_second, burst)| throttle::Throttle::new(per_second, burst, throttle::TRACKED_MAX_DEFAULT)),
             connections: Arc::new(Semaphore::new(config.connections_max)),
             connections_max: config.connections_max,
+            requests: Arc::new(Semaphore::new(config.requests_in_flight_max)),
             url_bytes_max: config.url_bytes_max,
             header_read_timeout: config.header_read_timeout,
         });

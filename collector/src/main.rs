@@ -7,8 +7,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use edgetally_collector::{
-    BODY_BYTES_MAX_DEFAULT, CONNECTIONS_MAX_DEFAULT, Campaigns, Collector, Config, DedupConfig, TallyLimits,
-    URL_BYTES_MAX_DEFAULT, click_keys,
+    BODY_BYTES_MAX_DEFAULT, CONNECTIONS_MAX_DEFAULT, Campaigns, Collector, Config, DedupConfig,
+    REQUESTS_IN_FLIGHT_MAX_DEFAULT, TallyLimits, URL_BYTES_MAX_DEFAULT, click_keys,
 };
 
 #[derive(Debug, Parser)]
@@ -64,6 +64,10 @@ struct Args {
     /// Most open HTTP connections; more are answered 503 and closed.
     #[arg(long, env = "EDGETALLY_COLLECTOR_CONNECTIONS_MAX", default_value_t = CONNECTIONS_MAX_DEFAULT)]
     connections_max: usize,
+    /// Most requests handled at once; more are shed with 503 and
+    /// Retry-After (pixels: the GIF, uncounted, reason shed_overload).
+    #[arg(long, env = "EDGETALLY_COLLECTOR_REQUESTS_IN_FLIGHT_MAX", default_value_t = REQUESTS_IN_FLIGHT_MAX_DEFAULT)]
+    requests_in_flight_max: usize,
     /// Longest request target (path and query), in bytes; longer gets 414.
     #[arg(long, env = "EDGETALLY_COLLECTOR_URL_BYTES_MAX", default_value_t = URL_BYTES_MAX_DEFAULT)]
     url_bytes_max: usize,
@@ -131,6 +135,7 @@ async fn main() -> anyhow::Result<()> {
         tls: args.tls_cert.clone().zip(args.tls_key.clone()),
         connections_max: args.connections_max.max(1),
         url_bytes_max: args.url_bytes_max,
+        requests_in_flight_max: args.requests_in_flight_max.max(1),
         header_read_timeout: Duration::from_millis(args.header_read_timeout_ms.max(1)),
         uniques: DedupConfig {
             window: Duration::from_secs(args.unique_window_secs.max(1)),

@@ -93,6 +93,7 @@ pub(crate) async fn run(args: StackArgs) -> anyhow::Result<()> {
         tls: None,
         connections_max: edgetally_collector::CONNECTIONS_MAX_DEFAULT,
         url_bytes_max: edgetally_collector::URL_BYTES_MAX_DEFAULT,
+        requests_in_flight_max: edgetally_collector::REQUESTS_IN_FLIGHT_MAX_DEFAULT,
         header_read_timeout: edgetally_collector::HEADER_READ_TIMEOUT_DEFAULT,
     })
     .await

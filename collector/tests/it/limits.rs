@@ -191,3 +191,46 @@ async fn a_flood_from_one_client_is_limited_while_others_are_served() {
     let accepted = r#"edgetally_collector_events_accepted_total{kind="impression"}"#;
     assert_eq!(metric(&text, accepted), 11 - n_limited as u64, "{text}");
 }
+
+#[tokio::test]
+async fn requests_past_the_in_flight_limit_are_shed_at_once() {
+    let collector = TestCollector::start(&["--requests-in-flight-max", "1"]);
+    let base = &collector.base_url;
+    let addr = base.trim_start_matches("http://");
+    // A post whose body is still arriving holds the one slot.
+    let mut slow = TcpStream::connect(addr).await.unwrap();
+    let body = r#"{"kind":"click","affiliate_id":1,"campaign_id":2}"#;
+    let head = format!("POST /v1/events HTTP/1.1\r\nhost: edge\r\ncontent-length: {}\r\n\r\n", body.len());
+    slow.write_all(head.as_bytes()).await.unwrap();
+    slow.write_all(&body.as_bytes()[..10]).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let shed_pixel = loop {
+        let answer = get(&format!("{base}/p.gif?aff=1&cmp=2")).await;
+        assert_eq!(answer.status, 200);
+        let outcome = answer.headers["x-edgetally-outcome"].to_str().unwrap().to_owned();
+        if outcome == "shed_overload" || tokio::time::Instant::now() > deadline {
+            break outcome;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(shed_pixel, "shed_overload");
+    let answer = crate::support::post(&format!("{base}/v1/events"), body).await;
+    assert_eq!(answer.status, 503);
+    assert_eq!(answer.headers["retry-after"], "1");
+    assert_eq!(answer.json()["reason"], "shed_overload");
+    // Health checks are answered regardless.
+    assert_eq!(get(&format!("{base}/healthz")).await.status, 200);
+
+    // Once the slow post completes, it is accepted and the slot frees up.
+    slow.write_all(&body.as_bytes()[10..]).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = slow.read(&mut buf).await.unwrap();
+    let answer = String::from_utf8_lossy(&buf[..n]);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains(r#""accepted":1"#), "{answer}");
+    assert_eq!(get(&format!("{base}/p.gif?aff=1&cmp=2")).await.headers["x-edgetally-outcome"], "accepted");
+    let text = metrics_text(base).await;
+    assert_eq!(refused(&text, "shed_overload"), 1, "{text}");
+    let shed = r#"edgetally_collector_events_rejected_total{source="pixel",reason="shed_overload"}"#;
+    assert!(metric(&text, shed) >= 1, "{text}");
+}
