@@ -27,45 +27,31 @@ fn rows(n_rows: u32) -> Vec<(RollupKey, RollupCounts)> {
         .collect()
 }
 
+/// Seals rollup rows into an encoded frame, as the collector's uplink does.
+fn seal(rows: &[(RollupKey, RollupCounts)]) -> Vec<u8> {
+    let ipc = encode_ipc(&rollups_to_batch(rows.iter().map(|(key, counts)| (key, counts)))).unwrap();
+    BatchFrame {
+        edge_id: 1,
+        epoch: 1,
+        sequence: 1,
+        n_rollup_rows: rows.len() as u32,
+        n_conversion_rows: 0,
+        n_quarantine_rows: 0,
+        rollups_ipc: ipc.into(),
+        conversions_ipc: Bytes::new(),
+        quarantine_ipc: Bytes::new(),
+    }
+    .encode()
+    .unwrap()
+}
+
 fn frame(criterion: &mut Criterion) {
     let mut group = criterion.benchmark_group("frame");
     for n_rows in [100u32, 10_000] {
         let rows = rows(n_rows);
         group.throughput(Throughput::Elements(u64::from(n_rows)));
-        group.bench_with_input(BenchmarkId::new("seal", n_rows), &rows, |bench, rows| {
-            bench.iter(|| {
-                let ipc = encode_ipc(&rollups_to_batch(rows.iter().map(|(key, counts)| (key, counts)))).unwrap();
-                BatchFrame {
-                    edge_id: 1,
-                    epoch: 1,
-                    sequence: 1,
-                    n_rollup_rows: n_rows,
-                    n_conversion_rows: 0,
-                    rollups_ipc: ipc.into(),
-                    conversions_ipc: Bytes::new(),
-                    n_quarantine_rows: 0,
-                    quarantine_ipc: Bytes::new(),
-                }
-                .encode()
-                .unwrap()
-            })
-        });
-        let ipc = encode_ipc(&rollups_to_batch(rows.iter().map(|(key, counts)| (key, counts)))).unwrap();
-        let encoded = Bytes::from(
-            BatchFrame {
-                edge_id: 1,
-                epoch: 1,
-                sequence: 1,
-                n_rollup_rows: n_rows,
-                n_conversion_rows: 0,
-                rollups_ipc: ipc.into(),
-                conversions_ipc: Bytes::new(),
-                n_quarantine_rows: 0,
-                quarantine_ipc: Bytes::new(),
-            }
-            .encode()
-            .unwrap(),
-        );
+        group.bench_with_input(BenchmarkId::new("seal", n_rows), &rows, |bench, rows| bench.iter(|| seal(rows)));
+        let encoded = Bytes::from(seal(&rows));
         group.bench_with_input(BenchmarkId::new("decode", n_rows), &encoded, |bench, encoded| {
             bench.iter(|| {
                 let frame = BatchFrame::decode(encoded.clone()).unwrap();
