@@ -2,10 +2,14 @@
 //! target rate, or closed-loop as fast as answers come back.
 //!
 //! Open loop follows wrk2: every request has an intended send time on a fixed
-//! schedule, and its latency is measured from that time, not from when it
-//! was actually sent. A server that stalls therefore shows its stall in the
-//! latency of every request scheduled during it, instead of silently slowing
-//! the generator down (coordinated omission).
+//! schedule. When the connection was still waiting for the server at that
+//! time, latency is measured from the intended time, not from when the
+//! request could be sent: a server that stalls shows its stall in the latency
+//! of every request scheduled during it, instead of silently slowing the
+//! generator down (coordinated omission). When the connection was idle, the
+//! only delay before sending is the generator's own timer (tokio's is
+//! millisecond-grained), which says nothing about the server, so latency is
+//! measured from the actual send.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -339,6 +343,7 @@ impl Task {
     async fn run(mut self) -> Outcome {
         let mut outcome = Outcome::new();
         let mut previous: Option<Plan> = None;
+        let mut previous_done = Instant::now();
         for request_idx in 0u32.. {
             let intended = match &self.schedule {
                 Some(schedule) => schedule.first + schedule.interval * request_idx,
@@ -357,6 +362,9 @@ impl Task {
             if self.requests_max.is_some_and(|max| n_sent >= max) {
                 break;
             }
+            // Busy at the intended time: the wait was the server's. Idle: the
+            // wait was our timer's.
+            let started = if previous_done > intended { intended } else { Instant::now() };
             let plan = self.mix.next(&mut self.rng, previous.as_ref());
             if outcome.ledger.first_sent_ms == 0 {
                 outcome.ledger.first_sent_ms = now_ms();
@@ -364,7 +372,8 @@ impl Task {
             let answer =
                 tokio::time::timeout(self.timeout, self.link.send(&self.target, self.tls.as_ref(), &plan)).await;
             let answer = answer.unwrap_or(Err(SendError::Timeout));
-            let latency_us = intended.elapsed().as_micros().min(u128::from(LATENCY_US_MAX)) as u64;
+            previous_done = Instant::now();
+            let latency_us = (previous_done - started).as_micros().min(u128::from(LATENCY_US_MAX)) as u64;
             match answer {
                 Ok(answer) => {
                     // Saturated to the histogram's upper bound above.
