@@ -1,0 +1,75 @@
+//! Counting a validated pixel into the collector's tally, over 10,000
+//! distinct rollup keys, with the map sealed as often as the uplink seals it.
+
+use std::borrow::Cow;
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use edgetally_collector::tally::{Tally, TallyLimits};
+use edgetally_protocol::event::RawEvent;
+use edgetally_protocol::{Event, EventKind};
+
+const NOW_MS: i64 = 1_790_000_000_000;
+
+/// Distinct `(minute, affiliate_id, campaign_id, sub1)` keys recorded in turn.
+const N_KEYS: u32 = 10_000;
+
+/// Records between two seals: one default flush interval (250 ms) at
+/// 50,000 pixels per second. Each interval thus inserts every key once into
+/// an emptied map and then counts a quarter of them again, as uniform
+/// traffic over 10,000 keys would.
+const SEAL_EVERY: u64 = 12_500;
+
+/// Impression pixels for `N_KEYS` keys: 2,000 affiliates times five sub1
+/// values, validated once here so the bench measures only the tally.
+fn events() -> Vec<Event> {
+    (0..N_KEYS)
+        .map(|key_idx| {
+            let affiliate_id = (key_idx % 2_000 + 1).to_string();
+            let mut raw = RawEvent {
+                affiliate_id: Some(Cow::Owned(affiliate_id)),
+                campaign_id: Some(Cow::Borrowed("56")),
+                ..RawEvent::default()
+            };
+            raw.subs[0] = Some(Cow::Owned(format!("newsletter-{}", key_idx / 2_000)));
+            Event::validate(&raw, Some(EventKind::Impression), NOW_MS).unwrap()
+        })
+        .collect()
+}
+
+fn tally(criterion: &mut Criterion) {
+    let events = events();
+    let tally = Tally::new(TallyLimits::default());
+    let mut group = criterion.benchmark_group("tally");
+    group.throughput(Throughput::Elements(1));
+    let (mut event_idx, mut n_since_seal) = (0usize, 0u64);
+    group.bench_function("record", |bench| {
+        // Only the records are timed: the seal (and dropping what it took)
+        // is the uplink's cost, paid once per flush outside the request.
+        bench.iter_custom(|n_iters| {
+            let mut elapsed = Duration::ZERO;
+            let mut n_left = n_iters;
+            while n_left > 0 {
+                let n_run = n_left.min(SEAL_EVERY - n_since_seal);
+                let start = Instant::now();
+                for _ in 0..n_run {
+                    tally.record(black_box(&events[event_idx])).unwrap();
+                    event_idx = (event_idx + 1) % events.len();
+                }
+                elapsed += start.elapsed();
+                n_left -= n_run;
+                n_since_seal += n_run;
+                if n_since_seal == SEAL_EVERY {
+                    black_box(tally.seal());
+                    n_since_seal = 0;
+                }
+            }
+            elapsed
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, tally);
+criterion_main!(benches);
