@@ -46,6 +46,9 @@ pub const PIXEL_GIF: [u8; 43] = [
 /// rejection reason (`bad_id`, `shed_full`, ...).
 pub const OUTCOME_HEADER: &str = "x-edgetally-outcome";
 
+/// [`OUTCOME_HEADER`] as a header name built once, not parsed per answer.
+const OUTCOME: HeaderName = HeaderName::from_static(OUTCOME_HEADER);
+
 /// A dedup key: a tag byte, a scope of at most four bytes, and an ID.
 const DEDUP_KEY_BYTES_MAX: usize = 1 + 4 + ID_TEXT_LEN_MAX;
 
@@ -477,7 +480,7 @@ impl Ingress {
                 HeaderValue::from_static(rejection.reason)
             }
         };
-        headers.insert(OUTCOME_HEADER, outcome);
+        headers.insert(OUTCOME, outcome);
         response
     }
 
@@ -534,7 +537,7 @@ impl Ingress {
         *response.status_mut() = StatusCode::FOUND;
         let headers = response.headers_mut();
         headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        headers.insert(OUTCOME_HEADER, HeaderValue::from_static(label(recorded)));
+        headers.insert(OUTCOME, HeaderValue::from_static(label(recorded)));
         match HeaderValue::try_from(location) {
             Ok(location) => {
                 headers.insert(LOCATION, location);
@@ -571,7 +574,7 @@ impl Ingress {
             }
         };
         let verdict = outcome.as_ref().map_or_else(|rejection| rejection.reason, |recorded| label(*recorded));
-        response.headers_mut().insert(OUTCOME_HEADER, HeaderValue::from_static(verdict));
+        response.headers_mut().insert(OUTCOME, HeaderValue::from_static(verdict));
         response
     }
 

@@ -7,6 +7,7 @@
 //! never drops what it has accepted.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::sync::Mutex;
 
 use edgetally_protocol::{ConversionRow, Event, EventKind, QuarantineRow, RollupCounts, RollupKey};
@@ -104,15 +105,20 @@ impl Tally {
             sub1: event.sub1().to_owned(),
         };
         let mut unsealed = self.lock();
+        let Unsealed { rollups, conversions, .. } = &mut *unsealed;
         let is_conversion = event.kind.is_conversion();
-        if is_conversion && unsealed.conversions.len() >= self.limits.conversions_max {
+        if is_conversion && conversions.len() >= self.limits.conversions_max {
             return Err(TallyError::ConversionsFull(self.limits.conversions_max));
         }
-        if !unsealed.rollups.contains_key(&key) && unsealed.rollups.len() >= self.limits.rollup_keys_max {
+        // One hash lookup per event: the entry is found (or its slot chosen)
+        // once, checked for room, and only then written.
+        let n_keys = rollups.len();
+        let entry = rollups.entry(key);
+        if matches!(entry, Entry::Vacant(_)) && n_keys >= self.limits.rollup_keys_max {
             return Err(TallyError::KeysFull(self.limits.rollup_keys_max));
         }
         let duplicate = is_duplicate();
-        let counts = unsealed.rollups.entry(key).or_default();
+        let counts = entry.or_default();
         if duplicate {
             counts.duplicates = counts.duplicates.saturating_add(1);
             return Ok(Recorded::Duplicate);
@@ -122,7 +128,7 @@ impl Tally {
             counts.unique_clicks = counts.unique_clicks.saturating_add(1);
         }
         if is_conversion {
-            unsealed.conversions.push(ConversionRow::from_event(event));
+            conversions.push(ConversionRow::from_event(event));
         }
         Ok(Recorded::Counted)
     }
