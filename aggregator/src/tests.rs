@@ -104,6 +104,18 @@ async fn do_get(flight: &mut FlightClient, ticket: &str) -> Vec<arrow_array::Rec
     stream.try_collect().await.unwrap()
 }
 
+/// An aggregator on ephemeral loopback ports with its state in `data_dir`.
+fn loopback_config(data_dir: &std::path::Path) -> Config {
+    Config {
+        data_dir: data_dir.to_owned(),
+        quic_listen: "127.0.0.1:0".parse().unwrap(),
+        flight_listen: "127.0.0.1:0".parse().unwrap(),
+        tls_cert: None,
+        tls_key: None,
+        tls_names: Vec::new(),
+    }
+}
+
 #[tokio::test]
 async fn batch_over_quic_then_flight() {
     tokio::time::timeout(TEST_TIMEOUT, batch_over_quic_then_flight_inner()).await.expect("test finishes in time");
@@ -111,14 +123,7 @@ async fn batch_over_quic_then_flight() {
 
 async fn batch_over_quic_then_flight_inner() {
     let data_dir = tempfile::tempdir().unwrap();
-    let config = Config {
-        data_dir: data_dir.path().to_owned(),
-        quic_listen: "127.0.0.1:0".parse().unwrap(),
-        flight_listen: "127.0.0.1:0".parse().unwrap(),
-        tls_cert: None,
-        tls_key: None,
-        tls_names: Vec::new(),
-    };
+    let config = loopback_config(data_dir.path());
     let aggregator = Aggregator::start(config).await.unwrap();
     assert_ne!(aggregator.quic_addr().port(), 0);
     assert_ne!(aggregator.flight_addr().port(), 0);
@@ -207,14 +212,7 @@ async fn batch_over_quic_then_flight_inner() {
 #[tokio::test]
 async fn restart_reuses_certificate() {
     let data_dir = tempfile::tempdir().unwrap();
-    let config = Config {
-        data_dir: data_dir.path().to_owned(),
-        quic_listen: "127.0.0.1:0".parse().unwrap(),
-        flight_listen: "127.0.0.1:0".parse().unwrap(),
-        tls_cert: None,
-        tls_key: None,
-        tls_names: Vec::new(),
-    };
+    let config = loopback_config(data_dir.path());
     let first = Aggregator::start(config.clone()).await.unwrap();
     let cert_pem = std::fs::read(first.quic_cert_path()).unwrap();
     first.shutdown().await;

@@ -235,8 +235,8 @@ impl Ingress {
         let path = request.uri().path();
         let method = request.method();
         let query = request.uri().query().unwrap_or("");
-        self.metrics.request_received_bytes.inc_by(head_len(&request) as u64);
         let target_len = request.uri().path_and_query().map_or(0, |target| target.as_str().len());
+        self.metrics.request_received_bytes.inc_by(head_len(&request, target_len) as u64);
         if target_len > self.url_bytes_max {
             let limit = self.url_bytes_max;
             let message = format!("url too long: {target_len} bytes, limit is {limit}");
@@ -649,8 +649,7 @@ impl Ingress {
 /// The size of the request head as HTTP/1.1 puts it on the wire: request
 /// line, header lines and the blank line. HTTP/2 compresses heads, so there it
 /// is an upper bound.
-fn head_len(request: &Request<Incoming>) -> usize {
-    let target_len = request.uri().path_and_query().map_or(1, |target| target.as_str().len());
+fn head_len(request: &Request<Incoming>, target_len: usize) -> usize {
     let request_line = request.method().as_str().len() + 1 + target_len + " HTTP/1.1\r\n".len();
     let headers: usize = request.headers().iter().map(|(name, value)| name.as_str().len() + 2 + value.len() + 2).sum();
     request_line + headers + 2
