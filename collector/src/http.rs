@@ -288,9 +288,10 @@ impl Ingress {
             "/pb" if readable => self.conversion(Source::Postback, query),
             "/v1/events" if method == Method::POST => self.events(request).await,
             "/healthz" if readable => text(StatusCode::OK, "ok\n"),
-            "/readyz" if readable => text(StatusCode::OK, "ready\n"),
+            "/readyz" if readable => self.readiness(),
             "/metrics" if readable => {
                 self.metrics.observe_dedup(&self.dedup);
+                self.metrics.observe_journal(self.tally.journal_state());
                 let n_open = self.connections_max - self.connections.available_permits();
                 self.metrics.connections_open.set(n_open as i64);
                 let mut response = Response::new(Full::new(Bytes::from(self.metrics.render())));
@@ -638,6 +639,20 @@ impl Ingress {
             response.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECONDS));
         }
         response
+    }
+
+    /// Ready unless accepted events could not be kept safe: the spool is
+    /// full (the aggregator has been unreachable for long) or the journal
+    /// cannot take more. The collector still answers; a load balancer
+    /// should move traffic to another edge.
+    fn readiness(&self) -> HttpResponse {
+        if self.metrics.spool_full.get() != 0 {
+            return text(StatusCode::SERVICE_UNAVAILABLE, "not ready: spool full\n");
+        }
+        if self.tally.journal_state().failing {
+            return text(StatusCode::SERVICE_UNAVAILABLE, "not ready: journal full or failing\n");
+        }
+        text(StatusCode::OK, "ready\n")
     }
 
     fn refuse(&self, reason: &'static str, status: StatusCode, message: String) -> HttpResponse {

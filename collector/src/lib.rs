@@ -8,9 +8,11 @@
 //! QUIC (`uplink`). It links no query
 //! engine and no Flight server: edge hosts are small and many.
 
+use std::fs::File;
+use std::io::Write;
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -23,7 +25,9 @@ pub mod click_keys;
 pub mod dedup;
 mod http;
 pub mod ingest;
+mod journal;
 mod metrics;
+mod spool;
 pub mod tally;
 mod throttle;
 pub mod tls;
@@ -35,6 +39,8 @@ use dedup::Dedup;
 pub use dedup::DedupConfig;
 pub use edgetally_protocol::ClickKeys;
 pub use http::{OUTCOME_HEADER, PIXEL_GIF};
+pub use journal::{JOURNAL_BYTES_MAX_DEFAULT, JournalError};
+pub use spool::SpoolError;
 pub use tally::TallyLimits;
 pub use uplink::UplinkError;
 
@@ -64,8 +70,27 @@ pub const URL_BYTES_MAX_DEFAULT: usize = 8 * 1024;
 /// for real clients.
 pub const HEADER_READ_TIMEOUT_DEFAULT: Duration = Duration::from_secs(10);
 
+/// Default spool bound: at a few bytes per event, hours of an aggregator
+/// outage at full load.
+pub const SPOOL_BYTES_MAX_DEFAULT: u64 = 1024 * 1024 * 1024;
+
+/// Default most batches sent and not yet acknowledged: enough to keep a
+/// link with a 100 ms round trip busy at four seals a second, with room for
+/// the backlog of an outage to drain quickly.
+pub const UPLINK_WINDOW_DEFAULT: usize = 8;
+
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// Holds the spool, the journal, the epoch file and the lock that keeps
+    /// a second collector off them.
+    pub data_dir: PathBuf,
+    /// Bound of the spool on disk; when full, sealing waits and counts stay
+    /// in memory.
+    pub spool_bytes_max: u64,
+    /// Bound of the journal on disk.
+    pub journal_bytes_max: u64,
+    /// Most batches sent and not yet acknowledged.
+    pub uplink_window: usize,
     pub http_listen: SocketAddr,
     pub aggregator_addr: SocketAddr,
     /// PEM file with the certificate (or its CA) that the aggregator's QUIC
@@ -113,6 +138,52 @@ pub enum Error {
     Uplink(#[from] UplinkError),
     #[error("tls: {0}")]
     Tls(#[from] tls::TlsError),
+    #[error("{0}")]
+    Spool(#[from] SpoolError),
+    #[error("{0}")]
+    Journal(#[from] JournalError),
+    #[error("data dir {path}: {reason}")]
+    DataDir { path: String, reason: String },
+}
+
+/// Unix time in milliseconds (0 for a clock before 1970).
+pub(crate) fn unix_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_millis() as u64)
+}
+
+/// Takes the data directory's lock: two collectors on one spool and journal
+/// would ship each other's batches and corrupt the journal's mappings.
+fn lock_data_dir(data_dir: &Path) -> Result<File, Error> {
+    let path = data_dir.join("collector.lock");
+    let error = |reason: String| Error::DataDir { path: data_dir.display().to_string(), reason };
+    std::fs::create_dir_all(data_dir).map_err(|source| error(source.to_string()))?;
+    let file = File::create(&path).map_err(|source| error(format!("{}: {source}", path.display())))?;
+    file.try_lock().map_err(|_| error("in use by another collector (collector.lock is held)".into()))?;
+    Ok(file)
+}
+
+/// The edge's epoch for this run: one more than the last run's, and never
+/// below the current time in milliseconds, so a collector whose data
+/// directory was lost still starts above any epoch the aggregator knows.
+fn next_epoch(data_dir: &Path) -> Result<u64, Error> {
+    let path = data_dir.join("epoch");
+    let error = |reason: String| Error::DataDir { path: path.display().to_string(), reason };
+    let last = match std::fs::read_to_string(&path) {
+        Ok(text) => text.trim().parse::<u64>().map_err(|_| error(format!("not a number: {:?}", text.trim())))?,
+        Err(source) if source.kind() == std::io::ErrorKind::NotFound => 0,
+        Err(source) => return Err(error(source.to_string())),
+    };
+    let epoch = (last + 1).max(unix_ms());
+    let temp = path.with_extension("tmp");
+    let write = || -> std::io::Result<()> {
+        let mut file = File::create(&temp)?;
+        file.write_all(format!("{epoch}\n").as_bytes())?;
+        file.sync_all()?;
+        std::fs::rename(&temp, &path)?;
+        File::open(data_dir)?.sync_all()
+    };
+    write().map_err(|source| error(source.to_string()))?;
+    Ok(epoch)
 }
 
 /// Resolves once `shutdown` turns true (or its sender is gone), without
@@ -123,6 +194,8 @@ async fn stopped(shutdown: &mut watch::Receiver<bool>) {
 
 /// A running collector.
 pub struct Collector {
+    /// Held (locked) for the collector's life.
+    _data_dir_lock: File,
     http_addr: SocketAddr,
     shutdown: watch::Sender<bool>,
     http_task: JoinHandle<()>,
@@ -137,9 +210,31 @@ impl Collector {
             .await
             .map_err(|source| Error::Bind { addr: config.http_listen, source })?;
         let http_addr = listener.local_addr().map_err(|source| Error::Bind { addr: config.http_listen, source })?;
-        // The epoch only has to grow across restarts of one edge; start time
-        // in milliseconds does, short of a clock set back.
-        let epoch = SystemTime::now().duration_since(UNIX_EPOCH).map_or(1, |elapsed| elapsed.as_millis() as u64);
+        let data_dir_lock = lock_data_dir(&config.data_dir)?;
+        let epoch = next_epoch(&config.data_dir)?;
+        let metrics = Arc::new(metrics::Metrics::new());
+        let (spool, spool_recovery) = spool::Spool::open(&config.data_dir.join("spool"), config.spool_bytes_max)?;
+        let (journal, replay, journal_recovery) = journal::Journal::open(
+            &config.data_dir.join("journal"),
+            journal::SEGMENT_BYTES_DEFAULT,
+            config.journal_bytes_max,
+            spool_recovery.journal_through,
+        )?;
+        metrics.spool_recovered_frames.inc_by(spool_recovery.frames);
+        metrics.spool_corrupt_records.inc_by(spool_recovery.corrupt);
+        metrics.spool_torn_tails.inc_by(spool_recovery.torn);
+        metrics.journal_replayed.inc_by(journal_recovery.replayed);
+        metrics.journal_unreadable.inc_by(journal_recovery.unreadable);
+        if spool_recovery != spool::Recovery::default() || journal_recovery.replayed > 0 {
+            tracing::info!(
+                spooled_frames = spool_recovery.frames,
+                spool_corrupt = spool_recovery.corrupt,
+                spool_torn = spool_recovery.torn,
+                journal_replayed = journal_recovery.replayed,
+                "Recovered what the last run left unshipped."
+            );
+        }
+        let tally = Arc::new(tally::Tally::with_journal(config.tally_limits, journal, replay));
         let uplink = uplink::Uplink::new(uplink::UplinkConfig {
             aggregator_addr: config.aggregator_addr,
             aggregator_cert: &config.aggregator_cert,
@@ -147,13 +242,14 @@ impl Collector {
             edge_id: config.edge_id,
             epoch,
             flush_interval: config.flush_interval,
+            spool,
+            window: config.uplink_window,
+            batch_rows_max: config.tally_limits.batch_rows_max,
         })?;
         let tls = match &config.tls {
             Some((cert, key)) => Some(tls::acceptor(cert, key)?),
             None => None,
         };
-        let tally = Arc::new(tally::Tally::new(config.tally_limits));
-        let metrics = Arc::new(metrics::Metrics::new());
         let (shutdown, shutdown_rx) = watch::channel(false);
         let ingress = Arc::new(http::Ingress {
             tally: tally.clone(),
@@ -178,7 +274,7 @@ impl Collector {
         let http_task = tokio::spawn(http::serve(listener, ingress, tls, shutdown_rx.clone()));
         let uplink_task = tokio::spawn(uplink.run(tally, metrics, shutdown_rx));
         tracing::info!(http = %http_addr, edge_id = config.edge_id, epoch, aggregator = %config.aggregator_addr, "Collector started.");
-        Ok(Collector { http_addr, shutdown, http_task, uplink_task })
+        Ok(Collector { _data_dir_lock: data_dir_lock, http_addr, shutdown, http_task, uplink_task })
     }
 
     pub fn http_addr(&self) -> SocketAddr {

@@ -8,7 +8,8 @@ use anyhow::Context;
 use clap::Parser;
 use edgetally_collector::{
     BODY_BYTES_MAX_DEFAULT, CONNECTIONS_MAX_DEFAULT, Campaigns, Collector, Config, DedupConfig,
-    REQUESTS_IN_FLIGHT_MAX_DEFAULT, TallyLimits, URL_BYTES_MAX_DEFAULT, click_keys,
+    JOURNAL_BYTES_MAX_DEFAULT, REQUESTS_IN_FLIGHT_MAX_DEFAULT, SPOOL_BYTES_MAX_DEFAULT, TallyLimits,
+    UPLINK_WINDOW_DEFAULT, URL_BYTES_MAX_DEFAULT, click_keys,
 };
 
 #[derive(Debug, Parser)]
@@ -37,6 +38,16 @@ struct Args {
     /// How often a batch is sealed and shipped, in milliseconds.
     #[arg(long, env = "EDGETALLY_COLLECTOR_FLUSH_INTERVAL_MS", default_value_t = 250)]
     flush_interval_ms: u64,
+    /// Bound of the on-disk spool of unacknowledged batches, in bytes; when
+    /// full, sealing waits and counts keep growing in memory.
+    #[arg(long, env = "EDGETALLY_COLLECTOR_SPOOL_BYTES_MAX", default_value_t = SPOOL_BYTES_MAX_DEFAULT)]
+    spool_bytes_max: u64,
+    /// Bound of the on-disk journal of changes not yet sealed, in bytes.
+    #[arg(long, env = "EDGETALLY_COLLECTOR_JOURNAL_BYTES_MAX", default_value_t = JOURNAL_BYTES_MAX_DEFAULT)]
+    journal_bytes_max: u64,
+    /// Most batches sent to the aggregator and not yet acknowledged.
+    #[arg(long, env = "EDGETALLY_COLLECTOR_UPLINK_WINDOW", default_value_t = UPLINK_WINDOW_DEFAULT)]
+    uplink_window: usize,
     /// Campaign snapshot (JSON: landing URLs and attribution windows). Without
     /// one, clicks answer 404 and click IDs cannot be attributed.
     #[arg(long, env = "EDGETALLY_COLLECTOR_CAMPAIGNS")]
@@ -122,6 +133,10 @@ async fn main() -> anyhow::Result<()> {
     let click_keys_path = args.click_keys.clone().unwrap_or_else(|| args.data_dir.join("click-keys.json"));
     let click_keys = click_keys::load_or_create(&click_keys_path)?;
     let config = Config {
+        data_dir: args.data_dir.clone(),
+        spool_bytes_max: args.spool_bytes_max,
+        journal_bytes_max: args.journal_bytes_max,
+        uplink_window: args.uplink_window.max(1),
         http_listen: args.http_listen,
         aggregator_addr: args.aggregator_addr,
         aggregator_cert: args.aggregator_cert,

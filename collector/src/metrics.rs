@@ -4,7 +4,7 @@
 //! fixed sets, never request data.
 
 use std::sync::Mutex;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use edgetally_protocol::EventKind;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -14,6 +14,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 use crate::dedup::{Dedup, DedupStats};
+use crate::tally::JournalState;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct KindLabels {
@@ -65,8 +66,21 @@ pub(crate) struct Metrics {
     pub(crate) connections_open: Gauge,
     pub(crate) uplink_batches: Family<StatusLabels, Counter>,
     pub(crate) uplink_sent_bytes: Counter,
-    pub(crate) uplink_errors: Counter,
+    pub(crate) uplink_retries: Counter,
     pub(crate) uplink_pending_batches: Gauge,
+    pub(crate) spool_bytes: Gauge,
+    pub(crate) spool_full: Gauge,
+    pub(crate) spool_errors: Counter,
+    pub(crate) spool_oldest_unacked_seconds: Gauge<f64, AtomicU64>,
+    pub(crate) spool_recovered_frames: Counter,
+    pub(crate) spool_corrupt_records: Counter,
+    pub(crate) spool_torn_tails: Counter,
+    pub(crate) journal_bytes: Gauge,
+    pub(crate) journal_unjournaled: Counter,
+    pub(crate) journal_replayed: Counter,
+    pub(crate) journal_unreadable: Counter,
+    /// `journal_unjournaled` at the last scrape.
+    journal_unjournaled_seen: AtomicU64,
     pub(crate) rollup_keys: Gauge,
     pub(crate) conversions_pending: Gauge,
     pub(crate) quarantine_pending: Gauge,
@@ -96,8 +110,20 @@ impl Metrics {
             connections_open: Gauge::default(),
             uplink_batches: Family::default(),
             uplink_sent_bytes: Counter::default(),
-            uplink_errors: Counter::default(),
+            uplink_retries: Counter::default(),
             uplink_pending_batches: Gauge::default(),
+            spool_bytes: Gauge::default(),
+            spool_full: Gauge::default(),
+            spool_errors: Counter::default(),
+            spool_oldest_unacked_seconds: Gauge::default(),
+            spool_recovered_frames: Counter::default(),
+            spool_corrupt_records: Counter::default(),
+            spool_torn_tails: Counter::default(),
+            journal_bytes: Gauge::default(),
+            journal_unjournaled: Counter::default(),
+            journal_replayed: Counter::default(),
+            journal_unreadable: Counter::default(),
+            journal_unjournaled_seen: AtomicU64::new(0),
             rollup_keys: Gauge::default(),
             conversions_pending: Gauge::default(),
             quarantine_pending: Gauge::default(),
@@ -159,11 +185,58 @@ impl Metrics {
         );
         registry.register("connections_open", "Open HTTP connections", metrics.connections_open.clone());
         registry.register("uplink_sent_bytes", "Frame bytes sent to the aggregator", metrics.uplink_sent_bytes.clone());
-        registry.register("uplink_errors", "Failed attempts to ship a batch", metrics.uplink_errors.clone());
+        registry.register(
+            "uplink_retries",
+            "Failed attempts to ship (connect, stream, ack, time-out); each is retried after a backoff",
+            metrics.uplink_retries.clone(),
+        );
         registry.register(
             "uplink_pending_batches",
-            "Sealed batches waiting for an acknowledgement",
+            "Sealed batches in the spool waiting for an acknowledgement",
             metrics.uplink_pending_batches.clone(),
+        );
+        registry.register("spool_bytes", "Bytes of spool segments on disk", metrics.spool_bytes.clone());
+        registry.register(
+            "spool_full",
+            "1 while the spool holds its bound and sealing waits (counts keep growing in memory)",
+            metrics.spool_full.clone(),
+        );
+        registry.register("spool_errors", "Seals that could not be written to the spool", metrics.spool_errors.clone());
+        registry.register(
+            "spool_oldest_unacked_seconds",
+            "Age of the oldest batch not yet acknowledged by the aggregator",
+            metrics.spool_oldest_unacked_seconds.clone(),
+        );
+        registry.register(
+            "spool_recovered_frames",
+            "Frames read back from the spool at start",
+            metrics.spool_recovered_frames.clone(),
+        );
+        registry.register(
+            "spool_corrupt_records",
+            "Spool records skipped at start because their CRC did not match",
+            metrics.spool_corrupt_records.clone(),
+        );
+        registry.register(
+            "spool_torn_tails",
+            "Spool segments found cut short at start (a crash during an append)",
+            metrics.spool_torn_tails.clone(),
+        );
+        registry.register("journal_bytes", "Bytes of journal segments on disk", metrics.journal_bytes.clone());
+        registry.register(
+            "journal_unjournaled",
+            "Changes counted but not journaled (journal full or failing); a crash would lose them",
+            metrics.journal_unjournaled.clone(),
+        );
+        registry.register(
+            "journal_replayed",
+            "Journal entries replayed into the tally at start",
+            metrics.journal_replayed.clone(),
+        );
+        registry.register(
+            "journal_unreadable",
+            "Journal entries skipped at start because they could not be read",
+            metrics.journal_unreadable.clone(),
         );
         registry.register("rollup_keys", "Rollup keys held in memory, not yet sealed", metrics.rollup_keys.clone());
         registry.register(
@@ -210,6 +283,13 @@ impl Metrics {
         let ratio = if n_new == 0 { 0.0 } else { stats.bloom_false_positive as f64 / n_new as f64 };
         self.dedup_bloom_false_positive_ratio.set(ratio);
         *seen = stats;
+    }
+
+    /// Brings the journal metrics up to date; called per scrape.
+    pub(crate) fn observe_journal(&self, state: JournalState) {
+        self.journal_bytes.set(state.bytes as i64);
+        let seen = self.journal_unjournaled_seen.swap(state.n_unjournaled, Ordering::Relaxed);
+        self.journal_unjournaled.inc_by(state.n_unjournaled.saturating_sub(seen));
     }
 
     pub(crate) fn render(&self) -> String {

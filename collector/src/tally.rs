@@ -1,6 +1,11 @@
 //! Pre-aggregation: counters per `(minute, affiliate_id, campaign_id, sub1)`
 //! and conversion rows, held in memory until the uplink seals them.
 //!
+//! With a [`Journal`], every change is also written to it under the same
+//! lock, before the caller answers the request, and [`Tally::seal`] rotates
+//! the journal so a sealed batch holds exactly the journal segments up to
+//! [`Sealed::journal_through`] (see `journal.rs`).
+//!
 //! Memory is bounded by two limits. When either is reached, new keys and new
 //! conversions are refused (the HTTP layer answers `503` or counts the pixel
 //! as shed), while events for keys already held keep counting: a full tally
@@ -12,6 +17,8 @@ use std::sync::Mutex;
 
 use edgetally_protocol::{ConversionRow, Event, EventKind, QuarantineRow, RollupCounts, RollupKey};
 
+use crate::journal::{Entry as JournalEntry, EntryRef, Journal};
+
 #[derive(Debug, Clone, Copy)]
 pub struct TallyLimits {
     /// Most distinct rollup keys held unsealed. A key with its counters is
@@ -20,8 +27,9 @@ pub struct TallyLimits {
     pub rollup_keys_max: usize,
     /// Most conversion rows held unsealed, about 200 bytes each: 40 MiB.
     pub conversions_max: usize,
-    /// Most rows of each kind put into one sealed batch, which keeps a frame
-    /// well under the aggregator's frame size limit.
+    /// Most rows of each kind put into one frame, which keeps a frame well
+    /// under the aggregator's frame size limit; a larger seal is shipped as
+    /// several frames.
     pub batch_rows_max: usize,
     /// Most quarantine rows held unsealed, at most about 1.3 KiB each:
     /// 13 MiB. Past it, rejected input is counted but not kept.
@@ -59,6 +67,11 @@ struct Unsealed {
     rollups: HashMap<RollupKey, RollupCounts>,
     conversions: Vec<ConversionRow>,
     quarantine: Vec<QuarantineRow>,
+    journal: Option<Journal>,
+    /// Changes counted but not journaled (the journal was full or failing).
+    n_unjournaled: u64,
+    /// Whether the last change was journaled.
+    journal_failing: bool,
 }
 
 /// What one seal takes out of the tally.
@@ -67,6 +80,9 @@ pub struct Sealed {
     pub rollups: Vec<(RollupKey, RollupCounts)>,
     pub conversions: Vec<ConversionRow>,
     pub quarantine: Vec<QuarantineRow>,
+    /// The last journal segment whose entries this seal holds; 0 without a
+    /// journal or when it holds none.
+    pub journal_through: u64,
 }
 
 pub struct Tally {
@@ -74,11 +90,34 @@ pub struct Tally {
     unsealed: Mutex<Unsealed>,
 }
 
+/// The tally's journal figures, for metrics and readiness.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct JournalState {
+    pub bytes: u64,
+    pub n_unjournaled: u64,
+    /// The last change could not be journaled.
+    pub failing: bool,
+}
+
 // === impl Tally ===
 
 impl Tally {
     pub fn new(limits: TallyLimits) -> Tally {
         Tally { limits, unsealed: Mutex::new(Unsealed::default()) }
+    }
+
+    /// A tally that journals every change, starting from the entries a
+    /// previous run journaled and did not spool.
+    pub(crate) fn with_journal(limits: TallyLimits, journal: Journal, replay: Vec<JournalEntry>) -> Tally {
+        let tally = Tally::new(limits);
+        {
+            let mut unsealed = tally.lock();
+            for entry in replay {
+                unsealed.apply(entry);
+            }
+            unsealed.journal = Some(journal);
+        }
+        tally
     }
 
     /// Counts one validated event.
@@ -105,7 +144,7 @@ impl Tally {
             sub1: event.sub1().to_owned(),
         };
         let mut unsealed = self.lock();
-        let Unsealed { rollups, conversions, .. } = &mut *unsealed;
+        let Unsealed { rollups, conversions, journal, n_unjournaled, journal_failing, .. } = &mut *unsealed;
         let is_conversion = event.kind.is_conversion();
         if is_conversion && conversions.len() >= self.limits.conversions_max {
             return Err(TallyError::ConversionsFull(self.limits.conversions_max));
@@ -118,42 +157,78 @@ impl Tally {
             return Err(TallyError::KeysFull(self.limits.rollup_keys_max));
         }
         let duplicate = is_duplicate();
+        let unique = unique && event.kind == EventKind::Click;
+        let conversion = is_conversion.then(|| ConversionRow::from_event(event));
+        if let Some(journal) = journal {
+            let key = entry.key();
+            let written = if duplicate {
+                journal.append(EntryRef::Duplicate { key })
+            } else {
+                journal.append(EntryRef::Count { key, kind: event.kind, unique, conversion: conversion.as_ref() })
+            };
+            *n_unjournaled += u64::from(!written);
+            *journal_failing = !written;
+        }
         let counts = entry.or_default();
         if duplicate {
             counts.duplicates = counts.duplicates.saturating_add(1);
             return Ok(Recorded::Duplicate);
         }
         counts.count(event.kind);
-        if unique && event.kind == EventKind::Click {
+        if unique {
             counts.unique_clicks = counts.unique_clicks.saturating_add(1);
         }
-        if is_conversion {
-            conversions.push(ConversionRow::from_event(event));
-        }
+        conversions.extend(conversion);
         Ok(Recorded::Counted)
     }
 
-    /// Takes up to `batch_rows_max` rows of each kind out of the tally.
+    /// Takes everything out of the tally and rotates the journal, under one
+    /// lock, so the seal holds exactly the journal segments it names.
     pub fn seal(&self) -> Sealed {
         let mut unsealed = self.lock();
-        let n_take = unsealed.rollups.len().min(self.limits.batch_rows_max);
-        let rollups = if n_take == unsealed.rollups.len() {
-            std::mem::take(&mut unsealed.rollups).into_iter().collect()
-        } else {
-            let keys: Vec<RollupKey> = unsealed.rollups.keys().take(n_take).cloned().collect();
-            keys.into_iter()
-                .map(|key| {
-                    // The keys were just read from this map under the same lock.
-                    let counts = unsealed.rollups.remove(&key).expect("key present");
-                    (key, counts)
-                })
-                .collect()
+        let rollups = std::mem::take(&mut unsealed.rollups).into_iter().collect();
+        let conversions = std::mem::take(&mut unsealed.conversions);
+        let quarantine = std::mem::take(&mut unsealed.quarantine);
+        let journal_through = unsealed.journal.as_mut().map_or(0, Journal::rotate);
+        Sealed { rollups, conversions, quarantine, journal_through }
+    }
+
+    /// Puts a seal that could not be spooled back. Its journal entries stay
+    /// on disk (nothing released them), so a crash still replays them.
+    pub fn restore(&self, sealed: Sealed) {
+        let mut unsealed = self.lock();
+        for (key, counts) in sealed.rollups {
+            unsealed.rollups.entry(key).or_default().merge(&counts);
+        }
+        let mut conversions = sealed.conversions;
+        conversions.append(&mut unsealed.conversions);
+        unsealed.conversions = conversions;
+        let mut quarantine = sealed.quarantine;
+        quarantine.append(&mut unsealed.quarantine);
+        unsealed.quarantine = quarantine;
+    }
+
+    /// Deletes the journal segments at or below `through`, once the seal
+    /// holding them is spooled. The files are deleted outside the lock.
+    pub fn release_journal(&self, through: u64) {
+        let paths = match self.lock().journal.as_mut() {
+            Some(journal) => journal.release(through),
+            None => return,
         };
-        let n_take = unsealed.conversions.len().min(self.limits.batch_rows_max);
-        let conversions = unsealed.conversions.drain(..n_take).collect();
-        let n_take = unsealed.quarantine.len().min(self.limits.batch_rows_max);
-        let quarantine = unsealed.quarantine.drain(..n_take).collect();
-        Sealed { rollups, conversions, quarantine }
+        for path in paths {
+            if let Err(error) = std::fs::remove_file(&path) {
+                tracing::warn!(%error, path = %path.display(), "Could not delete a spooled journal segment.");
+            }
+        }
+    }
+
+    pub fn journal_state(&self) -> JournalState {
+        let unsealed = self.lock();
+        JournalState {
+            bytes: unsealed.journal.as_ref().map_or(0, Journal::bytes),
+            n_unjournaled: unsealed.n_unjournaled,
+            failing: unsealed.journal_failing,
+        }
     }
 
     /// Keeps a rejected input for shipping; false when the quarantine is
@@ -162,6 +237,11 @@ impl Tally {
         let mut unsealed = self.lock();
         if unsealed.quarantine.len() >= self.limits.quarantine_max {
             return false;
+        }
+        if let Some(journal) = unsealed.journal.as_mut() {
+            let written = journal.append(EntryRef::Quarantine(&row));
+            unsealed.n_unjournaled += u64::from(!written);
+            unsealed.journal_failing = !written;
         }
         unsealed.quarantine.push(row);
         true
@@ -178,6 +258,30 @@ impl Tally {
         // poisoned; if it were, the counts would still be consistent because
         // every update is a single map or vector operation.
         self.unsealed.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+// === impl Unsealed ===
+
+impl Unsealed {
+    /// Applies a journaled change again, without limits: it was accepted
+    /// before the restart.
+    fn apply(&mut self, entry: JournalEntry) {
+        match entry {
+            JournalEntry::Count { key, kind, unique, conversion } => {
+                let counts = self.rollups.entry(key).or_default();
+                counts.count(kind);
+                if unique {
+                    counts.unique_clicks = counts.unique_clicks.saturating_add(1);
+                }
+                self.conversions.extend(conversion);
+            }
+            JournalEntry::Duplicate { key } => {
+                let counts = self.rollups.entry(key).or_default();
+                counts.duplicates = counts.duplicates.saturating_add(1);
+            }
+            JournalEntry::Quarantine(row) => self.quarantine.push(row),
+        }
     }
 }
 

@@ -1,23 +1,31 @@
 //! Ships sealed batches to the aggregator over one QUIC connection.
 //!
 //! Every flush interval the uplink seals the tally into a [`BatchFrame`] with
-//! the next sequence number, sends it on a fresh bidirectional stream and
-//! waits for the aggregator's [`Ack`] of that sequence number. At most one
-//! batch is in flight: while it is unacknowledged nothing new is sealed, so
-//! events keep counting in the tally (which grows with keys, not events). A
-//! failed attempt resends the same frame, with the same sequence number,
-//! after an exponential backoff with jitter; the aggregator acknowledges a
-//! repeat without applying it again.
+//! the next sequence number and appends it to the [`Spool`], synced, before
+//! anything is sent. Batches go out in spool order, one bidirectional stream
+//! each, at most `window` unacknowledged at once; the aggregator answers
+//! each stream with one [`Ack`]. An acknowledged batch leaves the spool.
+//!
+//! Any failure (connect, stream, ack, time-out) drops the connection and,
+//! after an exponential backoff with jitter, resends every unacknowledged
+//! batch in order on a new one, with the same bytes and sequence numbers:
+//! the aggregator acknowledges a repeat without applying it again. While the
+//! spool is full nothing is sealed, so events keep counting in the tally
+//! (which grows with keys, not events).
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::sync::Mutex;
+
 use bytes::Bytes;
 use edgetally_protocol::batch::{conversions_to_batch, encode_ipc, quarantine_to_batch, rollups_to_batch};
 use edgetally_protocol::frame::{ACK_LEN, ALPN, AckStatus};
-use edgetally_protocol::{Ack, BatchFrame};
+use edgetally_protocol::{Ack, BatchFrame, ConversionRow, QuarantineRow, RollupCounts, RollupKey};
+use futures::future::OptionFuture;
+use futures::stream::{FuturesUnordered, StreamExt};
 use rand::Rng;
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
@@ -25,6 +33,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::metrics::{Metrics, StatusLabels};
+use crate::spool::{Pending, Spool, SpoolError};
 use crate::tally::{Sealed, Tally};
 
 /// How long one attempt (connect, send, acknowledgement) may take before it
@@ -54,6 +63,10 @@ pub enum UplinkError {
     Timeout(Duration),
     #[error("building batch: {0}")]
     Build(String),
+    #[error("{0}")]
+    Spool(#[from] SpoolError),
+    #[error("task: {0}")]
+    Task(#[from] tokio::task::JoinError),
 }
 
 pub(crate) struct UplinkConfig<'a> {
@@ -63,12 +76,17 @@ pub(crate) struct UplinkConfig<'a> {
     pub(crate) edge_id: u32,
     pub(crate) epoch: u64,
     pub(crate) flush_interval: Duration,
+    pub(crate) spool: Spool,
+    /// Most batches sent and not yet acknowledged.
+    pub(crate) window: usize,
+    /// Most rows of each kind in one frame.
+    pub(crate) batch_rows_max: usize,
 }
 
-struct InFlight {
-    sequence: u64,
-    frame: Bytes,
-}
+/// An acknowledgement being awaited.
+type AckFuture = futures::future::BoxFuture<'static, (Pending, Result<AckStatus, UplinkError>)>;
+/// A connection attempt under way.
+type ConnectFuture = futures::future::BoxFuture<'static, Result<quinn::Connection, UplinkError>>;
 
 pub(crate) struct Uplink {
     endpoint: quinn::Endpoint,
@@ -78,8 +96,17 @@ pub(crate) struct Uplink {
     edge_id: u32,
     epoch: u64,
     flush_interval: Duration,
+    window: usize,
+    batch_rows_max: usize,
+    /// Shared with blocking tasks for its file I/O; only the uplink uses it.
+    spool: Arc<Mutex<Spool>>,
     connection: Option<quinn::Connection>,
-    in_flight: Option<InFlight>,
+    /// Polled by the run loop, so a slow handshake never holds up sealing.
+    connecting: Option<ConnectFuture>,
+    /// How many batches at the front of the spool were sent on the current
+    /// connection (acknowledged ones the spool still holds included).
+    n_sent: usize,
+    acks: FuturesUnordered<AckFuture>,
     next_sequence: u64,
     n_failures: u32,
     retry_at: Instant,
@@ -132,8 +159,13 @@ impl Uplink {
             edge_id: config.edge_id,
             epoch: config.epoch,
             flush_interval: config.flush_interval,
+            window: config.window.max(1),
+            batch_rows_max: config.batch_rows_max.max(1),
+            spool: Arc::new(Mutex::new(config.spool)),
             connection: None,
-            in_flight: None,
+            connecting: None,
+            n_sent: 0,
+            acks: FuturesUnordered::new(),
             next_sequence: 1,
             n_failures: 0,
             retry_at: Instant::now(),
@@ -141,37 +173,70 @@ impl Uplink {
     }
 
     /// Seals and ships every flush interval until `shutdown` turns true, then
-    /// tries for a bounded time to ship what is left.
+    /// seals what is left into the spool and tries for a bounded time to
+    /// ship it; what is still unacknowledged then ships after the restart.
     pub(crate) async fn run(mut self, tally: Arc<Tally>, metrics: Arc<Metrics>, mut shutdown: watch::Receiver<bool>) {
+        self.update_spool_metrics(&metrics);
         let mut interval = tokio::time::interval(self.flush_interval);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = interval.tick() => {}
+                _ = interval.tick() => self.seal(&tally, &metrics).await,
+                Some((pending, result)) = self.acks.next(), if !self.acks.is_empty() => {
+                    self.settle(pending, result, &metrics);
+                }
+                Some(connected) = OptionFuture::from(self.connecting.as_mut()), if self.connecting.is_some() => {
+                    self.connected(connected, &metrics);
+                }
                 _ = crate::stopped(&mut shutdown) => break,
             }
-            self.step(&tally, &metrics).await;
+            self.send(&metrics).await;
         }
+
         let deadline = Instant::now() + SHUTDOWN_FLUSH_TIMEOUT;
-        while Instant::now() < deadline {
-            let (n_keys, n_conversions, n_quarantined) = tally.len();
-            if self.in_flight.is_none() && n_keys == 0 && n_conversions == 0 && n_quarantined == 0 {
+        // Seal what is left; stop when a seal makes no progress (nothing
+        // left, the spool full, or a spool error put it back).
+        loop {
+            let sequence = self.next_sequence;
+            self.seal(&tally, &metrics).await;
+            if self.next_sequence == sequence {
                 break;
             }
-            self.retry_at = self.retry_at.min(Instant::now());
-            self.step(&tally, &metrics).await;
-            if self.in_flight.is_some() {
-                tokio::time::sleep(BACKOFF_MIN).await;
+        }
+        self.retry_at = Instant::now();
+        while self.lock_spool().pending().len() > 0 && Instant::now() < deadline {
+            self.send(&metrics).await;
+            if let Some(connecting) = self.connecting.as_mut() {
+                match tokio::time::timeout_at(deadline, connecting).await {
+                    Ok(connected) => self.connected(connected, &metrics),
+                    Err(_) => break,
+                }
+                continue;
+            }
+            if self.acks.is_empty() {
+                // Backing off after a failure.
+                tokio::time::sleep_until(self.retry_at.max(Instant::now() + BACKOFF_MIN).min(deadline)).await;
+                continue;
+            }
+            match tokio::time::timeout_at(deadline, self.acks.next()).await {
+                Ok(Some((pending, result))) => self.settle(pending, result, &metrics),
+                Ok(None) | Err(_) => break,
             }
         }
+        let n_unshipped = self.lock_spool().pending().len();
         let (n_keys, n_conversions, n_quarantined) = tally.len();
-        if self.in_flight.is_some() || n_keys > 0 || n_conversions > 0 || n_quarantined > 0 {
-            tracing::error!(
-                unacknowledged = self.in_flight.is_some(),
+        if n_unshipped > 0 {
+            tracing::warn!(
+                n_unshipped,
+                "Shutdown left batches unacknowledged; they stay in the spool and ship after the restart."
+            );
+        }
+        if n_keys + n_conversions + n_quarantined > 0 {
+            tracing::warn!(
                 n_keys,
                 n_conversions,
                 n_quarantined,
-                "Shutdown left data unshipped; it is lost without a spool."
+                "Shutdown left counts unsealed (the spool is full); the journal keeps them for the restart."
             );
         }
         if let Some(connection) = self.connection.take() {
@@ -180,61 +245,170 @@ impl Uplink {
         self.endpoint.wait_idle().await;
     }
 
-    /// One attempt: seal if nothing is in flight, then try to ship.
-    async fn step(&mut self, tally: &Tally, metrics: &Metrics) {
-        if self.in_flight.is_none() {
+    /// Seals the tally into the spool, unless the spool is full.
+    async fn seal(&mut self, tally: &Arc<Tally>, metrics: &Metrics) {
+        let full = self.lock_spool().is_full();
+        metrics.spool_full.set(i64::from(full));
+        if !full {
             let sealed = tally.seal();
-            let (n_keys, n_conversions, n_quarantined) = tally.len();
-            metrics.rollup_keys.set(n_keys as i64);
-            metrics.conversions_pending.set(n_conversions as i64);
-            metrics.quarantine_pending.set(n_quarantined as i64);
-            if sealed.is_empty() {
-                return;
-            }
-            match build_frame(self.edge_id, self.epoch, self.next_sequence, &sealed) {
-                Ok(frame) => {
-                    self.in_flight = Some(InFlight { sequence: self.next_sequence, frame });
-                    self.next_sequence += 1;
-                    metrics.uplink_pending_batches.set(1);
-                }
-                Err(error) => {
-                    // Building only fails on an internal defect; the rows are
-                    // counted as lost so the loss is visible.
-                    tracing::error!(%error, "Sealed batch could not be encoded; its rows are lost.");
-                    metrics.uplink_batches.get_or_create(&StatusLabels { status: "unencodable" }).inc();
-                    return;
+            if !sealed.is_empty() {
+                let sequence = self.next_sequence;
+                match self.spool_sealed(sequence, &sealed).await {
+                    Ok(n_frames) => {
+                        self.next_sequence += n_frames;
+                        tally.release_journal(sealed.journal_through);
+                    }
+                    Err(error) => {
+                        // Back into the tally: the next seal tries again.
+                        tracing::error!(%error, sequence, "Could not spool a sealed batch; keeping its counts in memory.");
+                        metrics.spool_errors.inc();
+                        tally.restore(sealed);
+                    }
                 }
             }
         }
-        if Instant::now() < self.retry_at {
+        let (n_keys, n_conversions, n_quarantined) = tally.len();
+        metrics.rollup_keys.set(n_keys as i64);
+        metrics.conversions_pending.set(n_conversions as i64);
+        metrics.quarantine_pending.set(n_quarantined as i64);
+        self.update_spool_metrics(metrics);
+    }
+
+    /// Encodes a seal as frames of at most `batch_rows_max` rows of each
+    /// kind, numbered from `sequence`, and appends them to the spool as one
+    /// synced record. Returns how many frames it took.
+    async fn spool_sealed(&mut self, sequence: u64, sealed: &Sealed) -> Result<u64, UplinkError> {
+        let rows = self.batch_rows_max;
+        let n_frames = [sealed.rollups.len(), sealed.conversions.len(), sealed.quarantine.len()]
+            .into_iter()
+            .map(|n| n.div_ceil(rows))
+            .max()
+            .unwrap_or(0)
+            .max(1);
+        let chunk = |i: usize, len: usize| (i * rows).min(len)..((i + 1) * rows).min(len);
+        let frames = (0..n_frames)
+            .map(|i| {
+                build_frame(
+                    self.edge_id,
+                    self.epoch,
+                    sequence + i as u64,
+                    &sealed.rollups[chunk(i, sealed.rollups.len())],
+                    &sealed.conversions[chunk(i, sealed.conversions.len())],
+                    &sealed.quarantine[chunk(i, sealed.quarantine.len())],
+                )
+            })
+            .collect::<Result<Vec<Bytes>, UplinkError>>()?;
+        let spool = self.spool.clone();
+        let journal_through = sealed.journal_through;
+        let sealed_ms = crate::unix_ms();
+        tokio::task::spawn_blocking(move || {
+            spool.lock().expect("spool lock is not poisoned").append(&frames, journal_through, sealed_ms)
+        })
+        .await??;
+        Ok(n_frames as u64)
+    }
+
+    /// Sends spooled batches until `window` are unacknowledged, once
+    /// connected; starts connecting when there is something to send.
+    async fn send(&mut self, metrics: &Metrics) {
+        if Instant::now() < self.retry_at || self.connecting.is_some() {
             return;
         }
-        let Some(in_flight) = &self.in_flight else { return };
-        let (sequence, frame) = (in_flight.sequence, in_flight.frame.clone());
-        match tokio::time::timeout(ATTEMPT_TIMEOUT, self.ship(sequence, &frame)).await {
-            Ok(Ok(status)) => {
-                let status_label = match status {
-                    AckStatus::Apply => "apply",
-                    AckStatus::Skip => "skip",
-                    AckStatus::Refuse => {
-                        tracing::error!(sequence, "Aggregator refused a batch as malformed; its rows are lost.");
-                        "refuse"
-                    }
-                };
-                metrics.uplink_batches.get_or_create(&StatusLabels { status: status_label }).inc();
-                metrics.uplink_sent_bytes.inc_by(frame.len() as u64);
-                metrics.uplink_pending_batches.set(0);
-                self.in_flight = None;
-                self.n_failures = 0;
+        let connected = self.connection.as_ref().is_some_and(|connection| connection.close_reason().is_none());
+        if !connected {
+            self.connection = None;
+            if self.acks.is_empty() && self.lock_spool().pending().len() > self.n_sent {
+                self.connecting = Some(self.connect());
             }
-            Ok(Err(error)) => self.fail(metrics, error),
-            Err(_) => self.fail(metrics, UplinkError::Timeout(ATTEMPT_TIMEOUT)),
+            return;
+        }
+        loop {
+            let next = {
+                let spool = self.lock_spool();
+                if self.acks.len() >= self.window {
+                    return;
+                }
+                match spool.pending().nth(self.n_sent) {
+                    Some(pending) => *pending,
+                    None => return,
+                }
+            };
+            match tokio::time::timeout(ATTEMPT_TIMEOUT, self.send_one(next)).await {
+                Ok(Ok(ack)) => {
+                    self.acks.push(ack);
+                    self.n_sent += 1;
+                    metrics.uplink_sent_bytes.inc_by(u64::from(next.frame_len));
+                }
+                Ok(Err(error)) => return self.fail(metrics, error),
+                Err(_) => return self.fail(metrics, UplinkError::Timeout(ATTEMPT_TIMEOUT)),
+            }
         }
     }
 
+    /// Opens a stream, writes the batch and returns the wait for its ack.
+    async fn send_one(&mut self, pending: Pending) -> Result<AckFuture, UplinkError> {
+        let spool = self.spool.clone();
+        let frame =
+            tokio::task::spawn_blocking(move || spool.lock().expect("spool lock is not poisoned").read(&pending))
+                .await??;
+        let connection = self.connection.clone().ok_or_else(|| UplinkError::Connect("not connected".into()))?;
+        let (mut send, mut recv) =
+            connection.open_bi().await.map_err(|error| UplinkError::Stream(error.to_string()))?;
+        send.write_all(&frame).await.map_err(|error| UplinkError::Stream(error.to_string()))?;
+        send.finish().map_err(|error| UplinkError::Stream(error.to_string()))?;
+        let edge_id = self.edge_id;
+        Ok(Box::pin(async move {
+            let ack = async {
+                let answer = recv.read_to_end(ACK_LEN).await.map_err(|error| UplinkError::Stream(error.to_string()))?;
+                let ack = Ack::decode(&answer).map_err(|error| UplinkError::Ack(error.to_string()))?;
+                if (ack.edge_id, ack.epoch, ack.sequence) != (edge_id, pending.epoch, pending.sequence) {
+                    return Err(UplinkError::Ack(format!(
+                        "ack for edge {} epoch {} sequence {}, sent edge {edge_id} epoch {} sequence {}",
+                        ack.edge_id, ack.epoch, ack.sequence, pending.epoch, pending.sequence
+                    )));
+                }
+                Ok(ack.status)
+            };
+            let result =
+                tokio::time::timeout(ATTEMPT_TIMEOUT, ack).await.unwrap_or(Err(UplinkError::Timeout(ATTEMPT_TIMEOUT)));
+            (pending, result)
+        }))
+    }
+
+    /// Deals with one acknowledgement (or its failure).
+    fn settle(&mut self, pending: Pending, result: Result<AckStatus, UplinkError>, metrics: &Metrics) {
+        let status = match result {
+            Ok(status) => status,
+            Err(error) => return self.fail(metrics, error),
+        };
+        let status_label = match status {
+            AckStatus::Apply => "apply",
+            AckStatus::Skip => "skip",
+            AckStatus::Refuse => {
+                tracing::error!(
+                    epoch = pending.epoch,
+                    sequence = pending.sequence,
+                    "Aggregator refused a batch as malformed; its rows are lost."
+                );
+                "refuse"
+            }
+        };
+        metrics.uplink_batches.get_or_create(&StatusLabels { status: status_label }).inc();
+        let n_done = self.lock_spool().ack(pending.epoch, pending.sequence);
+        self.n_sent -= n_done;
+        self.n_failures = 0;
+        self.update_spool_metrics(metrics);
+    }
+
+    /// Drops the connection and every awaited ack; after a backoff, sending
+    /// starts again from the oldest unacknowledged batch.
     fn fail(&mut self, metrics: &Metrics, error: UplinkError) {
-        metrics.uplink_errors.inc();
-        self.connection = None;
+        metrics.uplink_retries.inc();
+        if let Some(connection) = self.connection.take() {
+            connection.close(0u32.into(), b"retry");
+        }
+        self.acks = FuturesUnordered::new();
+        self.n_sent = 0;
         self.n_failures = self.n_failures.saturating_add(1);
         let ceiling = BACKOFF_MIN.saturating_mul(1 << self.n_failures.min(10)).min(BACKOFF_MAX);
         // Full jitter spreads the retries of many edges after an outage.
@@ -245,61 +419,77 @@ impl Uplink {
         }
     }
 
-    async fn ship(&mut self, sequence: u64, frame: &Bytes) -> Result<AckStatus, UplinkError> {
-        let connection = match &self.connection {
-            Some(connection) if connection.close_reason().is_none() => connection.clone(),
-            _ => {
-                let connecting = self
-                    .endpoint
-                    .connect_with(self.client_config.clone(), self.aggregator_addr, &self.server_name)
-                    .map_err(|error| UplinkError::Connect(error.to_string()))?;
-                let connection = connecting.await.map_err(|error| UplinkError::Connect(error.to_string()))?;
-                tracing::info!(aggregator = %self.aggregator_addr, "Uplink connected.");
-                self.connection = Some(connection.clone());
-                connection
+    /// A connection attempt, bounded by `ATTEMPT_TIMEOUT`.
+    fn connect(&self) -> ConnectFuture {
+        let connecting =
+            self.endpoint.connect_with(self.client_config.clone(), self.aggregator_addr, &self.server_name);
+        Box::pin(async move {
+            let connecting = connecting.map_err(|error| UplinkError::Connect(error.to_string()))?;
+            match tokio::time::timeout(ATTEMPT_TIMEOUT, connecting).await {
+                Ok(connection) => connection.map_err(|error| UplinkError::Connect(error.to_string())),
+                Err(_) => Err(UplinkError::Timeout(ATTEMPT_TIMEOUT)),
             }
-        };
-        let (mut send, mut recv) =
-            connection.open_bi().await.map_err(|error| UplinkError::Stream(error.to_string()))?;
-        send.write_all(frame).await.map_err(|error| UplinkError::Stream(error.to_string()))?;
-        send.finish().map_err(|error| UplinkError::Stream(error.to_string()))?;
-        let answer = recv.read_to_end(ACK_LEN).await.map_err(|error| UplinkError::Stream(error.to_string()))?;
-        let ack = Ack::decode(&answer).map_err(|error| UplinkError::Ack(error.to_string()))?;
-        if (ack.edge_id, ack.epoch, ack.sequence) != (self.edge_id, self.epoch, sequence) {
-            return Err(UplinkError::Ack(format!(
-                "ack for edge {} epoch {} sequence {}, sent edge {} epoch {} sequence {sequence}",
-                ack.edge_id, ack.epoch, ack.sequence, self.edge_id, self.epoch
-            )));
+        })
+    }
+
+    fn connected(&mut self, connected: Result<quinn::Connection, UplinkError>, metrics: &Metrics) {
+        self.connecting = None;
+        match connected {
+            Ok(connection) => {
+                tracing::info!(aggregator = %self.aggregator_addr, "Uplink connected.");
+                self.connection = Some(connection);
+            }
+            Err(error) => self.fail(metrics, error),
         }
-        Ok(ack.status)
+    }
+
+    fn update_spool_metrics(&self, metrics: &Metrics) {
+        let spool = self.lock_spool();
+        metrics.spool_bytes.set(spool.bytes() as i64);
+        metrics.uplink_pending_batches.set(spool.pending().len() as i64);
+        let oldest_ms = spool.pending().next().map_or(0, |pending| crate::unix_ms().saturating_sub(pending.sealed_ms));
+        metrics.spool_oldest_unacked_seconds.set(oldest_ms as f64 / 1000.0);
+    }
+
+    fn lock_spool(&self) -> std::sync::MutexGuard<'_, Spool> {
+        // The spool's methods leave it consistent at every return; a panic
+        // inside one would be a defect that a restart recovers from disk.
+        self.spool.lock().expect("spool lock is not poisoned")
     }
 }
 
-fn build_frame(edge_id: u32, epoch: u64, sequence: u64, sealed: &Sealed) -> Result<Bytes, UplinkError> {
+fn build_frame(
+    edge_id: u32,
+    epoch: u64,
+    sequence: u64,
+    rollups: &[(RollupKey, RollupCounts)],
+    conversions: &[ConversionRow],
+    quarantine: &[QuarantineRow],
+) -> Result<Bytes, UplinkError> {
     let build = |error: String| UplinkError::Build(error);
-    let rollups_ipc = if sealed.rollups.is_empty() {
+    let rollups_ipc = if rollups.is_empty() {
         Vec::new()
     } else {
-        encode_ipc(&rollups_to_batch(sealed.rollups.iter().map(|(key, counts)| (key, counts))))
+        encode_ipc(&rollups_to_batch(rollups.iter().map(|(key, counts)| (key, counts))))
             .map_err(|error| build(error.to_string()))?
     };
-    let conversions_ipc = if sealed.conversions.is_empty() {
+    let conversions_ipc = if conversions.is_empty() {
         Vec::new()
     } else {
-        encode_ipc(&conversions_to_batch(&sealed.conversions)).map_err(|error| build(error.to_string()))?
+        encode_ipc(&conversions_to_batch(conversions)).map_err(|error| build(error.to_string()))?
     };
-    let quarantine_ipc = if sealed.quarantine.is_empty() {
+    let quarantine_ipc = if quarantine.is_empty() {
         Vec::new()
     } else {
-        encode_ipc(&quarantine_to_batch(&sealed.quarantine)).map_err(|error| build(error.to_string()))?
+        encode_ipc(&quarantine_to_batch(quarantine)).map_err(|error| build(error.to_string()))?
     };
     let frame = BatchFrame {
         edge_id,
         epoch,
         sequence,
-        n_rollup_rows: u32::try_from(sealed.rollups.len()).map_err(|error| build(error.to_string()))?,
-        n_conversion_rows: u32::try_from(sealed.conversions.len()).map_err(|error| build(error.to_string()))?,
-        n_quarantine_rows: u32::try_from(sealed.quarantine.len()).map_err(|error| build(error.to_string()))?,
+        n_rollup_rows: u32::try_from(rollups.len()).map_err(|error| build(error.to_string()))?,
+        n_conversion_rows: u32::try_from(conversions.len()).map_err(|error| build(error.to_string()))?,
+        n_quarantine_rows: u32::try_from(quarantine.len()).map_err(|error| build(error.to_string()))?,
         rollups_ipc: rollups_ipc.into(),
         conversions_ipc: conversions_ipc.into(),
         quarantine_ipc: quarantine_ipc.into(),

@@ -73,6 +73,10 @@ pub(crate) async fn run(args: StackArgs) -> anyhow::Result<()> {
     let snapshot = serde_json::json!({ "campaigns": campaigns }).to_string();
     std::fs::write(&campaigns_path, &snapshot).with_context(|| format!("writing {}", campaigns_path.display()))?;
     let collector = edgetally_collector::Collector::start(edgetally_collector::Config {
+        data_dir: data_dir.join("collector"),
+        spool_bytes_max: edgetally_collector::SPOOL_BYTES_MAX_DEFAULT,
+        journal_bytes_max: edgetally_collector::JOURNAL_BYTES_MAX_DEFAULT,
+        uplink_window: edgetally_collector::UPLINK_WINDOW_DEFAULT,
         http_listen: args.http_listen,
         aggregator_addr: aggregator.quic_addr(),
         aggregator_cert: aggregator.quic_cert_path().to_owned(),

@@ -17,9 +17,9 @@ const MINUTE_MS: i64 = 60_000;
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct VerifyArgs {
-    /// Ledger written by `run`.
+    /// Ledger written by `run`; repeat it to check the sum of several runs.
     #[arg(long, default_value = "edgetally-ledger.json")]
-    ledger: PathBuf,
+    ledger: Vec<PathBuf>,
     /// Flight endpoint of the aggregator.
     #[arg(long, env = "EDGETALLY_FLIGHT_URL", default_value = "http://127.0.0.1:8815")]
     flight: String,
@@ -31,7 +31,10 @@ pub(crate) struct VerifyArgs {
 
 /// Exits non-zero (through the error) when the aggregator disagrees.
 pub(crate) async fn run(args: VerifyArgs) -> anyhow::Result<()> {
-    let expected = Ledger::read(&args.ledger)?;
+    let mut expected = Ledger::default();
+    for path in &args.ledger {
+        expected.merge(Ledger::read(path)?);
+    }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(args.wait_secs);
     loop {
         let actual = read_back(&args.flight, &expected).await?;

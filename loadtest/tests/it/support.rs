@@ -32,7 +32,7 @@ fn binary(name: &str) -> PathBuf {
     path
 }
 
-fn spawn(name: &str, args: &[&std::ffi::OsStr]) -> Process {
+pub(crate) fn spawn(name: &str, args: &[&std::ffi::OsStr]) -> Process {
     let show_logs = std::env::var_os("TEST_LOG").is_some();
     let child = Command::new(binary(name))
         .env_clear()
@@ -45,7 +45,7 @@ fn spawn(name: &str, args: &[&std::ffi::OsStr]) -> Process {
     Process { child }
 }
 
-fn wait_for_json(path: &Path) -> serde_json::Value {
+pub(crate) fn wait_for_json(path: &Path) -> serde_json::Value {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let Ok(text) = std::fs::read_to_string(path) {

@@ -1,0 +1,453 @@
+//! The journal: every change to the tally, written to a memory-mapped file
+//! before the request that caused it is answered.
+//!
+//! The tally holds up to one flush interval of counts in memory; a collector
+//! killed (`kill -9`, OOM, a panic) before the seal would lose events it had
+//! already answered as accepted. So, under the tally's lock, each change is
+//! also copied into a shared file mapping. The bytes are in the kernel's
+//! page cache the moment the copy ends and survive the process; they reach
+//! the disk with the kernel's writeback (a power loss can lose the last few
+//! seconds; the spool, which is synced, cannot). A copy costs tens of
+//! nanoseconds, where a `write(2)` per event would cost a system call.
+//!
+//! Files are fixed-size segments named by a 20-digit number in
+//! `<data_dir>/journal/`, zero-filled when created. A record is
+//! `len u32 | crc32 u32 | entry` (little-endian, CRC over the entry); a zero
+//! length ends a segment's records.
+//!
+//! **Seal boundary:** when the tally is sealed, the journal is rotated under
+//! the same lock, so the sealed batch holds exactly the entries of the
+//! segments up to the one rotated away (`through`). The spool record of the
+//! batch carries `through`; only once that record is synced are those
+//! segments deleted. On start, segments at or below the highest `through`
+//! in the spool are deleted (their batch is spooled) and the rest are
+//! replayed into the tally. So an entry is either in the spool or replayed,
+//! never both and never neither.
+//!
+//! **Bound:** at most `bytes_max` of segments. Past it, events are still
+//! accepted and counted but no longer journaled (a crash would lose them);
+//! they are counted, and `/readyz` reports it so a load balancer moves
+//! traffic away. That only happens when the spool is full too, because the
+//! journal is released with every spooled seal.
+
+use std::collections::VecDeque;
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::path::{Path, PathBuf};
+
+use bytes::{Buf, BufMut};
+use edgetally_protocol::{ConversionRow, Currency, EventKind, Money, QuarantineRow, RollupKey};
+use memmap2::MmapMut;
+
+const RECORD_HEADER_LEN: usize = 8;
+
+/// Default size of one segment: a few hundred thousand events.
+pub(crate) const SEGMENT_BYTES_DEFAULT: usize = 16 * 1024 * 1024;
+/// Default bound of all segments.
+pub const JOURNAL_BYTES_MAX_DEFAULT: u64 = 1024 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error("journal {path}: {source}")]
+    Io { path: String, source: io::Error },
+}
+
+/// One change to the tally.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Entry {
+    /// An event counted under `key`; a conversion also adds its row.
+    Count {
+        key: RollupKey,
+        kind: EventKind,
+        unique: bool,
+        conversion: Option<ConversionRow>,
+    },
+    /// A repeat counted only as a duplicate of `key`.
+    Duplicate {
+        key: RollupKey,
+    },
+    Quarantine(QuarantineRow),
+}
+
+/// An [`Entry`] by reference, as the tally writes it.
+pub(crate) enum EntryRef<'a> {
+    Count { key: &'a RollupKey, kind: EventKind, unique: bool, conversion: Option<&'a ConversionRow> },
+    Duplicate { key: &'a RollupKey },
+    Quarantine(&'a QuarantineRow),
+}
+
+/// What opening the journal found.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct JournalRecovery {
+    /// Entries read back to replay into the tally.
+    pub(crate) replayed: u64,
+    /// Records whose CRC matched but whose entry could not be read.
+    pub(crate) unreadable: u64,
+    /// Segments deleted because the spool holds their batch.
+    pub(crate) released: u64,
+}
+
+struct Active {
+    id: u64,
+    map: MmapMut,
+    at: usize,
+}
+
+pub(crate) struct Journal {
+    dir: PathBuf,
+    segment_bytes: usize,
+    bytes_max: u64,
+    /// Segments on disk, oldest first (the active one last).
+    live: VecDeque<u64>,
+    active: Option<Active>,
+    next_id: u64,
+    /// Set when a segment could not be created; cleared at the next
+    /// rotation, so a failing disk costs one attempt per seal, not per event.
+    failed: bool,
+    scratch: Vec<u8>,
+}
+
+// === impl Journal ===
+
+impl Journal {
+    /// Opens the journal in `dir`: deletes the segments whose batches the
+    /// spool holds (at or below `spooled_through`) and reads back the
+    /// entries of the others for the tally to replay.
+    pub(crate) fn open(
+        dir: &Path,
+        segment_bytes: usize,
+        bytes_max: u64,
+        spooled_through: u64,
+    ) -> Result<(Journal, Vec<Entry>, JournalRecovery), JournalError> {
+        let io_error = |path: &Path, source| JournalError::Io { path: path.display().to_string(), source };
+        fs::create_dir_all(dir).map_err(|source| io_error(dir, source))?;
+        let mut ids = Vec::new();
+        for entry in fs::read_dir(dir).map_err(|source| io_error(dir, source))? {
+            let name = entry.map_err(|source| io_error(dir, source))?.file_name();
+            if let Some(id) = name.to_string_lossy().strip_suffix(".journal").and_then(|id| id.parse::<u64>().ok()) {
+                ids.push(id);
+            }
+        }
+        ids.sort_unstable();
+        let mut recovery = JournalRecovery::default();
+        let mut entries = Vec::new();
+        let mut live = VecDeque::new();
+        for &id in &ids {
+            let path = dir.join(segment_name(id));
+            if id <= spooled_through {
+                fs::remove_file(&path).map_err(|source| io_error(&path, source))?;
+                recovery.released += 1;
+                continue;
+            }
+            let bytes = fs::read(&path).map_err(|source| io_error(&path, source))?;
+            for payload in records(&bytes) {
+                match decode_entry(payload) {
+                    Some(entry) => {
+                        entries.push(entry);
+                        recovery.replayed += 1;
+                    }
+                    None => {
+                        tracing::error!(path = %path.display(), "Journal entry unreadable; skipped.");
+                        recovery.unreadable += 1;
+                    }
+                }
+            }
+            live.push_back(id);
+        }
+        let next_id = ids.last().map_or(1, |last| last + 1).max(spooled_through + 1);
+        let journal = Journal {
+            dir: dir.to_owned(),
+            segment_bytes: segment_bytes.max(64 * 1024),
+            bytes_max,
+            live,
+            active: None,
+            next_id,
+            failed: false,
+            scratch: Vec::with_capacity(2048),
+        };
+        Ok((journal, entries, recovery))
+    }
+
+    /// Writes one entry; false when it could not be (the bound is reached or
+    /// a segment could not be created).
+    pub(crate) fn append(&mut self, entry: EntryRef<'_>) -> bool {
+        self.scratch.clear();
+        self.scratch.put_u64_le(0);
+        encode_entry(&mut self.scratch, &entry);
+        let payload_len = self.scratch.len() - RECORD_HEADER_LEN;
+        let crc = crc32fast::hash(&self.scratch[RECORD_HEADER_LEN..]);
+        // Entries are a few KiB at most (bounded strings).
+        self.scratch[..4].copy_from_slice(&(payload_len as u32).to_le_bytes());
+        self.scratch[4..8].copy_from_slice(&crc.to_le_bytes());
+        let len = self.scratch.len();
+        let fits = self.active.as_ref().is_some_and(|active| active.at + len <= active.map.len());
+        if !fits && !self.open_segment(len) {
+            return false;
+        }
+        let active = self.active.as_mut().expect("a segment with room was opened above");
+        active.map[active.at..active.at + len].copy_from_slice(&self.scratch);
+        active.at += len;
+        true
+    }
+
+    fn open_segment(&mut self, len: usize) -> bool {
+        if self.failed || len > self.segment_bytes {
+            return false;
+        }
+        if (self.live.len() as u64 + 1) * self.segment_bytes as u64 > self.bytes_max {
+            return false;
+        }
+        let id = self.next_id;
+        let path = self.dir.join(segment_name(id));
+        match map_segment(&path, self.segment_bytes) {
+            Ok(map) => {
+                self.next_id += 1;
+                self.live.push_back(id);
+                self.active = Some(Active { id, map, at: 0 });
+                true
+            }
+            Err(error) => {
+                tracing::error!(%error, path = %path.display(), "Could not create a journal segment; events are not journaled until the next seal.");
+                self.failed = true;
+                self.active = None;
+                false
+            }
+        }
+    }
+
+    /// Ends the seal's stretch of the journal: every entry written so far is
+    /// in segments at or below the returned id, and later entries go above.
+    pub(crate) fn rotate(&mut self) -> u64 {
+        self.failed = false;
+        match self.active.take() {
+            Some(active) if active.at == 0 => {
+                let through = active.id - 1;
+                self.active = Some(active);
+                through
+            }
+            Some(active) => active.id,
+            None => self.next_id - 1,
+        }
+    }
+
+    /// Forgets the segments at or below `through` and returns their paths,
+    /// for the caller to delete outside the tally's lock.
+    pub(crate) fn release(&mut self, through: u64) -> Vec<PathBuf> {
+        let mut paths = Vec::new();
+        while let Some(&id) = self.live.front() {
+            if id > through || self.active.as_ref().is_some_and(|active| active.id == id) {
+                break;
+            }
+            self.live.pop_front();
+            paths.push(self.dir.join(segment_name(id)));
+        }
+        paths
+    }
+
+    /// Bytes of the segments on disk.
+    pub(crate) fn bytes(&self) -> u64 {
+        self.live.len() as u64 * self.segment_bytes as u64
+    }
+}
+
+/// Creates a zero-filled segment file and maps it shared.
+#[allow(unsafe_code)]
+fn map_segment(path: &Path, segment_bytes: usize) -> io::Result<MmapMut> {
+    let file = OpenOptions::new().read(true).write(true).create_new(true).open(path)?;
+    file.set_len(segment_bytes as u64)?;
+    // The name must survive a crash of the host, not only of the process.
+    if let Some(dir) = path.parent() {
+        File::open(dir)?.sync_all()?;
+    }
+    // SAFETY: a mapping is undefined behaviour to read or write if another
+    // process truncates or rewrites the file meanwhile. The file was just
+    // created here (`create_new`) in the collector's data directory, which
+    // the collector holds an exclusive lock on for its whole life (see
+    // `DataDirLock` in lib.rs), and it is never truncated while mapped: it is
+    // only deleted (which keeps the mapping valid) after the mapping is
+    // dropped.
+    unsafe { MmapMut::map_mut(&file) }
+}
+
+fn segment_name(id: u64) -> String {
+    format!("{id:020}.journal")
+}
+
+/// The payloads of a segment's good records, up to the first zero length or
+/// bad CRC (a record a crash cut short).
+fn records(bytes: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut at = 0;
+    std::iter::from_fn(move || {
+        let mut header = bytes.get(at..at + RECORD_HEADER_LEN)?;
+        let len = header.get_u32_le() as usize;
+        let crc = header.get_u32_le();
+        if len == 0 {
+            return None;
+        }
+        let payload = bytes.get(at + RECORD_HEADER_LEN..at + RECORD_HEADER_LEN + len)?;
+        if crc32fast::hash(payload) != crc {
+            return None;
+        }
+        at += RECORD_HEADER_LEN + len;
+        Some(payload)
+    })
+}
+
+const TAG_COUNT: u8 = 1;
+const TAG_DUPLICATE: u8 = 2;
+const TAG_QUARANTINE: u8 = 3;
+
+fn encode_entry(out: &mut Vec<u8>, entry: &EntryRef<'_>) {
+    match entry {
+        EntryRef::Count { key, kind, unique, conversion } => {
+            out.put_u8(TAG_COUNT);
+            put_key(out, key);
+            out.put_u8(*kind as u8);
+            out.put_u8(u8::from(*unique));
+            match conversion {
+                None => out.put_u8(0),
+                Some(row) => {
+                    out.put_u8(1);
+                    put_conversion(out, row);
+                }
+            }
+        }
+        EntryRef::Duplicate { key } => {
+            out.put_u8(TAG_DUPLICATE);
+            put_key(out, key);
+        }
+        EntryRef::Quarantine(row) => {
+            out.put_u8(TAG_QUARANTINE);
+            out.put_i64_le(row.time_ms);
+            for text in [&row.source, &row.reason, &row.detail, &row.input] {
+                put_str(out, text);
+            }
+        }
+    }
+}
+
+fn decode_entry(mut bytes: &[u8]) -> Option<Entry> {
+    let entry = match get_u8(&mut bytes)? {
+        TAG_COUNT => {
+            let key = get_key(&mut bytes)?;
+            let kind = *EventKind::ALL.get(get_u8(&mut bytes)? as usize)?;
+            let unique = get_u8(&mut bytes)? == 1;
+            let conversion = match get_u8(&mut bytes)? {
+                0 => None,
+                1 => Some(get_conversion(&mut bytes)?),
+                _ => return None,
+            };
+            Entry::Count { key, kind, unique, conversion }
+        }
+        TAG_DUPLICATE => Entry::Duplicate { key: get_key(&mut bytes)? },
+        TAG_QUARANTINE => {
+            let time_ms = get_i64(&mut bytes)?;
+            Entry::Quarantine(QuarantineRow {
+                time_ms,
+                source: get_str(&mut bytes)?,
+                reason: get_str(&mut bytes)?,
+                detail: get_str(&mut bytes)?,
+                input: get_str(&mut bytes)?,
+            })
+        }
+        _ => return None,
+    };
+    bytes.is_empty().then_some(entry)
+}
+
+fn put_key(out: &mut Vec<u8>, key: &RollupKey) {
+    out.put_i64_le(key.minute_ms);
+    out.put_u32_le(key.affiliate_id);
+    out.put_u32_le(key.campaign_id);
+    put_str(out, &key.sub1);
+}
+
+fn get_key(bytes: &mut &[u8]) -> Option<RollupKey> {
+    Some(RollupKey {
+        minute_ms: get_i64(bytes)?,
+        affiliate_id: get_u32(bytes)?,
+        campaign_id: get_u32(bytes)?,
+        sub1: get_str(bytes)?,
+    })
+}
+
+fn put_conversion(out: &mut Vec<u8>, row: &ConversionRow) {
+    out.put_i64_le(row.time_ms);
+    out.put_u8(row.kind as u8);
+    out.put_u32_le(row.affiliate_id);
+    out.put_u32_le(row.campaign_id);
+    put_str(out, &row.sub1);
+    match &row.money {
+        None => out.put_u8(0),
+        Some(money) => {
+            out.put_u8(1);
+            out.put_i64_le(money.minor_units);
+            out.put_slice(money.currency.code().as_bytes());
+        }
+    }
+    for text in [&row.order_id, &row.click_id, &row.event_id] {
+        match text {
+            None => out.put_u8(0),
+            Some(text) => {
+                out.put_u8(1);
+                put_str(out, text);
+            }
+        }
+    }
+}
+
+fn get_conversion(bytes: &mut &[u8]) -> Option<ConversionRow> {
+    let time_ms = get_i64(bytes)?;
+    let kind = *EventKind::ALL.get(get_u8(bytes)? as usize)?;
+    let affiliate_id = get_u32(bytes)?;
+    let campaign_id = get_u32(bytes)?;
+    let sub1 = get_str(bytes)?;
+    let money = match get_u8(bytes)? {
+        0 => None,
+        1 => {
+            let minor_units = get_i64(bytes)?;
+            let code = bytes.get(..3)?;
+            let currency = Currency::parse(std::str::from_utf8(code).ok()?).ok()?;
+            bytes.advance(3);
+            Some(Money { minor_units, currency })
+        }
+        _ => return None,
+    };
+    let mut optional = || match get_u8(bytes)? {
+        0 => Some(None),
+        1 => get_str(bytes).map(Some),
+        _ => None,
+    };
+    let order_id = optional()?;
+    let click_id = optional()?;
+    let event_id = optional()?;
+    Some(ConversionRow { time_ms, kind, affiliate_id, campaign_id, sub1, money, order_id, click_id, event_id })
+}
+
+fn put_str(out: &mut Vec<u8>, text: &str) {
+    // Every string the tally holds is bounded well below 4 GiB.
+    out.put_u32_le(text.len() as u32);
+    out.put_slice(text.as_bytes());
+}
+
+fn get_str(bytes: &mut &[u8]) -> Option<String> {
+    let len = get_u32(bytes)? as usize;
+    let text = std::str::from_utf8(bytes.get(..len)?).ok()?.to_owned();
+    bytes.advance(len);
+    Some(text)
+}
+
+fn get_u8(bytes: &mut &[u8]) -> Option<u8> {
+    (bytes.remaining() >= 1).then(|| bytes.get_u8())
+}
+
+fn get_u32(bytes: &mut &[u8]) -> Option<u32> {
+    (bytes.remaining() >= 4).then(|| bytes.get_u32_le())
+}
+
+fn get_i64(bytes: &mut &[u8]) -> Option<i64> {
+    (bytes.remaining() >= 8).then(|| bytes.get_i64_le())
+}
+
+#[cfg(test)]
+mod tests;

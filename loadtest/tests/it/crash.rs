@@ -1,0 +1,209 @@
+//! Exactly-once shipping through crashes: collectors killed with SIGKILL
+//! while their counts sit in the journal and the spool, and an aggregator
+//! unreachable for a minute while traffic continues. Afterwards the
+//! aggregator holds exactly what the collectors answered as accepted.
+//!
+//! Traffic comes from `edgetally-loadtest run` (its ledger follows the
+//! collectors' answers) and the check is `edgetally-loadtest verify` over
+//! every run's ledger. A process is killed between runs, so no request is in
+//! flight at the kill: a request cut off mid-answer has an outcome its client
+//! cannot know, and no ledger could count it.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::support::{Process, loadtest, spawn, wait_for_json};
+
+/// How long the aggregator stays away while traffic continues.
+const OUTAGE: Duration = Duration::from_secs(60);
+
+/// A process that can be killed and started again with the same flags.
+struct Node {
+    name: &'static str,
+    args: Vec<OsString>,
+    addresses: PathBuf,
+    process: Option<Process>,
+}
+
+impl Node {
+    fn new(name: &'static str, args: Vec<OsString>, addresses: PathBuf) -> Node {
+        Node { name, args, addresses, process: None }
+    }
+
+    /// Starts the process and waits for its addresses file.
+    fn start(&mut self) -> serde_json::Value {
+        let _ = std::fs::remove_file(&self.addresses);
+        let args: Vec<&std::ffi::OsStr> = self.args.iter().map(OsString::as_os_str).collect();
+        self.process = Some(spawn(self.name, &args));
+        wait_for_json(&self.addresses)
+    }
+
+    /// SIGKILL: no shutdown code runs.
+    fn kill(&mut self) {
+        drop(self.process.take());
+    }
+}
+
+fn os(args: &[&str]) -> Vec<OsString> {
+    args.iter().map(OsString::from).collect()
+}
+
+fn path(path: &Path) -> &str {
+    path.to_str().expect("utf-8 temp path")
+}
+
+/// One open-loop run of the generated mix against `collector`, booking
+/// what it answered in `ledger`.
+fn traffic(collector: &str, ledger: &Path, seed: u64) -> u64 {
+    let (status, stdout) = loadtest(&[
+        "run",
+        "--target",
+        collector,
+        "--rate",
+        "300",
+        "--duration-secs",
+        "2",
+        "--connections",
+        "4",
+        "--affiliates",
+        "200",
+        "--duplicate-share",
+        "0.05",
+        "--malformed-share",
+        "0.05",
+        "--sale-share",
+        "0.05",
+        "--lead-share",
+        "0.03",
+        "--seed",
+        &seed.to_string(),
+        "--ledger",
+        path(ledger),
+        "--json",
+    ]);
+    assert!(status.success(), "run failed: {stdout}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).expect("report is JSON");
+    assert_eq!(report["errors"], serde_json::json!({}), "{report:#}");
+    report["events_accepted"].as_u64().expect("events_accepted")
+}
+
+/// The value of one unlabelled metric of a collector.
+fn metric(collector: &str, name: &str) -> f64 {
+    let url = format!("{collector}/metrics");
+    let output = std::process::Command::new("curl").args(["-sf", &url]).output().expect("curl");
+    let text = String::from_utf8_lossy(&output.stdout);
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} not in {url}:\n{text}"))
+}
+
+#[test]
+fn killed_collectors_and_an_unreachable_aggregator_lose_and_double_nothing() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let aggregator_dir = dir.path().join("aggregator");
+    let mut aggregator = Node::new(
+        "edgetally-aggregator",
+        [
+            os(&["--data-dir"]),
+            vec![aggregator_dir.clone().into()],
+            os(&["--quic-listen", "127.0.0.1:0", "--flight-listen", "127.0.0.1:0"]),
+        ]
+        .concat(),
+        aggregator_dir.join("aggregator.json"),
+    );
+    // A first start creates the certificate and picks the ports; the
+    // aggregator then goes away before any traffic.
+    let addresses = aggregator.start();
+    let quic = addresses["quic"].as_str().expect("quic").to_owned();
+    let flight = addresses["flight"].as_str().expect("flight").to_owned();
+    let cert = addresses["quic_cert"].as_str().expect("quic_cert").to_owned();
+    aggregator.kill();
+    let outage_started = Instant::now();
+    aggregator.args = [
+        os(&["--data-dir"]),
+        vec![aggregator_dir.clone().into()],
+        os(&["--quic-listen", &quic, "--flight-listen", &flight]),
+    ]
+    .concat();
+
+    let campaigns: Vec<serde_json::Value> = (1..=200)
+        .map(|id| serde_json::json!({"id": id, "landing_url": format!("https://shop.example/{id}?click_id={{click_id}}")}))
+        .collect();
+    let campaigns_path = dir.path().join("campaigns.json");
+    std::fs::write(&campaigns_path, serde_json::json!({ "campaigns": campaigns }).to_string()).expect("campaigns");
+    let collector_dir = dir.path().join("collector");
+    let collector_args = |http_listen: &str, flush_interval_ms: &str| {
+        [
+            os(&["--data-dir"]),
+            vec![collector_dir.clone().into()],
+            os(&[
+                "--http-listen",
+                http_listen,
+                "--aggregator-addr",
+                &quic,
+                "--aggregator-cert",
+                &cert,
+                "--edge-id",
+                "1",
+                "--dedup-keys-max",
+                "100000",
+                "--flush-interval-ms",
+                flush_interval_ms,
+                "--campaigns",
+                path(&campaigns_path),
+            ]),
+        ]
+        .concat()
+    };
+    // Nothing is sealed for a minute: every count lives in the journal only.
+    let mut collector =
+        Node::new("edgetally-collector", collector_args("127.0.0.1:0", "60000"), collector_dir.join("collector.json"));
+    let http = collector.start()["http"].as_str().expect("http").to_owned();
+    let url = format!("http://{http}");
+    let mut ledgers = Vec::new();
+    let mut ledger = |n: usize| {
+        let path = dir.path().join(format!("ledger-{n}.json"));
+        ledgers.push(path.clone());
+        path
+    };
+
+    // 1. Journal only, then SIGKILL: the restart replays it.
+    traffic(&url, &ledger(1), 1);
+    collector.kill();
+    collector.args = collector_args(&http, "50");
+    collector.start();
+    assert!(metric(&url, "edgetally_collector_journal_replayed_total") > 0.0);
+
+    // 2. Sealed every 50 ms into the spool (the aggregator is still away),
+    //    then SIGKILL: the restart resends the spool.
+    traffic(&url, &ledger(2), 2);
+    // Let a few seals happen, so the spool holds batches.
+    std::thread::sleep(Duration::from_millis(300));
+    collector.kill();
+    collector.start();
+    assert!(metric(&url, "edgetally_collector_spool_recovered_frames_total") > 0.0);
+    traffic(&url, &ledger(3), 3);
+
+    // 3. The aggregator comes back after the outage; the collector ships
+    //    its backlog, then takes live traffic, then is killed once more.
+    if let Some(rest) = OUTAGE.checked_sub(outage_started.elapsed()) {
+        std::thread::sleep(rest);
+    }
+    aggregator.start();
+    traffic(&url, &ledger(4), 4);
+    collector.kill();
+    collector.start();
+    traffic(&url, &ledger(5), 5);
+
+    let mut args = vec!["verify".to_owned(), "--flight".to_owned(), format!("http://{flight}")];
+    args.extend(["--wait-secs".to_owned(), "30".to_owned()]);
+    for ledger in &ledgers {
+        args.extend(["--ledger".to_owned(), path(ledger).to_owned()]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (status, stdout) = loadtest(&args);
+    assert!(status.success(), "verify failed: {stdout}");
+    assert!(stdout.starts_with("verify: ok:"), "{stdout}");
+    assert_eq!(metric(&url, "edgetally_collector_uplink_pending_batches"), 0.0);
+}
