@@ -1,5 +1,7 @@
 //! Counting a validated pixel into the collector's tally, over 10,000
-//! distinct rollup keys, with the map sealed as often as the uplink seals it.
+//! distinct rollup keys, with the map sealed as often as the uplink seals it:
+//! in memory only (`record`) and with every change journaled to a mapped
+//! file as the collector runs (`record_journaled`).
 
 use std::borrow::Cow;
 use std::hint::black_box;
@@ -40,35 +42,39 @@ fn events() -> Vec<Event> {
 
 fn tally(criterion: &mut Criterion) {
     let events = events();
-    let tally = Tally::new(TallyLimits::default());
     let mut group = criterion.benchmark_group("tally");
     group.throughput(Throughput::Elements(1));
-    let (mut event_idx, mut n_since_seal) = (0usize, 0u64);
-    group.bench_function("record", |bench| {
-        // Only the records are timed: the seal (and dropping what it took)
-        // is the uplink's cost, paid once per flush outside the request.
-        bench.iter_custom(|n_iters| {
-            let mut elapsed = Duration::ZERO;
-            let mut n_left = n_iters;
-            while n_left > 0 {
-                let n_run = n_left.min(SEAL_EVERY - n_since_seal);
-                let start = Instant::now();
-                for _ in 0..n_run {
-                    tally.record(black_box(&events[event_idx])).unwrap();
-                    event_idx = (event_idx + 1) % events.len();
-                }
-                elapsed += start.elapsed();
-                n_left -= n_run;
-                n_since_seal += n_run;
-                if n_since_seal == SEAL_EVERY {
-                    black_box(tally.seal());
-                    n_since_seal = 0;
-                }
-            }
-            elapsed
-        })
-    });
+    let in_memory = Tally::new(TallyLimits::default());
+    group.bench_function("record", |bench| bench.iter_custom(|n_iters| record(&in_memory, &events, n_iters)));
+    let dir = tempfile::tempdir().unwrap();
+    let journaled = Tally::journaled(TallyLimits::default(), dir.path()).unwrap();
+    group.bench_function("record_journaled", |bench| bench.iter_custom(|n_iters| record(&journaled, &events, n_iters)));
     group.finish();
+}
+
+/// Records `n_iters` events, sealing every `SEAL_EVERY`. Only the records
+/// are timed: the seal (and dropping what it took, deleting journal segments
+/// and preparing the next) is the uplink's cost, paid once per flush outside
+/// the request.
+fn record(tally: &Tally, events: &[Event], n_iters: u64) -> Duration {
+    let mut elapsed = Duration::ZERO;
+    let mut n_left = n_iters;
+    let mut event_idx = 0;
+    while n_left > 0 {
+        let n_run = n_left.min(SEAL_EVERY);
+        let start = Instant::now();
+        for _ in 0..n_run {
+            tally.record(black_box(&events[event_idx])).unwrap();
+            event_idx = (event_idx + 1) % events.len();
+        }
+        elapsed += start.elapsed();
+        n_left -= n_run;
+        let sealed = tally.seal();
+        tally.release_journal(sealed.journal_through);
+        tally.prepare_journal();
+        black_box(sealed);
+    }
+    elapsed
 }
 
 criterion_group!(benches, tally);

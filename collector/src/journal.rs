@@ -24,6 +24,14 @@
 //! replayed into the tally. So an entry is either in the spool or replayed,
 //! never both and never neither.
 //!
+//! **Hot path:** creating a segment (a file, its blocks, a directory sync,
+//! the mapping, the page faults) takes milliseconds, which must not happen
+//! under the tally's lock. The uplink prepares the next segment after every
+//! seal, outside the lock ([`Tally::prepare_journal`]): the file is written
+//! full of zeros and mapped with its pages populated, then handed over as the
+//! spare. An append only falls back to creating a segment itself when no
+//! spare is ready.
+//!
 //! **Bound:** at most `bytes_max` of segments. Past it, events are still
 //! accepted and counted but no longer journaled (a crash would lose them);
 //! they are counted, and `/readyz` reports it so a load balancer moves
@@ -41,8 +49,10 @@ use memmap2::MmapMut;
 
 const RECORD_HEADER_LEN: usize = 8;
 
-/// Default size of one segment: a few hundred thousand events.
-pub(crate) const SEGMENT_BYTES_DEFAULT: usize = 16 * 1024 * 1024;
+/// Default size of one segment: over a hundred thousand events, more than
+/// one flush interval holds at full load on two cores. Every seal starts a
+/// new segment; only the pages written take memory and disk.
+pub(crate) const SEGMENT_BYTES_DEFAULT: usize = 8 * 1024 * 1024;
 /// Default bound of all segments.
 pub const JOURNAL_BYTES_MAX_DEFAULT: u64 = 1024 * 1024 * 1024;
 
@@ -100,6 +110,11 @@ pub(crate) struct Journal {
     /// Segments on disk, oldest first (the active one last).
     live: VecDeque<u64>,
     active: Option<Active>,
+    /// A prepared segment, not yet in `live`.
+    spare: Option<Active>,
+    /// The id handed out by [`Journal::reserve_spare`] and not yet
+    /// installed.
+    reserved: Option<u64>,
     next_id: u64,
     /// Set when a segment could not be created; cleared at the next
     /// rotation, so a failing disk costs one attempt per seal, not per event.
@@ -161,6 +176,8 @@ impl Journal {
             bytes_max,
             live,
             active: None,
+            spare: None,
+            reserved: None,
             next_id,
             failed: false,
             scratch: Vec::with_capacity(2048),
@@ -197,9 +214,18 @@ impl Journal {
         if (self.live.len() as u64 + 1) * self.segment_bytes as u64 > self.bytes_max {
             return false;
         }
+        // Segment ids must grow in the order segments are written, or a
+        // seal's `through` would not cover what it holds.
+        if let Some(spare) = self.spare.take()
+            && self.live.back().is_none_or(|&last| spare.id > last)
+        {
+            self.live.push_back(spare.id);
+            self.active = Some(spare);
+            return true;
+        }
         let id = self.next_id;
         let path = self.dir.join(segment_name(id));
-        match map_segment(&path, self.segment_bytes) {
+        match map_segment(&path, self.segment_bytes, false) {
             Ok(map) => {
                 self.next_id += 1;
                 self.live.push_back(id);
@@ -230,6 +256,35 @@ impl Journal {
         }
     }
 
+    /// Picks the id of the next spare segment, if one is wanted; the caller
+    /// creates it with [`prepare_segment`] outside the lock and hands it to
+    /// [`Journal::install_spare`].
+    pub(crate) fn reserve_spare(&mut self) -> Option<(u64, PathBuf, usize)> {
+        if self.spare.is_some() || self.reserved.is_some() {
+            return None;
+        }
+        if (self.live.len() as u64 + 1) * self.segment_bytes as u64 > self.bytes_max {
+            return None;
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        self.reserved = Some(id);
+        Some((id, self.dir.join(segment_name(id)), self.segment_bytes))
+    }
+
+    /// Takes a prepared segment as the spare; returns its path when it came
+    /// too late to be used (a segment with a higher id was created inline
+    /// meanwhile), for the caller to delete.
+    pub(crate) fn install_spare(&mut self, id: u64, map: Option<MmapMut>) -> Option<PathBuf> {
+        self.reserved = None;
+        let map = map?;
+        if self.live.back().is_some_and(|&last| last > id) {
+            return Some(self.dir.join(segment_name(id)));
+        }
+        self.spare = Some(Active { id, map, at: 0 });
+        None
+    }
+
     /// Forgets the segments at or below `through` and returns their paths,
     /// for the caller to delete outside the tally's lock.
     pub(crate) fn release(&mut self, through: u64) -> Vec<PathBuf> {
@@ -250,23 +305,35 @@ impl Journal {
     }
 }
 
-/// Creates a zero-filled segment file and maps it shared.
-#[allow(unsafe_code)]
-fn map_segment(path: &Path, segment_bytes: usize) -> io::Result<MmapMut> {
-    let file = OpenOptions::new().read(true).write(true).create_new(true).open(path)?;
-    file.set_len(segment_bytes as u64)?;
-    // The name must survive a crash of the host, not only of the process.
+/// Creates a segment and maps it with its pages populated, so appends to it
+/// take no page faults, and syncs the directory so its name survives a crash
+/// of the host.
+pub(crate) fn prepare_segment(path: &Path, segment_bytes: usize) -> io::Result<MmapMut> {
+    let map = map_segment(path, segment_bytes, true)?;
     if let Some(dir) = path.parent() {
         File::open(dir)?.sync_all()?;
     }
+    Ok(map)
+}
+
+/// Creates a zero-filled (sparse) segment file and maps it shared. Only the
+/// pages written to take disk blocks.
+#[allow(unsafe_code)]
+fn map_segment(path: &Path, segment_bytes: usize, populate: bool) -> io::Result<MmapMut> {
+    let file = OpenOptions::new().read(true).write(true).create_new(true).open(path)?;
+    file.set_len(segment_bytes as u64)?;
     // SAFETY: a mapping is undefined behaviour to read or write if another
     // process truncates or rewrites the file meanwhile. The file was just
     // created here (`create_new`) in the collector's data directory, which
     // the collector holds an exclusive lock on for its whole life (see
-    // `DataDirLock` in lib.rs), and it is never truncated while mapped: it is
+    // `lock_data_dir` in lib.rs), and it is never truncated while mapped: it is
     // only deleted (which keeps the mapping valid) after the mapping is
     // dropped.
-    unsafe { MmapMut::map_mut(&file) }
+    let mut options = memmap2::MmapOptions::new();
+    if populate {
+        options.populate();
+    }
+    unsafe { options.map_mut(&file) }
 }
 
 fn segment_name(id: u64) -> String {

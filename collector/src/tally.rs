@@ -106,6 +106,14 @@ impl Tally {
         Tally { limits, unsealed: Mutex::new(Unsealed::default()) }
     }
 
+    /// A tally journaling into `dir`, which holds no journal yet (for
+    /// benchmarks and tests outside the crate).
+    pub fn journaled(limits: TallyLimits, dir: &std::path::Path) -> Result<Tally, crate::JournalError> {
+        let (journal, replay, _) =
+            Journal::open(dir, crate::journal::SEGMENT_BYTES_DEFAULT, crate::journal::JOURNAL_BYTES_MAX_DEFAULT, 0)?;
+        Ok(Tally::with_journal(limits, journal, replay))
+    }
+
     /// A tally that journals every change, starting from the entries a
     /// previous run journaled and did not spool.
     pub(crate) fn with_journal(limits: TallyLimits, journal: Journal, replay: Vec<JournalEntry>) -> Tally {
@@ -219,6 +227,27 @@ impl Tally {
             if let Err(error) = std::fs::remove_file(&path) {
                 tracing::warn!(%error, path = %path.display(), "Could not delete a spooled journal segment.");
             }
+        }
+    }
+
+    /// Prepares the journal's next segment, so the append that needs it
+    /// finds it ready instead of creating a file under the lock. Blocking
+    /// I/O: call it off the async workers.
+    pub fn prepare_journal(&self) {
+        let Some((id, path, segment_bytes)) = self.lock().journal.as_mut().and_then(Journal::reserve_spare) else {
+            return;
+        };
+        let map = match crate::journal::prepare_segment(&path, segment_bytes) {
+            Ok(map) => Some(map),
+            Err(error) => {
+                tracing::warn!(%error, path = %path.display(), "Could not prepare a journal segment.");
+                let _ = std::fs::remove_file(&path);
+                None
+            }
+        };
+        let late = self.lock().journal.as_mut().and_then(|journal| journal.install_spare(id, map));
+        if let Some(path) = late {
+            let _ = std::fs::remove_file(path);
         }
     }
 

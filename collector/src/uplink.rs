@@ -249,6 +249,7 @@ impl Uplink {
     async fn seal(&mut self, tally: &Arc<Tally>, metrics: &Metrics) {
         let full = self.lock_spool().is_full();
         metrics.spool_full.set(i64::from(full));
+        let mut release_through = 0;
         if !full {
             let sealed = tally.seal();
             if !sealed.is_empty() {
@@ -256,7 +257,7 @@ impl Uplink {
                 match self.spool_sealed(sequence, &sealed).await {
                     Ok(n_frames) => {
                         self.next_sequence += n_frames;
-                        tally.release_journal(sealed.journal_through);
+                        release_through = sealed.journal_through;
                     }
                     Err(error) => {
                         // Back into the tally: the next seal tries again.
@@ -266,6 +267,16 @@ impl Uplink {
                     }
                 }
             }
+        }
+        // File work off the async workers: delete the spooled journal
+        // segments, and have the next one ready before an append needs it.
+        let journal = tally.clone();
+        let prepared = tokio::task::spawn_blocking(move || {
+            journal.release_journal(release_through);
+            journal.prepare_journal();
+        });
+        if let Err(error) = prepared.await {
+            tracing::warn!(%error, "Journal upkeep failed.");
         }
         let (n_keys, n_conversions, n_quarantined) = tally.len();
         metrics.rollup_keys.set(n_keys as i64);

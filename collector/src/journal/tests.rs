@@ -137,3 +137,29 @@ fn a_record_cut_short_ends_its_segment() {
     let (_, replay, _) = Journal::open(dir.path(), SEGMENT, u64::MAX, 0).unwrap();
     assert_eq!(replay, [all[0].clone()]);
 }
+
+#[test]
+fn a_prepared_spare_is_used_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut journal, _, _) = Journal::open(dir.path(), SEGMENT, u64::MAX, 0).unwrap();
+    let all = entries();
+    let (id, path, bytes) = journal.reserve_spare().unwrap();
+    assert_eq!(id, 1);
+    assert!(journal.reserve_spare().is_none(), "one spare at a time");
+    assert_eq!(journal.install_spare(id, Some(prepare_segment(&path, bytes).unwrap())), None);
+    append(&mut journal, &all[0]);
+    assert_eq!(journal.rotate(), 1, "the spare became segment 1");
+
+    // A spare that arrives after a later segment was created inline is
+    // handed back for deletion, never used out of order.
+    let (late_id, late_path, bytes) = journal.reserve_spare().unwrap();
+    assert_eq!(late_id, 2);
+    append(&mut journal, &all[1]);
+    assert_eq!(journal.rotate(), 3);
+    let late = journal.install_spare(late_id, Some(prepare_segment(&late_path, bytes).unwrap()));
+    assert_eq!(late, Some(late_path));
+    drop(journal);
+    fs::remove_file(dir.path().join(segment_name(2))).unwrap();
+    let (_, replay, _) = Journal::open(dir.path(), SEGMENT, u64::MAX, 0).unwrap();
+    assert_eq!(replay, all[..2]);
+}
