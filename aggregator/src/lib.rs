@@ -3,14 +3,14 @@
 //!
 //! This crate owns the QUIC server identity (`cert`), the ingest of
 //! `BatchFrame`s with exactly-once application per edge (`ingest`), the
-//! in-memory rollups and conversions (`store`), what a Flight ticket asks
-//! for (`ticket`, `query`) and the Flight server that answers it
-//! (`flight_service`). [`Aggregator::start`] wires them together; `main.rs`
-//! is a thin command-line shell around it.
+//! write-ahead log every batch is committed to before it is applied and
+//! acknowledged (`wal`), the in-memory rollups and conversions (`store`),
+//! what a Flight ticket asks for (`ticket`, `query`) and the Flight server
+//! that answers it (`flight_service`). [`Aggregator::start`] replays the
+//! log and wires them together; `main.rs` is a thin command-line shell
+//! around it.
 //!
-//! Not here yet: the write-ahead log (the store is memory only, so a restart
-//! forgets everything, high-water marks included), edge authentication,
-//! commissions, Parquet, Flight SQL and HTTP.
+//! Not here yet: edge authentication, commissions, Parquet and Flight SQL.
 
 mod cert;
 mod flight_service;
@@ -18,6 +18,7 @@ mod ingest;
 mod query;
 mod store;
 mod ticket;
+mod wal;
 
 use std::io;
 use std::net::SocketAddr;
@@ -26,12 +27,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 pub use cert::CertError;
-pub use ingest::Stats;
+pub use wal::WalError;
 
 /// How long [`Aggregator::shutdown`] waits for each of QUIC and Flight to
 /// drain before it drops what is left. Edges resend anything unacknowledged,
@@ -52,6 +53,38 @@ pub struct Config {
     /// Extra DNS names or IP addresses for a generated certificate, besides
     /// `localhost`, `127.0.0.1` and `::1`.
     pub tls_names: Vec<String>,
+    /// fsync the write-ahead log before acknowledging (default true). With
+    /// false a batch is acknowledged once written to the kernel: that
+    /// survives a crash of the process, not a power loss or kernel crash.
+    pub wal_fsync: bool,
+}
+
+/// The write-ahead log's directory, in the data directory.
+const WAL_DIR_NAME: &str = "wal";
+
+/// Counters of what the aggregator did since start.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Batches received and applied, skipped (at or below their edge's
+    /// high-water mark) and refused (malformed), since start.
+    pub batches_applied: u64,
+    pub batches_skipped: u64,
+    pub batches_refused: u64,
+    pub rollup_rows_applied: u64,
+    pub conversion_rows_applied: u64,
+    /// Log records read back at start and offered to the store (applied,
+    /// or skipped as already in the snapshot).
+    pub wal_records_replayed: u64,
+    /// Log records found damaged or undecodable at start, and skipped.
+    pub wal_records_corrupt: u64,
+    /// Interrupted appends truncated away at start.
+    pub wal_torn_tails: u64,
+    /// Bytes of the log's live segments.
+    pub wal_bytes: u64,
+    pub wal_fsyncs: u64,
+    pub wal_fsync_p50_us: u64,
+    pub wal_fsync_p99_us: u64,
+    pub wal_fsync_max_us: u64,
 }
 
 /// Why an aggregator could not start. Messages leave out their source,
@@ -70,6 +103,10 @@ pub enum Error {
     QuicBind { addr: SocketAddr, source: io::Error },
     #[error("bind flight on {addr}")]
     FlightBind { addr: SocketAddr, source: io::Error },
+    #[error("write-ahead log")]
+    Wal(#[from] WalError),
+    #[error("replay task")]
+    Replay(#[from] tokio::task::JoinError),
 }
 
 /// A running aggregator: both listeners are bound and serving.
@@ -79,6 +116,8 @@ pub struct Aggregator {
     quic_cert_path: PathBuf,
     endpoint: quinn::Endpoint,
     ingest: Arc<ingest::Ingest>,
+    wal: Arc<wal::Wal>,
+    replay: ingest::Replay,
     ingest_task: JoinHandle<()>,
     flight_shutdown: oneshot::Sender<()>,
     flight_task: JoinHandle<Result<(), tonic::transport::Error>>,
@@ -87,15 +126,41 @@ pub struct Aggregator {
 // === impl Aggregator ===
 
 impl Aggregator {
-    /// Loads or creates the QUIC identity, binds both listeners and spawns
-    /// their tasks on the current tokio runtime.
+    /// Loads or creates the QUIC identity, rebuilds the store from the
+    /// write-ahead log, binds both listeners and spawns their tasks on the
+    /// current tokio runtime.
     pub async fn start(config: Config) -> Result<Aggregator, Error> {
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|source| Error::DataDir { path: config.data_dir.clone(), source })?;
         let identity = cert::load_or_generate(&config)?;
         let store = Arc::new(store::Store::default());
 
-        let ingest = Arc::new(ingest::Ingest::new(store.clone()));
+        let wal_dir = config.data_dir.join(WAL_DIR_NAME);
+        let replay = {
+            let (wal_dir, store) = (wal_dir.clone(), store.clone());
+            // Reading and decoding the log is blocking work.
+            tokio::task::spawn_blocking(move || ingest::replay(&wal_dir, wal::FIRST_SEGMENT, &store)).await??
+        };
+        info!(
+            n_records = replay.recovery.n_records,
+            n_applied = replay.n_applied,
+            n_skipped = replay.n_skipped,
+            n_corrupt = replay.recovery.n_corrupt + replay.n_undecodable,
+            n_torn_tails = replay.recovery.n_torn_tails,
+            "Write-ahead log replayed."
+        );
+        // Nothing asks for snapshots yet.
+        let (snapshot_due, _) = mpsc::channel(1);
+        let wal_config = wal::WalConfig { fsync: config.wal_fsync, snapshot_wal_bytes: u64::MAX };
+        let wal = Arc::new(wal::Wal::start(
+            &wal_dir,
+            replay.recovery.next_segment,
+            replay.recovery.live_bytes,
+            wal_config,
+            snapshot_due,
+        )?);
+
+        let ingest = Arc::new(ingest::Ingest::new(store.clone(), wal.clone()));
         let server_config = ingest::server_config(identity.cert_chain, identity.key)?;
         let endpoint = quinn::Endpoint::server(server_config, config.quic_listen)
             .map_err(|source| Error::QuicBind { addr: config.quic_listen, source })?;
@@ -120,6 +185,8 @@ impl Aggregator {
             quic_cert_path: identity.cert_path,
             endpoint,
             ingest,
+            wal,
+            replay,
             ingest_task,
             flight_shutdown,
             flight_task,
@@ -141,9 +208,25 @@ impl Aggregator {
         &self.quic_cert_path
     }
 
-    /// Counters of what ingest did so far.
+    /// Counters of what the aggregator did so far.
     pub fn stats(&self) -> Stats {
-        self.ingest.stats()
+        let counts = self.ingest.counts();
+        let wal = self.wal.stats();
+        Stats {
+            batches_applied: counts.batches_applied,
+            batches_skipped: counts.batches_skipped,
+            batches_refused: counts.batches_refused,
+            rollup_rows_applied: counts.rollup_rows_applied,
+            conversion_rows_applied: counts.conversion_rows_applied,
+            wal_records_replayed: self.replay.n_applied + self.replay.n_skipped,
+            wal_records_corrupt: self.replay.recovery.n_corrupt + self.replay.n_undecodable,
+            wal_torn_tails: self.replay.recovery.n_torn_tails,
+            wal_bytes: wal.live_bytes,
+            wal_fsyncs: wal.n_fsyncs,
+            wal_fsync_p50_us: wal.fsync_p50_us,
+            wal_fsync_p99_us: wal.fsync_p99_us,
+            wal_fsync_max_us: wal.fsync_max_us,
+        }
     }
 
     /// Stops accepting, closes every edge connection and stops the Flight
@@ -157,6 +240,9 @@ impl Aggregator {
         if tokio::time::timeout(SHUTDOWN_GRACE, self.endpoint.wait_idle()).await.is_err() {
             warn!(grace_ms = SHUTDOWN_GRACE.as_millis(), "QUIC endpoint did not drain in time.");
         }
+        // Appliers still draining get `Closed` and send no ack; their edges
+        // resend after the restart.
+        self.wal.close().await;
 
         // The receiver lives as long as the server task; if it is gone the
         // server has stopped already, which the join below reports.

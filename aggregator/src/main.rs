@@ -21,6 +21,7 @@ const ENV_FLIGHT_LISTEN: &str = "EDGETALLY_AGGREGATOR_FLIGHT_LISTEN";
 const ENV_TLS_CERT: &str = "EDGETALLY_AGGREGATOR_TLS_CERT";
 const ENV_TLS_KEY: &str = "EDGETALLY_AGGREGATOR_TLS_KEY";
 const ENV_TLS_NAME: &str = "EDGETALLY_AGGREGATOR_TLS_NAME";
+const ENV_WAL_FSYNC: &str = "EDGETALLY_AGGREGATOR_WAL_FSYNC";
 
 /// Where the bound addresses are written, in the data directory. Tests and
 /// the local stack bind port 0 and read the real ports back from it.
@@ -51,6 +52,11 @@ struct Args {
     /// repeatable (comma-separated in the environment).
     #[arg(long = "tls-name", env = ENV_TLS_NAME, value_delimiter = ',')]
     tls_names: Vec<String>,
+    /// fsync the write-ahead log before acknowledging a batch. false only
+    /// writes to the kernel: that survives a crash of the process, not a
+    /// power loss.
+    #[arg(long, env = ENV_WAL_FSYNC, default_value_t = true, action = clap::ArgAction::Set)]
+    wal_fsync: bool,
 }
 
 fn main() -> ExitCode {
@@ -87,6 +93,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         tls_cert: args.tls_cert,
         tls_key: args.tls_key,
         tls_names: args.tls_names,
+        wal_fsync: args.wal_fsync,
     };
     // Installed before start so a signal during start is not lost.
     let mut sigterm = signal(SignalKind::terminate()).context("install SIGTERM handler")?;

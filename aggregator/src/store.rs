@@ -5,6 +5,9 @@
 //! lock, so two copies of a batch arriving at once cannot both be applied.
 //! The lock is a `std` mutex and is never held across an `.await`.
 //!
+//! Everything here is rebuilt on start from the write-ahead log
+//! (`wal.rs`); the store itself does no I/O.
+//!
 //! Nothing here is bounded yet: rollups grow with keys and conversions with
 //! rows until retention and Parquet partitions arrive.
 
@@ -107,6 +110,13 @@ impl Store {
             }
         }
         admission
+    }
+
+    /// What [`Store::apply`] would do with the batch now. Ingest asks
+    /// before writing a batch to the log, so a resent batch costs no write;
+    /// `apply` asks again under its lock.
+    pub(crate) fn admit(&self, edge_id: u32, epoch: u64, sequence: u64) -> Admission {
+        self.lock().edges.get(&edge_id).copied().unwrap_or_default().admit(epoch, sequence)
     }
 
     /// Runs `read` on the tables under the lock. `read` is synchronous, so

@@ -74,6 +74,88 @@ fn frame() -> BatchFrame {
     }
 }
 
+/// `frame()` as batch `sequence` of its edge: the same rows each time.
+fn frame_at(sequence: u64) -> Vec<u8> {
+    BatchFrame { sequence, ..frame() }.encode().unwrap()
+}
+
+/// `stats` without the fsync latencies, which vary from run to run.
+fn without_latency(stats: Stats) -> Stats {
+    assert!(stats.wal_fsync_p50_us <= stats.wal_fsync_p99_us, "{stats:?}");
+    assert!(stats.wal_fsync_p99_us <= stats.wal_fsync_max_us, "{stats:?}");
+    Stats { wal_fsync_p50_us: 0, wal_fsync_p99_us: 0, wal_fsync_max_us: 0, ..stats }
+}
+
+/// What Flight serves, summed: impressions and clicks of affiliates 7 and
+/// 8, conversion rows, quarantine rows.
+#[derive(Debug, PartialEq, Eq)]
+struct Totals {
+    impressions: [u64; 2],
+    clicks: [u64; 2],
+    n_conversions: usize,
+    n_quarantine: usize,
+}
+
+/// `frame()` applied `n_batches` times.
+fn totals_after(n_batches: u64) -> Totals {
+    let n = n_batches as usize;
+    Totals {
+        impressions: [42 * n_batches, 9 * n_batches],
+        clicks: [4 * n_batches, 0],
+        n_conversions: n,
+        n_quarantine: n,
+    }
+}
+
+async fn totals(aggregator: &Aggregator) -> Totals {
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", aggregator.flight_addr()))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut flight = FlightClient::new(channel);
+    let batches = do_get(&mut flight, r#"{"dataset":"rollups","group_by":["affiliate_id"]}"#).await;
+    let mut totals = Totals { impressions: [0; 2], clicks: [0; 2], n_conversions: 0, n_quarantine: 0 };
+    for batch in &batches {
+        let affiliate_ids = batch.column(0).as_primitive::<UInt32Type>();
+        for row_idx in 0..batch.num_rows() {
+            let affiliate_idx = match affiliate_ids.value(row_idx) {
+                7 => 0,
+                8 => 1,
+                other => panic!("unexpected affiliate {other}"),
+            };
+            totals.impressions[affiliate_idx] += batch.column(1).as_primitive::<UInt64Type>().value(row_idx);
+            totals.clicks[affiliate_idx] += batch.column(2).as_primitive::<UInt64Type>().value(row_idx);
+        }
+    }
+    let conversions = do_get(&mut flight, r#"{"dataset":"conversions"}"#).await;
+    totals.n_conversions = conversions.iter().map(|batch| batch.num_rows()).sum();
+    let quarantine = do_get(&mut flight, r#"{"dataset":"quarantine"}"#).await;
+    totals.n_quarantine = quarantine.iter().map(|batch| batch.num_rows()).sum();
+    totals
+}
+
+/// Sends batches `sequences` of the test edge on one connection and checks
+/// each ack.
+async fn send_all(aggregator: &Aggregator, sequences: std::ops::RangeInclusive<u64>, expect: AckStatus) {
+    let (endpoint, connection) = connect(aggregator).await;
+    for sequence in sequences {
+        let ack = send(&connection, &frame_at(sequence)).await;
+        assert_eq!(ack, Ack { edge_id: 3, epoch: 1, sequence, status: expect });
+    }
+    connection.close(0u32.into(), b"done");
+    endpoint.wait_idle().await;
+}
+
+fn wal_segments(data_dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(data_dir.join(WAL_DIR_NAME))
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    names
+}
+
 async fn connect(aggregator: &Aggregator) -> (quinn::Endpoint, quinn::Connection) {
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_file_iter(aggregator.quic_cert_path()).unwrap() {
@@ -113,6 +195,7 @@ fn loopback_config(data_dir: &std::path::Path) -> Config {
         tls_cert: None,
         tls_key: None,
         tls_names: Vec::new(),
+        wal_fsync: true,
     }
 }
 
@@ -137,13 +220,18 @@ async fn batch_over_quic_then_flight_inner() {
     let refused = send(&connection, b"not a frame").await;
     assert_eq!(refused.status, AckStatus::Refuse);
     assert_eq!(
-        aggregator.stats(),
+        without_latency(aggregator.stats()),
         Stats {
             batches_applied: 1,
             batches_skipped: 1,
             batches_refused: 1,
             rollup_rows_applied: 3,
-            conversion_rows_applied: 1
+            conversion_rows_applied: 1,
+            // One record: the applied frame. The skip and the refusal cost
+            // no write.
+            wal_bytes: (wal::RECORD_HEADER_LEN + bytes.len()) as u64,
+            wal_fsyncs: 1,
+            ..Stats::default()
         }
     );
 
@@ -219,4 +307,87 @@ async fn restart_reuses_certificate() {
     let second = Aggregator::start(config).await.unwrap();
     assert_eq!(std::fs::read(second.quic_cert_path()).unwrap(), cert_pem);
     second.shutdown().await;
+}
+
+#[tokio::test]
+async fn restart_keeps_counts_and_marks() {
+    tokio::time::timeout(TEST_TIMEOUT, restart_keeps_counts_and_marks_inner()).await.expect("test finishes in time");
+}
+
+async fn restart_keeps_counts_and_marks_inner() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let config = loopback_config(data_dir.path());
+    let first = Aggregator::start(config.clone()).await.unwrap();
+    send_all(&first, 1..=3, AckStatus::Apply).await;
+    assert_eq!(totals(&first).await, totals_after(3));
+    first.shutdown().await;
+
+    let second = Aggregator::start(config.clone()).await.unwrap();
+    assert_eq!(totals(&second).await, totals_after(3));
+    // The marks survived: old batches are skipped, the next is applied.
+    send_all(&second, 1..=3, AckStatus::Skip).await;
+    send_all(&second, 4..=4, AckStatus::Apply).await;
+    assert_eq!(totals(&second).await, totals_after(4));
+    let stats = second.stats();
+    assert_eq!((stats.batches_applied, stats.batches_skipped, stats.wal_records_corrupt), (1, 3, 0));
+    second.shutdown().await;
+
+    let third = Aggregator::start(config).await.unwrap();
+    assert_eq!(totals(&third).await, totals_after(4));
+    third.shutdown().await;
+}
+
+/// A crash: the runtime is dropped with the aggregator still running, so
+/// nothing is flushed or snapshotted; then an append cut off mid-record is
+/// left at the log's end. The restart replays every acknowledged batch,
+/// truncates the torn record and keeps the marks.
+#[test]
+fn crash_replays_wal() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let config = loopback_config(data_dir.path());
+    let runtime = || tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+
+    let crashed = runtime();
+    crashed.block_on(async {
+        tokio::time::timeout(TEST_TIMEOUT, async {
+            let aggregator = Aggregator::start(config.clone()).await.unwrap();
+            send_all(&aggregator, 1..=2, AckStatus::Apply).await;
+            // No shutdown: dropped as a kill would leave it.
+            drop(aggregator);
+        })
+        .await
+        .expect("test finishes in time");
+    });
+    drop(crashed);
+
+    let segments = wal_segments(data_dir.path());
+    let last_segment = data_dir.path().join(WAL_DIR_NAME).join(segments.last().unwrap());
+    let torn = frame_at(3);
+    let mut torn_record = wal::RECORD_MAGIC.to_vec();
+    torn_record.extend_from_slice(&(torn.len() as u32).to_le_bytes());
+    torn_record.extend_from_slice(&crc32fast::hash(&torn).to_le_bytes());
+    torn_record.extend_from_slice(&torn[..torn.len() / 2]);
+    let mut file = std::fs::OpenOptions::new().append(true).open(&last_segment).unwrap();
+    std::io::Write::write_all(&mut file, &torn_record).unwrap();
+    drop(file);
+
+    runtime().block_on(async {
+        tokio::time::timeout(TEST_TIMEOUT, async {
+            let aggregator = Aggregator::start(config.clone()).await.unwrap();
+            let stats = aggregator.stats();
+            assert_eq!(
+                (stats.wal_records_replayed, stats.wal_records_corrupt, stats.wal_torn_tails),
+                (2, 0, 1),
+                "{stats:?}"
+            );
+            assert_eq!(totals(&aggregator).await, totals_after(2));
+            send_all(&aggregator, 1..=2, AckStatus::Skip).await;
+            // The torn batch was never acknowledged; its edge sends it again.
+            send_all(&aggregator, 3..=3, AckStatus::Apply).await;
+            assert_eq!(totals(&aggregator).await, totals_after(3));
+            aggregator.shutdown().await;
+        })
+        .await
+        .expect("test finishes in time");
+    });
 }

@@ -12,6 +12,7 @@ fn config(data_dir: &Path) -> Config {
         tls_cert: None,
         tls_key: None,
         tls_names: vec!["edge.example".into(), "localhost".into()],
+        wal_fsync: true,
     }
 }
 

@@ -31,14 +31,16 @@ fn frame(sequence: u64, n_rollup_rows: u32, rollups_ipc: Bytes) -> BatchFrame {
 /// `Ok(n_rollup_rows)` for a decoded batch, else the refusal message.
 #[track_caller]
 fn check(bytes: Vec<u8>, expect: Result<usize, &str>) {
-    match (decode(Bytes::from(bytes)), expect) {
-        (Received::Batch(batch), Ok(n_rows)) => {
+    let expect_frame = Bytes::from(bytes);
+    match (decode(expect_frame.clone()), expect) {
+        (Received::Batch { batch, frame }, Ok(n_rows)) => {
             assert_eq!((batch.edge_id, batch.epoch), (4, 5));
             assert_eq!(batch.rollups.len(), n_rows);
             assert!(batch.conversions.is_empty());
+            assert_eq!(frame, expect_frame, "the frame is kept as received");
         }
         (Received::Refuse { error, .. }, Err(message)) => assert_eq!(error.to_string(), message),
-        (Received::Batch(batch), Err(message)) => panic!("applied {batch:?}, expected refusal {message:?}"),
+        (Received::Batch { batch, .. }, Err(message)) => panic!("applied {batch:?}, expected refusal {message:?}"),
         (Received::Refuse { error, .. }, Ok(_)) => panic!("refused: {error}"),
     }
 }
@@ -69,7 +71,7 @@ fn decode_frames() {
             assert_eq!((ids.edge_id, ids.epoch, ids.sequence), (4, 5, 9));
         }
         Received::Refuse { error, .. } => panic!("wrong refusal: {error}"),
-        Received::Batch(_) => panic!("garbage applied"),
+        Received::Batch { .. } => panic!("garbage applied"),
     }
     // Conversions where rollups belong fail the schema check.
     let mut swapped = frame(1, 0, Bytes::new());
