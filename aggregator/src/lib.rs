@@ -4,10 +4,11 @@
 //! This crate owns the QUIC server identity (`cert`), the ingest of
 //! `BatchFrame`s with exactly-once application per edge (`ingest`), the
 //! write-ahead log every batch is committed to before it is applied and
-//! acknowledged (`wal`), the in-memory rollups and conversions (`store`),
+//! acknowledged (`wal`), the snapshots that let the log be truncated
+//! (`snapshot`), the in-memory rollups and conversions (`store`),
 //! what a Flight ticket asks for (`ticket`, `query`) and the Flight server
-//! that answers it (`flight_service`). [`Aggregator::start`] replays the
-//! log and wires them together; `main.rs` is a thin command-line shell
+//! that answers it (`flight_service`). [`Aggregator::start`] loads the
+//! snapshot, replays the log after it and wires them together; `main.rs` is a thin command-line shell
 //! around it.
 //!
 //! Not here yet: edge authentication, commissions, Parquet and Flight SQL.
@@ -16,6 +17,7 @@ mod cert;
 mod flight_service;
 mod ingest;
 mod query;
+mod snapshot;
 mod store;
 mod ticket;
 mod wal;
@@ -32,6 +34,7 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 pub use cert::CertError;
+pub use snapshot::{DecodeError as SnapshotDecodeError, SnapshotError};
 pub use wal::WalError;
 
 /// How long [`Aggregator::shutdown`] waits for each of QUIC and Flight to
@@ -57,7 +60,20 @@ pub struct Config {
     /// false a batch is acknowledged once written to the kernel: that
     /// survives a crash of the process, not a power loss or kernel crash.
     pub wal_fsync: bool,
+    /// Once the log's live segments hold more than this many bytes, the
+    /// store is snapshotted and the segments it covers deleted.
+    pub snapshot_wal_bytes: u64,
 }
+
+/// The default `snapshot_wal_bytes`. Replay reads the log at start at a few
+/// hundred MiB/s, so 64 MiB keeps a restart within a second or so, while a
+/// snapshot (the whole store, compressed) is written at most once per
+/// 64 MiB of batches.
+pub const SNAPSHOT_WAL_BYTES_DEFAULT: u64 = 64 * 1024 * 1024;
+
+/// Snapshot requests waiting: one pending is enough, since a snapshot
+/// covers everything logged before it starts.
+const SNAPSHOT_DUE_QUEUE_MAX: usize = 1;
 
 /// The write-ahead log's directory, in the data directory.
 const WAL_DIR_NAME: &str = "wal";
@@ -79,6 +95,8 @@ pub struct Stats {
     pub wal_records_corrupt: u64,
     /// Interrupted appends truncated away at start.
     pub wal_torn_tails: u64,
+    /// Snapshots written since start (each truncates the log).
+    pub snapshots_written: u64,
     /// Bytes of the log's live segments.
     pub wal_bytes: u64,
     pub wal_fsyncs: u64,
@@ -105,6 +123,8 @@ pub enum Error {
     FlightBind { addr: SocketAddr, source: io::Error },
     #[error("write-ahead log")]
     Wal(#[from] WalError),
+    #[error("snapshot")]
+    Snapshot(#[from] SnapshotError),
     #[error("replay task")]
     Replay(#[from] tokio::task::JoinError),
 }
@@ -118,6 +138,9 @@ pub struct Aggregator {
     ingest: Arc<ingest::Ingest>,
     wal: Arc<wal::Wal>,
     replay: ingest::Replay,
+    checkpointer: Arc<snapshot::Checkpointer>,
+    snapshot_stop: oneshot::Sender<()>,
+    snapshot_task: JoinHandle<()>,
     ingest_task: JoinHandle<()>,
     flight_shutdown: oneshot::Sender<()>,
     flight_task: JoinHandle<Result<(), tonic::transport::Error>>,
@@ -133,13 +156,23 @@ impl Aggregator {
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|source| Error::DataDir { path: config.data_dir.clone(), source })?;
         let identity = cert::load_or_generate(&config)?;
-        let store = Arc::new(store::Store::default());
 
         let wal_dir = config.data_dir.join(WAL_DIR_NAME);
-        let replay = {
-            let (wal_dir, store) = (wal_dir.clone(), store.clone());
-            // Reading and decoding the log is blocking work.
-            tokio::task::spawn_blocking(move || ingest::replay(&wal_dir, wal::FIRST_SEGMENT, &store)).await??
+        let (store, replay) = {
+            let (data_dir, wal_dir) = (config.data_dir.clone(), wal_dir.clone());
+            // Reading and decoding the snapshot and the log is blocking work.
+            tokio::task::spawn_blocking(move || -> Result<_, Error> {
+                let (store, wal_from) = match snapshot::load(&data_dir)? {
+                    Some(snapshot) => {
+                        info!(wal_from = snapshot.wal_from, n_edges = snapshot.marks.len(), "Snapshot loaded.");
+                        (store::Store::restore(snapshot.tables, snapshot.marks), snapshot.wal_from)
+                    }
+                    None => (store::Store::default(), wal::FIRST_SEGMENT),
+                };
+                let replay = ingest::replay(&wal_dir, wal_from, &store)?;
+                Ok((Arc::new(store), replay))
+            })
+            .await??
         };
         info!(
             n_records = replay.recovery.n_records,
@@ -149,9 +182,8 @@ impl Aggregator {
             n_torn_tails = replay.recovery.n_torn_tails,
             "Write-ahead log replayed."
         );
-        // Nothing asks for snapshots yet.
-        let (snapshot_due, _) = mpsc::channel(1);
-        let wal_config = wal::WalConfig { fsync: config.wal_fsync, snapshot_wal_bytes: u64::MAX };
+        let (snapshot_due, snapshot_due_rx) = mpsc::channel(SNAPSHOT_DUE_QUEUE_MAX);
+        let wal_config = wal::WalConfig { fsync: config.wal_fsync, snapshot_wal_bytes: config.snapshot_wal_bytes };
         let wal = Arc::new(wal::Wal::start(
             &wal_dir,
             replay.recovery.next_segment,
@@ -159,6 +191,9 @@ impl Aggregator {
             wal_config,
             snapshot_due,
         )?);
+        let checkpointer = Arc::new(snapshot::Checkpointer::new(config.data_dir.clone(), store.clone(), wal.clone()));
+        let (snapshot_stop, snapshot_stop_rx) = oneshot::channel();
+        let snapshot_task = tokio::spawn(snapshot::run(checkpointer.clone(), snapshot_due_rx, snapshot_stop_rx));
 
         let ingest = Arc::new(ingest::Ingest::new(store.clone(), wal.clone()));
         let server_config = ingest::server_config(identity.cert_chain, identity.key)?;
@@ -187,6 +222,9 @@ impl Aggregator {
             ingest,
             wal,
             replay,
+            checkpointer,
+            snapshot_stop,
+            snapshot_task,
             ingest_task,
             flight_shutdown,
             flight_task,
@@ -222,6 +260,7 @@ impl Aggregator {
             wal_records_corrupt: self.replay.recovery.n_corrupt + self.replay.n_undecodable,
             wal_torn_tails: self.replay.recovery.n_torn_tails,
             wal_bytes: wal.live_bytes,
+            snapshots_written: self.checkpointer.snapshots_written(),
             wal_fsyncs: wal.n_fsyncs,
             wal_fsync_p50_us: wal.fsync_p50_us,
             wal_fsync_p99_us: wal.fsync_p99_us,
@@ -239,6 +278,23 @@ impl Aggregator {
         }
         if tokio::time::timeout(SHUTDOWN_GRACE, self.endpoint.wait_idle()).await.is_err() {
             warn!(grace_ms = SHUTDOWN_GRACE.as_millis(), "QUIC endpoint did not drain in time.");
+        }
+        // The receiver lives as long as the task; if it is gone the task
+        // has stopped already, which the join reports.
+        let _ = self.snapshot_stop.send(());
+        if let Err(error) = self.snapshot_task.await {
+            warn!(%error, "Snapshot task failed.");
+        }
+        // A final snapshot, so the next start replays nothing. Appliers still
+        // draining are waited for (their records are in the segments it
+        // covers); ones that come later land in the new segment.
+        match tokio::time::timeout(SHUTDOWN_GRACE, self.checkpointer.checkpoint()).await {
+            Ok(Ok(wal_from)) => info!(wal_from, "Shutdown snapshot written."),
+            Ok(Err(error)) => warn!(%error, "Shutdown snapshot failed; the next start replays the log."),
+            Err(_) => warn!(
+                grace_ms = SHUTDOWN_GRACE.as_millis(),
+                "Shutdown snapshot not done in time; the next start replays the log."
+            ),
         }
         // Appliers still draining get `Closed` and send no ack; their edges
         // resend after the restart.

@@ -10,7 +10,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use edgetally_aggregator::{Aggregator, Config};
+use edgetally_aggregator::{Aggregator, Config, SNAPSHOT_WAL_BYTES_DEFAULT};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::info;
 use tracing_subscriber::EnvFilter;
@@ -22,6 +22,7 @@ const ENV_TLS_CERT: &str = "EDGETALLY_AGGREGATOR_TLS_CERT";
 const ENV_TLS_KEY: &str = "EDGETALLY_AGGREGATOR_TLS_KEY";
 const ENV_TLS_NAME: &str = "EDGETALLY_AGGREGATOR_TLS_NAME";
 const ENV_WAL_FSYNC: &str = "EDGETALLY_AGGREGATOR_WAL_FSYNC";
+const ENV_SNAPSHOT_WAL_BYTES: &str = "EDGETALLY_AGGREGATOR_SNAPSHOT_WAL_BYTES";
 
 /// Where the bound addresses are written, in the data directory. Tests and
 /// the local stack bind port 0 and read the real ports back from it.
@@ -57,6 +58,10 @@ struct Args {
     /// power loss.
     #[arg(long, env = ENV_WAL_FSYNC, default_value_t = true, action = clap::ArgAction::Set)]
     wal_fsync: bool,
+    /// Snapshot the store and truncate the write-ahead log once its live
+    /// segments hold more than this many bytes.
+    #[arg(long, env = ENV_SNAPSHOT_WAL_BYTES, default_value_t = SNAPSHOT_WAL_BYTES_DEFAULT)]
+    snapshot_wal_bytes: u64,
 }
 
 fn main() -> ExitCode {
@@ -94,6 +99,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         tls_key: args.tls_key,
         tls_names: args.tls_names,
         wal_fsync: args.wal_fsync,
+        snapshot_wal_bytes: args.snapshot_wal_bytes,
     };
     // Installed before start so a signal during start is not lost.
     let mut sigterm = signal(SignalKind::terminate()).context("install SIGTERM handler")?;

@@ -5,8 +5,8 @@
 //! lock, so two copies of a batch arriving at once cannot both be applied.
 //! The lock is a `std` mutex and is never held across an `.await`.
 //!
-//! Everything here is rebuilt on start from the write-ahead log
-//! (`wal.rs`); the store itself does no I/O.
+//! Everything here is rebuilt on start from the snapshot and the
+//! write-ahead log (`snapshot.rs`, `wal.rs`); the store itself does no I/O.
 //!
 //! Nothing here is bounded yet: rollups grow with keys and conversions with
 //! rows until retention and Parquet partitions arrive.
@@ -117,6 +117,22 @@ impl Store {
     /// `apply` asks again under its lock.
     pub(crate) fn admit(&self, edge_id: u32, epoch: u64, sequence: u64) -> Admission {
         self.lock().edges.get(&edge_id).copied().unwrap_or_default().admit(epoch, sequence)
+    }
+
+    /// A store holding `tables` with the edges at `marks`, as a snapshot
+    /// left them.
+    pub(crate) fn restore(tables: Tables, marks: HashMap<u32, EdgeMark>) -> Store {
+        Store { inner: Mutex::new(Inner { tables, edges: marks }) }
+    }
+
+    /// Runs `export` on the whole state under the lock, with the quarantine
+    /// made contiguous so it reads as one slice. `export` is synchronous and
+    /// holds up every apply; copy out what is needed and encode later.
+    pub(crate) fn export<R>(&self, export: impl FnOnce(&Tables, &HashMap<u32, EdgeMark>) -> R) -> R {
+        let mut inner = self.lock();
+        let Inner { tables, edges } = &mut *inner;
+        tables.quarantine.make_contiguous();
+        export(tables, edges)
     }
 
     /// Runs `read` on the tables under the lock. `read` is synchronous, so

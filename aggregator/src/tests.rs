@@ -196,6 +196,7 @@ fn loopback_config(data_dir: &std::path::Path) -> Config {
         tls_key: None,
         tls_names: Vec::new(),
         wal_fsync: true,
+        snapshot_wal_bytes: SNAPSHOT_WAL_BYTES_DEFAULT,
     }
 }
 
@@ -324,6 +325,11 @@ async fn restart_keeps_counts_and_marks_inner() {
 
     let second = Aggregator::start(config.clone()).await.unwrap();
     assert_eq!(totals(&second).await, totals_after(3));
+    // Shutdown snapshotted and truncated the log, so there is nothing to
+    // replay: segment 1 is gone, 2 (the snapshot's `wal_from`) is empty and
+    // this run appends to 3.
+    assert_eq!((second.stats().wal_records_replayed, second.stats().wal_bytes), (0, 0));
+    assert_eq!(wal_segments(data_dir.path()), ["00000000000000000002.wal", "00000000000000000003.wal"]);
     // The marks survived: old batches are skipped, the next is applied.
     send_all(&second, 1..=3, AckStatus::Skip).await;
     send_all(&second, 4..=4, AckStatus::Apply).await;
@@ -390,4 +396,94 @@ fn crash_replays_wal() {
         .await
         .expect("test finishes in time");
     });
+}
+
+/// Polls `condition` until it holds; the caller bounds the wait.
+async fn wait_until(mut condition: impl FnMut() -> bool) {
+    while !condition() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// With a 1-byte limit every commit asks for a snapshot. Waiting for each
+/// before the next batch makes their number exact; after a crash the
+/// restart loads the last one, and the covered segments are gone.
+#[test]
+fn snapshots_truncate_wal() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let config = Config { snapshot_wal_bytes: 1, ..loopback_config(data_dir.path()) };
+    let runtime = || tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+
+    let crashed = runtime();
+    crashed.block_on(async {
+        tokio::time::timeout(TEST_TIMEOUT, async {
+            let aggregator = Aggregator::start(config.clone()).await.unwrap();
+            for sequence in 1..=5 {
+                send_all(&aggregator, sequence..=sequence, AckStatus::Apply).await;
+                wait_until(|| aggregator.stats().snapshots_written >= sequence).await;
+            }
+            let stats = aggregator.stats();
+            assert_eq!((stats.snapshots_written, stats.wal_bytes), (5, 0), "{stats:?}");
+            // Snapshot n rotated to segment n + 1 and deleted the ones below.
+            assert_eq!(wal_segments(data_dir.path()), ["00000000000000000006.wal"]);
+            let snapshot = snapshot::load(data_dir.path()).unwrap().unwrap();
+            assert_eq!(snapshot.wal_from, 6);
+            drop(aggregator);
+        })
+        .await
+        .expect("test finishes in time");
+    });
+    drop(crashed);
+
+    runtime().block_on(async {
+        tokio::time::timeout(TEST_TIMEOUT, async {
+            let aggregator = Aggregator::start(config.clone()).await.unwrap();
+            let stats = aggregator.stats();
+            assert_eq!((stats.wal_records_replayed, stats.wal_records_corrupt, stats.wal_torn_tails), (0, 0, 0));
+            assert_eq!(totals(&aggregator).await, totals_after(5));
+            assert_eq!(wal_segments(data_dir.path()), ["00000000000000000006.wal", "00000000000000000007.wal"]);
+            send_all(&aggregator, 1..=5, AckStatus::Skip).await;
+            send_all(&aggregator, 6..=6, AckStatus::Apply).await;
+            wait_until(|| aggregator.stats().snapshots_written >= 1).await;
+            assert_eq!(totals(&aggregator).await, totals_after(6));
+            aggregator.shutdown().await;
+        })
+        .await
+        .expect("test finishes in time");
+    });
+
+    runtime().block_on(async {
+        tokio::time::timeout(TEST_TIMEOUT, async {
+            let aggregator = Aggregator::start(config.clone()).await.unwrap();
+            assert_eq!(aggregator.stats().wal_records_replayed, 0);
+            assert_eq!(totals(&aggregator).await, totals_after(6));
+            aggregator.shutdown().await;
+        })
+        .await
+        .expect("test finishes in time");
+    });
+}
+
+/// A snapshot that does not read back stops the start, naming the file.
+#[tokio::test]
+async fn corrupt_snapshot_is_a_startup_error() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let data_dir = tempfile::tempdir().unwrap();
+        let config = loopback_config(data_dir.path());
+        let aggregator = Aggregator::start(config.clone()).await.unwrap();
+        send_all(&aggregator, 1..=1, AckStatus::Apply).await;
+        aggregator.shutdown().await;
+        let path = data_dir.path().join(snapshot::SNAPSHOT_FILE_NAME);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let last_idx = bytes.len() - 1;
+        bytes[last_idx] ^= 1;
+        std::fs::write(&path, bytes).unwrap();
+        let error = Aggregator::start(config).await.err().expect("a corrupt snapshot fails the start");
+        let Error::Snapshot(SnapshotError::Corrupt { path: named, .. }) = &error else {
+            panic!("wrong error: {error:?}");
+        };
+        assert_eq!(named, &path);
+    })
+    .await
+    .expect("test finishes in time");
 }

@@ -27,8 +27,9 @@
 //!
 //! **Settlement.** Each committed record is *unsettled* until its applier
 //! has applied it to the store (or given up on it); the reply is a
-//! [`Commit`] guard that settles the record when dropped, so a snapshot can
-//! wait for every record of the segments it is about to delete to settle.
+//! [`Commit`] guard that settles the record when dropped. A snapshot waits
+//! for every record of the segments it is about to delete to settle (see
+//! `snapshot.rs`).
 //!
 //! **Recovery.** [`recover`] reads segments in order. A record whose header
 //! or CRC is wrong is logged at ERROR, counted and skipped: the reader
@@ -116,6 +117,7 @@ pub(crate) struct WalConfig {
 /// The handle appliers and the snapshotter use; the writer thread behind it
 /// stops on [`Wal::close`] or when every handle is gone.
 pub(crate) struct Wal {
+    dir: PathBuf,
     requests: mpsc::Sender<Request>,
     shared: Arc<Shared>,
 }
@@ -162,8 +164,18 @@ pub(crate) struct Record {
 
 /// What the writer thread is asked to do.
 enum Request {
-    Append { record: Bytes, reply: oneshot::Sender<Result<Commit, WalError>> },
-    Close { reply: oneshot::Sender<()> },
+    Append {
+        record: Bytes,
+        reply: oneshot::Sender<Result<Commit, WalError>>,
+    },
+    /// Start a new segment unless the open one is empty; answers the
+    /// segment every later append goes to.
+    Rotate {
+        reply: oneshot::Sender<Result<u64, WalError>>,
+    },
+    Close {
+        reply: oneshot::Sender<()>,
+    },
 }
 
 /// What the writer and the handles share.
@@ -280,7 +292,7 @@ impl Wal {
             .name("edgetally-wal".to_owned())
             .spawn(move || writer.run(requests_rx))
             .map_err(WalError::Thread)?;
-        Ok(Wal { requests, shared })
+        Ok(Wal { dir: dir.to_owned(), requests, shared })
     }
 
     /// Appends `record` and waits for it to be committed (written, and
@@ -294,6 +306,47 @@ impl Wal {
         permit.send(Request::Append { record, reply });
         // A dropped reply means the writer stopped.
         reply_rx.await.map_err(|_| WalError::Closed)?
+    }
+
+    /// Closes the open segment (unless it is empty) and answers the segment
+    /// number every later append goes to: all records appended before the
+    /// call are in lower segments.
+    pub(crate) async fn rotate(&self) -> Result<u64, WalError> {
+        let (reply, reply_rx) = oneshot::channel();
+        let permit = self.requests.reserve().await.map_err(|_| WalError::Closed)?;
+        permit.send(Request::Rotate { reply });
+        reply_rx.await.map_err(|_| WalError::Closed)?
+    }
+
+    /// Waits until every record committed to a segment below `segment` is
+    /// settled.
+    pub(crate) async fn settled_below(&self, segment: u64) {
+        loop {
+            let notified = self.shared.settled.notified();
+            let mut notified = std::pin::pin!(notified);
+            // Registered before the check, so a settle in between wakes us.
+            notified.as_mut().enable();
+            if self.shared.n_unsettled_below(segment) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Deletes every segment below `segment`; answers how many it deleted.
+    pub(crate) fn remove_segments_below(&self, segment: u64) -> Result<usize, WalError> {
+        let mut n_removed = 0;
+        for (number, path) in list_segments(&self.dir)? {
+            if number >= segment {
+                break;
+            }
+            let len =
+                fs::metadata(&path).map_err(|source| WalError::Io { op: "stat", path: path.clone(), source })?.len();
+            fs::remove_file(&path).map_err(|source| WalError::Io { op: "remove", path: path.clone(), source })?;
+            self.shared.live_bytes.fetch_sub(len, Ordering::Relaxed);
+            n_removed += 1;
+        }
+        Ok(n_removed)
     }
 
     /// Commits what is queued, closes the segment and stops the writer;
@@ -343,6 +396,10 @@ impl Shared {
         self.fsync_latency.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    fn n_unsettled_below(&self, segment: u64) -> u64 {
+        self.lock_unsettled().range(..segment).map(|(_, n_records)| n_records).sum()
+    }
+
     fn settle(&self, segment: u64) {
         {
             let mut unsettled = self.lock_unsettled();
@@ -366,6 +423,11 @@ impl Writer {
             while let Some(request) = next.take() {
                 match request {
                     Request::Append { record, reply } => self.push(record, reply),
+                    Request::Rotate { reply } => {
+                        let rotated = self.commit().and_then(|()| self.rotate_if_used());
+                        // The snapshotter may have given up waiting.
+                        let _ = reply.send(rotated);
+                    }
                     Request::Close { reply } => {
                         // A failure was answered to its waiters already.
                         let _ = self.commit();

@@ -218,3 +218,38 @@ async fn appends_commit_in_order_inner() {
     payloads[1..].sort();
     assert_eq!(payloads[1..], [b"3rd".to_vec(), b"secondly".to_vec()]);
 }
+
+#[tokio::test]
+async fn rotation_and_settlement() {
+    tokio::time::timeout(TEST_TIMEOUT, rotation_and_settlement_inner()).await.expect("test finishes in time");
+}
+
+async fn rotation_and_settlement_inner() {
+    use futures::FutureExt;
+
+    let data_dir = tempfile::tempdir().unwrap();
+    let dir = data_dir.path().join("wal");
+    let (recovery, _) = recover_all(&dir, FIRST_SEGMENT);
+    let (snapshot_due, _snapshot_due_rx) = mpsc::channel(1);
+    let config = WalConfig { fsync: false, snapshot_wal_bytes: u64::MAX };
+    let wal = Wal::start(&dir, recovery.next_segment, recovery.live_bytes, config, snapshot_due).unwrap();
+
+    let commit = wal.append(Bytes::from_static(b"first")).await.unwrap();
+    assert_eq!(wal.rotate().await.unwrap(), 2);
+    // An empty segment is not rotated again.
+    assert_eq!(wal.rotate().await.unwrap(), 2);
+    let mut settled = std::pin::pin!(wal.settled_below(2));
+    assert!(settled.as_mut().now_or_never().is_none(), "the record of segment 1 is unsettled");
+    // Records of later segments do not hold it up.
+    let later = wal.append(Bytes::from_static(b"later")).await.unwrap();
+    assert_eq!(later.segment, 2);
+    drop(commit);
+    settled.await;
+    assert_eq!(wal.remove_segments_below(2).unwrap(), 1);
+    assert_eq!(wal.stats(), WalStats { live_bytes: 17, ..WalStats::default() }, "no fsync when off");
+    drop(later);
+    wal.close().await;
+    let (recovery, records) = recover_all(&dir, 2);
+    assert_eq!(recovery, Recovery { n_records: 1, live_bytes: 17, next_segment: 3, ..Recovery::default() });
+    assert_eq!(records, [(2, 0, b"later".to_vec())]);
+}
