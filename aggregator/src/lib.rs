@@ -7,7 +7,8 @@
 //! acknowledged (`wal`), the snapshots that let the log be truncated
 //! (`snapshot`), the in-memory rollups and conversions (`store`),
 //! what a Flight ticket asks for (`ticket`, `query`) and the Flight server
-//! that answers it (`flight_service`). [`Aggregator::start`] loads the
+//! that answers it (`flight_service`), and the operations HTTP listener
+//! with `/metrics` and `/healthz` (`http`, `metrics`). [`Aggregator::start`] loads the
 //! snapshot, replays the log after it and wires them together; `main.rs` is a thin command-line shell
 //! around it.
 //!
@@ -15,7 +16,9 @@
 
 mod cert;
 mod flight_service;
+mod http;
 mod ingest;
+mod metrics;
 mod query;
 mod snapshot;
 mod store;
@@ -45,10 +48,13 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// How an aggregator is started.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Where the generated QUIC certificate and key live.
+    /// Where the generated QUIC certificate and key, the write-ahead log
+    /// (`wal/`) and the snapshot (`snapshot.bin`) live.
     pub data_dir: PathBuf,
     pub quic_listen: SocketAddr,
     pub flight_listen: SocketAddr,
+    /// TCP address for `/metrics` and `/healthz`.
+    pub http_listen: SocketAddr,
     /// PEM certificate chain for QUIC; with `tls_key`, replaces the
     /// self-signed certificate kept in `data_dir`.
     pub tls_cert: Option<PathBuf>,
@@ -121,6 +127,8 @@ pub enum Error {
     QuicBind { addr: SocketAddr, source: io::Error },
     #[error("bind flight on {addr}")]
     FlightBind { addr: SocketAddr, source: io::Error },
+    #[error("bind http on {addr}")]
+    HttpBind { addr: SocketAddr, source: io::Error },
     #[error("write-ahead log")]
     Wal(#[from] WalError),
     #[error("snapshot")]
@@ -133,17 +141,27 @@ pub enum Error {
 pub struct Aggregator {
     quic_addr: SocketAddr,
     flight_addr: SocketAddr,
+    http_addr: SocketAddr,
     quic_cert_path: PathBuf,
     endpoint: quinn::Endpoint,
-    ingest: Arc<ingest::Ingest>,
+    stats: Arc<StatsSource>,
     wal: Arc<wal::Wal>,
-    replay: ingest::Replay,
     checkpointer: Arc<snapshot::Checkpointer>,
+    http_shutdown: oneshot::Sender<()>,
+    http_task: JoinHandle<()>,
     snapshot_stop: oneshot::Sender<()>,
     snapshot_task: JoinHandle<()>,
     ingest_task: JoinHandle<()>,
     flight_shutdown: oneshot::Sender<()>,
     flight_task: JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+/// What [`Stats`] is read from; shared with the metrics endpoint.
+pub(crate) struct StatsSource {
+    ingest: Arc<ingest::Ingest>,
+    pub(crate) wal: Arc<wal::Wal>,
+    checkpointer: Arc<snapshot::Checkpointer>,
+    replay: ingest::Replay,
 }
 
 // === impl Aggregator ===
@@ -213,16 +231,27 @@ impl Aggregator {
             let _ = shutdown_signal.await;
         }));
 
-        info!(quic = %quic_addr, flight = %flight_addr, quic_cert = %identity.cert_path.display(), "Aggregator started.");
+        let stats = Arc::new(StatsSource { ingest, wal: wal.clone(), checkpointer: checkpointer.clone(), replay });
+        let listener = TcpListener::bind(config.http_listen)
+            .await
+            .map_err(|source| Error::HttpBind { addr: config.http_listen, source })?;
+        let http_addr = listener.local_addr().map_err(|source| Error::HttpBind { addr: config.http_listen, source })?;
+        let (http_shutdown, http_shutdown_rx) = oneshot::channel();
+        let http = Arc::new(http::Http { metrics: metrics::Metrics::new(stats.clone()), wal: wal.clone() });
+        let http_task = tokio::spawn(http::serve(listener, http, http_shutdown_rx));
+
+        info!(quic = %quic_addr, flight = %flight_addr, http = %http_addr, quic_cert = %identity.cert_path.display(), "Aggregator started.");
         Ok(Aggregator {
             quic_addr,
             flight_addr,
+            http_addr,
             quic_cert_path: identity.cert_path,
             endpoint,
-            ingest,
+            stats,
             wal,
-            replay,
             checkpointer,
+            http_shutdown,
+            http_task,
             snapshot_stop,
             snapshot_task,
             ingest_task,
@@ -241,6 +270,11 @@ impl Aggregator {
         self.flight_addr
     }
 
+    /// The bound address of `/metrics` and `/healthz`.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
     /// The absolute path of the PEM certificate collectors must trust.
     pub fn quic_cert_path(&self) -> &Path {
         &self.quic_cert_path
@@ -248,24 +282,7 @@ impl Aggregator {
 
     /// Counters of what the aggregator did so far.
     pub fn stats(&self) -> Stats {
-        let counts = self.ingest.counts();
-        let wal = self.wal.stats();
-        Stats {
-            batches_applied: counts.batches_applied,
-            batches_skipped: counts.batches_skipped,
-            batches_refused: counts.batches_refused,
-            rollup_rows_applied: counts.rollup_rows_applied,
-            conversion_rows_applied: counts.conversion_rows_applied,
-            wal_records_replayed: self.replay.n_applied + self.replay.n_skipped,
-            wal_records_corrupt: self.replay.recovery.n_corrupt + self.replay.n_undecodable,
-            wal_torn_tails: self.replay.recovery.n_torn_tails,
-            wal_bytes: wal.live_bytes,
-            snapshots_written: self.checkpointer.snapshots_written(),
-            wal_fsyncs: wal.n_fsyncs,
-            wal_fsync_p50_us: wal.fsync_p50_us,
-            wal_fsync_p99_us: wal.fsync_p99_us,
-            wal_fsync_max_us: wal.fsync_max_us,
-        }
+        self.stats.stats()
     }
 
     /// Stops accepting, closes every edge connection and stops the Flight
@@ -313,7 +330,36 @@ impl Aggregator {
                 flight_task.abort();
             }
         }
+        let _ = self.http_shutdown.send(());
+        if let Err(error) = self.http_task.await {
+            warn!(%error, "HTTP task failed.");
+        }
         info!("Aggregator stopped.");
+    }
+}
+
+// === impl StatsSource ===
+
+impl StatsSource {
+    pub(crate) fn stats(&self) -> Stats {
+        let counts = self.ingest.counts();
+        let wal = self.wal.stats();
+        Stats {
+            batches_applied: counts.batches_applied,
+            batches_skipped: counts.batches_skipped,
+            batches_refused: counts.batches_refused,
+            rollup_rows_applied: counts.rollup_rows_applied,
+            conversion_rows_applied: counts.conversion_rows_applied,
+            wal_records_replayed: self.replay.n_applied + self.replay.n_skipped,
+            wal_records_corrupt: self.replay.recovery.n_corrupt + self.replay.n_undecodable,
+            wal_torn_tails: self.replay.recovery.n_torn_tails,
+            wal_bytes: wal.live_bytes,
+            snapshots_written: self.checkpointer.snapshots_written(),
+            wal_fsyncs: wal.n_fsyncs,
+            wal_fsync_p50_us: wal.fsync_p50_us,
+            wal_fsync_p99_us: wal.fsync_p99_us,
+            wal_fsync_max_us: wal.fsync_max_us,
+        }
     }
 }
 

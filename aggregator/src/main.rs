@@ -18,6 +18,7 @@ use tracing_subscriber::EnvFilter;
 const ENV_DATA_DIR: &str = "EDGETALLY_AGGREGATOR_DATA_DIR";
 const ENV_QUIC_LISTEN: &str = "EDGETALLY_AGGREGATOR_QUIC_LISTEN";
 const ENV_FLIGHT_LISTEN: &str = "EDGETALLY_AGGREGATOR_FLIGHT_LISTEN";
+const ENV_HTTP_LISTEN: &str = "EDGETALLY_AGGREGATOR_HTTP_LISTEN";
 const ENV_TLS_CERT: &str = "EDGETALLY_AGGREGATOR_TLS_CERT";
 const ENV_TLS_KEY: &str = "EDGETALLY_AGGREGATOR_TLS_KEY";
 const ENV_TLS_NAME: &str = "EDGETALLY_AGGREGATOR_TLS_NAME";
@@ -33,7 +34,8 @@ const ADDRESS_FILE_NAME: &str = "aggregator.json";
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
-    /// Directory for the generated QUIC certificate and aggregator.json.
+    /// Directory for the generated QUIC certificate, aggregator.json, the
+    /// write-ahead log (wal/) and snapshot.bin.
     #[arg(long, env = ENV_DATA_DIR)]
     data_dir: PathBuf,
     /// UDP address for QUIC from collectors.
@@ -42,6 +44,9 @@ struct Args {
     /// TCP address for Arrow Flight.
     #[arg(long, env = ENV_FLIGHT_LISTEN, default_value = "127.0.0.1:8815")]
     flight_listen: SocketAddr,
+    /// TCP address for /metrics and /healthz.
+    #[arg(long, env = ENV_HTTP_LISTEN, default_value = "127.0.0.1:8090")]
+    http_listen: SocketAddr,
     /// PEM certificate chain for QUIC (with --tls-key); default: a
     /// self-signed one generated in the data directory.
     #[arg(long, env = ENV_TLS_CERT, requires = "tls_key")]
@@ -95,6 +100,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         data_dir: args.data_dir,
         quic_listen: args.quic_listen,
         flight_listen: args.flight_listen,
+        http_listen: args.http_listen,
         tls_cert: args.tls_cert,
         tls_key: args.tls_key,
         tls_names: args.tls_names,
@@ -118,12 +124,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Writes `{"quic":…,"flight":…,"quic_cert":…}` via a temp file and a
+/// Writes `{"quic":…,"flight":…,"http":…,"quic_cert":…}` via a temp file and a
 /// rename, so a reader never sees half of it.
 fn write_address_file(path: &Path, aggregator: &Aggregator) -> anyhow::Result<()> {
     let addresses = serde_json::json!({
         "quic": aggregator.quic_addr().to_string(),
         "flight": aggregator.flight_addr().to_string(),
+        "http": aggregator.http_addr().to_string(),
         "quic_cert": aggregator.quic_cert_path(),
     });
     let mut temp_path = path.as_os_str().to_owned();

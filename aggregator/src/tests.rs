@@ -156,6 +156,40 @@ fn wal_segments(data_dir: &std::path::Path) -> Vec<String> {
     names
 }
 
+/// `GET path` over a fresh HTTP/1.1 connection: status and body.
+async fn http_get(aggregator: &Aggregator, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(aggregator.http_addr()).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, body.to_owned())
+}
+
+/// The value of each sample of `/metrics` whose name (with labels) starts
+/// with `edgetally_aggregator_`, for exact comparison.
+async fn scrape(aggregator: &Aggregator) -> std::collections::BTreeMap<String, String> {
+    let (status, body) = http_get(aggregator, "/metrics").await;
+    assert_eq!(status, 200);
+    body.lines()
+        .filter(|line| line.starts_with("edgetally_aggregator_"))
+        .map(|line| {
+            let (name, value) = line.rsplit_once(' ').unwrap();
+            (name.to_owned(), value.to_owned())
+        })
+        .collect()
+}
+
+#[track_caller]
+fn check_samples(samples: &std::collections::BTreeMap<String, String>, expect: &[(&str, &str)]) {
+    for (name, value) in expect {
+        assert_eq!(samples.get(*name).map(String::as_str), Some(*value), "{name} in {samples:#?}");
+    }
+}
+
 async fn connect(aggregator: &Aggregator) -> (quinn::Endpoint, quinn::Connection) {
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_file_iter(aggregator.quic_cert_path()).unwrap() {
@@ -192,6 +226,7 @@ fn loopback_config(data_dir: &std::path::Path) -> Config {
         data_dir: data_dir.to_owned(),
         quic_listen: "127.0.0.1:0".parse().unwrap(),
         flight_listen: "127.0.0.1:0".parse().unwrap(),
+        http_listen: "127.0.0.1:0".parse().unwrap(),
         tls_cert: None,
         tls_key: None,
         tls_names: Vec::new(),
@@ -387,6 +422,14 @@ fn crash_replays_wal() {
                 "{stats:?}"
             );
             assert_eq!(totals(&aggregator).await, totals_after(2));
+            check_samples(
+                &scrape(&aggregator).await,
+                &[
+                    ("edgetally_aggregator_wal_records_replayed_total", "2"),
+                    ("edgetally_aggregator_wal_records_corrupt_total", "0"),
+                    ("edgetally_aggregator_wal_torn_tails_total", "1"),
+                ],
+            );
             send_all(&aggregator, 1..=2, AckStatus::Skip).await;
             // The torn batch was never acknowledged; its edge sends it again.
             send_all(&aggregator, 3..=3, AckStatus::Apply).await;
@@ -486,4 +529,55 @@ async fn corrupt_snapshot_is_a_startup_error() {
     })
     .await
     .expect("test finishes in time");
+}
+
+#[tokio::test]
+async fn metrics_and_health() {
+    tokio::time::timeout(TEST_TIMEOUT, metrics_and_health_inner()).await.expect("test finishes in time");
+}
+
+async fn metrics_and_health_inner() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let aggregator = Aggregator::start(loopback_config(data_dir.path())).await.unwrap();
+    assert_ne!(aggregator.http_addr().port(), 0);
+    let (endpoint, connection) = connect(&aggregator).await;
+    for (sequence, status) in [(1, AckStatus::Apply), (2, AckStatus::Apply), (1, AckStatus::Skip)] {
+        assert_eq!(send(&connection, &frame_at(sequence)).await.status, status);
+    }
+    assert_eq!(send(&connection, b"not a frame").await.status, AckStatus::Refuse);
+    connection.close(0u32.into(), b"done");
+    endpoint.wait_idle().await;
+
+    let record_len = wal::RECORD_HEADER_LEN + frame_at(1).len();
+    let wal_bytes = (2 * record_len).to_string();
+    let samples = scrape(&aggregator).await;
+    check_samples(
+        &samples,
+        &[
+            ("edgetally_aggregator_batches_total{status=\"apply\"}", "2"),
+            ("edgetally_aggregator_batches_total{status=\"skip\"}", "1"),
+            ("edgetally_aggregator_batches_total{status=\"refuse\"}", "1"),
+            ("edgetally_aggregator_rollup_rows_applied_total", "6"),
+            ("edgetally_aggregator_conversion_rows_applied_total", "2"),
+            ("edgetally_aggregator_wal_records_replayed_total", "0"),
+            ("edgetally_aggregator_wal_records_corrupt_total", "0"),
+            ("edgetally_aggregator_wal_torn_tails_total", "0"),
+            ("edgetally_aggregator_snapshots_written_total", "0"),
+            ("edgetally_aggregator_wal_bytes", &wal_bytes),
+            // One fsync per applied batch: they came one at a time.
+            ("edgetally_aggregator_wal_fsync_duration_seconds_count", "2"),
+            ("edgetally_aggregator_wal_fsync_duration_seconds_bucket{le=\"+Inf\"}", "2"),
+        ],
+    );
+    let n_buckets = samples
+        .keys()
+        .filter(|name| name.starts_with("edgetally_aggregator_wal_fsync_duration_seconds_bucket"))
+        .count();
+    assert_eq!(n_buckets, 14);
+    let stats = aggregator.stats();
+    assert_eq!((stats.wal_fsyncs, stats.wal_bytes), (2, 2 * record_len as u64));
+
+    assert_eq!(http_get(&aggregator, "/healthz").await, (200, "ok".to_owned()));
+    assert_eq!(http_get(&aggregator, "/nope").await.0, 404);
+    aggregator.shutdown().await;
 }

@@ -360,6 +360,11 @@ impl Wal {
         }
     }
 
+    /// Whether a write or fsync failed, which stops the log.
+    pub(crate) fn failed(&self) -> bool {
+        self.shared.failed.load(Ordering::Relaxed)
+    }
+
     pub(crate) fn stats(&self) -> WalStats {
         let latency = self.shared.lock_fsync_latency();
         let histogram = &latency.histogram_us;
@@ -371,6 +376,25 @@ impl Wal {
             fsync_p99_us: quantile(0.99),
             fsync_max_us: if histogram.is_empty() { 0 } else { histogram.max() },
         }
+    }
+
+    /// The fsync latencies as cumulative-free Prometheus buckets: for each
+    /// upper bound in microseconds, the fsyncs above the previous bound and
+    /// at most this one, then the rest as `+Inf`; with the sum and count in
+    /// microseconds. Bucket edges are as precise as the histogram (three
+    /// significant digits).
+    pub(crate) fn fsync_buckets(&self, bounds_us: &[u64]) -> (Vec<(u64, u64)>, u64, u64) {
+        let latency = self.shared.lock_fsync_latency();
+        let histogram = &latency.histogram_us;
+        let mut buckets = Vec::with_capacity(bounds_us.len() + 1);
+        let mut low = 0;
+        for &bound in bounds_us {
+            buckets.push((bound, histogram.count_between(low, bound)));
+            low = bound + 1;
+        }
+        let n_below: u64 = buckets.iter().map(|(_, count)| count).sum();
+        buckets.push((u64::MAX, histogram.len() - n_below));
+        (buckets, latency.sum_us, histogram.len())
     }
 }
 

@@ -9,6 +9,7 @@ fn config(data_dir: &Path) -> Config {
         data_dir: data_dir.to_owned(),
         quic_listen: "127.0.0.1:0".parse().unwrap(),
         flight_listen: "127.0.0.1:0".parse().unwrap(),
+        http_listen: "127.0.0.1:0".parse().unwrap(),
         tls_cert: None,
         tls_key: None,
         tls_names: vec!["edge.example".into(), "localhost".into()],

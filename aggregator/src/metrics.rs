@@ -1,0 +1,125 @@
+//! The aggregator's Prometheus metrics, all in one place.
+//!
+//! Every value is read from [`Stats`] (and the log's fsync histogram) at
+//! scrape time by one collector, so the metrics can never disagree with
+//! `Aggregator::stats` and the hot path pays nothing for them. Label sets
+//! are bounded: the only label is a batch's status, from a fixed set.
+
+use std::fmt;
+use std::sync::Arc;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+
+use crate::{Stats, StatsSource};
+
+/// Upper bounds of the fsync latency buckets, in microseconds. A local SSD
+/// fsyncs in 50 µs to 2 ms, network and spinning disks in 2 to 50 ms; past
+/// 250 ms acks stall visibly, and past a second the disk is failing. The
+/// histogram behind them keeps three significant digits, so each edge is
+/// exact to 0.1 %.
+const FSYNC_BUCKETS_US: [u64; 13] =
+    [50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000];
+
+pub(crate) struct Metrics {
+    registry: Registry,
+}
+
+/// Reads everything per scrape.
+struct StatsCollector {
+    source: Arc<StatsSource>,
+}
+
+// === impl Metrics ===
+
+impl Metrics {
+    pub(crate) fn new(source: Arc<StatsSource>) -> Metrics {
+        let mut registry = Registry::with_prefix("edgetally_aggregator");
+        registry.register_collector(Box::new(StatsCollector { source }));
+        Metrics { registry }
+    }
+
+    /// The Prometheus text exposition (version 0.0.4).
+    pub(crate) fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail, nor can our collector.
+        prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry).expect("encoding into a String");
+        out
+    }
+}
+
+pub(crate) const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+
+// === impl StatsCollector ===
+
+impl fmt::Debug for StatsCollector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StatsCollector").finish_non_exhaustive()
+    }
+}
+
+impl Collector for StatsCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
+        let stats: Stats = self.source.stats();
+
+        let mut batches = encoder.encode_descriptor(
+            "batches",
+            "Batches received from edges, by what was done: apply, skip (at or below the edge's high-water mark), refuse (malformed)",
+            None,
+            MetricType::Counter,
+        )?;
+        for (status, n_batches) in
+            [("apply", stats.batches_applied), ("skip", stats.batches_skipped), ("refuse", stats.batches_refused)]
+        {
+            ConstCounter::new(n_batches).encode(batches.encode_family(&[("status", status)])?)?;
+        }
+        let counters = [
+            ("rollup_rows_applied", "Rollup rows of applied batches", stats.rollup_rows_applied),
+            ("conversion_rows_applied", "Conversion rows of applied batches", stats.conversion_rows_applied),
+            (
+                "wal_records_replayed",
+                "Write-ahead log records replayed at start (applied, or skipped as already in the snapshot)",
+                stats.wal_records_replayed,
+            ),
+            (
+                "wal_records_corrupt",
+                "Write-ahead log records found damaged or undecodable at start, and skipped",
+                stats.wal_records_corrupt,
+            ),
+            ("wal_torn_tails", "Interrupted appends truncated from the write-ahead log at start", stats.wal_torn_tails),
+            ("snapshots_written", "Snapshots of the store written, each truncating the log", stats.snapshots_written),
+        ];
+        for (name, help, value) in counters {
+            let counter = ConstCounter::new(value);
+            counter.encode(encoder.encode_descriptor(name, help, None, counter.metric_type())?)?;
+        }
+        let wal_bytes = ConstGauge::new(i64::try_from(stats.wal_bytes).unwrap_or(i64::MAX));
+        wal_bytes.encode(encoder.encode_descriptor(
+            "wal_bytes",
+            "Bytes in the write-ahead log's live segments",
+            None,
+            wal_bytes.metric_type(),
+        )?)?;
+
+        let (buckets_us, sum_us, count) = self.source.wal.fsync_buckets(&FSYNC_BUCKETS_US);
+        let buckets: Vec<(f64, u64)> = buckets_us
+            .into_iter()
+            .map(|(bound_us, n_fsyncs)| {
+                let bound_seconds = if bound_us == u64::MAX { f64::INFINITY } else { bound_us as f64 / 1e6 };
+                (bound_seconds, n_fsyncs)
+            })
+            .collect();
+        let mut fsync = encoder.encode_descriptor(
+            "wal_fsync_duration_seconds",
+            "Time one group commit of the write-ahead log spent in fsync",
+            None,
+            MetricType::Histogram,
+        )?;
+        fsync.encode_histogram::<NoLabelSet>(sum_us as f64 / 1e6, count, &buckets, None)?;
+        Ok(())
+    }
+}
