@@ -32,6 +32,9 @@ pub(crate) struct StackArgs {
     /// Arrow Flight address of the aggregator.
     #[arg(long, default_value = "127.0.0.1:8815")]
     flight_listen: SocketAddr,
+    /// HTTP address of the aggregator (`/metrics`, `/healthz`).
+    #[arg(long, default_value = "127.0.0.1:8090")]
+    aggregator_http_listen: SocketAddr,
     /// Generated requests per second (0 for none).
     #[arg(long, default_value_t = 20)]
     rate: u32,
@@ -53,9 +56,12 @@ pub(crate) async fn run(args: StackArgs) -> anyhow::Result<()> {
         data_dir: aggregator_dir,
         quic_listen: args.quic_listen,
         flight_listen: args.flight_listen,
+        http_listen: args.aggregator_http_listen,
         tls_cert: None,
         tls_key: None,
         tls_names: Vec::new(),
+        wal_fsync: true,
+        snapshot_wal_bytes: edgetally_aggregator::SNAPSHOT_WAL_BYTES_DEFAULT,
     })
     .await
     .context("starting the aggregator")?;
@@ -112,7 +118,7 @@ pub(crate) async fn run(args: StackArgs) -> anyhow::Result<()> {
     );
     println!("  click     http://{http}/c/1?aff=1&sub1=demo   (campaigns in {})", campaigns_path.display());
     println!("  postback  http://{http}/pb?click_id=<from the click's Location>&amount=12.34&currency=USD");
-    println!("  metrics   http://{http}/metrics");
+    println!("  metrics   http://{http}/metrics (collector), http://{}/metrics (aggregator)", aggregator.http_addr());
     println!(
         "  flight    http://{flight}   read it: cargo run -p edgetally-loadtest -- query --flight http://{flight}"
     );

@@ -1,6 +1,7 @@
-//! Exactly-once shipping through crashes: collectors killed with SIGKILL
-//! while their counts sit in the journal and the spool, and an aggregator
-//! unreachable for a minute while traffic continues. Afterwards the
+//! Exactly-once shipping through crashes: a collector killed with SIGKILL
+//! while its counts sit in the journal and the spool, an aggregator
+//! unreachable for a minute while traffic continues, and an aggregator
+//! killed with SIGKILL again and again while batches stream in. Afterwards the
 //! aggregator holds exactly what the collectors answered as accepted.
 //!
 //! Traffic comes from `edgetally-loadtest run` (its ledger follows the
@@ -107,7 +108,7 @@ fn killed_collectors_and_an_unreachable_aggregator_lose_and_double_nothing() {
         [
             os(&["--data-dir"]),
             vec![aggregator_dir.clone().into()],
-            os(&["--quic-listen", "127.0.0.1:0", "--flight-listen", "127.0.0.1:0"]),
+            os(&["--quic-listen", "127.0.0.1:0", "--flight-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"]),
         ]
         .concat(),
         aggregator_dir.join("aggregator.json"),
@@ -123,7 +124,7 @@ fn killed_collectors_and_an_unreachable_aggregator_lose_and_double_nothing() {
     aggregator.args = [
         os(&["--data-dir"]),
         vec![aggregator_dir.clone().into()],
-        os(&["--quic-listen", &quic, "--flight-listen", &flight]),
+        os(&["--quic-listen", &quic, "--flight-listen", &flight, "--http-listen", "127.0.0.1:0"]),
     ]
     .concat();
 
@@ -186,15 +187,31 @@ fn killed_collectors_and_an_unreachable_aggregator_lose_and_double_nothing() {
     traffic(&url, &ledger(3), 3);
 
     // 3. The aggregator comes back after the outage; the collector ships
-    //    its backlog, then takes live traffic, then is killed once more.
+    //    its backlog, then takes live traffic.
     if let Some(rest) = OUTAGE.checked_sub(outage_started.elapsed()) {
         std::thread::sleep(rest);
     }
     aggregator.start();
     traffic(&url, &ledger(4), 4);
+
+    // 4. SIGKILL the aggregator while batches stream in (one every 50 ms),
+    //    several times: what it acknowledged is in its log, what it did not
+    //    is resent and applied once.
+    for round in 0..3 {
+        aggregator.kill();
+        traffic(&url, &ledger(5 + round), 5 + round as u64);
+        aggregator.start();
+        // Killed again while the backlog of the run is shipping.
+        std::thread::sleep(Duration::from_millis(150 * (round as u64 + 1)));
+    }
+    aggregator.kill();
+    aggregator.start();
+
+    // 5. And the collector once more, with the aggregator up.
+    traffic(&url, &ledger(8), 8);
     collector.kill();
     collector.start();
-    traffic(&url, &ledger(5), 5);
+    traffic(&url, &ledger(9), 9);
 
     let mut args = vec!["verify".to_owned(), "--flight".to_owned(), format!("http://{flight}")];
     args.extend(["--wait-secs".to_owned(), "30".to_owned()]);

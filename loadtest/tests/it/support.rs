@@ -83,6 +83,8 @@ impl Stack {
                 "127.0.0.1:0".as_ref(),
                 "--flight-listen".as_ref(),
                 "127.0.0.1:0".as_ref(),
+                "--http-listen".as_ref(),
+                "127.0.0.1:0".as_ref(),
             ],
         )];
         let addrs = wait_for_json(&aggregator_dir.join("aggregator.json"));
