@@ -42,7 +42,9 @@ use edgetally_protocol::batch::{
     BatchError, ConversionRow, QuarantineRow, RollupCounts, RollupKey, conversions_from_batch, decode_ipc,
     quarantine_from_batch, rollups_from_batch,
 };
-use edgetally_protocol::frame::{ALPN, Ack, AckStatus, BatchFrame, FRAME_BYTES_MAX, FrameError};
+use edgetally_protocol::frame::{
+    ALPN, Ack, AckStatus, BatchFrame, FRAME_BYTES_MAX, FrameError, HELLO_TOKEN_LEN_MAX, Hello, HelloAck,
+};
 use quinn::crypto::rustls::QuicServerConfig;
 use quinn::{Connection, ConnectionError, Endpoint, Incoming, RecvStream, SendStream, VarInt};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -50,6 +52,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
+use crate::edges::EdgeTokens;
 use crate::store::{Admission, Batch, Store};
 use crate::wal::{self, Wal, WalError};
 
@@ -89,6 +92,11 @@ pub(crate) const CLOSE_SHUTDOWN: VarInt = VarInt::from_u32(0);
 /// QUIC application close code: a stream failed mid-frame, so later frames
 /// of the connection cannot be applied in order.
 const CLOSE_STREAM_FAILED: VarInt = VarInt::from_u32(1);
+/// QUIC application close code: the edge is unknown or its token wrong.
+pub(crate) const CLOSE_UNAUTHENTICATED: VarInt = VarInt::from_u32(3);
+/// How long an edge has to send its [`Hello`] once connected.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// QUIC stream stop code: the frame is larger than `FRAME_BYTES_MAX`.
 const STOP_TOO_LARGE: VarInt = VarInt::from_u32(2);
 
@@ -117,6 +125,8 @@ pub(crate) enum IngestError {
     Task(#[from] tokio::task::JoinError),
     #[error("write-ahead log: {0}")]
     Wal(#[from] WalError),
+    #[error("frame of another edge on the connection of edge {authenticated}")]
+    OtherEdge { authenticated: u32 },
 }
 
 /// Counters of what ingest did since start.
@@ -125,6 +135,7 @@ pub(crate) struct Counts {
     pub(crate) batches_applied: u64,
     pub(crate) batches_skipped: u64,
     pub(crate) batches_refused: u64,
+    pub(crate) edges_refused: u64,
     pub(crate) rollup_rows_applied: u64,
     pub(crate) conversion_rows_applied: u64,
 }
@@ -142,6 +153,9 @@ pub(crate) struct Replay {
 /// What ingest shares between its tasks.
 pub(crate) struct Ingest {
     store: Arc<Store>,
+    /// `None`: every edge is accepted (no tokens configured).
+    edge_tokens: Option<EdgeTokens>,
+    pub(crate) edges_refused: AtomicU64,
     wal: Arc<Wal>,
     edge_locks: Box<[tokio::sync::Mutex<()>]>,
     frames_in_flight: Semaphore,
@@ -212,11 +226,20 @@ async fn serve_connection(incoming: Incoming, ingest: Arc<Ingest>) {
             return;
         }
     };
-    debug!(peer = %peer, "Edge connected.");
+    let (edge_id, _control) = match authenticate(&connection, &ingest).await {
+        Ok(authenticated) => authenticated,
+        Err(reason) => {
+            ingest.edges_refused.fetch_add(1, Ordering::Relaxed);
+            warn!(peer = %peer, %reason, "Edge refused.");
+            connection.close(CLOSE_UNAUTHENTICATED, b"unknown edge or wrong token");
+            return;
+        }
+    };
+    debug!(peer = %peer, edge_id, "Edge connected.");
     // Bounded by the stream limit: a queued stream is still open, so the
     // edge cannot have more than this many waiting here.
     let (queue_tx, queue_rx) = mpsc::channel(STREAMS_PER_CONNECTION_MAX as usize);
-    let applier = tokio::spawn(apply_in_order(queue_rx, connection.clone(), peer, ingest.clone()));
+    let applier = tokio::spawn(apply_in_order(queue_rx, connection.clone(), peer, edge_id, ingest.clone()));
     loop {
         let (send, recv) = match connection.accept_bi().await {
             Ok(streams) => streams,
@@ -241,11 +264,43 @@ async fn serve_connection(incoming: Incoming, ingest: Arc<Ingest>) {
     }
 }
 
+/// Reads the edge's [`Hello`] from the first stream and checks its token
+/// (every edge is accepted when no tokens are configured). Returns the
+/// edge's id and the control stream's sending half, which the connection
+/// keeps for what it sends the edge later.
+async fn authenticate(connection: &Connection, ingest: &Ingest) -> Result<(u32, SendStream), String> {
+    let hello = async {
+        let (send, mut recv) = connection.accept_bi().await.map_err(|error| format!("no control stream: {error}"))?;
+        let mut bytes = vec![0u8; 10];
+        recv.read_exact(&mut bytes).await.map_err(|error| format!("reading hello: {error}"))?;
+        let token_len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+        if token_len > HELLO_TOKEN_LEN_MAX {
+            return Err(format!("hello token of {token_len} bytes, limit {HELLO_TOKEN_LEN_MAX}"));
+        }
+        bytes.resize(10 + token_len, 0);
+        recv.read_exact(&mut bytes[10..]).await.map_err(|error| format!("reading hello: {error}"))?;
+        let hello = Hello::decode(&bytes).map_err(|error| format!("bad hello: {error}"))?;
+        Ok((hello, send))
+    };
+    let (hello, mut send) = tokio::time::timeout(HELLO_TIMEOUT, hello)
+        .await
+        .map_err(|_| format!("no hello within {} s", HELLO_TIMEOUT.as_secs()))??;
+    let accepted = ingest.edge_tokens.as_ref().is_none_or(|tokens| tokens.check(hello.edge_id, &hello.token));
+    // A refused edge may not read the answer before the close; it sees the
+    // close code either way.
+    let _ = send.write_all(&HelloAck { accepted }.encode()).await;
+    if !accepted {
+        return Err(format!("edge {} is unknown or its token is wrong", hello.edge_id));
+    }
+    Ok((hello.edge_id, send))
+}
+
 /// Applies and acknowledges a connection's frames in stream order.
 async fn apply_in_order(
     mut queue_rx: mpsc::Receiver<(SendStream, JoinHandle<Result<Received, IngestError>>)>,
     connection: Connection,
     peer: SocketAddr,
+    edge_id: u32,
     ingest: Arc<Ingest>,
 ) {
     while let Some((mut send, receive)) = queue_rx.recv().await {
@@ -256,6 +311,13 @@ async fn apply_in_order(
                 connection.close(CLOSE_STREAM_FAILED, b"stream failed");
                 return;
             }
+        };
+        let received = match received {
+            Received::Batch { batch, .. } if batch.edge_id != edge_id => {
+                let ids = FrameIds { edge_id: batch.edge_id, epoch: batch.epoch, sequence: batch.sequence };
+                Received::Refuse { ids, error: IngestError::OtherEdge { authenticated: edge_id } }
+            }
+            received => received,
         };
         let ack = match received {
             Received::Batch { batch, frame } => {
@@ -371,9 +433,11 @@ async fn send_ack(send: &mut SendStream, ack: Ack) -> Result<(), IngestError> {
 // === impl Ingest ===
 
 impl Ingest {
-    pub(crate) fn new(store: Arc<Store>, wal: Arc<Wal>) -> Ingest {
+    pub(crate) fn new(store: Arc<Store>, wal: Arc<Wal>, edge_tokens: Option<EdgeTokens>) -> Ingest {
         Ingest {
             store,
+            edge_tokens,
+            edges_refused: AtomicU64::new(0),
             wal,
             edge_locks: (0..EDGE_LOCK_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
             frames_in_flight: Semaphore::new(FRAMES_IN_FLIGHT_MAX),
@@ -390,6 +454,7 @@ impl Ingest {
             batches_applied: self.batches_applied.load(Ordering::Relaxed),
             batches_skipped: self.batches_skipped.load(Ordering::Relaxed),
             batches_refused: self.batches_refused.load(Ordering::Relaxed),
+            edges_refused: self.edges_refused.load(Ordering::Relaxed),
             rollup_rows_applied: self.rollup_rows_applied.load(Ordering::Relaxed),
             conversion_rows_applied: self.conversion_rows_applied.load(Ordering::Relaxed),
         }

@@ -15,6 +15,7 @@
 //! Not here yet: edge authentication, commissions, Parquet and Flight SQL.
 
 mod cert;
+mod edges;
 mod flight_service;
 mod http;
 mod ingest;
@@ -37,6 +38,7 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 pub use cert::CertError;
+pub use edges::{EDGE_TOKEN_LEN_MIN, EdgeTokens, EdgeTokensError};
 pub use snapshot::{DecodeError as SnapshotDecodeError, SnapshotError};
 pub use wal::WalError;
 
@@ -69,6 +71,9 @@ pub struct Config {
     /// Once the log's live segments hold more than this many bytes, the
     /// store is snapshotted and the segments it covers deleted.
     pub snapshot_wal_bytes: u64,
+    /// The edges allowed to ship and their tokens; `None` accepts every
+    /// edge that trusts the certificate (logged as a warning at start).
+    pub edge_tokens: Option<EdgeTokens>,
 }
 
 /// The default `snapshot_wal_bytes`. Replay reads the log at start at a few
@@ -92,6 +97,8 @@ pub struct Stats {
     pub batches_applied: u64,
     pub batches_skipped: u64,
     pub batches_refused: u64,
+    /// Edge connections refused: unknown edge, wrong token or no hello.
+    pub edges_refused: u64,
     pub rollup_rows_applied: u64,
     pub conversion_rows_applied: u64,
     /// Log records read back at start and offered to the store (applied,
@@ -213,7 +220,11 @@ impl Aggregator {
         let (snapshot_stop, snapshot_stop_rx) = oneshot::channel();
         let snapshot_task = tokio::spawn(snapshot::run(checkpointer.clone(), snapshot_due_rx, snapshot_stop_rx));
 
-        let ingest = Arc::new(ingest::Ingest::new(store.clone(), wal.clone()));
+        match &config.edge_tokens {
+            Some(tokens) => info!(n_edges = tokens.len(), "Edges authenticate with tokens."),
+            None => warn!("No edge tokens configured: any edge that trusts the QUIC certificate may ship."),
+        }
+        let ingest = Arc::new(ingest::Ingest::new(store.clone(), wal.clone(), config.edge_tokens.clone()));
         let server_config = ingest::server_config(identity.cert_chain, identity.key)?;
         let endpoint = quinn::Endpoint::server(server_config, config.quic_listen)
             .map_err(|source| Error::QuicBind { addr: config.quic_listen, source })?;
@@ -348,6 +359,7 @@ impl StatsSource {
             batches_applied: counts.batches_applied,
             batches_skipped: counts.batches_skipped,
             batches_refused: counts.batches_refused,
+            edges_refused: counts.edges_refused,
             rollup_rows_applied: counts.rollup_rows_applied,
             conversion_rows_applied: counts.conversion_rows_applied,
             wal_records_replayed: self.replay.n_applied + self.replay.n_skipped,

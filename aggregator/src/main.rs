@@ -10,7 +10,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use edgetally_aggregator::{Aggregator, Config, SNAPSHOT_WAL_BYTES_DEFAULT};
+use edgetally_aggregator::{Aggregator, Config, EdgeTokens, SNAPSHOT_WAL_BYTES_DEFAULT};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::info;
 use tracing_subscriber::EnvFilter;
@@ -67,6 +67,11 @@ struct Args {
     /// segments hold more than this many bytes.
     #[arg(long, env = ENV_SNAPSHOT_WAL_BYTES, default_value_t = SNAPSHOT_WAL_BYTES_DEFAULT)]
     snapshot_wal_bytes: u64,
+    /// JSON file of the edges allowed to ship and their tokens:
+    /// `{"edges": [{"edge_id": 1, "token": "…"}]}`. Without it every edge
+    /// that trusts the QUIC certificate is accepted.
+    #[arg(long, env = "EDGETALLY_AGGREGATOR_EDGE_TOKENS")]
+    edge_tokens: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -106,6 +111,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         tls_names: args.tls_names,
         wal_fsync: args.wal_fsync,
         snapshot_wal_bytes: args.snapshot_wal_bytes,
+        edge_tokens: args.edge_tokens.as_deref().map(EdgeTokens::load).transpose().context("edge tokens")?,
     };
     // Installed before start so a signal during start is not lost.
     let mut sigterm = signal(SignalKind::terminate()).context("install SIGTERM handler")?;

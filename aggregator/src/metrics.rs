@@ -78,6 +78,7 @@ impl Collector for StatsCollector {
             ConstCounter::new(n_batches).encode(batches.encode_family(&[("status", status)])?)?;
         }
         let counters = [
+            ("edges_refused", "Edge connections refused: unknown edge, wrong token or no hello", stats.edges_refused),
             ("rollup_rows_applied", "Rollup rows of applied batches", stats.rollup_rows_applied),
             ("conversion_rows_applied", "Conversion rows of applied batches", stats.conversion_rows_applied),
             (

@@ -13,7 +13,7 @@ use edgetally_protocol::batch::{
     ConversionRow, RollupCounts, RollupKey, conversions_to_batch, encode_ipc, quarantine_to_batch, rollups_to_batch,
 };
 use edgetally_protocol::event::EventKind;
-use edgetally_protocol::frame::{ACK_LEN, ALPN, Ack, AckStatus, BatchFrame};
+use edgetally_protocol::frame::{ACK_LEN, ALPN, Ack, AckStatus, BatchFrame, HELLO_ACK_LEN, Hello, HelloAck};
 use futures::TryStreamExt;
 use quinn::crypto::rustls::QuicClientConfig;
 use rustls_pki_types::CertificateDer;
@@ -190,7 +190,26 @@ fn check_samples(samples: &std::collections::BTreeMap<String, String>, expect: &
     }
 }
 
+/// Connects as edge 3 (the edge of `frame()`) without a token, which an
+/// aggregator without configured tokens accepts.
 async fn connect(aggregator: &Aggregator) -> (quinn::Endpoint, quinn::Connection) {
+    let (endpoint, connection) = connect_quic(aggregator).await;
+    let (ack, _control) = hello(&connection, 3, b"").await.expect("hello answered");
+    assert!(ack.accepted);
+    (endpoint, connection)
+}
+
+/// Sends a hello on the control stream; `None` when the connection was
+/// closed before an answer.
+async fn hello(connection: &quinn::Connection, edge_id: u32, token: &[u8]) -> Option<(HelloAck, quinn::SendStream)> {
+    let (mut send, mut recv) = connection.open_bi().await.ok()?;
+    send.write_all(&Hello { edge_id, token: token.to_vec() }.encode().unwrap()).await.ok()?;
+    let mut answer = [0u8; HELLO_ACK_LEN];
+    recv.read_exact(&mut answer).await.ok()?;
+    Some((HelloAck::decode(&answer).unwrap(), send))
+}
+
+async fn connect_quic(aggregator: &Aggregator) -> (quinn::Endpoint, quinn::Connection) {
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_file_iter(aggregator.quic_cert_path()).unwrap() {
         roots.add(cert.unwrap()).unwrap();
@@ -232,6 +251,7 @@ fn loopback_config(data_dir: &std::path::Path) -> Config {
         tls_names: Vec::new(),
         wal_fsync: true,
         snapshot_wal_bytes: SNAPSHOT_WAL_BYTES_DEFAULT,
+        edge_tokens: None,
     }
 }
 
@@ -579,5 +599,55 @@ async fn metrics_and_health_inner() {
 
     assert_eq!(http_get(&aggregator, "/healthz").await, (200, "ok".to_owned()));
     assert_eq!(http_get(&aggregator, "/nope").await.0, 404);
+    aggregator.shutdown().await;
+}
+
+#[tokio::test]
+async fn unknown_edges_and_wrong_tokens_are_refused() {
+    tokio::time::timeout(TEST_TIMEOUT, unknown_edges_and_wrong_tokens_are_refused_inner())
+        .await
+        .expect("test finishes in time");
+}
+
+async fn unknown_edges_and_wrong_tokens_are_refused_inner() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let mut tokens = EdgeTokens::default();
+    tokens.insert(3, b"token-of-edge-3-0123456789").unwrap();
+    tokens.insert(4, b"token-of-edge-4-0123456789").unwrap();
+    let config = Config { edge_tokens: Some(tokens), ..loopback_config(data_dir.path()) };
+    let aggregator = Aggregator::start(config).await.unwrap();
+
+    // Wrong token, another edge's token, an unknown edge, no token: each
+    // refused, and the connection closed.
+    let refusals: [(u32, &[u8]); 4] = [
+        (3, b"token-of-edge-3-012345678X"),
+        (3, b"token-of-edge-4-0123456789"),
+        (9, b"token-of-edge-3-0123456789"),
+        (3, b""),
+    ];
+    for (edge_id, token) in refusals {
+        let (_endpoint, connection) = connect_quic(&aggregator).await;
+        if let Some((ack, _control)) = hello(&connection, edge_id, token).await {
+            assert!(!ack.accepted, "edge {edge_id} accepted");
+        }
+        let closed = connection.closed().await;
+        assert!(
+            matches!(&closed, quinn::ConnectionError::ApplicationClosed(close) if close.error_code == ingest::CLOSE_UNAUTHENTICATED),
+            "{closed:?}"
+        );
+    }
+    assert_eq!(aggregator.stats().edges_refused, 4);
+
+    // The right token ships; a frame of another edge on that connection is
+    // refused, not applied.
+    let (_endpoint, connection) = connect_quic(&aggregator).await;
+    let (ack, _control) = hello(&connection, 3, b"token-of-edge-3-0123456789").await.unwrap();
+    assert!(ack.accepted);
+    let bytes = frame().encode().unwrap();
+    assert_eq!(send(&connection, &bytes).await.status, AckStatus::Apply);
+    let other = BatchFrame { edge_id: 4, ..frame() }.encode().unwrap();
+    assert_eq!(send(&connection, &other).await.status, AckStatus::Refuse);
+    let stats = aggregator.stats();
+    assert_eq!((stats.batches_applied, stats.batches_refused, stats.edges_refused), (1, 1, 4));
     aggregator.shutdown().await;
 }

@@ -98,6 +98,8 @@ pub struct Config {
     pub aggregator_cert: PathBuf,
     pub aggregator_server_name: String,
     pub edge_id: u32,
+    /// The token this edge presents to the aggregator (empty: none).
+    pub edge_token: Vec<u8>,
     pub flush_interval: Duration,
     pub body_bytes_max: usize,
     pub tally_limits: TallyLimits,
@@ -240,6 +242,7 @@ impl Collector {
             aggregator_cert: &config.aggregator_cert,
             aggregator_server_name: config.aggregator_server_name.clone(),
             edge_id: config.edge_id,
+            edge_token: config.edge_token.clone(),
             epoch,
             flush_interval: config.flush_interval,
             spool,

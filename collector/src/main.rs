@@ -35,6 +35,11 @@ struct Args {
     /// This edge's id, unique among the edges of one aggregator.
     #[arg(long, env = "EDGETALLY_COLLECTOR_EDGE_ID", default_value_t = 1)]
     edge_id: u32,
+    /// File holding this edge's token for the aggregator (one line; the
+    /// aggregator's --edge-tokens lists it). A file, not a flag, so the
+    /// token stays out of process listings.
+    #[arg(long, env = "EDGETALLY_COLLECTOR_EDGE_TOKEN_FILE")]
+    edge_token_file: Option<PathBuf>,
     /// How often a batch is sealed and shipped, in milliseconds.
     #[arg(long, env = "EDGETALLY_COLLECTOR_FLUSH_INTERVAL_MS", default_value_t = 250)]
     flush_interval_ms: u64,
@@ -132,7 +137,16 @@ async fn main() -> anyhow::Result<()> {
     };
     let click_keys_path = args.click_keys.clone().unwrap_or_else(|| args.data_dir.join("click-keys.json"));
     let click_keys = click_keys::load_or_create(&click_keys_path)?;
+    let edge_token = match &args.edge_token_file {
+        Some(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("reading {}", path.display()))?
+            .trim()
+            .as_bytes()
+            .to_vec(),
+        None => Vec::new(),
+    };
     let config = Config {
+        edge_token,
         data_dir: args.data_dir.clone(),
         spool_bytes_max: args.spool_bytes_max,
         journal_bytes_max: args.journal_bytes_max,

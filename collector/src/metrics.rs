@@ -67,6 +67,7 @@ pub(crate) struct Metrics {
     pub(crate) uplink_batches: Family<StatusLabels, Counter>,
     pub(crate) uplink_sent_bytes: Counter,
     pub(crate) uplink_retries: Counter,
+    pub(crate) uplink_refused: Counter,
     pub(crate) uplink_pending_batches: Gauge,
     pub(crate) spool_bytes: Gauge,
     pub(crate) spool_full: Gauge,
@@ -111,6 +112,7 @@ impl Metrics {
             uplink_batches: Family::default(),
             uplink_sent_bytes: Counter::default(),
             uplink_retries: Counter::default(),
+            uplink_refused: Counter::default(),
             uplink_pending_batches: Gauge::default(),
             spool_bytes: Gauge::default(),
             spool_full: Gauge::default(),
@@ -189,6 +191,11 @@ impl Metrics {
             "uplink_retries",
             "Failed attempts to ship (connect, stream, ack, time-out); each is retried after a backoff",
             metrics.uplink_retries.clone(),
+        );
+        registry.register(
+            "uplink_refused",
+            "Connections the aggregator refused: unknown edge id or wrong token",
+            metrics.uplink_refused.clone(),
         );
         registry.register(
             "uplink_pending_batches",

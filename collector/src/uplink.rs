@@ -22,7 +22,7 @@ use std::sync::Mutex;
 
 use bytes::Bytes;
 use edgetally_protocol::batch::{conversions_to_batch, encode_ipc, quarantine_to_batch, rollups_to_batch};
-use edgetally_protocol::frame::{ACK_LEN, ALPN, AckStatus};
+use edgetally_protocol::frame::{ACK_LEN, ALPN, AckStatus, HELLO_ACK_LEN, Hello, HelloAck};
 use edgetally_protocol::{Ack, BatchFrame, ConversionRow, QuarantineRow, RollupCounts, RollupKey};
 use futures::future::OptionFuture;
 use futures::stream::{FuturesUnordered, StreamExt};
@@ -45,6 +45,9 @@ const BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// How long shutdown keeps trying to ship what is left.
 const SHUTDOWN_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The aggregator's QUIC close code for an unknown edge or a wrong token.
+const CLOSE_UNAUTHENTICATED: quinn::VarInt = quinn::VarInt::from_u32(3);
+
 #[derive(Debug, thiserror::Error)]
 pub enum UplinkError {
     #[error("reading aggregator certificate {path}: {reason}")]
@@ -59,6 +62,8 @@ pub enum UplinkError {
     Stream(String),
     #[error("bad acknowledgement: {0}")]
     Ack(String),
+    #[error("the aggregator refused this edge: unknown edge id or wrong token")]
+    Refused,
     #[error("timed out after {0:?}")]
     Timeout(Duration),
     #[error("building batch: {0}")]
@@ -74,6 +79,8 @@ pub(crate) struct UplinkConfig<'a> {
     pub(crate) aggregator_cert: &'a Path,
     pub(crate) aggregator_server_name: String,
     pub(crate) edge_id: u32,
+    /// Presented in the hello of every connection.
+    pub(crate) edge_token: Vec<u8>,
     pub(crate) epoch: u64,
     pub(crate) flush_interval: Duration,
     pub(crate) spool: Spool,
@@ -85,8 +92,15 @@ pub(crate) struct UplinkConfig<'a> {
 
 /// An acknowledgement being awaited.
 type AckFuture = futures::future::BoxFuture<'static, (Pending, Result<AckStatus, UplinkError>)>;
-/// A connection attempt under way.
-type ConnectFuture = futures::future::BoxFuture<'static, Result<quinn::Connection, UplinkError>>;
+/// A connection attempt under way: the connection and its control stream.
+type ConnectFuture = futures::future::BoxFuture<'static, Result<Connected, UplinkError>>;
+
+/// A connection whose hello the aggregator accepted.
+struct Connected {
+    connection: quinn::Connection,
+    /// The control stream, kept open for the connection's life.
+    _control: (quinn::SendStream, quinn::RecvStream),
+}
 
 pub(crate) struct Uplink {
     endpoint: quinn::Endpoint,
@@ -100,7 +114,8 @@ pub(crate) struct Uplink {
     batch_rows_max: usize,
     /// Shared with blocking tasks for its file I/O; only the uplink uses it.
     spool: Arc<Mutex<Spool>>,
-    connection: Option<quinn::Connection>,
+    connection: Option<Connected>,
+    edge_token: Arc<[u8]>,
     /// Polled by the run loop, so a slow handshake never holds up sealing.
     connecting: Option<ConnectFuture>,
     /// How many batches at the front of the spool were sent on the current
@@ -163,6 +178,7 @@ impl Uplink {
             batch_rows_max: config.batch_rows_max.max(1),
             spool: Arc::new(Mutex::new(config.spool)),
             connection: None,
+            edge_token: config.edge_token.into(),
             connecting: None,
             n_sent: 0,
             acks: FuturesUnordered::new(),
@@ -239,8 +255,8 @@ impl Uplink {
                 "Shutdown left counts unsealed (the spool is full); the journal keeps them for the restart."
             );
         }
-        if let Some(connection) = self.connection.take() {
-            connection.close(0u32.into(), b"shutdown");
+        if let Some(connected) = self.connection.take() {
+            connected.connection.close(0u32.into(), b"shutdown");
         }
         self.endpoint.wait_idle().await;
     }
@@ -325,7 +341,7 @@ impl Uplink {
         if Instant::now() < self.retry_at || self.connecting.is_some() {
             return;
         }
-        let connected = self.connection.as_ref().is_some_and(|connection| connection.close_reason().is_none());
+        let connected = self.connection.as_ref().is_some_and(|connected| connected.connection.close_reason().is_none());
         if !connected {
             self.connection = None;
             if self.acks.is_empty() && self.lock_spool().pending().len() > self.n_sent {
@@ -362,7 +378,11 @@ impl Uplink {
         let frame =
             tokio::task::spawn_blocking(move || spool.lock().expect("spool lock is not poisoned").read(&pending))
                 .await??;
-        let connection = self.connection.clone().ok_or_else(|| UplinkError::Connect("not connected".into()))?;
+        let connection = self
+            .connection
+            .as_ref()
+            .map(|connected| connected.connection.clone())
+            .ok_or_else(|| UplinkError::Connect("not connected".into()))?;
         let (mut send, mut recv) =
             connection.open_bi().await.map_err(|error| UplinkError::Stream(error.to_string()))?;
         send.write_all(&frame).await.map_err(|error| UplinkError::Stream(error.to_string()))?;
@@ -415,8 +435,8 @@ impl Uplink {
     /// starts again from the oldest unacknowledged batch.
     fn fail(&mut self, metrics: &Metrics, error: UplinkError) {
         metrics.uplink_retries.inc();
-        if let Some(connection) = self.connection.take() {
-            connection.close(0u32.into(), b"retry");
+        if let Some(connected) = self.connection.take() {
+            connected.connection.close(0u32.into(), b"retry");
         }
         self.acks = FuturesUnordered::new();
         self.n_sent = 0;
@@ -430,25 +450,60 @@ impl Uplink {
         }
     }
 
-    /// A connection attempt, bounded by `ATTEMPT_TIMEOUT`.
+    /// A connection attempt with its hello, bounded by `ATTEMPT_TIMEOUT`.
     fn connect(&self) -> ConnectFuture {
         let connecting =
             self.endpoint.connect_with(self.client_config.clone(), self.aggregator_addr, &self.server_name);
+        let hello = Hello { edge_id: self.edge_id, token: self.edge_token.to_vec() };
+        let attempt = async move {
+            let connection = connecting
+                .map_err(|error| UplinkError::Connect(error.to_string()))?
+                .await
+                .map_err(|error| UplinkError::Connect(error.to_string()))?;
+            let stream_error = |error: String| UplinkError::Stream(format!("control stream: {error}"));
+            let (mut send, mut recv) = connection.open_bi().await.map_err(|error| stream_error(error.to_string()))?;
+            let hello = hello.encode().map_err(|error| UplinkError::Connect(error.to_string()))?;
+            send.write_all(&hello).await.map_err(|error| stream_error(error.to_string()))?;
+            let mut answer = [0u8; HELLO_ACK_LEN];
+            if let Err(error) = recv.read_exact(&mut answer).await {
+                return Err(match connection.close_reason() {
+                    Some(quinn::ConnectionError::ApplicationClosed(close))
+                        if close.error_code == CLOSE_UNAUTHENTICATED =>
+                    {
+                        UplinkError::Refused
+                    }
+                    _ => stream_error(error.to_string()),
+                });
+            }
+            let ack = HelloAck::decode(&answer).map_err(|error| UplinkError::Ack(error.to_string()))?;
+            if !ack.accepted {
+                return Err(UplinkError::Refused);
+            }
+            Ok(Connected { connection, _control: (send, recv) })
+        };
         Box::pin(async move {
-            let connecting = connecting.map_err(|error| UplinkError::Connect(error.to_string()))?;
-            match tokio::time::timeout(ATTEMPT_TIMEOUT, connecting).await {
-                Ok(connection) => connection.map_err(|error| UplinkError::Connect(error.to_string())),
+            match tokio::time::timeout(ATTEMPT_TIMEOUT, attempt).await {
+                Ok(connected) => connected,
                 Err(_) => Err(UplinkError::Timeout(ATTEMPT_TIMEOUT)),
             }
         })
     }
 
-    fn connected(&mut self, connected: Result<quinn::Connection, UplinkError>, metrics: &Metrics) {
+    fn connected(&mut self, connected: Result<Connected, UplinkError>, metrics: &Metrics) {
         self.connecting = None;
         match connected {
-            Ok(connection) => {
+            Ok(connected) => {
                 tracing::info!(aggregator = %self.aggregator_addr, "Uplink connected.");
-                self.connection = Some(connection);
+                self.connection = Some(connected);
+            }
+            Err(UplinkError::Refused) => {
+                tracing::error!(
+                    aggregator = %self.aggregator_addr,
+                    edge_id = self.edge_id,
+                    "The aggregator refused this edge (unknown edge id or wrong token); batches stay in the spool."
+                );
+                metrics.uplink_refused.inc();
+                self.fail(metrics, UplinkError::Refused);
             }
             Err(error) => self.fail(metrics, error),
         }

@@ -52,6 +52,14 @@ pub(crate) async fn run(args: StackArgs) -> anyhow::Result<()> {
     let data_dir = args.data_dir.unwrap_or_else(|| std::env::temp_dir().join("edgetally-stack"));
     let aggregator_dir = data_dir.join("aggregator");
     std::fs::create_dir_all(&aggregator_dir).with_context(|| format!("creating {}", aggregator_dir.display()))?;
+    // One edge, with a fresh random token each start.
+    let edge_token: String = {
+        use rand::Rng;
+        let mut rng = rand::rng();
+        (0..32).map(|_| char::from(b"0123456789abcdef"[rng.random_range(0..16)])).collect()
+    };
+    let mut edge_tokens = edgetally_aggregator::EdgeTokens::default();
+    edge_tokens.insert(1, edge_token.as_bytes())?;
     let aggregator = edgetally_aggregator::Aggregator::start(edgetally_aggregator::Config {
         data_dir: aggregator_dir,
         quic_listen: args.quic_listen,
@@ -62,6 +70,7 @@ pub(crate) async fn run(args: StackArgs) -> anyhow::Result<()> {
         tls_names: Vec::new(),
         wal_fsync: true,
         snapshot_wal_bytes: edgetally_aggregator::SNAPSHOT_WAL_BYTES_DEFAULT,
+        edge_tokens: Some(edge_tokens),
     })
     .await
     .context("starting the aggregator")?;
@@ -88,6 +97,7 @@ pub(crate) async fn run(args: StackArgs) -> anyhow::Result<()> {
         aggregator_cert: aggregator.quic_cert_path().to_owned(),
         aggregator_server_name: "localhost".to_owned(),
         edge_id: 1,
+        edge_token: edge_token.into_bytes(),
         flush_interval: edgetally_collector::FLUSH_INTERVAL_DEFAULT,
         body_bytes_max: edgetally_collector::BODY_BYTES_MAX_DEFAULT,
         tally_limits: edgetally_collector::TallyLimits::default(),

@@ -14,18 +14,31 @@
 //!
 //! The CRC-32 covers the header up to the CRC field and all payloads, so a
 //! frame torn or altered anywhere is refused before any Arrow decoding.
+//!
+//! Before any frame, an edge opens one bidirectional **control stream** and
+//! writes a [`Hello`] naming itself and carrying its token; the aggregator
+//! answers with a [`HelloAck`] and keeps the stream for what it sends the
+//! edge later. Frames go on streams opened after it.
 
 use bytes::{Buf, BufMut, Bytes};
 
-/// ALPN protocol of the edge-to-aggregator QUIC link; bumped with
-/// [`FRAME_VERSION`] when either side could not read the other.
-pub const ALPN: &[u8] = b"edgetally/1";
+/// ALPN protocol of the edge-to-aggregator QUIC link; bumped whenever
+/// either side could not read the other (version 2: the control stream and
+/// its [`Hello`] come first).
+pub const ALPN: &[u8] = b"edgetally/2";
 
 pub const FRAME_MAGIC: [u8; 4] = *b"ETB1";
 pub const ACK_MAGIC: [u8; 4] = *b"ETA1";
 pub const FRAME_VERSION: u16 = 2;
 pub const FRAME_HEADER_LEN: usize = 56;
 pub const ACK_LEN: usize = 28;
+pub const HELLO_MAGIC: [u8; 4] = *b"ETH1";
+pub const HELLO_ACK_MAGIC: [u8; 4] = *b"ETK1";
+/// Longest edge token: tokens are random strings of 32 to a few dozen bytes.
+pub const HELLO_TOKEN_LEN_MAX: usize = 256;
+/// The longest [`Hello`] on the wire.
+pub const HELLO_LEN_MAX: usize = 10 + HELLO_TOKEN_LEN_MAX;
+pub const HELLO_ACK_LEN: usize = 5;
 
 /// The largest frame the aggregator reads. A 250 ms batch of one busy edge
 /// holds at most tens of thousands of rollup keys (a few MiB compressed);
@@ -52,6 +65,8 @@ pub enum FrameError {
     Crc { expected: u32, actual: u32 },
     #[error("bad ack status {0}")]
     AckStatus(u8),
+    #[error("hello token longer than {HELLO_TOKEN_LEN_MAX} bytes")]
+    TokenTooLong,
 }
 
 /// One sealed batch of one edge.
@@ -219,6 +234,90 @@ impl Ack {
             other => return Err(FrameError::AckStatus(other)),
         };
         Ok(Ack { edge_id, epoch, sequence, status })
+    }
+}
+
+/// The first message of an edge's connection: who it is and its token.
+///
+/// ```text
+/// magic "ETH1" | edge_id u32 | token_len u16 | token
+/// ```
+#[derive(Clone, PartialEq, Eq)]
+pub struct Hello {
+    pub edge_id: u32,
+    pub token: Vec<u8>,
+}
+
+impl std::fmt::Debug for Hello {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The token is a secret: never in logs.
+        f.debug_struct("Hello").field("edge_id", &self.edge_id).field("token", &"<redacted>").finish()
+    }
+}
+
+// === impl Hello ===
+
+impl Hello {
+    pub fn encode(&self) -> Result<Vec<u8>, FrameError> {
+        if self.token.len() > HELLO_TOKEN_LEN_MAX {
+            return Err(FrameError::TokenTooLong);
+        }
+        let mut out = Vec::with_capacity(10 + self.token.len());
+        out.put_slice(&HELLO_MAGIC);
+        out.put_u32_le(self.edge_id);
+        out.put_u16_le(self.token.len() as u16);
+        out.put_slice(&self.token);
+        Ok(out)
+    }
+
+    pub fn decode(mut bytes: &[u8]) -> Result<Hello, FrameError> {
+        if bytes.len() < 10 {
+            return Err(FrameError::TooShort { len: bytes.len() });
+        }
+        if bytes.copy_to_bytes(4)[..] != HELLO_MAGIC {
+            return Err(FrameError::BadMagic);
+        }
+        let edge_id = bytes.get_u32_le();
+        let token_len = bytes.get_u16_le() as usize;
+        if token_len > HELLO_TOKEN_LEN_MAX {
+            return Err(FrameError::TokenTooLong);
+        }
+        if bytes.len() != token_len {
+            return Err(FrameError::Length { announced: token_len, actual: bytes.len() });
+        }
+        Ok(Hello { edge_id, token: bytes.to_vec() })
+    }
+}
+
+/// The aggregator's answer to a [`Hello`]: `magic "ETK1" | accepted u8`.
+/// A refused edge's connection is closed right after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HelloAck {
+    pub accepted: bool,
+}
+
+// === impl HelloAck ===
+
+impl HelloAck {
+    pub fn encode(&self) -> [u8; HELLO_ACK_LEN] {
+        let mut out = [0u8; HELLO_ACK_LEN];
+        out[..4].copy_from_slice(&HELLO_ACK_MAGIC);
+        out[4] = u8::from(self.accepted);
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<HelloAck, FrameError> {
+        if bytes.len() != HELLO_ACK_LEN {
+            return Err(FrameError::Length { announced: HELLO_ACK_LEN, actual: bytes.len() });
+        }
+        if bytes[..4] != HELLO_ACK_MAGIC {
+            return Err(FrameError::BadMagic);
+        }
+        match bytes[4] {
+            0 => Ok(HelloAck { accepted: false }),
+            1 => Ok(HelloAck { accepted: true }),
+            other => Err(FrameError::AckStatus(other)),
+        }
     }
 }
 

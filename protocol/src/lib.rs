@@ -16,5 +16,5 @@ pub mod money;
 pub use batch::{BatchError, ConversionRow, QuarantineRow, RollupCounts, RollupKey};
 pub use click_id::{Click, ClickIdError, ClickKey, ClickKeys};
 pub use event::{Event, EventError, EventKind, SubId};
-pub use frame::{Ack, BatchFrame, FrameError};
+pub use frame::{Ack, BatchFrame, FrameError, Hello, HelloAck};
 pub use money::{Currency, Money, MoneyError};

@@ -15,6 +15,7 @@ fn config(data_dir: &Path) -> Config {
         tls_names: vec!["edge.example".into(), "localhost".into()],
         wal_fsync: true,
         snapshot_wal_bytes: crate::SNAPSHOT_WAL_BYTES_DEFAULT,
+        edge_tokens: None,
     }
 }
 

@@ -14,7 +14,7 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::support::{Process, loadtest, spawn, wait_for_json};
+use crate::support::{Process, edge_token, loadtest, metric, spawn, wait_for_json};
 
 /// How long the aggregator stays away while traffic continues.
 const OUTAGE: Duration = Duration::from_secs(60);
@@ -89,26 +89,22 @@ fn traffic(collector: &str, ledger: &Path, seed: u64) -> u64 {
     report["events_accepted"].as_u64().expect("events_accepted")
 }
 
-/// The value of one unlabelled metric of a collector.
-fn metric(collector: &str, name: &str) -> f64 {
-    let url = format!("{collector}/metrics");
-    let output = std::process::Command::new("curl").args(["-sf", &url]).output().expect("curl");
-    let text = String::from_utf8_lossy(&output.stdout);
-    text.lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("{name} not in {url}:\n{text}"))
-}
-
 #[test]
 fn killed_collectors_and_an_unreachable_aggregator_lose_and_double_nothing() {
     let dir = tempfile::tempdir().expect("temp dir");
     let aggregator_dir = dir.path().join("aggregator");
+    let tokens_path = dir.path().join("edge-tokens.json");
+    let tokens = serde_json::json!({"edges": [{"edge_id": 1, "token": edge_token(1)}]});
+    std::fs::write(&tokens_path, tokens.to_string()).expect("edge tokens");
+    let token_path = dir.path().join("edge-1.token");
+    std::fs::write(&token_path, edge_token(1)).expect("edge token");
     let mut aggregator = Node::new(
         "edgetally-aggregator",
         [
             os(&["--data-dir"]),
             vec![aggregator_dir.clone().into()],
             os(&["--quic-listen", "127.0.0.1:0", "--flight-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"]),
+            os(&["--edge-tokens", path(&tokens_path)]),
         ]
         .concat(),
         aggregator_dir.join("aggregator.json"),
@@ -125,6 +121,7 @@ fn killed_collectors_and_an_unreachable_aggregator_lose_and_double_nothing() {
         os(&["--data-dir"]),
         vec![aggregator_dir.clone().into()],
         os(&["--quic-listen", &quic, "--flight-listen", &flight, "--http-listen", "127.0.0.1:0"]),
+        os(&["--edge-tokens", path(&tokens_path)]),
     ]
     .concat();
 
@@ -147,6 +144,8 @@ fn killed_collectors_and_an_unreachable_aggregator_lose_and_double_nothing() {
                 &cert,
                 "--edge-id",
                 "1",
+                "--edge-token-file",
+                path(&token_path),
                 "--dedup-keys-max",
                 "100000",
                 "--flush-interval-ms",
@@ -223,4 +222,61 @@ fn killed_collectors_and_an_unreachable_aggregator_lose_and_double_nothing() {
     assert!(status.success(), "verify failed: {stdout}");
     assert!(stdout.starts_with("verify: ok:"), "{stdout}");
     assert_eq!(metric(&url, "edgetally_collector_uplink_pending_batches"), 0.0);
+}
+
+/// A collector whose token is wrong, or whose edge id is unknown, is
+/// refused by the aggregator: its batches stay in its spool and nothing of
+/// it is counted, while the authenticated edge ships as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edges_with_a_wrong_token_or_unknown_id_are_refused() {
+    let stack = crate::support::Stack::start(1);
+    let mut impostors = Vec::new();
+    for (edge_id, token) in [(1, "test-token-of-edge-0001-but-wrong"), (7, "test-token-of-edge-0007")] {
+        let edge_dir = stack.dir.path().join(format!("impostor-{edge_id}"));
+        let token_path = stack.dir.path().join(format!("impostor-{edge_id}.token"));
+        std::fs::write(&token_path, token).expect("token file");
+        let mut args: Vec<OsString> = stack.collector_args.iter().map(OsString::from).collect();
+        args.extend(os(&["--edge-id", &edge_id.to_string(), "--http-listen", "127.0.0.1:0"]));
+        args.extend([OsString::from("--data-dir"), edge_dir.clone().into()]);
+        args.extend([OsString::from("--edge-token-file"), token_path.into()]);
+        let mut node = Node::new("edgetally-collector", args, edge_dir.join("collector.json"));
+        let url = format!("http://{}", node.start()["http"].as_str().expect("http"));
+        impostors.push((node, url));
+    }
+    let pixel = |base: &str, n: u32| {
+        for _ in 0..n {
+            let url = format!("{base}/p.gif?aff=5&cmp=6");
+            let status = std::process::Command::new("curl").args(["-sf", "-o", "/dev/null", &url]).status();
+            assert!(status.expect("curl").success());
+        }
+    };
+    pixel(&stack.collectors[0], 3);
+    for (_, url) in &impostors {
+        pixel(url, 2);
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for (_, url) in &impostors {
+        while metric(url, "edgetally_collector_uplink_refused_total") < 1.0 {
+            assert!(Instant::now() < deadline, "{url} was never refused");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(metric(url, "edgetally_collector_uplink_pending_batches") >= 1.0, "the batch stays in the spool");
+    }
+    assert!(metric(&stack.aggregator_http, "edgetally_aggregator_edges_refused_total") >= 2.0);
+    // Only the authenticated edge's three pixels are counted.
+    let ticket = serde_json::json!({"dataset": "rollups", "group_by": ["affiliate_id"]});
+    loop {
+        let counts = crate::support::rollups(&stack.flight_url, ticket.clone()).await;
+        let impressions = counts.get("5").map_or(0, |counts| counts.impressions);
+        if impressions == 3 {
+            break;
+        }
+        assert!(impressions < 3 && Instant::now() < deadline, "impressions {impressions}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Stay a moment: the refused edges keep retrying and keep being refused.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let counts = crate::support::rollups(&stack.flight_url, ticket).await;
+    assert_eq!(counts.get("5").map(|counts| counts.impressions), Some(3));
+    drop(impostors);
 }

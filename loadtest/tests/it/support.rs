@@ -61,6 +61,11 @@ pub(crate) struct Stack {
     /// Base URL of each collector.
     pub(crate) collectors: Vec<String>,
     pub(crate) flight_url: String,
+    /// Base URL of the aggregator's HTTP listener (`/metrics`).
+    pub(crate) aggregator_http: String,
+    /// Arguments a further collector needs to ship to this aggregator (all
+    /// but its data dir, listen address, edge id and token).
+    pub(crate) collector_args: Vec<String>,
     pub(crate) dir: tempfile::TempDir,
     _processes: Vec<Process>,
 }
@@ -74,6 +79,12 @@ impl Stack {
     pub(crate) fn start_with(n_collectors: u32, collector_args: &[&str]) -> Stack {
         let dir = tempfile::tempdir().expect("temp dir");
         let aggregator_dir = dir.path().join("aggregator");
+        // Edges 1..=n authenticate with a token each.
+        let tokens_path = dir.path().join("edge-tokens.json");
+        let edges: Vec<serde_json::Value> = (1..=n_collectors)
+            .map(|edge_id| serde_json::json!({"edge_id": edge_id, "token": edge_token(edge_id)}))
+            .collect();
+        std::fs::write(&tokens_path, serde_json::json!({ "edges": edges }).to_string()).expect("edge tokens");
         let mut processes = vec![spawn(
             "edgetally-aggregator",
             &[
@@ -85,12 +96,15 @@ impl Stack {
                 "127.0.0.1:0".as_ref(),
                 "--http-listen".as_ref(),
                 "127.0.0.1:0".as_ref(),
+                "--edge-tokens".as_ref(),
+                tokens_path.as_os_str(),
             ],
         )];
         let addrs = wait_for_json(&aggregator_dir.join("aggregator.json"));
         let quic = addrs["quic"].as_str().expect("quic address").to_owned();
         let flight = addrs["flight"].as_str().expect("flight address").to_owned();
         let cert = addrs["quic_cert"].as_str().expect("quic_cert path").to_owned();
+        let aggregator_http = format!("http://{}", addrs["http"].as_str().expect("http address"));
         // Every edge shares one campaign snapshot (the mix's default 200
         // campaigns) and one click-signing key, so a click minted at one
         // edge converts at another.
@@ -103,9 +117,13 @@ impl Stack {
         let mut collectors = Vec::new();
         for edge_id in 1..=n_collectors {
             let collector_dir = dir.path().join(format!("collector-{edge_id}"));
+            let token_path = dir.path().join(format!("edge-{edge_id}.token"));
+            std::fs::write(&token_path, edge_token(edge_id)).expect("edge token file");
             let edge_id = edge_id.to_string();
             let mut args: Vec<&std::ffi::OsStr> = collector_args.iter().map(|arg| arg.as_ref()).collect();
-            args.extend::<[&std::ffi::OsStr; 18]>([
+            args.extend::<[&std::ffi::OsStr; 20]>([
+                "--edge-token-file".as_ref(),
+                token_path.as_os_str(),
                 "--data-dir".as_ref(),
                 collector_dir.as_os_str(),
                 "--http-listen".as_ref(),
@@ -129,8 +147,46 @@ impl Stack {
             let addrs = wait_for_json(&collector_dir.join("collector.json"));
             collectors.push(format!("http://{}", addrs["http"].as_str().expect("http address")));
         }
-        Stack { collectors, flight_url: format!("http://{flight}"), dir, _processes: processes }
+        let collector_args = [
+            "--aggregator-addr",
+            &quic,
+            "--aggregator-cert",
+            &cert,
+            "--campaigns",
+            campaigns_path.to_str().expect("utf-8 temp path"),
+            "--click-keys",
+            keys_path.to_str().expect("utf-8 temp path"),
+            "--dedup-keys-max",
+            "100000",
+            "--flush-interval-ms",
+            "50",
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        Stack {
+            collectors,
+            flight_url: format!("http://{flight}"),
+            aggregator_http,
+            collector_args,
+            dir,
+            _processes: processes,
+        }
     }
+}
+
+/// The token of edge `edge_id` in a test stack.
+pub(crate) fn edge_token(edge_id: u32) -> String {
+    format!("test-token-of-edge-{edge_id:04}")
+}
+
+/// The value of one unlabelled metric (its first sample) at `base_url`.
+pub(crate) fn metric(base_url: &str, name: &str) -> f64 {
+    let url = format!("{base_url}/metrics");
+    let output = Command::new("curl").args(["-sf", &url]).output().expect("curl");
+    let text = String::from_utf8_lossy(&output.stdout);
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} not in {url}:\n{text}"))
 }
 
 /// Runs `edgetally-loadtest` to completion and returns its exit status and

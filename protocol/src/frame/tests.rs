@@ -51,3 +51,24 @@ fn ack_round_trip() {
     bad[24] = 9;
     assert_eq!(Ack::decode(&bad), Err(FrameError::AckStatus(9)));
 }
+
+#[test]
+fn hello_round_trip_and_refusals() {
+    let hello = Hello { edge_id: 42, token: b"s3cret-token-of-edge-42".to_vec() };
+    let bytes = hello.encode().unwrap();
+    assert_eq!(Hello::decode(&bytes).unwrap(), hello);
+    assert!(!format!("{hello:?}").contains("s3cret"), "the token never reaches a log");
+    assert_eq!(Hello::decode(&bytes[..bytes.len() - 1]), Err(FrameError::Length { announced: 23, actual: 22 }));
+    assert_eq!(Hello::decode(&bytes[..5]), Err(FrameError::TooShort { len: 5 }));
+    let mut wrong = bytes.clone();
+    wrong[0] = b'X';
+    assert_eq!(Hello::decode(&wrong), Err(FrameError::BadMagic));
+    let long = Hello { edge_id: 1, token: vec![b'a'; HELLO_TOKEN_LEN_MAX + 1] };
+    assert_eq!(long.encode(), Err(FrameError::TokenTooLong));
+
+    for accepted in [true, false] {
+        let ack = HelloAck { accepted };
+        assert_eq!(HelloAck::decode(&ack.encode()).unwrap(), ack);
+    }
+    assert_eq!(HelloAck::decode(b"ETK1\x07"), Err(FrameError::AckStatus(7)));
+}
