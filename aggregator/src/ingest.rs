@@ -52,6 +52,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
+use crate::catalog::SnapshotReceiver;
 use crate::edges::EdgeTokens;
 use crate::store::{Admission, Batch, Store};
 use crate::wal::{self, Wal, WalError};
@@ -155,6 +156,8 @@ pub(crate) struct Ingest {
     store: Arc<Store>,
     /// `None`: every edge is accepted (no tokens configured).
     edge_tokens: Option<EdgeTokens>,
+    /// The configuration every edge connection sends on its control stream.
+    snapshots: SnapshotReceiver,
     pub(crate) edges_refused: AtomicU64,
     wal: Arc<Wal>,
     edge_locks: Box<[tokio::sync::Mutex<()>]>,
@@ -226,7 +229,7 @@ async fn serve_connection(incoming: Incoming, ingest: Arc<Ingest>) {
             return;
         }
     };
-    let (edge_id, _control) = match authenticate(&connection, &ingest).await {
+    let (edge_id, control) = match authenticate(&connection, &ingest).await {
         Ok(authenticated) => authenticated,
         Err(reason) => {
             ingest.edges_refused.fetch_add(1, Ordering::Relaxed);
@@ -236,6 +239,7 @@ async fn serve_connection(incoming: Incoming, ingest: Arc<Ingest>) {
         }
     };
     debug!(peer = %peer, edge_id, "Edge connected.");
+    let control = tokio::spawn(send_snapshots(control, ingest.snapshots.clone(), peer, edge_id));
     // Bounded by the stream limit: a queued stream is still open, so the
     // edge cannot have more than this many waiting here.
     let (queue_tx, queue_rx) = mpsc::channel(STREAMS_PER_CONNECTION_MAX as usize);
@@ -261,6 +265,33 @@ async fn serve_connection(incoming: Incoming, ingest: Arc<Ingest>) {
     drop(queue_tx);
     if let Err(error) = applier.await {
         warn!(%error, peer = %peer, "Ingest applier failed.");
+    }
+    control.abort();
+}
+
+/// Sends the configuration snapshot on the control stream at once and after
+/// every change, until the connection ends.
+async fn send_snapshots(mut control: SendStream, mut snapshots: SnapshotReceiver, peer: SocketAddr, edge_id: u32) {
+    loop {
+        let snapshot = snapshots.borrow_and_update().clone();
+        if let Some(snapshot) = snapshot {
+            let bytes = match snapshot.encode() {
+                Ok(bytes) => bytes,
+                Err(error) => {
+                    warn!(%error, "Campaign snapshot not sendable.");
+                    return;
+                }
+            };
+            if let Err(error) = control.write_all(&bytes).await {
+                debug!(%error, peer = %peer, edge_id, "Control stream closed.");
+                return;
+            }
+            debug!(peer = %peer, edge_id, version = snapshot.version, "Campaign snapshot sent.");
+        }
+        if snapshots.changed().await.is_err() {
+            // No more changes will come; keep the stream open.
+            return std::future::pending().await;
+        }
     }
 }
 
@@ -433,10 +464,16 @@ async fn send_ack(send: &mut SendStream, ack: Ack) -> Result<(), IngestError> {
 // === impl Ingest ===
 
 impl Ingest {
-    pub(crate) fn new(store: Arc<Store>, wal: Arc<Wal>, edge_tokens: Option<EdgeTokens>) -> Ingest {
+    pub(crate) fn new(
+        store: Arc<Store>,
+        wal: Arc<Wal>,
+        edge_tokens: Option<EdgeTokens>,
+        snapshots: SnapshotReceiver,
+    ) -> Ingest {
         Ingest {
             store,
             edge_tokens,
+            snapshots,
             edges_refused: AtomicU64::new(0),
             wal,
             edge_locks: (0..EDGE_LOCK_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),

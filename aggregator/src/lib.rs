@@ -14,6 +14,7 @@
 //!
 //! Not here yet: edge authentication, commissions, Parquet and Flight SQL.
 
+mod catalog;
 mod cert;
 mod edges;
 mod flight_service;
@@ -37,6 +38,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
+pub use catalog::CatalogError;
 pub use cert::CertError;
 pub use edges::{EDGE_TOKEN_LEN_MIN, EdgeTokens, EdgeTokensError};
 pub use snapshot::{DecodeError as SnapshotDecodeError, SnapshotError};
@@ -74,6 +76,9 @@ pub struct Config {
     /// The edges allowed to ship and their tokens; `None` accepts every
     /// edge that trusts the certificate (logged as a warning at start).
     pub edge_tokens: Option<EdgeTokens>,
+    /// The campaign snapshot served to edges (JSON, as edges read it),
+    /// watched for changes; `None`: edges use their own `--campaigns`.
+    pub campaigns: Option<PathBuf>,
 }
 
 /// The default `snapshot_wal_bytes`. Replay reads the log at start at a few
@@ -138,6 +143,8 @@ pub enum Error {
     HttpBind { addr: SocketAddr, source: io::Error },
     #[error("write-ahead log")]
     Wal(#[from] WalError),
+    #[error("campaigns")]
+    Catalog(#[from] CatalogError),
     #[error("snapshot")]
     Snapshot(#[from] SnapshotError),
     #[error("replay task")]
@@ -159,6 +166,7 @@ pub struct Aggregator {
     snapshot_stop: oneshot::Sender<()>,
     snapshot_task: JoinHandle<()>,
     ingest_task: JoinHandle<()>,
+    catalog_task: Option<JoinHandle<()>>,
     flight_shutdown: oneshot::Sender<()>,
     flight_task: JoinHandle<Result<(), tonic::transport::Error>>,
 }
@@ -224,7 +232,8 @@ impl Aggregator {
             Some(tokens) => info!(n_edges = tokens.len(), "Edges authenticate with tokens."),
             None => warn!("No edge tokens configured: any edge that trusts the QUIC certificate may ship."),
         }
-        let ingest = Arc::new(ingest::Ingest::new(store.clone(), wal.clone(), config.edge_tokens.clone()));
+        let (snapshots, catalog_task) = catalog::start(config.campaigns.as_deref())?;
+        let ingest = Arc::new(ingest::Ingest::new(store.clone(), wal.clone(), config.edge_tokens.clone(), snapshots));
         let server_config = ingest::server_config(identity.cert_chain, identity.key)?;
         let endpoint = quinn::Endpoint::server(server_config, config.quic_listen)
             .map_err(|source| Error::QuicBind { addr: config.quic_listen, source })?;
@@ -266,6 +275,7 @@ impl Aggregator {
             snapshot_stop,
             snapshot_task,
             ingest_task,
+            catalog_task,
             flight_shutdown,
             flight_task,
         })
@@ -300,6 +310,9 @@ impl Aggregator {
     /// server. A batch applied whose ack was cut off is resent by its edge
     /// and skipped then, so closing mid-stream loses nothing.
     pub async fn shutdown(self) {
+        if let Some(task) = &self.catalog_task {
+            task.abort();
+        }
         self.endpoint.close(ingest::CLOSE_SHUTDOWN, b"shutdown");
         if let Err(error) = self.ingest_task.await {
             warn!(%error, "Ingest task failed.");

@@ -72,6 +72,12 @@ struct Args {
     /// that trusts the QUIC certificate is accepted.
     #[arg(long, env = "EDGETALLY_AGGREGATOR_EDGE_TOKENS")]
     edge_tokens: Option<PathBuf>,
+    /// Campaign snapshot served to every edge (JSON:
+    /// `{"campaigns": [{"id": 3, "landing_url": "https://…{click_id}",
+    /// "attribution_window_secs": 2592000}]}`), checked for changes every
+    /// second. Without it edges use their own `--campaigns`.
+    #[arg(long, env = "EDGETALLY_AGGREGATOR_CAMPAIGNS")]
+    campaigns: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -112,6 +118,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         wal_fsync: args.wal_fsync,
         snapshot_wal_bytes: args.snapshot_wal_bytes,
         edge_tokens: args.edge_tokens.as_deref().map(EdgeTokens::load).transpose().context("edge tokens")?,
+        campaigns: args.campaigns,
     };
     // Installed before start so a signal during start is not lost.
     let mut sigterm = signal(SignalKind::terminate()).context("install SIGTERM handler")?;

@@ -252,6 +252,7 @@ fn loopback_config(data_dir: &std::path::Path) -> Config {
         wal_fsync: true,
         snapshot_wal_bytes: SNAPSHOT_WAL_BYTES_DEFAULT,
         edge_tokens: None,
+        campaigns: None,
     }
 }
 

@@ -27,7 +27,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 
-use crate::campaigns::Campaigns;
+use crate::catalog::Catalog;
 use crate::dedup::{Dedup, Verdict};
 use crate::ingest::{Item, parse_body, parse_event, parse_query, pixel_payload};
 use crate::metrics::{Metrics, ReasonLabels, RejectLabels};
@@ -81,7 +81,7 @@ pub(crate) struct Ingress {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) body_bytes_max: usize,
     pub(crate) edge_id: u32,
-    pub(crate) campaigns: Campaigns,
+    pub(crate) campaigns: Arc<Catalog>,
     pub(crate) click_keys: ClickKeys,
     pub(crate) dedup: Dedup,
     /// The window in which a visitor's repeated clicks are not unique.
@@ -364,7 +364,8 @@ impl Ingress {
         }
         let event = Event::validate(raw, default_kind, now_ms)?;
         if let Some(click) = &click {
-            let campaign = self.campaigns.campaign(click.campaign_id).ok_or_else(|| Rejection {
+            let campaigns = self.campaigns.get();
+            let campaign = campaigns.campaign(click.campaign_id).ok_or_else(|| Rejection {
                 reason: "unknown_campaign",
                 detail: format!("unknown campaign {}", click.campaign_id),
             })?;
@@ -493,7 +494,8 @@ impl Ingress {
         raw.click_id = None;
         raw.campaign_id = Some(Cow::Borrowed(campaign_text));
         let now_ms = now_ms();
-        let campaign = campaign_text.parse().ok().and_then(|id| self.campaigns.campaign(id));
+        let campaigns = self.campaigns.get();
+        let campaign = campaign_text.parse().ok().and_then(|id| campaigns.campaign(id));
         let outcome = match campaign {
             None => Err(Rejection {
                 reason: "unknown_campaign",

@@ -20,7 +20,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 
-pub mod campaigns;
+mod catalog;
 pub mod click_keys;
 pub mod dedup;
 mod http;
@@ -34,10 +34,10 @@ pub mod tls;
 mod uplink;
 mod visitor;
 
-pub use campaigns::Campaigns;
 use dedup::Dedup;
 pub use dedup::DedupConfig;
 pub use edgetally_protocol::ClickKeys;
+pub use edgetally_protocol::campaigns::{self, Campaigns};
 pub use http::{OUTCOME_HEADER, PIXEL_GIF};
 pub use journal::{JOURNAL_BYTES_MAX_DEFAULT, JournalError};
 pub use spool::SpoolError;
@@ -103,7 +103,9 @@ pub struct Config {
     pub flush_interval: Duration,
     pub body_bytes_max: usize,
     pub tally_limits: TallyLimits,
-    /// Campaign landing URLs and attribution windows.
+    /// Campaign landing URLs and attribution windows, used until the
+    /// aggregator sends its own (and only when none was kept from an
+    /// earlier run).
     pub campaigns: Campaigns,
     /// Keys that sign and verify click IDs.
     pub click_keys: ClickKeys,
@@ -237,12 +239,14 @@ impl Collector {
             );
         }
         let tally = Arc::new(tally::Tally::with_journal(config.tally_limits, journal, replay));
+        let catalog = Arc::new(catalog::Catalog::open(&config.data_dir, config.campaigns));
         let uplink = uplink::Uplink::new(uplink::UplinkConfig {
             aggregator_addr: config.aggregator_addr,
             aggregator_cert: &config.aggregator_cert,
             aggregator_server_name: config.aggregator_server_name.clone(),
             edge_id: config.edge_id,
             edge_token: config.edge_token.clone(),
+            catalog: catalog.clone(),
             epoch,
             flush_interval: config.flush_interval,
             spool,
@@ -259,7 +263,7 @@ impl Collector {
             metrics: metrics.clone(),
             body_bytes_max: config.body_bytes_max,
             edge_id: config.edge_id,
-            campaigns: config.campaigns,
+            campaigns: catalog,
             click_keys: config.click_keys,
             dedup: Dedup::new(config.dedup),
             uniques: Dedup::new(config.uniques),

@@ -53,8 +53,10 @@ struct Args {
     /// Most batches sent to the aggregator and not yet acknowledged.
     #[arg(long, env = "EDGETALLY_COLLECTOR_UPLINK_WINDOW", default_value_t = UPLINK_WINDOW_DEFAULT)]
     uplink_window: usize,
-    /// Campaign snapshot (JSON: landing URLs and attribution windows). Without
-    /// one, clicks answer 404 and click IDs cannot be attributed.
+    /// Campaign snapshot (JSON: landing URLs and attribution windows), used
+    /// until the aggregator sends its own (which is then kept in the data
+    /// directory and preferred on later starts). Without any, clicks answer
+    /// 404 and click IDs cannot be attributed.
     #[arg(long, env = "EDGETALLY_COLLECTOR_CAMPAIGNS")]
     campaigns: Option<PathBuf>,
     /// Click-signing keys (JSON); created with a random key when missing.
@@ -132,7 +134,10 @@ async fn main() -> anyhow::Result<()> {
         args.dedup_keys_max
     );
     let campaigns = match &args.campaigns {
-        Some(path) => Campaigns::load(path)?,
+        Some(path) => {
+            Campaigns::parse(&std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?)
+                .with_context(|| format!("campaigns in {}", path.display()))?
+        }
         None => Campaigns::default(),
     };
     let click_keys_path = args.click_keys.clone().unwrap_or_else(|| args.data_dir.join("click-keys.json"));

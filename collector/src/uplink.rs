@@ -21,8 +21,9 @@ use std::time::Duration;
 use std::sync::Mutex;
 
 use bytes::Bytes;
+use edgetally_protocol::ConfigSnapshot;
 use edgetally_protocol::batch::{conversions_to_batch, encode_ipc, quarantine_to_batch, rollups_to_batch};
-use edgetally_protocol::frame::{ACK_LEN, ALPN, AckStatus, HELLO_ACK_LEN, Hello, HelloAck};
+use edgetally_protocol::frame::{ACK_LEN, ALPN, AckStatus, HELLO_ACK_LEN, Hello, HelloAck, SNAPSHOT_HEADER_LEN};
 use edgetally_protocol::{Ack, BatchFrame, ConversionRow, QuarantineRow, RollupCounts, RollupKey};
 use futures::future::OptionFuture;
 use futures::stream::{FuturesUnordered, StreamExt};
@@ -32,6 +33,7 @@ use rustls_pki_types::pem::PemObject;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::catalog::Catalog;
 use crate::metrics::{Metrics, StatusLabels};
 use crate::spool::{Pending, Spool, SpoolError};
 use crate::tally::{Sealed, Tally};
@@ -81,6 +83,8 @@ pub(crate) struct UplinkConfig<'a> {
     pub(crate) edge_id: u32,
     /// Presented in the hello of every connection.
     pub(crate) edge_token: Vec<u8>,
+    /// Where snapshots from the aggregator go.
+    pub(crate) catalog: Arc<Catalog>,
     pub(crate) epoch: u64,
     pub(crate) flush_interval: Duration,
     pub(crate) spool: Spool,
@@ -98,8 +102,16 @@ type ConnectFuture = futures::future::BoxFuture<'static, Result<Connected, Uplin
 /// A connection whose hello the aggregator accepted.
 struct Connected {
     connection: quinn::Connection,
-    /// The control stream, kept open for the connection's life.
-    _control: (quinn::SendStream, quinn::RecvStream),
+    /// Our half of the control stream, kept open for the connection's life.
+    _control: quinn::SendStream,
+    /// Reads configuration snapshots from the control stream.
+    snapshots: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Connected {
+    fn drop(&mut self) {
+        self.snapshots.abort();
+    }
 }
 
 pub(crate) struct Uplink {
@@ -116,6 +128,7 @@ pub(crate) struct Uplink {
     spool: Arc<Mutex<Spool>>,
     connection: Option<Connected>,
     edge_token: Arc<[u8]>,
+    catalog: Arc<Catalog>,
     /// Polled by the run loop, so a slow handshake never holds up sealing.
     connecting: Option<ConnectFuture>,
     /// How many batches at the front of the spool were sent on the current
@@ -179,6 +192,7 @@ impl Uplink {
             spool: Arc::new(Mutex::new(config.spool)),
             connection: None,
             edge_token: config.edge_token.into(),
+            catalog: config.catalog,
             connecting: None,
             n_sent: 0,
             acks: FuturesUnordered::new(),
@@ -344,7 +358,9 @@ impl Uplink {
         let connected = self.connection.as_ref().is_some_and(|connected| connected.connection.close_reason().is_none());
         if !connected {
             self.connection = None;
-            if self.acks.is_empty() && self.lock_spool().pending().len() > self.n_sent {
+            // Connected even when idle: the connection carries the
+            // aggregator's configuration too.
+            if self.acks.is_empty() {
                 self.connecting = Some(self.connect());
             }
             return;
@@ -455,6 +471,7 @@ impl Uplink {
         let connecting =
             self.endpoint.connect_with(self.client_config.clone(), self.aggregator_addr, &self.server_name);
         let hello = Hello { edge_id: self.edge_id, token: self.edge_token.to_vec() };
+        let catalog = self.catalog.clone();
         let attempt = async move {
             let connection = connecting
                 .map_err(|error| UplinkError::Connect(error.to_string()))?
@@ -479,7 +496,8 @@ impl Uplink {
             if !ack.accepted {
                 return Err(UplinkError::Refused);
             }
-            Ok(Connected { connection, _control: (send, recv) })
+            let snapshots = tokio::spawn(read_snapshots(recv, catalog));
+            Ok(Connected { connection, _control: send, snapshots })
         };
         Box::pin(async move {
             match tokio::time::timeout(ATTEMPT_TIMEOUT, attempt).await {
@@ -521,6 +539,37 @@ impl Uplink {
         // The spool's methods leave it consistent at every return; a panic
         // inside one would be a defect that a restart recovers from disk.
         self.spool.lock().expect("spool lock is not poisoned")
+    }
+}
+
+/// Applies every configuration snapshot the aggregator sends on the control
+/// stream until it ends. A snapshot that fails its checks is logged and
+/// skipped: the edge keeps the one it has.
+async fn read_snapshots(mut recv: quinn::RecvStream, catalog: Arc<Catalog>) {
+    loop {
+        let mut header = [0u8; SNAPSHOT_HEADER_LEN];
+        if let Err(error) = recv.read_exact(&mut header).await {
+            tracing::debug!(%error, "Control stream ended.");
+            return;
+        }
+        let header = match ConfigSnapshot::decode_header(&header) {
+            Ok(header) => header,
+            Err(error) => {
+                tracing::error!(%error, "Bad snapshot header on the control stream; ignoring the stream.");
+                return;
+            }
+        };
+        let mut body = vec![0u8; header.len];
+        if let Err(error) = recv.read_exact(&mut body).await {
+            tracing::debug!(%error, "Control stream ended mid-snapshot.");
+            return;
+        }
+        let applied = ConfigSnapshot::from_parts(header, body.into())
+            .map_err(|error| error.to_string())
+            .and_then(|snapshot| catalog.apply(&snapshot).map_err(|error| error.to_string()));
+        if let Err(error) = applied {
+            tracing::error!(%error, "Campaign snapshot from the aggregator refused; keeping the current one.");
+        }
     }
 }
 

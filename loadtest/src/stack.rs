@@ -52,6 +52,19 @@ pub(crate) async fn run(args: StackArgs) -> anyhow::Result<()> {
     let data_dir = args.data_dir.unwrap_or_else(|| std::env::temp_dir().join("edgetally-stack"));
     let aggregator_dir = data_dir.join("aggregator");
     std::fs::create_dir_all(&aggregator_dir).with_context(|| format!("creating {}", aggregator_dir.display()))?;
+    // Campaigns 1..=N, as many as the mix draws from, each landing on a
+    // placeholder shop page that carries the click ID.
+    let campaigns_path = data_dir.join("campaigns.json");
+    let campaigns: Vec<serde_json::Value> = (1..=args.mix.campaigns)
+        .map(|id| {
+            serde_json::json!({
+                "id": id,
+                "landing_url": format!("https://shop.example/landing/{id}?click_id={{click_id}}&sub1={{sub1}}"),
+            })
+        })
+        .collect();
+    let snapshot = serde_json::json!({ "campaigns": campaigns }).to_string();
+    std::fs::write(&campaigns_path, &snapshot).with_context(|| format!("writing {}", campaigns_path.display()))?;
     // One edge, with a fresh random token each start.
     let edge_token: String = {
         use rand::Rng;
@@ -71,22 +84,10 @@ pub(crate) async fn run(args: StackArgs) -> anyhow::Result<()> {
         wal_fsync: true,
         snapshot_wal_bytes: edgetally_aggregator::SNAPSHOT_WAL_BYTES_DEFAULT,
         edge_tokens: Some(edge_tokens),
+        campaigns: Some(campaigns_path.clone()),
     })
     .await
     .context("starting the aggregator")?;
-    // Campaigns 1..=N, as many as the mix draws from, each landing on a
-    // placeholder shop page that carries the click ID.
-    let campaigns_path = data_dir.join("campaigns.json");
-    let campaigns: Vec<serde_json::Value> = (1..=args.mix.campaigns)
-        .map(|id| {
-            serde_json::json!({
-                "id": id,
-                "landing_url": format!("https://shop.example/landing/{id}?click_id={{click_id}}&sub1={{sub1}}"),
-            })
-        })
-        .collect();
-    let snapshot = serde_json::json!({ "campaigns": campaigns }).to_string();
-    std::fs::write(&campaigns_path, &snapshot).with_context(|| format!("writing {}", campaigns_path.display()))?;
     let collector = edgetally_collector::Collector::start(edgetally_collector::Config {
         data_dir: data_dir.join("collector"),
         spool_bytes_max: edgetally_collector::SPOOL_BYTES_MAX_DEFAULT,

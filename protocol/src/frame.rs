@@ -17,8 +17,8 @@
 //!
 //! Before any frame, an edge opens one bidirectional **control stream** and
 //! writes a [`Hello`] naming itself and carrying its token; the aggregator
-//! answers with a [`HelloAck`] and keeps the stream for what it sends the
-//! edge later. Frames go on streams opened after it.
+//! answers with a [`HelloAck`] and then sends a [`ConfigSnapshot`] on it at
+//! once and after every change. Frames go on streams opened after it.
 
 use bytes::{Buf, BufMut, Bytes};
 
@@ -39,6 +39,11 @@ pub const HELLO_TOKEN_LEN_MAX: usize = 256;
 /// The longest [`Hello`] on the wire.
 pub const HELLO_LEN_MAX: usize = 10 + HELLO_TOKEN_LEN_MAX;
 pub const HELLO_ACK_LEN: usize = 5;
+pub const SNAPSHOT_MAGIC: [u8; 4] = *b"ETC1";
+pub const SNAPSHOT_HEADER_LEN: usize = 20;
+/// The largest configuration snapshot: tens of thousands of campaigns with
+/// 2 KiB landing URLs still fit.
+pub const SNAPSHOT_BYTES_MAX: usize = 64 * 1024 * 1024;
 
 /// The largest frame the aggregator reads. A 250 ms batch of one busy edge
 /// holds at most tens of thousands of rollup keys (a few MiB compressed);
@@ -67,6 +72,8 @@ pub enum FrameError {
     AckStatus(u8),
     #[error("hello token longer than {HELLO_TOKEN_LEN_MAX} bytes")]
     TokenTooLong,
+    #[error("snapshot of {len} bytes, limit is {SNAPSHOT_BYTES_MAX}")]
+    SnapshotTooLarge { len: usize },
 }
 
 /// One sealed batch of one edge.
@@ -318,6 +325,79 @@ impl HelloAck {
             1 => Ok(HelloAck { accepted: true }),
             other => Err(FrameError::AckStatus(other)),
         }
+    }
+}
+
+/// The aggregator's configuration for its edges (today the campaign
+/// snapshot, JSON as `campaigns.rs` reads it), sent on the control stream:
+///
+/// ```text
+/// magic "ETC1" | version u64 | len u32 | crc32 u32 | body
+/// ```
+///
+/// `version` names the content (a hash of it), so an edge can tell a resend
+/// of what it has from a change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigSnapshot {
+    pub version: u64,
+    pub body: Bytes,
+}
+
+/// A decoded [`ConfigSnapshot`] header: the body follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnapshotHeader {
+    pub version: u64,
+    pub len: usize,
+    crc: u32,
+}
+
+// === impl ConfigSnapshot ===
+
+impl ConfigSnapshot {
+    /// A snapshot of `body`, its version a hash of the content.
+    pub fn new(body: Bytes) -> ConfigSnapshot {
+        let hash = blake3::hash(&body);
+        let version = u64::from_le_bytes(hash.as_bytes()[..8].try_into().expect("8 bytes"));
+        ConfigSnapshot { version, body }
+    }
+
+    pub fn encode(&self) -> Result<Vec<u8>, FrameError> {
+        if self.body.len() > SNAPSHOT_BYTES_MAX {
+            return Err(FrameError::SnapshotTooLarge { len: self.body.len() });
+        }
+        let mut out = Vec::with_capacity(SNAPSHOT_HEADER_LEN + self.body.len());
+        out.put_slice(&SNAPSHOT_MAGIC);
+        out.put_u64_le(self.version);
+        out.put_u32_le(self.body.len() as u32);
+        out.put_u32_le(crc32fast::hash(&self.body));
+        out.put_slice(&self.body);
+        Ok(out)
+    }
+
+    pub fn decode_header(header: &[u8; SNAPSHOT_HEADER_LEN]) -> Result<SnapshotHeader, FrameError> {
+        if header[..4] != SNAPSHOT_MAGIC {
+            return Err(FrameError::BadMagic);
+        }
+        let mut header = &header[4..];
+        let version = header.get_u64_le();
+        let len = header.get_u32_le() as usize;
+        let crc = header.get_u32_le();
+        if len > SNAPSHOT_BYTES_MAX {
+            return Err(FrameError::SnapshotTooLarge { len });
+        }
+        Ok(SnapshotHeader { version, len, crc })
+    }
+
+    /// The snapshot of a header and the body read after it.
+    pub fn from_parts(header: SnapshotHeader, body: Bytes) -> Result<ConfigSnapshot, FrameError> {
+        if body.len() != header.len {
+            return Err(FrameError::Length { announced: header.len, actual: body.len() });
+        }
+        let actual = crc32fast::hash(&body);
+        if actual != header.crc {
+            return Err(FrameError::Crc { expected: header.crc, actual });
+        }
+        Ok(ConfigSnapshot { version: header.version, body })
     }
 }
 

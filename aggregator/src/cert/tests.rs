@@ -16,6 +16,7 @@ fn config(data_dir: &Path) -> Config {
         wal_fsync: true,
         snapshot_wal_bytes: crate::SNAPSHOT_WAL_BYTES_DEFAULT,
         edge_tokens: None,
+        campaigns: None,
     }
 }
 

@@ -11,48 +11,13 @@
 //! cannot know, and no ledger could count it.
 
 use std::ffi::OsString;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::support::{Process, edge_token, loadtest, metric, spawn, wait_for_json};
+use crate::support::{Node, edge_token, loadtest, metric, os, path};
 
 /// How long the aggregator stays away while traffic continues.
 const OUTAGE: Duration = Duration::from_secs(60);
-
-/// A process that can be killed and started again with the same flags.
-struct Node {
-    name: &'static str,
-    args: Vec<OsString>,
-    addresses: PathBuf,
-    process: Option<Process>,
-}
-
-impl Node {
-    fn new(name: &'static str, args: Vec<OsString>, addresses: PathBuf) -> Node {
-        Node { name, args, addresses, process: None }
-    }
-
-    /// Starts the process and waits for its addresses file.
-    fn start(&mut self) -> serde_json::Value {
-        let _ = std::fs::remove_file(&self.addresses);
-        let args: Vec<&std::ffi::OsStr> = self.args.iter().map(OsString::as_os_str).collect();
-        self.process = Some(spawn(self.name, &args));
-        wait_for_json(&self.addresses)
-    }
-
-    /// SIGKILL: no shutdown code runs.
-    fn kill(&mut self) {
-        drop(self.process.take());
-    }
-}
-
-fn os(args: &[&str]) -> Vec<OsString> {
-    args.iter().map(OsString::from).collect()
-}
-
-fn path(path: &Path) -> &str {
-    path.to_str().expect("utf-8 temp path")
-}
 
 /// One open-loop run of the generated mix against `collector`, booking
 /// what it answered in `ledger`.

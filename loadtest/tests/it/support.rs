@@ -2,6 +2,7 @@
 //! over Arrow Flight.
 
 use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -264,4 +265,39 @@ pub(crate) async fn rollups(flight_url: &str, ticket: serde_json::Value) -> BTre
         }
     }
     out
+}
+
+/// A process that can be killed and started again with the same flags.
+pub(crate) struct Node {
+    name: &'static str,
+    pub(crate) args: Vec<OsString>,
+    addresses: PathBuf,
+    process: Option<Process>,
+}
+
+impl Node {
+    pub(crate) fn new(name: &'static str, args: Vec<OsString>, addresses: PathBuf) -> Node {
+        Node { name, args, addresses, process: None }
+    }
+
+    /// Starts the process and waits for its addresses file.
+    pub(crate) fn start(&mut self) -> serde_json::Value {
+        let _ = std::fs::remove_file(&self.addresses);
+        let args: Vec<&std::ffi::OsStr> = self.args.iter().map(OsString::as_os_str).collect();
+        self.process = Some(spawn(self.name, &args));
+        wait_for_json(&self.addresses)
+    }
+
+    /// SIGKILL: no shutdown code runs.
+    pub(crate) fn kill(&mut self) {
+        drop(self.process.take());
+    }
+}
+
+pub(crate) fn os(args: &[&str]) -> Vec<OsString> {
+    args.iter().map(OsString::from).collect()
+}
+
+pub(crate) fn path(path: &Path) -> &str {
+    path.to_str().expect("utf-8 temp path")
 }

@@ -72,3 +72,22 @@ fn hello_round_trip_and_refusals() {
     }
     assert_eq!(HelloAck::decode(b"ETK1\x07"), Err(FrameError::AckStatus(7)));
 }
+
+#[test]
+fn config_snapshot_round_trip_and_damage() {
+    let snapshot = ConfigSnapshot::new(Bytes::from_static(br#"{"campaigns":[]}"#));
+    assert_eq!(snapshot.version, ConfigSnapshot::new(Bytes::from_static(br#"{"campaigns":[]}"#)).version);
+    assert_ne!(snapshot.version, ConfigSnapshot::new(Bytes::from_static(br#"{"campaigns": []}"#)).version);
+    let bytes = snapshot.encode().unwrap();
+    let header: [u8; SNAPSHOT_HEADER_LEN] = bytes[..SNAPSHOT_HEADER_LEN].try_into().unwrap();
+    let header = ConfigSnapshot::decode_header(&header).unwrap();
+    let body = Bytes::copy_from_slice(&bytes[SNAPSHOT_HEADER_LEN..]);
+    assert_eq!(ConfigSnapshot::from_parts(header, body.clone()).unwrap(), snapshot);
+
+    let mut flipped = body.to_vec();
+    flipped[3] ^= 1;
+    assert!(matches!(ConfigSnapshot::from_parts(header, flipped.into()), Err(FrameError::Crc { .. })));
+    let mut huge: [u8; SNAPSHOT_HEADER_LEN] = bytes[..SNAPSHOT_HEADER_LEN].try_into().unwrap();
+    huge[12..16].copy_from_slice(&u32::MAX.to_le_bytes());
+    assert!(matches!(ConfigSnapshot::decode_header(&huge), Err(FrameError::SnapshotTooLarge { .. })));
+}

@@ -2,7 +2,9 @@
 //! answer a click (landing URL) and attribute a conversion (attribution
 //! window).
 //!
-//! The snapshot is a JSON file for now; the aggregator will serve it later.
+//! The aggregator is the source of truth: it reads the snapshot from its
+//! `--campaigns` file and sends it to every edge over the control stream;
+//! an edge keeps the last one on disk and starts from it.
 //!
 //! ```json
 //! {"campaigns": [{"id": 3, "landing_url": "https://shop.example/p?cid={click_id}&s={sub1}",
@@ -15,7 +17,6 @@
 //! or the sub ID charset), so nothing needs escaping.
 
 use std::collections::HashMap;
-use std::path::Path;
 
 use serde::Deserialize;
 
@@ -28,8 +29,6 @@ pub const ATTRIBUTION_WINDOW_SECS_DEFAULT: u64 = 30 * 24 * 3600;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CampaignsError {
-    #[error("reading {path}: {source}")]
-    Read { path: String, source: std::io::Error },
     #[error("parsing campaigns: {0}")]
     Json(#[from] serde_json::Error),
     #[error("campaign {id}: {reason}")]
@@ -72,12 +71,6 @@ pub struct Campaigns {
 // === impl Campaigns ===
 
 impl Campaigns {
-    pub fn load(path: &Path) -> Result<Campaigns, CampaignsError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| CampaignsError::Read { path: path.display().to_string(), source })?;
-        Campaigns::parse(&text)
-    }
-
     pub fn parse(text: &str) -> Result<Campaigns, CampaignsError> {
         let file: SnapshotFile = serde_json::from_str(text)?;
         let mut by_id = HashMap::with_capacity(file.campaigns.len());

@@ -1,0 +1,99 @@
+//! The campaign snapshot an edge works from, and where it comes from.
+//!
+//! The aggregator is the source of truth: it sends its snapshot on the
+//! connection's control stream at connect and after every change. The edge
+//! validates it (the same [`Campaigns::parse`] rules), keeps it on disk
+//! (`<data_dir>/campaigns.json`, written atomically) and swaps it in. On
+//! start, the kept snapshot is used if there is one, so an edge starts with
+//! the last campaigns it was given even while the aggregator is
+//! unreachable; else the `--campaigns` file, else none.
+//!
+//! Requests read the current snapshot through a shared pointer taken under a
+//! read lock held for a pointer copy, so a swap never blocks them for long.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use edgetally_protocol::{Campaigns, CampaignsError, ConfigSnapshot};
+
+/// The file name of the kept snapshot in the data directory.
+const KEPT_FILE_NAME: &str = "campaigns.json";
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum CatalogError {
+    #[error("campaign snapshot {version:#018x}: {source}")]
+    Invalid { version: u64, source: CampaignsError },
+    #[error("keeping the campaign snapshot in {path}: {source}")]
+    Keep { path: String, source: std::io::Error },
+}
+
+pub(crate) struct Catalog {
+    current: RwLock<Arc<Campaigns>>,
+    /// Version of the snapshot in use, if it came from the aggregator.
+    version: RwLock<Option<u64>>,
+    kept_path: PathBuf,
+}
+
+// === impl Catalog ===
+
+impl Catalog {
+    /// The kept snapshot if `data_dir` has a valid one, else `fallback`.
+    pub(crate) fn open(data_dir: &Path, fallback: Campaigns) -> Catalog {
+        let kept_path = data_dir.join(KEPT_FILE_NAME);
+        let kept = match std::fs::read(&kept_path) {
+            Ok(body) => match Campaigns::parse(&String::from_utf8_lossy(&body)) {
+                Ok(campaigns) => {
+                    tracing::info!(
+                        path = %kept_path.display(),
+                        n_campaigns = campaigns.len(),
+                        "Starting from the campaigns the aggregator sent last."
+                    );
+                    Some((campaigns, ConfigSnapshot::new(body.into()).version))
+                }
+                Err(error) => {
+                    tracing::error!(%error, path = %kept_path.display(), "Kept campaign snapshot unreadable; ignoring it.");
+                    None
+                }
+            },
+            Err(_) => None,
+        };
+        let (campaigns, version) = match kept {
+            Some((campaigns, version)) => (campaigns, Some(version)),
+            None => (fallback, None),
+        };
+        Catalog { current: RwLock::new(Arc::new(campaigns)), version: RwLock::new(version), kept_path }
+    }
+
+    /// The snapshot in use.
+    pub(crate) fn get(&self) -> Arc<Campaigns> {
+        // Poisoned only by a panic during a pointer swap, which cannot leave
+        // a torn value.
+        self.current.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+    }
+
+    /// Validates, keeps and swaps in a snapshot from the aggregator.
+    /// Returns false when it is the one in use already.
+    pub(crate) fn apply(&self, snapshot: &ConfigSnapshot) -> Result<bool, CatalogError> {
+        if *self.version.read().unwrap_or_else(|poisoned| poisoned.into_inner()) == Some(snapshot.version) {
+            return Ok(false);
+        }
+        let campaigns = Campaigns::parse(&String::from_utf8_lossy(&snapshot.body))
+            .map_err(|source| CatalogError::Invalid { version: snapshot.version, source })?;
+        self.keep(&snapshot.body)?;
+        let n_campaigns = campaigns.len();
+        *self.current.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(campaigns);
+        *self.version.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(snapshot.version);
+        tracing::info!(version = snapshot.version, n_campaigns, "Campaigns updated from the aggregator.");
+        Ok(true)
+    }
+
+    fn keep(&self, body: &[u8]) -> Result<(), CatalogError> {
+        let error = |source| CatalogError::Keep { path: self.kept_path.display().to_string(), source };
+        let temp = self.kept_path.with_extension("tmp");
+        let mut file = std::fs::File::create(&temp).map_err(error)?;
+        file.write_all(body).and_then(|()| file.sync_all()).map_err(error)?;
+        std::fs::rename(&temp, &self.kept_path).map_err(error)?;
+        Ok(())
+    }
+}
