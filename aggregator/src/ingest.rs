@@ -64,6 +64,13 @@ use crate::wal::{self, Wal, WalError};
 /// done with it, this also bounds the tasks one connection can spawn.
 const STREAMS_PER_CONNECTION_MAX: u32 = 16;
 
+/// Receive window of one stream (one frame).
+const STREAM_RECEIVE_WINDOW: u32 = 16 * 1024 * 1024;
+/// Receive window of one edge connection: a few frames in flight.
+const CONNECTION_RECEIVE_WINDOW: u32 = 64 * 1024 * 1024;
+/// An edge connection silent this long is closed.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Frames being read and decoded at once across all edges. Each may hold up
 /// to `FRAME_BYTES_MAX` (64 MiB) plus its decoded rows, so 8 caps that at
 /// about 512 MiB of frame bytes; more would not decode faster on the
@@ -203,6 +210,16 @@ pub(crate) fn server_config(
     transport.max_concurrent_bidi_streams(VarInt::from_u32(STREAMS_PER_CONNECTION_MAX));
     // Frames need an answer, so edges only ever open bidirectional streams.
     transport.max_concurrent_uni_streams(VarInt::from_u32(0));
+    // Flow control sized for frames, not web pages: a stream may carry a
+    // whole 16 MiB frame without waiting for window updates (quinn's
+    // default of 1.25 MB would cap a 100 ms link at 12.5 MB/s per stream),
+    // and the connection a few of them. The frame permits above still bound
+    // what is buffered across all edges.
+    transport.stream_receive_window(VarInt::from_u32(STREAM_RECEIVE_WINDOW));
+    transport.receive_window(VarInt::from_u32(CONNECTION_RECEIVE_WINDOW));
+    // An edge keeps its connection open between batches (it sends
+    // keep-alives every 5 s); one silent for this long is gone.
+    transport.max_idle_timeout(Some(IDLE_TIMEOUT.try_into().expect("idle timeout fits QUIC's range")));
     config.transport_config(Arc::new(transport));
     Ok(config)
 }

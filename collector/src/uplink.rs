@@ -172,6 +172,10 @@ impl Uplink {
         // Keep-alives stop idle NAT and load-balancer mappings from expiring
         // between batches.
         transport.keep_alive_interval(Some(Duration::from_secs(5)));
+        // Enough in flight to send a window of frames without stalling on
+        // the congestion controller's default send buffer; the aggregator's
+        // receive windows are sized to match.
+        transport.send_window(64 * 1024 * 1024);
         client_config.transport_config(Arc::new(transport));
         let bind: SocketAddr = if config.aggregator_addr.is_ipv4() {
             (Ipv4Addr::UNSPECIFIED, 0).into()
