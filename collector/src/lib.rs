@@ -27,7 +27,7 @@ mod http;
 pub mod ingest;
 mod journal;
 mod metrics;
-mod spool;
+pub mod spool;
 pub mod tally;
 mod throttle;
 pub mod tls;
@@ -40,7 +40,7 @@ pub use edgetally_protocol::ClickKeys;
 pub use edgetally_protocol::campaigns::{self, Campaigns};
 pub use http::{OUTCOME_HEADER, PIXEL_GIF};
 pub use journal::{JOURNAL_BYTES_MAX_DEFAULT, JournalError};
-pub use spool::SpoolError;
+pub use spool::{SpoolError, SpoolIo};
 pub use tally::TallyLimits;
 pub use uplink::UplinkError;
 
@@ -89,6 +89,8 @@ pub struct Config {
     pub spool_bytes_max: u64,
     /// Bound of the journal on disk.
     pub journal_bytes_max: u64,
+    /// How the spool writes and syncs.
+    pub spool_io: SpoolIo,
     /// Most batches sent and not yet acknowledged.
     pub uplink_window: usize,
     pub http_listen: SocketAddr,
@@ -217,7 +219,8 @@ impl Collector {
         let data_dir_lock = lock_data_dir(&config.data_dir)?;
         let epoch = next_epoch(&config.data_dir)?;
         let metrics = Arc::new(metrics::Metrics::new());
-        let (spool, spool_recovery) = spool::Spool::open(&config.data_dir.join("spool"), config.spool_bytes_max)?;
+        let (spool, spool_recovery) =
+            spool::Spool::open(&config.data_dir.join("spool"), config.spool_bytes_max, config.spool_io)?;
         let (journal, replay, journal_recovery) = journal::Journal::open(
             &config.data_dir.join("journal"),
             journal::SEGMENT_BYTES_DEFAULT,

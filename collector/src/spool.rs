@@ -33,11 +33,13 @@
 
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use bytes::{Buf, BufMut, Bytes};
+
+mod uring;
 
 const MAGIC: [u8; 4] = *b"ETS1";
 const RECORD_HEADER_LEN: usize = 12;
@@ -54,29 +56,42 @@ pub enum SpoolError {
     Io { path: String, source: io::Error },
     #[error("spool record at {path}:{offset} changed on disk since it was written")]
     Changed { path: String, offset: u64 },
+    #[error("spool io_uring setup: {source}")]
+    Uring { source: io::Error },
+}
+
+/// How the spool writes and syncs its records.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SpoolIo {
+    /// `pwrite` then `fdatasync`: two system calls per seal.
+    #[default]
+    Std,
+    /// A write linked to an `fdatasync` in one io_uring submission. Measured
+    /// no faster (see the README's performance section), so off by default.
+    Uring,
 }
 
 /// A frame not yet acknowledged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Pending {
-    pub(crate) segment: u64,
+pub struct Pending {
+    pub segment: u64,
     /// Where the frame's bytes start in the segment file.
     offset: u64,
-    pub(crate) frame_len: u32,
-    pub(crate) epoch: u64,
-    pub(crate) sequence: u64,
-    pub(crate) sealed_ms: u64,
+    pub frame_len: u32,
+    pub epoch: u64,
+    pub sequence: u64,
+    pub sealed_ms: u64,
 }
 
 /// What opening the spool found on disk.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Recovery {
+pub struct Recovery {
     /// Frames read back.
-    pub(crate) frames: u64,
-    pub(crate) corrupt: u64,
-    pub(crate) torn: u64,
+    pub frames: u64,
+    pub corrupt: u64,
+    pub torn: u64,
     /// The highest `journal_through` of any readable record.
-    pub(crate) journal_through: u64,
+    pub journal_through: u64,
 }
 
 struct Segment {
@@ -86,13 +101,15 @@ struct Segment {
     n_pending: usize,
 }
 
-pub(crate) struct Spool {
+pub struct Spool {
     dir: PathBuf,
     bytes_max: u64,
     /// Live segments, oldest first; the last is the one written to.
     segments: VecDeque<Segment>,
     /// The open file of the last segment, once something was written to it.
     writer: Option<File>,
+    /// Writes and syncs through io_uring instead of `pwrite` + `fdatasync`.
+    uring: Option<uring::UringWriter>,
     pending: VecDeque<Pending>,
     /// Records acknowledged out of order, by sequence within their epoch;
     /// removed from `pending` once everything before them is acknowledged.
@@ -104,8 +121,12 @@ pub(crate) struct Spool {
 impl Spool {
     /// Opens (creating) the spool in `dir` and reads back every record left
     /// unacknowledged by an earlier run.
-    pub(crate) fn open(dir: &Path, bytes_max: u64) -> Result<(Spool, Recovery), SpoolError> {
+    pub fn open(dir: &Path, bytes_max: u64, io: SpoolIo) -> Result<(Spool, Recovery), SpoolError> {
         let io_error = |source| SpoolError::Io { path: dir.display().to_string(), source };
+        let uring = match io {
+            SpoolIo::Std => None,
+            SpoolIo::Uring => Some(uring::UringWriter::new().map_err(|source| SpoolError::Uring { source })?),
+        };
         fs::create_dir_all(dir).map_err(io_error)?;
         let mut ids = Vec::new();
         for entry in fs::read_dir(dir).map_err(io_error)? {
@@ -121,6 +142,7 @@ impl Spool {
             bytes_max,
             segments: VecDeque::new(),
             writer: None,
+            uring,
             pending: VecDeque::new(),
             acked: Vec::new(),
         };
@@ -167,7 +189,7 @@ impl Spool {
     }
 
     /// Appends the frames of one seal as one record and syncs it to disk.
-    pub(crate) fn append(
+    pub fn append(
         &mut self,
         frames: &[Bytes],
         journal_through: u64,
@@ -183,15 +205,19 @@ impl Spool {
         let path = self.dir.join(segment_name(segment.id));
         let io_error = |source| SpoolError::Io { path: path.display().to_string(), source };
         if self.writer.is_none() {
-            let file = OpenOptions::new().create(true).append(true).open(&path).map_err(io_error)?;
+            let file = OpenOptions::new().create(true).write(true).truncate(false).open(&path).map_err(io_error)?;
             // The new file's name must survive a crash too.
             File::open(&self.dir).and_then(|dir| dir.sync_all()).map_err(io_error)?;
             self.writer = Some(file);
         }
-        let writer = self.writer.as_mut().expect("opened above");
+        let writer = self.writer.as_ref().expect("opened above");
         let record = encode_record(frames, journal_through, sealed_ms);
         let offset = segment.len;
-        if let Err(source) = writer.write_all(&record).and_then(|()| writer.sync_data()) {
+        let written = match self.uring.as_mut() {
+            Some(uring) => uring.write_all_and_sync(writer, offset, &record),
+            None => writer.write_all_at(&record, offset).and_then(|()| writer.sync_data()),
+        };
+        if let Err(source) = written {
             // The file may now end in part of this record; start a new
             // segment so the next append does not follow a torn record.
             self.writer = None;
@@ -213,7 +239,7 @@ impl Spool {
     }
 
     /// Reads a pending frame back.
-    pub(crate) fn read(&self, pending: &Pending) -> Result<Bytes, SpoolError> {
+    pub fn read(&self, pending: &Pending) -> Result<Bytes, SpoolError> {
         let path = self.segment_path(pending.segment);
         let io_error = |source| SpoolError::Io { path: path.display().to_string(), source };
         let file = File::open(&path).map_err(io_error)?;
@@ -231,7 +257,7 @@ impl Spool {
     ///
     /// A segment that cannot be deleted is logged and forgotten: a restart
     /// resends its batches, which the aggregator skips.
-    pub(crate) fn ack(&mut self, epoch: u64, sequence: u64) -> usize {
+    pub fn ack(&mut self, epoch: u64, sequence: u64) -> usize {
         if !self.pending.iter().any(|pending| (pending.epoch, pending.sequence) == (epoch, sequence)) {
             return 0;
         }
@@ -258,18 +284,18 @@ impl Spool {
     }
 
     /// Records not yet acknowledged, oldest first.
-    pub(crate) fn pending(&self) -> impl ExactSizeIterator<Item = &Pending> {
+    pub fn pending(&self) -> impl ExactSizeIterator<Item = &Pending> {
         self.pending.iter()
     }
 
     /// Bytes of every live segment.
-    pub(crate) fn bytes(&self) -> u64 {
+    pub fn bytes(&self) -> u64 {
         self.segments.iter().map(|segment| segment.len).sum()
     }
 
     /// True once the spool holds its bound: the uplink stops sealing and
     /// the tally keeps counting in memory.
-    pub(crate) fn is_full(&self) -> bool {
+    pub fn is_full(&self) -> bool {
         self.bytes() >= self.bytes_max
     }
 

@@ -92,6 +92,7 @@ pub(crate) async fn run(args: StackArgs) -> anyhow::Result<()> {
         data_dir: data_dir.join("collector"),
         spool_bytes_max: edgetally_collector::SPOOL_BYTES_MAX_DEFAULT,
         journal_bytes_max: edgetally_collector::JOURNAL_BYTES_MAX_DEFAULT,
+        spool_io: edgetally_collector::SpoolIo::Std,
         uplink_window: edgetally_collector::UPLINK_WINDOW_DEFAULT,
         http_listen: args.http_listen,
         aggregator_addr: aggregator.quic_addr(),

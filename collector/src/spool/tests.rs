@@ -1,5 +1,7 @@
 //! The spool against real files: records, acknowledgements, corruption, torn tails, the bound.
 
+use std::io::Write;
+
 use super::*;
 
 /// Bytes shaped like a frame header with `epoch` and `sequence`, then
@@ -31,7 +33,7 @@ fn segment_files(dir: &Path) -> Vec<String> {
 #[test]
 fn append_read_ack_and_reopen() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut spool, recovery) = Spool::open(dir.path(), u64::MAX).unwrap();
+    let (mut spool, recovery) = Spool::open(dir.path(), u64::MAX, SpoolIo::Std).unwrap();
     assert_eq!(recovery, Recovery::default());
     for sequence in 1..=3 {
         append1(&mut spool, frame(7, sequence, 100), 10 + sequence);
@@ -52,7 +54,7 @@ fn append_read_ack_and_reopen() {
     assert_eq!(ids(&spool), [(7, 3)]);
     drop(spool);
 
-    let (spool, recovery) = Spool::open(dir.path(), u64::MAX).unwrap();
+    let (spool, recovery) = Spool::open(dir.path(), u64::MAX, SpoolIo::Std).unwrap();
     // The segment is still live (one record unacknowledged), so all three
     // come back; the aggregator skips the two it applied.
     assert_eq!(recovery, Recovery { frames: 3, corrupt: 0, torn: 0, journal_through: 13 });
@@ -64,7 +66,7 @@ fn append_read_ack_and_reopen() {
 #[test]
 fn drained_segments_are_deleted() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut spool, _) = Spool::open(dir.path(), u64::MAX).unwrap();
+    let (mut spool, _) = Spool::open(dir.path(), u64::MAX, SpoolIo::Std).unwrap();
     let big = SEGMENT_BYTES_TARGET as usize / 2;
     for sequence in 1..=5 {
         append1(&mut spool, frame(1, sequence, big), sequence);
@@ -80,7 +82,7 @@ fn drained_segments_are_deleted() {
     // pending records; a reopen deletes it.
     assert_eq!(spool.pending().len(), 0);
     drop(spool);
-    let (spool, recovery) = Spool::open(dir.path(), u64::MAX).unwrap();
+    let (spool, recovery) = Spool::open(dir.path(), u64::MAX, SpoolIo::Std).unwrap();
     assert_eq!(recovery.frames, 1, "a drained current segment is resent once after a restart");
     assert_eq!(ids(&spool), [(1, 5)]);
 }
@@ -88,7 +90,7 @@ fn drained_segments_are_deleted() {
 #[test]
 fn corrupt_record_is_skipped_and_neighbours_kept() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut spool, _) = Spool::open(dir.path(), u64::MAX).unwrap();
+    let (mut spool, _) = Spool::open(dir.path(), u64::MAX, SpoolIo::Std).unwrap();
     let mut offsets = Vec::new();
     for sequence in 1..=3 {
         offsets.push(append1(&mut spool, frame(4, sequence, 64), 0).offset);
@@ -102,7 +104,7 @@ fn corrupt_record_is_skipped_and_neighbours_kept() {
     bytes[at + 1] ^= 0xFF;
     fs::write(&path, &bytes).unwrap();
 
-    let (spool, recovery) = Spool::open(dir.path(), u64::MAX).unwrap();
+    let (spool, recovery) = Spool::open(dir.path(), u64::MAX, SpoolIo::Std).unwrap();
     assert_eq!(recovery, Recovery { frames: 2, corrupt: 1, torn: 0, journal_through: 0 });
     assert_eq!(ids(&spool), [(4, 1), (4, 3)]);
     let last = *spool.pending().last().unwrap();
@@ -112,7 +114,7 @@ fn corrupt_record_is_skipped_and_neighbours_kept() {
 #[test]
 fn corrupt_length_field_resyncs_on_the_next_magic() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut spool, _) = Spool::open(dir.path(), u64::MAX).unwrap();
+    let (mut spool, _) = Spool::open(dir.path(), u64::MAX, SpoolIo::Std).unwrap();
     let mut offsets = Vec::new();
     for sequence in 1..=3 {
         offsets.push(append1(&mut spool, frame(4, sequence, 64), 0).offset);
@@ -124,7 +126,7 @@ fn corrupt_length_field_resyncs_on_the_next_magic() {
     bytes[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
     fs::write(&path, &bytes).unwrap();
 
-    let (spool, recovery) = Spool::open(dir.path(), u64::MAX).unwrap();
+    let (spool, recovery) = Spool::open(dir.path(), u64::MAX, SpoolIo::Std).unwrap();
     assert_eq!(recovery.corrupt, 1);
     assert_eq!(recovery.torn, 0);
     assert_eq!(ids(&spool), [(4, 2), (4, 3)]);
@@ -133,7 +135,7 @@ fn corrupt_length_field_resyncs_on_the_next_magic() {
 #[test]
 fn torn_tail_is_truncated() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut spool, _) = Spool::open(dir.path(), u64::MAX).unwrap();
+    let (mut spool, _) = Spool::open(dir.path(), u64::MAX, SpoolIo::Std).unwrap();
     append1(&mut spool, frame(2, 1, 64), 0);
     append1(&mut spool, frame(2, 2, 64), 0);
     let good_len = spool.bytes();
@@ -145,13 +147,13 @@ fn torn_tail_is_truncated() {
     file.write_all(&record[..record.len() / 2]).unwrap();
     drop(file);
 
-    let (spool, recovery) = Spool::open(dir.path(), u64::MAX).unwrap();
+    let (spool, recovery) = Spool::open(dir.path(), u64::MAX, SpoolIo::Std).unwrap();
     assert_eq!(recovery, Recovery { frames: 2, corrupt: 0, torn: 1, journal_through: 0 });
     assert_eq!(ids(&spool), [(2, 1), (2, 2)]);
     assert_eq!(fs::metadata(&path).unwrap().len(), good_len);
     // New records go to a new segment and the old ones stay readable.
     drop(spool);
-    let (mut spool, _) = Spool::open(dir.path(), u64::MAX).unwrap();
+    let (mut spool, _) = Spool::open(dir.path(), u64::MAX, SpoolIo::Std).unwrap();
     append1(&mut spool, frame(3, 1, 8), 0);
     assert_eq!(ids(&spool), [(2, 1), (2, 2), (3, 1)]);
 }
@@ -160,7 +162,7 @@ fn torn_tail_is_truncated() {
 fn full_at_the_bound() {
     let dir = tempfile::tempdir().unwrap();
     let record_len = (12 + 20 + 4 + 28 + 100) as u64;
-    let (mut spool, _) = Spool::open(dir.path(), 2 * record_len).unwrap();
+    let (mut spool, _) = Spool::open(dir.path(), 2 * record_len, SpoolIo::Std).unwrap();
     append1(&mut spool, frame(1, 1, 100), 0);
     assert!(!spool.is_full());
     append1(&mut spool, frame(1, 2, 100), 0);
@@ -170,7 +172,7 @@ fn full_at_the_bound() {
 #[test]
 fn a_seal_of_several_frames_is_one_record() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut spool, _) = Spool::open(dir.path(), u64::MAX).unwrap();
+    let (mut spool, _) = Spool::open(dir.path(), u64::MAX, SpoolIo::Std).unwrap();
     let frames: Vec<Bytes> = (1..=3).map(|sequence| Bytes::from(frame(5, sequence, 10 * sequence as usize))).collect();
     let pending = spool.append(&frames, 42, 7_000).unwrap();
     assert_eq!(pending.iter().map(|pending| pending.sequence).collect::<Vec<_>>(), [1, 2, 3]);
@@ -181,7 +183,7 @@ fn a_seal_of_several_frames_is_one_record() {
     // Acknowledged one by one; the segment lives until all three are.
     assert_eq!(spool.ack(5, 1), 1);
     drop(spool);
-    let (spool, recovery) = Spool::open(dir.path(), u64::MAX).unwrap();
+    let (spool, recovery) = Spool::open(dir.path(), u64::MAX, SpoolIo::Std).unwrap();
     assert_eq!(recovery, Recovery { frames: 3, corrupt: 0, torn: 0, journal_through: 42 });
     assert_eq!(spool.read(spool.pending().last().unwrap()).unwrap(), frames[2]);
 }
@@ -190,8 +192,34 @@ fn a_seal_of_several_frames_is_one_record() {
 fn other_files_are_left_alone() {
     let dir = tempfile::tempdir().unwrap();
     fs::write(dir.path().join("notes.txt"), "x").unwrap();
-    let (spool, recovery) = Spool::open(dir.path(), u64::MAX).unwrap();
+    let (spool, recovery) = Spool::open(dir.path(), u64::MAX, SpoolIo::Std).unwrap();
     assert_eq!(recovery.frames, 0);
     assert_eq!(spool.pending().len(), 0);
     assert!(dir.path().join("notes.txt").exists());
+}
+
+#[test]
+fn io_uring_writes_the_same_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut spool, _) = Spool::open(dir.path(), u64::MAX, SpoolIo::Uring).unwrap();
+    let frames: Vec<Bytes> =
+        (1..=3).map(|sequence| Bytes::from(frame(6, sequence, 1000 * sequence as usize))).collect();
+    spool.append(&frames[..2], 4, 1_000).unwrap();
+    spool.append(&frames[2..], 5, 2_000).unwrap();
+    for (pending, frame) in spool.pending().zip(&frames) {
+        assert_eq!(&spool.read(pending).unwrap(), frame);
+    }
+    let uring_bytes = fs::read(dir.path().join(segment_name(1))).unwrap();
+    drop(spool);
+
+    // Byte for byte what the standard path writes.
+    let std_dir = tempfile::tempdir().unwrap();
+    let (mut spool, _) = Spool::open(std_dir.path(), u64::MAX, SpoolIo::Std).unwrap();
+    spool.append(&frames[..2], 4, 1_000).unwrap();
+    spool.append(&frames[2..], 5, 2_000).unwrap();
+    assert_eq!(fs::read(std_dir.path().join(segment_name(1))).unwrap(), uring_bytes);
+
+    let (spool, recovery) = Spool::open(dir.path(), u64::MAX, SpoolIo::Uring).unwrap();
+    assert_eq!(recovery, Recovery { frames: 3, corrupt: 0, torn: 0, journal_through: 5 });
+    assert_eq!(spool.read(spool.pending().last().unwrap()).unwrap(), frames[2]);
 }

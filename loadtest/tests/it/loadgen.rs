@@ -103,9 +103,10 @@ fn generated_run_verifies_exactly_and_corruption_is_caught() {
     assert!(stdout.contains(&format!("money {key}: expected")), "{stdout}");
 }
 
+/// Also the end-to-end test of the spool's io_uring path.
 #[test]
 fn closed_loop_over_http2_stops_at_the_request_cap() {
-    let stack = Stack::start(1);
+    let stack = Stack::start_with(1, &["--spool-io", "uring"]);
     let ledger = stack.dir.path().join("ledger.json");
     let ledger_arg = ledger.to_str().expect("utf-8 path");
     let (status, stdout) = loadtest(&[
