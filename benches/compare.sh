@@ -19,6 +19,7 @@
 # release builds: `cargo build --release --bins` (bare-gif alone:
 # `cargo build --release -p edgetally-benches --bins`), built when missing.
 # Usage: benches/compare.sh [rate] [seconds] [wrk-rounds] [cpu-rounds] [connections]
+# Extra collector flags: COLLECTOR_ARGS="--http-workers 1" benches/compare.sh
 set -euo pipefail
 rate=${1:-50000}
 seconds=${2:-10}
@@ -115,13 +116,14 @@ fmt() { python3 -c 'import sys; print(format(float(sys.argv[2]), sys.argv[1]))' 
 # --- servers
 
 RUST_LOG=warn "$bin/edgetally-aggregator" --data-dir "$work/aggregator" \
-    --quic-listen 127.0.0.1:0 --flight-listen 127.0.0.1:0 & pids+=($!)
+    --quic-listen 127.0.0.1:0 --flight-listen 127.0.0.1:0 --http-listen 127.0.0.1:0 & pids+=($!)
 aggregator_pid=$!
 wait_for "$work/aggregator/aggregator.json"
 quic=$(json "$work/aggregator/aggregator.json" quic)
 cert=$(json "$work/aggregator/aggregator.json" quic_cert)
+# shellcheck disable=SC2086 # extra flags are words
 RUST_LOG=warn "$bin/edgetally-collector" --data-dir "$work/collector" --http-listen 127.0.0.1:0 \
-    --aggregator-addr "$quic" --aggregator-cert "$cert" & pids+=($!)
+    --aggregator-addr "$quic" --aggregator-cert "$cert" ${COLLECTOR_ARGS:-} & pids+=($!)
 collector_pid=$!
 wait_for "$work/collector/collector.json"
 collector=$(json "$work/collector/collector.json" http)

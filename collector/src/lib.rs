@@ -94,6 +94,11 @@ pub struct Config {
     /// Most batches sent and not yet acknowledged.
     pub uplink_window: usize,
     pub http_listen: SocketAddr,
+    /// Threads serving HTTP, each with its own single-threaded runtime and
+    /// its own listening socket on `http_listen` (`SO_REUSEPORT`: the kernel
+    /// spreads connections), as nginx runs one worker per core. 0 serves
+    /// HTTP on the caller's runtime instead.
+    pub http_workers: usize,
     pub aggregator_addr: SocketAddr,
     /// PEM file with the certificate (or its CA) that the aggregator's QUIC
     /// endpoint presents.
@@ -150,6 +155,69 @@ pub enum Error {
     Journal(#[from] JournalError),
     #[error("data dir {path}: {reason}")]
     DataDir { path: String, reason: String },
+}
+
+/// Binds `n` listening sockets on `addr` with `SO_REUSEPORT`; with port 0,
+/// the first picks the port and the others join it. The collector's HTTP
+/// workers each serve one (and `bare-gif` the same way, so the baseline
+/// runs the same model).
+pub fn bind_http(addr: SocketAddr, n: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
+    let mut listeners: Vec<std::net::TcpListener> = Vec::with_capacity(n);
+    for _ in 0..n {
+        let addr = listeners.first().map_or(Ok(addr), std::net::TcpListener::local_addr)?;
+        let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
+        socket.set_reuse_address(true)?;
+        socket.set_reuse_port(true)?;
+        socket.set_nonblocking(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(HTTP_BACKLOG)?;
+        listeners.push(socket.into());
+    }
+    Ok(listeners)
+}
+
+/// Pending connections per listening socket before the kernel refuses
+/// more: a burst of reconnecting clients after a restart fits.
+const HTTP_BACKLOG: i32 = 4096;
+
+/// Starts one thread per listener, each serving it on a single-threaded
+/// runtime: requests never hop between threads, which on a busy edge costs
+/// more than the work of a pixel. Returns a task that ends when they all do.
+fn spawn_http_workers(
+    listeners: Vec<std::net::TcpListener>,
+    ingress: &Arc<http::Ingress>,
+    tls: Option<&tokio_rustls::TlsAcceptor>,
+    shutdown: &watch::Receiver<bool>,
+) -> std::io::Result<JoinHandle<()>> {
+    let mut finished = Vec::with_capacity(listeners.len());
+    for (worker_idx, listener) in listeners.into_iter().enumerate() {
+        let (done, finished_rx) = tokio::sync::oneshot::channel::<()>();
+        let (ingress, tls, shutdown) = (ingress.clone(), tls.cloned(), shutdown.clone());
+        std::thread::Builder::new().name(format!("http-{worker_idx}")).spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(runtime) => runtime,
+                Err(error) => {
+                    tracing::error!(%error, worker_idx, "HTTP worker could not start its runtime.");
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                match TcpListener::from_std(listener) {
+                    Ok(listener) => http::serve(listener, ingress, tls, shutdown).await,
+                    Err(error) => tracing::error!(%error, worker_idx, "HTTP worker could not use its listener."),
+                }
+            });
+            // Dropping `done` tells the collector this worker is finished.
+            drop(done);
+        })?;
+        finished.push(finished_rx);
+    }
+    Ok(tokio::spawn(async move {
+        for finished in finished {
+            // Only ever dropped, never sent: the error is the signal.
+            let _ = finished.await;
+        }
+    }))
 }
 
 /// Unix time in milliseconds (0 for a clock before 1970).
@@ -212,10 +280,9 @@ pub struct Collector {
 
 impl Collector {
     pub async fn start(config: Config) -> Result<Collector, Error> {
-        let listener = TcpListener::bind(config.http_listen)
-            .await
+        let mut listeners = bind_http(config.http_listen, config.http_workers.max(1))
             .map_err(|source| Error::Bind { addr: config.http_listen, source })?;
-        let http_addr = listener.local_addr().map_err(|source| Error::Bind { addr: config.http_listen, source })?;
+        let http_addr = listeners[0].local_addr().map_err(|source| Error::Bind { addr: config.http_listen, source })?;
         let data_dir_lock = lock_data_dir(&config.data_dir)?;
         let epoch = next_epoch(&config.data_dir)?;
         let metrics = Arc::new(metrics::Metrics::new());
@@ -281,7 +348,15 @@ impl Collector {
             url_bytes_max: config.url_bytes_max,
             header_read_timeout: config.header_read_timeout,
         });
-        let http_task = tokio::spawn(http::serve(listener, ingress, tls, shutdown_rx.clone()));
+        let http_task = if config.http_workers == 0 {
+            let listener = listeners.pop().expect("one listener was bound");
+            let listener =
+                TcpListener::from_std(listener).map_err(|source| Error::Bind { addr: config.http_listen, source })?;
+            tokio::spawn(http::serve(listener, ingress, tls, shutdown_rx.clone()))
+        } else {
+            spawn_http_workers(listeners, &ingress, tls.as_ref(), &shutdown_rx)
+                .map_err(|source| Error::Bind { addr: config.http_listen, source })?
+        };
         let uplink_task = tokio::spawn(uplink.run(tally, metrics, shutdown_rx));
         tracing::info!(http = %http_addr, edge_id = config.edge_id, epoch, aggregator = %config.aggregator_addr, "Collector started.");
         Ok(Collector { _data_dir_lock: data_dir_lock, http_addr, shutdown, http_task, uplink_task })

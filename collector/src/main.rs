@@ -61,6 +61,11 @@ struct Args {
     /// default).
     #[arg(long, env = "EDGETALLY_COLLECTOR_SPOOL_IO", value_enum, default_value_t = SpoolIoArg::Std)]
     spool_io: SpoolIoArg,
+    /// Threads serving HTTP, each with its own listening socket on the
+    /// address (SO_REUSEPORT) and its own single-threaded runtime; default:
+    /// one per CPU. 0 serves HTTP on the shared runtime.
+    #[arg(long, env = "EDGETALLY_COLLECTOR_HTTP_WORKERS")]
+    http_workers: Option<usize>,
     /// Most batches sent to the aggregator and not yet acknowledged.
     #[arg(long, env = "EDGETALLY_COLLECTOR_UPLINK_WINDOW", default_value_t = UPLINK_WINDOW_DEFAULT)]
     uplink_window: usize,
@@ -172,6 +177,9 @@ async fn main() -> anyhow::Result<()> {
         },
         uplink_window: args.uplink_window.max(1),
         http_listen: args.http_listen,
+        http_workers: args
+            .http_workers
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)),
         aggregator_addr: args.aggregator_addr,
         aggregator_cert: args.aggregator_cert,
         aggregator_server_name: args.aggregator_server_name,

@@ -95,6 +95,7 @@ pub(crate) async fn run(args: StackArgs) -> anyhow::Result<()> {
         spool_io: edgetally_collector::SpoolIo::Std,
         uplink_window: edgetally_collector::UPLINK_WINDOW_DEFAULT,
         http_listen: args.http_listen,
+        http_workers: 0,
         aggregator_addr: aggregator.quic_addr(),
         aggregator_cert: aggregator.quic_cert_path().to_owned(),
         aggregator_server_name: "localhost".to_owned(),

@@ -1,18 +1,18 @@
 //! A bare GIF server: the baseline that "overhead over a bare server" is
 //! measured against (`benches/compare.sh`).
 //!
-//! It runs the collector's HTTP stack and nothing else: a tokio
-//! multi-thread runtime with the default worker threads, hyper-util's auto
-//! builder with HTTP/1.1 keep-alive, `TCP_NODELAY` on every connection, and
+//! It runs the collector's HTTP stack and nothing else: as the collector,
+//! one thread per core, each with a single-threaded tokio runtime and its
+//! own `SO_REUSEPORT` listener, hyper-util's auto builder with HTTP/1.1
+//! keep-alive, `TCP_NODELAY` on every connection, and
 //! every request answered with the collector's 43-byte [`PIXEL_GIF`] and the
 //! same `Content-Type` and `Cache-Control`. No parsing, validation, counting,
 //! limits, timers or metrics, so the collector's throughput divided by this
 //! one's is the share of the machine left after EdgeTally's own work.
 //!
 //! Usage: `bare-gif --listen 127.0.0.1:0`; prints `listening on ADDR` on
-//! stdout once bound and serves until killed. `--worker-threads N` departs
-//! from the collector's runtime on purpose, to measure what the scheduler
-//! itself costs.
+//! stdout once bound and serves until killed. `--workers N` sets the
+//! number of threads (the collector's `--http-workers`).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -37,26 +37,33 @@ struct Args {
     /// Address to listen on (port 0 picks a free port, printed on stdout).
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: SocketAddr,
-    /// Runtime worker threads; tokio's default (one per core), as in the
-    /// collector, when absent.
+    /// Serving threads, one per core when absent (as the collector).
     #[arg(long)]
-    worker_threads: Option<usize>,
+    workers: Option<usize>,
 }
 
 fn main() -> std::io::Result<()> {
     let args = Args::parse();
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    runtime.enable_all();
-    if let Some(worker_threads) = args.worker_threads {
-        runtime.worker_threads(worker_threads.max(1));
+    let n_workers = args.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let listeners = edgetally_collector::bind_http(args.listen, n_workers.max(1))?;
+    // Rust's stdout is line-buffered, so the line is out before any accept.
+    println!("listening on {}", listeners[0].local_addr()?);
+    let workers: Vec<_> = listeners
+        .into_iter()
+        .map(|listener| {
+            std::thread::spawn(move || -> std::io::Result<()> {
+                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+                runtime.block_on(async move { serve(TcpListener::from_std(listener)?).await })
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker.join().map_err(|_| std::io::Error::other("worker panicked"))??;
     }
-    runtime.build()?.block_on(serve(args.listen))
+    Ok(())
 }
 
-async fn serve(listen: SocketAddr) -> std::io::Result<()> {
-    let listener = TcpListener::bind(listen).await?;
-    // Rust's stdout is line-buffered, so the line is out before any accept.
-    println!("listening on {}", listener.local_addr()?);
+async fn serve(listener: TcpListener) -> std::io::Result<()> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().keep_alive(true);
     let builder = Arc::new(builder);
