@@ -4,6 +4,12 @@
 //! A ticket, and the command of a flight descriptor, is the JSON that
 //! [`crate::ticket`] parses. Every error becomes a [`Status`] in one
 //! exhaustive match, [`into_status`].
+//!
+//! A ticket with `"follow":true` is answered by a stream that stays open
+//! (`follow.rs`): its schema first, then a batch per applied batch with
+//! matching rows. It ends only with an error: `DATA_LOSS` when the
+//! follower lagged, `UNAVAILABLE` at shutdown; `RESOURCE_EXHAUSTED` refuses
+//! a follower past `follow::FOLLOWERS_MAX`.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -24,6 +30,7 @@ use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::debug;
 
+use crate::follow::{self, FollowError, Followers};
 use crate::query::{Dataset, Query};
 use crate::store::Store;
 use crate::ticket::{self, TicketError};
@@ -60,6 +67,8 @@ pub(crate) enum FlightServiceError {
     Task(#[from] tokio::task::JoinError),
     #[error("{0} is not supported yet")]
     Unsupported(&'static str),
+    #[error("follow: {0}")]
+    Follow(#[from] FollowError),
 }
 
 /// Maps an error to its gRPC status, truncating the message.
@@ -80,16 +89,23 @@ pub(crate) fn into_status(error: FlightServiceError) -> Status {
         FlightServiceError::Encode(FlightError::Tonic(status)) => *status,
         FlightServiceError::Encode(_) => Status::internal(message),
         FlightServiceError::Unsupported(_) => Status::unimplemented(message),
+        FlightServiceError::Follow(FollowError::TooMany) => Status::resource_exhausted(message),
+        FlightServiceError::Follow(FollowError::Stopped) => Status::unavailable(message),
+        FlightServiceError::Follow(FollowError::Lagged { .. }) => Status::data_loss(message),
+        FlightServiceError::Follow(FollowError::Arrow(_)) => Status::internal(message),
     }
 }
 
-/// Serves Flight on `listener` until `shutdown` completes.
+/// Serves Flight on `listener` until `shutdown` completes. Follow streams
+/// never end by themselves: call `Store::stop_publishing` first so they do.
 pub(crate) async fn serve(
     listener: TcpListener,
     store: Arc<Store>,
+    followers: Arc<Followers>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
-    let service = FlightServiceServer::new(AggregatorFlight { store }).max_decoding_message_size(REQUEST_BYTES_MAX);
+    let service =
+        FlightServiceServer::new(AggregatorFlight { store, followers }).max_decoding_message_size(REQUEST_BYTES_MAX);
     tonic::transport::Server::builder()
         .max_concurrent_streams(STREAMS_PER_CONNECTION_MAX)
         .add_service(service)
@@ -99,6 +115,7 @@ pub(crate) async fn serve(
 
 struct AggregatorFlight {
     store: Arc<Store>,
+    followers: Arc<Followers>,
 }
 
 // === impl AggregatorFlight ===
@@ -108,6 +125,23 @@ impl AggregatorFlight {
         let query = query_of(&descriptor)?;
         let endpoint = FlightEndpoint::new().with_ticket(Ticket::new(descriptor.cmd.clone()));
         Ok(FlightInfo::new().try_with_schema(&query.schema())?.with_endpoint(endpoint).with_descriptor(descriptor))
+    }
+
+    /// Subscribes before answering, so every batch applied once the client
+    /// has the response is in the stream.
+    fn follow(&self, query: Query) -> Result<<Self as FlightService>::DoGetStream, FlightServiceError> {
+        let slot = self.followers.admit()?;
+        let feed = self.store.follow().ok_or(FollowError::Stopped)?;
+        let schema = query.schema();
+        debug!(dataset = query.dataset.as_str(), n_followers = self.followers.n_followers(), "Follower subscribed.");
+        let batches = follow::stream(query, feed, slot, self.followers.clone())
+            .map_err(|error| FlightError::Tonic(Box::new(into_status(error.into()))));
+        let encoded = FlightDataEncoderBuilder::new()
+            .with_schema(schema)
+            .with_max_flight_data_size(FLIGHT_DATA_BYTES_MAX)
+            .build(batches)
+            .map_err(|error| into_status(error.into()));
+        Ok(encoded.boxed())
     }
 }
 
@@ -163,9 +197,12 @@ impl FlightService for AggregatorFlight {
     }
 
     /// Streams the answer to the ticket; an empty answer still carries its
-    /// schema.
+    /// schema. A follow ticket's stream stays open.
     async fn do_get(&self, request: Request<Ticket>) -> Result<Response<Self::DoGetStream>, Status> {
         let query = ticket::parse(&request.get_ref().ticket).map_err(|error| into_status(error.into()))?;
+        if query.follow {
+            return self.follow(query).map(Response::new).map_err(into_status);
+        }
         let schema = query.schema();
         // Aggregating holds the store lock; keep it off the async workers.
         let store = self.store.clone();

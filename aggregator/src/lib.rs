@@ -6,8 +6,9 @@
 //! write-ahead log every batch is committed to before it is applied and
 //! acknowledged (`wal`), the snapshots that let the log be truncated
 //! (`snapshot`), the in-memory rollups and conversions (`store`),
-//! what a Flight ticket asks for (`ticket`, `query`) and the Flight server
-//! that answers it (`flight_service`), and the operations HTTP listener
+//! what a Flight ticket asks for (`ticket`, `query`), the Flight server
+//! that answers it (`flight_service`) and the follow streams of what is
+//! applied next (`follow`), and the operations HTTP listener
 //! with `/metrics` and `/healthz` (`http`, `metrics`). [`Aggregator::start`] loads the
 //! snapshot, replays the log after it and wires them together; `main.rs` is a thin command-line shell
 //! around it.
@@ -18,6 +19,7 @@ mod catalog;
 mod cert;
 mod edges;
 mod flight_service;
+mod follow;
 mod http;
 mod ingest;
 mod metrics;
@@ -121,6 +123,10 @@ pub struct Stats {
     pub wal_fsync_p50_us: u64,
     pub wal_fsync_p99_us: u64,
     pub wal_fsync_max_us: u64,
+    /// Flight follow streams open now.
+    pub followers: u64,
+    /// Follow streams cut off since start because they fell behind.
+    pub followers_lagged: u64,
 }
 
 /// Why an aggregator could not start. Messages leave out their source,
@@ -159,6 +165,7 @@ pub struct Aggregator {
     quic_cert_path: PathBuf,
     endpoint: quinn::Endpoint,
     stats: Arc<StatsSource>,
+    store: Arc<store::Store>,
     wal: Arc<wal::Wal>,
     checkpointer: Arc<snapshot::Checkpointer>,
     http_shutdown: oneshot::Sender<()>,
@@ -177,6 +184,7 @@ pub(crate) struct StatsSource {
     pub(crate) wal: Arc<wal::Wal>,
     checkpointer: Arc<snapshot::Checkpointer>,
     replay: ingest::Replay,
+    followers: Arc<follow::Followers>,
 }
 
 // === impl Aggregator ===
@@ -215,6 +223,8 @@ impl Aggregator {
             n_torn_tails = replay.recovery.n_torn_tails,
             "Write-ahead log replayed."
         );
+        // Only now: what replay applied is history, not news.
+        store.publish(follow::FOLLOW_QUEUE_MAX);
         let (snapshot_due, snapshot_due_rx) = mpsc::channel(SNAPSHOT_DUE_QUEUE_MAX);
         let wal_config = wal::WalConfig { fsync: config.wal_fsync, snapshot_wal_bytes: config.snapshot_wal_bytes };
         let wal = Arc::new(wal::Wal::start(
@@ -246,12 +256,14 @@ impl Aggregator {
         let flight_addr =
             listener.local_addr().map_err(|source| Error::FlightBind { addr: config.flight_listen, source })?;
         let (flight_shutdown, shutdown_signal) = oneshot::channel();
-        let flight_task = tokio::spawn(flight_service::serve(listener, store, async {
+        let followers = Arc::new(follow::Followers::new());
+        let flight_task = tokio::spawn(flight_service::serve(listener, store.clone(), followers.clone(), async {
             // Either a send or a dropped sender means stop.
             let _ = shutdown_signal.await;
         }));
 
-        let stats = Arc::new(StatsSource { ingest, wal: wal.clone(), checkpointer: checkpointer.clone(), replay });
+        let stats =
+            Arc::new(StatsSource { ingest, wal: wal.clone(), checkpointer: checkpointer.clone(), replay, followers });
         let listener = TcpListener::bind(config.http_listen)
             .await
             .map_err(|source| Error::HttpBind { addr: config.http_listen, source })?;
@@ -268,6 +280,7 @@ impl Aggregator {
             quic_cert_path: identity.cert_path,
             endpoint,
             stats,
+            store,
             wal,
             checkpointer,
             http_shutdown,
@@ -341,6 +354,9 @@ impl Aggregator {
         // resend after the restart.
         self.wal.close().await;
 
+        // Follow streams end once they have sent what was applied, so the
+        // server below can drain.
+        self.store.stop_publishing();
         // The receiver lives as long as the server task; if it is gone the
         // server has stopped already, which the join below reports.
         let _ = self.flight_shutdown.send(());
@@ -384,6 +400,8 @@ impl StatsSource {
             wal_fsync_p50_us: wal.fsync_p50_us,
             wal_fsync_p99_us: wal.fsync_p99_us,
             wal_fsync_max_us: wal.fsync_max_us,
+            followers: self.followers.n_followers(),
+            followers_lagged: self.followers.n_lagged(),
         }
     }
 }

@@ -93,18 +93,24 @@ impl Collector for StatsCollector {
             ),
             ("wal_torn_tails", "Interrupted appends truncated from the write-ahead log at start", stats.wal_torn_tails),
             ("snapshots_written", "Snapshots of the store written, each truncating the log", stats.snapshots_written),
+            (
+                "followers_lagged",
+                "Flight follow streams cut off because they fell a whole queue of batches behind",
+                stats.followers_lagged,
+            ),
         ];
         for (name, help, value) in counters {
             let counter = ConstCounter::new(value);
             counter.encode(encoder.encode_descriptor(name, help, None, counter.metric_type())?)?;
         }
-        let wal_bytes = ConstGauge::new(i64::try_from(stats.wal_bytes).unwrap_or(i64::MAX));
-        wal_bytes.encode(encoder.encode_descriptor(
-            "wal_bytes",
-            "Bytes in the write-ahead log's live segments",
-            None,
-            wal_bytes.metric_type(),
-        )?)?;
+        let gauges = [
+            ("wal_bytes", "Bytes in the write-ahead log's live segments", stats.wal_bytes),
+            ("followers", "Flight follow streams open", stats.followers),
+        ];
+        for (name, help, value) in gauges {
+            let gauge = ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX));
+            gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;
+        }
 
         let (buckets_us, sum_us, count) = self.source.wal.fsync_buckets(&FSYNC_BUCKETS_US);
         let buckets: Vec<(f64, u64)> = buckets_us

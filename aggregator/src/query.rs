@@ -4,18 +4,23 @@
 //! optional affiliate and, for rollups, the columns to group by. Its answer
 //! is one Arrow batch whose schema [`Query::schema`] tells in advance, so
 //! `GetFlightInfo` and `DoGet` agree even when no row matches.
+//!
+//! A follow query (`follow.rs`) is answered instead batch by batch, from
+//! each applied batch's own rows ([`Query::follow_batch`]): the same
+//! filters, no grouping, and an `applied_at` column last.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use arrow_array::builder::{StringBuilder, TimestampMillisecondBuilder, UInt32Builder, UInt64Builder};
-use arrow_array::{ArrayRef, RecordBatch};
-use arrow_schema::{ArrowError, Field, Schema, SchemaRef};
+use arrow_array::{ArrayRef, RecordBatch, TimestampMillisecondArray};
+use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef, TimeUnit};
 use edgetally_protocol::batch::{
     CONVERSION_SCHEMA, N_COUNTERS, QUARANTINE_SCHEMA, ROLLUP_SCHEMA, RollupCounts, RollupKey, conversions_to_batch,
-    quarantine_to_batch,
+    quarantine_to_batch, rollups_to_batch,
 };
 
+use crate::follow::Applied;
 use crate::store::{Store, Tables};
 
 /// The datasets the aggregator serves.
@@ -51,9 +56,16 @@ pub(crate) struct Query {
     /// Exclusive upper bound, Unix ms.
     pub(crate) to_ms: Option<i64>,
     pub(crate) affiliate_id: Option<u32>,
-    /// Always [`GroupBy::ALL`] for conversions, which are not grouped.
+    /// Always [`GroupBy::ALL`] for conversions, which are not grouped,
+    /// and for follow queries.
     pub(crate) group_by: GroupBy,
+    /// Stream each batch applied from now on instead of answering once.
+    pub(crate) follow: bool,
 }
+
+/// The column a follow answer ends with: when the aggregator applied the
+/// batch the row came in.
+pub(crate) const APPLIED_AT_COLUMN: &str = "applied_at";
 
 /// A rollup key with the columns not grouped by left out.
 type GroupKey = (Option<i64>, Option<u32>, Option<u32>, Option<String>);
@@ -136,13 +148,27 @@ impl Query {
     /// All of `dataset`, rollups grouped by every key column: what
     /// `ListFlights` names.
     pub(crate) fn whole(dataset: Dataset) -> Query {
-        Query { dataset, from_ms: None, to_ms: None, affiliate_id: None, group_by: GroupBy::ALL }
+        Query { dataset, from_ms: None, to_ms: None, affiliate_id: None, group_by: GroupBy::ALL, follow: false }
     }
 
     /// The schema of the answer: for rollups, the group columns with their
-    /// ROLLUP_SCHEMA types followed by the four counters; for conversions,
-    /// CONVERSION_SCHEMA.
+    /// ROLLUP_SCHEMA types followed by the counters; for conversions,
+    /// CONVERSION_SCHEMA; for quarantine, QUARANTINE_SCHEMA. A follow
+    /// answer adds [`APPLIED_AT_COLUMN`] (non-null, ms, UTC) last.
     pub(crate) fn schema(&self) -> SchemaRef {
+        let schema = self.rows_schema();
+        if !self.follow {
+            return schema;
+        }
+        let applied_at =
+            Field::new(APPLIED_AT_COLUMN, DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())), false);
+        let fields: Vec<Field> =
+            schema.fields().iter().map(|field| field.as_ref().clone()).chain(std::iter::once(applied_at)).collect();
+        Arc::new(Schema::new(fields))
+    }
+
+    /// The schema without `applied_at`.
+    fn rows_schema(&self) -> SchemaRef {
         match self.dataset {
             Dataset::Conversions => CONVERSION_SCHEMA.clone(),
             Dataset::Quarantine => QUARANTINE_SCHEMA.clone(),
@@ -156,7 +182,8 @@ impl Query {
     }
 
     /// Answers the query from `store`, rows sorted by the group columns
-    /// (rollups) or by time (conversions).
+    /// (rollups) or by time (conversions). Ignores `follow`: the answer is
+    /// what the store holds now, in [`Query::rows_schema`].
     pub(crate) fn execute(&self, store: &Store) -> Result<RecordBatch, ArrowError> {
         match self.dataset {
             Dataset::Rollups => {
@@ -191,8 +218,51 @@ impl Query {
         }
     }
 
+    /// What a follower of this query sees of `applied`: its rows that pass
+    /// the filters, in the batch's order (rollups as the per-batch deltas
+    /// the edge shipped, not totals), with `applied_at` last; `None` when
+    /// no row passes.
+    pub(crate) fn follow_batch(&self, applied: &Applied) -> Result<Option<RecordBatch>, ArrowError> {
+        let batch = &applied.batch;
+        let rows = match self.dataset {
+            Dataset::Rollups => {
+                let rows: Vec<&(RollupKey, RollupCounts)> = batch
+                    .rollups
+                    .iter()
+                    .filter(|(key, _)| self.in_range(key.minute_ms) && self.has_affiliate(key.affiliate_id))
+                    .collect();
+                (!rows.is_empty()).then(|| rollups_to_batch(rows.iter().map(|(key, counts)| (key, counts))))
+            }
+            Dataset::Conversions => {
+                let rows: Vec<_> = batch
+                    .conversions
+                    .iter()
+                    .filter(|row| self.in_range(row.time_ms) && self.has_affiliate(row.affiliate_id))
+                    .cloned()
+                    .collect();
+                (!rows.is_empty()).then(|| conversions_to_batch(&rows))
+            }
+            Dataset::Quarantine => {
+                // The ticket parser refuses an affiliate filter here.
+                let rows: Vec<_> = batch.quarantine.iter().filter(|row| self.in_range(row.time_ms)).cloned().collect();
+                (!rows.is_empty()).then(|| quarantine_to_batch(&rows))
+            }
+        };
+        let Some(rows) = rows else { return Ok(None) };
+        let applied_at =
+            TimestampMillisecondArray::from_value(applied.applied_at_ms, rows.num_rows()).with_timezone("UTC");
+        let mut columns = rows.columns().to_vec();
+        columns.push(Arc::new(applied_at));
+        // Checks the columns against the schema (types, nullability) again.
+        RecordBatch::try_new(self.schema(), columns).map(Some)
+    }
+
     fn in_range(&self, time_ms: i64) -> bool {
         self.from_ms.is_none_or(|from_ms| time_ms >= from_ms) && self.to_ms.is_none_or(|to_ms| time_ms < to_ms)
+    }
+
+    fn has_affiliate(&self, affiliate_id: u32) -> bool {
+        self.affiliate_id.is_none_or(|wanted| wanted == affiliate_id)
     }
 
     fn group_rollups(&self, tables: &Tables) -> BTreeMap<GroupKey, RollupCounts> {
@@ -246,7 +316,7 @@ impl Query {
         }
         columns.extend(counters.iter_mut().map(|builder| Arc::new(builder.finish()) as ArrayRef));
         // Checks the columns against the schema (types, nullability) again.
-        RecordBatch::try_new(self.schema(), columns)
+        RecordBatch::try_new(self.rows_schema(), columns)
     }
 }
 

@@ -8,13 +8,22 @@
 //! Everything here is rebuilt on start from the snapshot and the
 //! write-ahead log (`snapshot.rs`, `wal.rs`); the store itself does no I/O.
 //!
-//! Nothing here is bounded yet: rollups grow with keys and conversions with
+//! Once [`Store::publish`] is called (after replay, so replay never
+//! publishes), every applied batch is also sent to the followers
+//! (`follow.rs`), under the same lock, so they see the apply order. It is
+//! copied for them only while someone follows.
+//!
+//! Nothing in the tables is bounded yet: rollups grow with keys and conversions with
 //! rows until retention and Parquet partitions arrive.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use edgetally_protocol::batch::{ConversionRow, QuarantineRow, RollupCounts, RollupKey};
+use tokio::sync::broadcast;
+
+use crate::follow::{Applied, Feed};
 
 /// Where an edge is in its stream of batches.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -68,6 +77,10 @@ pub(crate) struct Store {
 struct Inner {
     tables: Tables,
     edges: HashMap<u32, EdgeMark>,
+    /// Where applied batches go for followers; `None` before
+    /// [`Store::publish`] (during replay) and after
+    /// [`Store::stop_publishing`].
+    followers: Option<broadcast::Sender<Arc<Applied>>>,
 }
 
 // === impl EdgeMark ===
@@ -89,14 +102,20 @@ impl EdgeMark {
 
 impl Store {
     /// Applies `batch` unless its edge's high-water mark says it was applied
-    /// before.
+    /// before. An applied batch is published to the followers, if any.
     pub(crate) fn apply(&self, batch: Batch) -> Admission {
         let mut inner = self.lock();
-        let Inner { tables, edges } = &mut *inner;
+        let Inner { tables, edges, followers } = &mut *inner;
         let mark = edges.entry(batch.edge_id).or_default();
         let admission = mark.admit(batch.epoch, batch.sequence);
         if admission == Admission::Apply {
             *mark = EdgeMark { epoch: batch.epoch, high_water: batch.sequence };
+            // Copied before its rows move into the tables, and only for
+            // someone to read.
+            let published = followers
+                .as_ref()
+                .filter(|sender| sender.receiver_count() > 0)
+                .map(|sender| (sender, Applied { applied_at_ms: now_ms(), batch: batch.clone() }));
             for (key, counts) in batch.rollups {
                 tables.rollups.entry(key).or_default().merge(&counts);
             }
@@ -108,8 +127,34 @@ impl Store {
                 }
                 tables.quarantine.push_back(row);
             }
+            if let Some((sender, applied)) = published {
+                // Fails only if every follower left since the count above;
+                // then nobody misses the batch.
+                let _ = sender.send(Arc::new(applied));
+            }
         }
         admission
+    }
+
+    /// From now on, publishes every applied batch to followers through a
+    /// queue of `queue_max` batches (`follow::FOLLOW_QUEUE_MAX`, smaller
+    /// in tests). Called once the log is replayed: replay publishes
+    /// nothing.
+    pub(crate) fn publish(&self, queue_max: usize) {
+        let (sender, _) = broadcast::channel(queue_max);
+        self.lock().followers = Some(sender);
+    }
+
+    /// Stops publishing: every follower's feed ends once it has read what
+    /// was published before. Called at shutdown.
+    pub(crate) fn stop_publishing(&self) {
+        self.lock().followers = None;
+    }
+
+    /// A feed of every batch applied from now on; `None` when the store is
+    /// not publishing.
+    pub(crate) fn follow(&self) -> Option<Feed> {
+        self.lock().followers.as_ref().map(broadcast::Sender::subscribe)
     }
 
     /// What [`Store::apply`] would do with the batch now. Ingest asks
@@ -122,7 +167,7 @@ impl Store {
     /// A store holding `tables` with the edges at `marks`, as a snapshot
     /// left them.
     pub(crate) fn restore(tables: Tables, marks: HashMap<u32, EdgeMark>) -> Store {
-        Store { inner: Mutex::new(Inner { tables, edges: marks }) }
+        Store { inner: Mutex::new(Inner { tables, edges: marks, followers: None }) }
     }
 
     /// Runs `export` on the whole state under the lock, with the quarantine
@@ -130,7 +175,7 @@ impl Store {
     /// holds up every apply; copy out what is needed and encode later.
     pub(crate) fn export<R>(&self, export: impl FnOnce(&Tables, &HashMap<u32, EdgeMark>) -> R) -> R {
         let mut inner = self.lock();
-        let Inner { tables, edges } = &mut *inner;
+        let Inner { tables, edges, .. } = &mut *inner;
         tables.quarantine.make_contiguous();
         export(tables, edges)
     }
@@ -146,6 +191,12 @@ impl Store {
         // half a batch, which must not be served or extended.
         self.inner.lock().expect("store lock is not poisoned")
     }
+}
+
+/// The wall clock in Unix ms; a clock before 1970 reads as 0.
+fn now_ms() -> i64 {
+    let since_epoch = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX)
 }
 
 #[cfg(test)]

@@ -652,3 +652,189 @@ async fn unknown_edges_and_wrong_tokens_are_refused_inner() {
     assert_eq!((stats.batches_applied, stats.batches_refused, stats.edges_refused), (1, 1, 4));
     aggregator.shutdown().await;
 }
+
+/// `frame()` as batch `sequence`, its conversions replaced by one lead per
+/// `(affiliate_id, order_id)`.
+fn frame_with_conversions(sequence: u64, conversions: &[(u32, &str)]) -> Vec<u8> {
+    let rows: Vec<ConversionRow> = conversions
+        .iter()
+        .map(|&(affiliate_id, order_id)| ConversionRow {
+            time_ms: 1_795_514_401_000,
+            kind: EventKind::Lead,
+            affiliate_id,
+            campaign_id: 100,
+            sub1: String::new(),
+            money: None,
+            order_id: Some(order_id.to_owned()),
+            click_id: None,
+            event_id: None,
+        })
+        .collect();
+    BatchFrame {
+        sequence,
+        n_conversion_rows: rows.len() as u32,
+        conversions_ipc: encode_ipc(&conversions_to_batch(&rows)).unwrap().into(),
+        ..frame()
+    }
+    .encode()
+    .unwrap()
+}
+
+async fn flight_client(aggregator: &Aggregator) -> FlightClient {
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", aggregator.flight_addr()))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    FlightClient::new(channel)
+}
+
+/// The next batch of a follow stream, whose last column is `applied_at`.
+async fn next_follow(stream: &mut arrow_flight::decode::FlightRecordBatchStream) -> arrow_array::RecordBatch {
+    let batch = stream.try_next().await.unwrap().expect("the follow stream stays open");
+    assert_eq!(batch.schema().fields().last().unwrap().name(), "applied_at");
+    batch
+}
+
+/// The values of `column` (strings or unsigned integers) as text.
+fn texts(batch: &arrow_array::RecordBatch, column: &str) -> Vec<String> {
+    let values = batch.column_by_name(column).unwrap();
+    match values.data_type() {
+        arrow_schema::DataType::Utf8 => {
+            values.as_string::<i32>().iter().map(|value| value.unwrap().to_owned()).collect()
+        }
+        arrow_schema::DataType::UInt32 => {
+            values.as_primitive::<UInt32Type>().values().iter().map(ToString::to_string).collect()
+        }
+        arrow_schema::DataType::UInt64 => {
+            values.as_primitive::<UInt64Type>().values().iter().map(ToString::to_string).collect()
+        }
+        other => panic!("unexpected type {other}"),
+    }
+}
+
+/// The batch's one `applied_at`, checked to be the same on every row.
+fn applied_at(batch: &arrow_array::RecordBatch) -> i64 {
+    use arrow_array::types::TimestampMillisecondType;
+    let column = batch.column_by_name("applied_at").unwrap().as_primitive::<TimestampMillisecondType>();
+    let first = column.value(0);
+    assert!(column.values().iter().all(|&ms| ms == first), "{column:?}");
+    first
+}
+
+fn unix_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
+}
+
+#[tokio::test]
+async fn follow_streams_applied_batches() {
+    tokio::time::timeout(TEST_TIMEOUT, follow_streams_applied_batches_inner()).await.expect("test finishes in time");
+}
+
+async fn follow_streams_applied_batches_inner() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let aggregator = Aggregator::start(loopback_config(data_dir.path())).await.unwrap();
+    let mut flight = flight_client(&aggregator).await;
+    let mut every = flight.do_get(Ticket::new(r#"{"dataset":"conversions","follow":true}"#)).await.unwrap();
+    let mut of_7 =
+        flight.do_get(Ticket::new(r#"{"dataset":"conversions","follow":true,"affiliate_id":7}"#)).await.unwrap();
+    let mut rollups = flight.do_get(Ticket::new(r#"{"dataset":"rollups","follow":true}"#)).await.unwrap();
+    let mut quarantine = flight.do_get(Ticket::new(r#"{"dataset":"quarantine","follow":true}"#)).await.unwrap();
+    assert_eq!(aggregator.stats().followers, 4);
+
+    let error = flight.do_get(Ticket::new(r#"{"dataset":"rollups","follow":true,"group_by":["minute"]}"#)).await;
+    let Err(arrow_flight::error::FlightError::Tonic(status)) = error else { panic!("follow with group_by: {error:?}") };
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert_eq!(
+        status.message(),
+        "bad ticket: group_by cannot be combined with follow: follow streams each applied batch's rollup rows, ungrouped"
+    );
+
+    let (endpoint, connection) = connect(&aggregator).await;
+    let before_ms = unix_ms();
+    let first = frame_with_conversions(1, &[(7, "o-1"), (8, "o-2")]);
+    assert_eq!(send(&connection, &first).await.status, AckStatus::Apply);
+    // A batch skipped as a resend is not news.
+    assert_eq!(send(&connection, &first).await.status, AckStatus::Skip);
+    let second = frame_with_conversions(2, &[(7, "o-3")]);
+    assert_eq!(send(&connection, &second).await.status, AckStatus::Apply);
+    let after_ms = unix_ms();
+
+    let first_batch = next_follow(&mut every).await;
+    assert_eq!(texts(&first_batch, "order_id"), ["o-1", "o-2"]);
+    let second_batch = next_follow(&mut every).await;
+    assert_eq!(texts(&second_batch, "order_id"), ["o-3"]);
+    // One time per batch, in apply order, between send and ack.
+    let (first_applied, second_applied) = (applied_at(&first_batch), applied_at(&second_batch));
+    assert!(before_ms <= first_applied && first_applied <= second_applied && second_applied <= after_ms);
+
+    for (order_id, applied) in [("o-1", first_applied), ("o-3", second_applied)] {
+        let batch = next_follow(&mut of_7).await;
+        assert_eq!((texts(&batch, "order_id"), applied_at(&batch)), (vec![order_id.to_owned()], applied));
+    }
+
+    // The rollup rows of each batch as shipped: deltas, not totals.
+    for applied in [first_applied, second_applied] {
+        let batch = next_follow(&mut rollups).await;
+        assert_eq!(applied_at(&batch), applied);
+        assert_eq!(texts(&batch, "affiliate_id"), ["7", "7", "8"]);
+        assert_eq!(texts(&batch, "campaign_id"), ["100", "200", "100"]);
+        assert_eq!(texts(&batch, "impressions"), ["40", "2", "9"]);
+        assert_eq!(texts(&batch, "clicks"), ["3", "1", "0"]);
+        let batch = next_follow(&mut quarantine).await;
+        assert_eq!((texts(&batch, "reason"), applied_at(&batch)), (vec!["bad_id".to_owned()], applied));
+    }
+
+    check_samples(
+        &scrape(&aggregator).await,
+        &[("edgetally_aggregator_followers", "4"), ("edgetally_aggregator_followers_lagged_total", "0")],
+    );
+    connection.close(0u32.into(), b"done");
+    endpoint.wait_idle().await;
+
+    // Shutdown ends every follow stream with UNAVAILABLE, so it does not
+    // wait out the Flight server's grace period.
+    let started = std::time::Instant::now();
+    let shutdown = tokio::spawn(aggregator.shutdown());
+    for stream in [&mut every, &mut of_7, &mut rollups, &mut quarantine] {
+        let Err(arrow_flight::error::FlightError::Tonic(status)) = stream.try_next().await else {
+            panic!("the follow stream ends with an error")
+        };
+        assert_eq!(status.code(), tonic::Code::Unavailable, "{status}");
+    }
+    shutdown.await.unwrap();
+    assert!(started.elapsed() < SHUTDOWN_GRACE, "shutdown took {:?}", started.elapsed());
+}
+
+/// `FOLLOWERS_MAX` follow; one more is refused until one leaves.
+#[tokio::test]
+async fn followers_are_bounded() {
+    tokio::time::timeout(TEST_TIMEOUT, followers_are_bounded_inner()).await.expect("test finishes in time");
+}
+
+async fn followers_are_bounded_inner() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let aggregator = Aggregator::start(loopback_config(data_dir.path())).await.unwrap();
+    let ticket = r#"{"dataset":"conversions","follow":true}"#;
+    // A connection carries `STREAMS_PER_CONNECTION_MAX` streams at once.
+    let streams_per_connection = 16;
+    let mut streams = Vec::new();
+    for _ in 0..follow::FOLLOWERS_MAX / streams_per_connection {
+        let mut flight = flight_client(&aggregator).await;
+        for _ in 0..streams_per_connection {
+            streams.push(flight.do_get(Ticket::new(ticket)).await.unwrap());
+        }
+    }
+    assert_eq!(aggregator.stats().followers, follow::FOLLOWERS_MAX as u64);
+    let mut flight = flight_client(&aggregator).await;
+    let Err(arrow_flight::error::FlightError::Tonic(status)) = flight.do_get(Ticket::new(ticket)).await else {
+        panic!("follower past the limit admitted")
+    };
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status}");
+    streams.pop();
+    wait_until(|| aggregator.stats().followers == follow::FOLLOWERS_MAX as u64 - 1).await;
+    streams.push(flight.do_get(Ticket::new(ticket)).await.unwrap());
+    assert_eq!(aggregator.stats().followers, follow::FOLLOWERS_MAX as u64);
+    drop(streams);
+    aggregator.shutdown().await;
+}

@@ -12,6 +12,18 @@
 //! integer Unix milliseconds; `group_by` applies to rollups only and
 //! defaults to all four key columns. An unknown key is an error that names
 //! it, so a typo never widens a query silently.
+//!
+//! `"follow":true` keeps the `DoGet` stream open and sends what each batch
+//! applied from then on brings (`follow.rs`): for `conversions` and
+//! `quarantine` its new rows, for `rollups` its rollup rows as shipped
+//! (per-batch deltas, not totals), each filtered by `from`, `to` and
+//! `affiliate_id` as usual, with an `applied_at` column (ms, UTC) last.
+//! `group_by` is refused with `follow`. Only changes applied after the
+//! follow starts are sent: a client reads the dataset with a normal ticket,
+//! then follows (a batch applied between the two is in neither; following
+//! first and reading second gives overlap instead of a gap). A follower
+//! that falls behind gets `DATA_LOSS` naming how many batches it missed,
+//! and reads and follows again.
 
 use edgetally_protocol::event::parse_time_ms;
 use serde::Deserialize;
@@ -42,6 +54,8 @@ pub(crate) enum TicketError {
     GroupByNotAllowed(&'static str),
     #[error("affiliate_id cannot filter {0}: rejected input has no trusted affiliate")]
     AffiliateNotAllowed(&'static str),
+    #[error("group_by cannot be combined with follow: follow streams each applied batch's rollup rows, ungrouped")]
+    FollowGroupBy,
 }
 
 #[derive(Debug, Deserialize)]
@@ -52,6 +66,7 @@ struct TicketJson {
     to: Option<TimeBound>,
     affiliate_id: Option<u32>,
     group_by: Option<Vec<String>>,
+    follow: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -75,6 +90,10 @@ pub(crate) fn parse(ticket: &[u8]) -> Result<Query, TicketError> {
     {
         return Err(TicketError::EmptyRange { from_ms, to_ms });
     }
+    let follow = json.follow.unwrap_or(false);
+    if follow && json.group_by.is_some() {
+        return Err(TicketError::FollowGroupBy);
+    }
     let group_by = match (dataset, json.group_by) {
         (_, None) => GroupBy::ALL,
         (Dataset::Conversions | Dataset::Quarantine, Some(_)) => {
@@ -94,7 +113,7 @@ pub(crate) fn parse(ticket: &[u8]) -> Result<Query, TicketError> {
     if dataset == Dataset::Quarantine && json.affiliate_id.is_some() {
         return Err(TicketError::AffiliateNotAllowed(dataset.as_str()));
     }
-    Ok(Query { dataset, from_ms, to_ms, affiliate_id: json.affiliate_id, group_by })
+    Ok(Query { dataset, from_ms, to_ms, affiliate_id: json.affiliate_id, group_by, follow })
 }
 
 /// The ticket JSON of `query`: the inverse of [`parse`].
@@ -113,6 +132,9 @@ pub(crate) fn render(query: &Query) -> Vec<u8> {
     if query.dataset == Dataset::Rollups && query.group_by != GroupBy::ALL {
         let names = query.group_by.columns().map(|column| column.as_str().into()).collect();
         json.insert("group_by".into(), serde_json::Value::Array(names));
+    }
+    if query.follow {
+        json.insert("follow".into(), true.into());
     }
     // Serializing a map of strings, integers and arrays cannot fail.
     serde_json::to_vec(&json).expect("ticket json serializes")

@@ -10,6 +10,7 @@ use edgetally_protocol::event::EventKind;
 use edgetally_protocol::QuarantineRow;
 
 use super::*;
+use crate::follow::Applied;
 use crate::store::Batch;
 use crate::ticket;
 
@@ -47,8 +48,8 @@ fn conversion(time_ms: i64, affiliate_id: u32, order_id: &str) -> ConversionRow 
     }
 }
 
-fn store() -> Store {
-    let store = Store::default();
+/// Two batches of two edges.
+fn batches() -> [Batch; 2] {
     let first = Batch {
         edge_id: 1,
         epoch: 1,
@@ -74,8 +75,14 @@ fn store() -> Store {
         conversions: vec![conversion(M1 + 5, 8, "c"), conversion(M2, 7, "d")],
         quarantine: vec![QuarantineRow::new(M2 + 1, "events", "bad_amount", "too many decimals", "")],
     };
-    store.apply(first);
-    store.apply(second);
+    [first, second]
+}
+
+fn store() -> Store {
+    let store = Store::default();
+    for batch in batches() {
+        store.apply(batch);
+    }
     store
 }
 
@@ -216,6 +223,22 @@ fn schemas() {
     );
     assert_eq!(*ticket::parse(br#"{"dataset":"rollups"}"#).unwrap().schema(), **ROLLUP_SCHEMA);
     assert_eq!(*ticket::parse(br#"{"dataset":"conversions"}"#).unwrap().schema(), **CONVERSION_SCHEMA);
+    // Follow adds `applied_at` last, to every dataset.
+    for (dataset, schema) in
+        [("rollups", &ROLLUP_SCHEMA), ("conversions", &CONVERSION_SCHEMA), ("quarantine", &QUARANTINE_SCHEMA)]
+    {
+        let follow = ticket::parse(format!(r#"{{"dataset":"{dataset}","follow":true}}"#).as_bytes()).unwrap().schema();
+        let n_fields = schema.fields().len();
+        assert_eq!(follow.fields().len(), n_fields + 1, "{dataset}");
+        assert_eq!(follow.fields()[..n_fields], schema.fields()[..], "{dataset}");
+        let applied_at = follow.field(n_fields);
+        assert_eq!(applied_at.name(), APPLIED_AT_COLUMN);
+        assert_eq!(
+            applied_at.data_type(),
+            &DataType::Timestamp(arrow_schema::TimeUnit::Millisecond, Some("UTC".into()))
+        );
+        assert!(!applied_at.is_nullable());
+    }
 }
 
 #[test]
@@ -232,4 +255,75 @@ fn quarantine_by_time() {
         &format!(r#"{{"dataset":"quarantine","from":{M1},"to":{M2}}}"#),
         r#"time=M1 source="pixel" reason="bad_id" detail="bad affiliate_id" input="aff=x&cmp=1""#,
     );
+}
+
+/// What a follower of `ticket` sees of each of `batches()`, applied at
+/// M2 + 1 s: one string per batch, `None` when nothing passes.
+#[track_caller]
+fn check_follow(ticket: &str, expect: [Option<&str>; 2]) {
+    let query = ticket::parse(ticket.as_bytes()).unwrap();
+    for (batch_idx, (batch, expect)) in batches().into_iter().zip(expect).enumerate() {
+        let applied = Applied { applied_at_ms: M2 + 1_000, batch };
+        let actual = query.follow_batch(&applied).unwrap();
+        if let Some(actual) = &actual {
+            assert_eq!(actual.schema(), query.schema(), "{ticket}");
+        }
+        let expect = expect
+            .map(|expect| expect.lines().map(str::trim).filter(|line| !line.is_empty()).collect::<Vec<_>>().join("\n"));
+        assert_eq!(actual.as_ref().map(render), expect, "{ticket}, batch {batch_idx}");
+    }
+}
+
+#[test]
+fn follow_batches() {
+    // Rollups as shipped, per batch: not merged with the other edge's.
+    check_follow(
+        r#"{"dataset":"rollups","follow":true,"affiliate_id":7}"#,
+        [
+            Some(
+                r#"
+                minute=M0 affiliate_id=7 campaign_id=100 sub1="" impressions=10 clicks=2 unique_clicks=0 leads=1 sales=0 duplicates=1 applied_at=M2
+                minute=M0 affiliate_id=7 campaign_id=100 sub1="fb" impressions=5 clicks=1 unique_clicks=0 leads=0 sales=0 duplicates=0 applied_at=M2
+                minute=M1 affiliate_id=7 campaign_id=200 sub1="" impressions=1 clicks=1 unique_clicks=1 leads=1 sales=1 duplicates=1 applied_at=M2
+                "#,
+            ),
+            Some(
+                r#"minute=M0 affiliate_id=7 campaign_id=100 sub1="" impressions=100 clicks=20 unique_clicks=0 leads=0 sales=0 duplicates=0 applied_at=M2"#,
+            ),
+        ],
+    );
+    check_follow(
+        &format!(r#"{{"dataset":"rollups","follow":true,"from":{M2}}}"#),
+        [
+            None,
+            Some(
+                r#"minute=M2 affiliate_id=8 campaign_id=100 sub1="" impressions=4 clicks=4 unique_clicks=0 leads=0 sales=0 duplicates=0 applied_at=M2"#,
+            ),
+        ],
+    );
+    // Conversions in the batch's order, not sorted by time.
+    let row = |time_ms: i64, affiliate_id: u32, order_id: &str| {
+        format!(
+            r#"time=M{} kind="lead" affiliate_id={affiliate_id} campaign_id=9 sub1="" amount_minor=null currency=null order_id={order_id:?} click_id=null event_id=null applied_at=M2"#,
+            (time_ms - M0) / 60_000
+        )
+    };
+    check_follow(
+        r#"{"dataset":"conversions","follow":true}"#,
+        [Some(&[row(M1, 7, "b"), row(M0, 8, "a")].join("\n")), Some(&[row(M1, 8, "c"), row(M2, 7, "d")].join("\n"))],
+    );
+    check_follow(
+        &format!(r#"{{"dataset":"conversions","follow":true,"affiliate_id":8,"to":{M1}}}"#),
+        [Some(&row(M0, 8, "a")), None],
+    );
+    check_follow(
+        &format!(r#"{{"dataset":"quarantine","follow":true,"to":{M1}}}"#),
+        [
+            Some(
+                r#"time=M0 source="postback" reason="click_id_forged" detail="forged click id" input="click_id=AQEA" applied_at=M2"#,
+            ),
+            None,
+        ],
+    );
+    check_follow(r#"{"dataset":"conversions","follow":true,"affiliate_id":9}"#, [None, None]);
 }

@@ -18,7 +18,7 @@ fn query(
     for &column in group_by {
         columns.insert(column);
     }
-    Query { dataset, from_ms, to_ms, affiliate_id, group_by: columns }
+    Query { dataset, from_ms, to_ms, affiliate_id, group_by: columns, follow: false }
 }
 
 #[track_caller]
@@ -65,6 +65,15 @@ fn good_tickets() {
     check(r#"{"dataset":"rollups","group_by":[]}"#, query(Rollups, None, None, None, &[]));
     check(r#"{"affiliate_id":3,"dataset":"conversions","from":-5}"#, query(Conversions, Some(-5), None, Some(3), all));
     check(" {\"dataset\" : \"rollups\"}\n", query(Rollups, None, None, None, all));
+    // Follow: filters as usual, never grouped; `false` is the default.
+    let follow = |query: Query| Query { follow: true, ..query };
+    check(r#"{"dataset":"rollups","follow":true}"#, follow(query(Rollups, None, None, None, all)));
+    check(r#"{"dataset":"rollups","follow":false}"#, query(Rollups, None, None, None, all));
+    check(
+        r#"{"dataset":"conversions","follow":true,"affiliate_id":7,"from":60000}"#,
+        follow(query(Conversions, Some(60_000), None, Some(7), all)),
+    );
+    check(r#"{"dataset":"quarantine","follow":true}"#, follow(query(Dataset::Quarantine, None, None, None, all)));
 }
 
 #[test]
@@ -95,6 +104,13 @@ fn bad_tickets() {
         br#"{"dataset":"quarantine","affiliate_id":7}"#,
         "affiliate_id cannot filter quarantine: rejected input has no trusted affiliate",
     );
+    check_error(
+        br#"{"dataset":"rollups","follow":true,"group_by":["minute"]}"#,
+        "group_by cannot be combined with follow",
+    );
+    check_error(br#"{"dataset":"rollups","follow":true,"group_by":[]}"#, "group_by cannot be combined with follow");
+    check_error(br#"{"dataset":"rollups","follow":"yes"}"#, "bad ticket json");
+    check_error(br#"{"dataset":"rollups","follow":true,"from_now":false}"#, "unknown field `from_now`");
     let large = format!(r#"{{"dataset":"rollups","group_by":[{}"sub1"]}}"#, "\"minute\",".repeat(500));
     check_error(large.as_bytes(), "ticket too large: 4541 bytes, limit is 4096");
 }
