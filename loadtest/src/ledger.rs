@@ -71,6 +71,9 @@ pub(crate) struct Truth {
     pub(crate) campaign_id: u32,
     /// Currency code and amount in minor units.
     pub(crate) money: Option<(&'static str, i64)>,
+    /// A lead's or sale's order id, by which the freshness tracker finds
+    /// its row in the aggregator's follow stream; `None` for the rest.
+    pub(crate) order_id: Option<String>,
 }
 
 /// Affiliate id and campaign id.

@@ -32,8 +32,9 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::rustls;
 use tokio_rustls::rustls::pki_types::ServerName;
 
+use crate::freshness::Tracker;
 use crate::http1::{Answer, Http1Error, Io};
-use crate::ledger::Ledger;
+use crate::ledger::{Ledger, Truth};
 use crate::mix::{Label, Mix, MixArgs, Plan};
 
 /// Latencies are recorded in microseconds from 1 µs to 60 s with three
@@ -57,6 +58,9 @@ pub(crate) struct LoadConfig {
     pub(crate) mix: MixArgs,
     /// TLS towards the targets, with the roots that verify them.
     pub(crate) tls: Option<TlsConnector>,
+    /// Where leads and sales are registered for the freshness figure, when
+    /// the run follows the aggregator.
+    pub(crate) freshness: Option<Arc<Tracker>>,
 }
 
 /// Live counters, read by the progress line.
@@ -306,6 +310,7 @@ pub(crate) async fn run(
                 timeout: config.timeout,
                 progress: progress.clone(),
                 stop: stop.clone(),
+                freshness: config.freshness.clone(),
             };
             tasks.push(tokio::spawn(task.run()));
         }
@@ -335,6 +340,7 @@ struct Task {
     timeout: Duration,
     progress: Arc<Progress>,
     stop: watch::Receiver<bool>,
+    freshness: Option<Arc<Tracker>>,
 }
 
 // === impl Task ===
@@ -369,6 +375,16 @@ impl Task {
             if outcome.ledger.first_sent_ms == 0 {
                 outcome.ledger.first_sent_ms = now_ms();
             }
+            // Order ids this send registered for freshness; empty (and not
+            // allocated) for everything but leads and sales.
+            let tracked: Vec<&str> = match &self.freshness {
+                Some(tracker) => {
+                    let sent_at = Instant::now();
+                    let order_ids = plan.truths.iter().filter_map(|truth| truth.order_id.as_deref());
+                    order_ids.filter(|order_id| tracker.sent(order_id, sent_at)).collect()
+                }
+                None => Vec::new(),
+            };
             let answer =
                 tokio::time::timeout(self.timeout, self.link.send(&self.target, self.tls.as_ref(), &plan)).await;
             let answer = answer.unwrap_or(Err(SendError::Timeout));
@@ -381,10 +397,27 @@ impl Task {
                     outcome.n_answered += 1;
                     outcome.ledger.last_answer_ms = now_ms();
                     self.progress.answered.fetch_add(1, Ordering::Relaxed);
-                    let n_accepted = settle(&mut outcome, &mut self.mix, &plan, &answer);
+                    let mut accepted_order_ids = Vec::new();
+                    let n_accepted = settle(&mut outcome, &mut self.mix, &plan, &answer, &mut |truth| {
+                        if !tracked.is_empty()
+                            && let Some(order_id) = truth.order_id.as_deref()
+                        {
+                            accepted_order_ids.push(order_id);
+                        }
+                    });
                     self.progress.accepted_events.fetch_add(n_accepted, Ordering::Relaxed);
+                    if let Some(tracker) = &self.freshness {
+                        for order_id in &tracked {
+                            tracker.answered(order_id, accepted_order_ids.contains(order_id));
+                        }
+                    }
                 }
                 Err(error) => {
+                    if let Some(tracker) = &self.freshness {
+                        for order_id in &tracked {
+                            tracker.answered(order_id, false);
+                        }
+                    }
                     *outcome.errors.entry(error.kind()).or_default() += 1;
                     self.progress.failed.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(%error, target = %self.target, "Request failed.");
@@ -415,9 +448,15 @@ fn build_request(target: &str, plan: &Plan) -> http::Request<Full<Bytes>> {
 }
 
 /// Books an answer into the ledger and the answer counts, and gives the
-/// mix the click ID of an accepted click; returns the number of events
-/// accepted.
-fn settle(outcome: &mut Outcome, mix: &mut Mix, plan: &Plan, answer: &Answer) -> u64 {
+/// mix the click ID of an accepted click; calls `on_accept` with each
+/// accepted event and returns their number.
+fn settle<'plan>(
+    outcome: &mut Outcome,
+    mix: &mut Mix,
+    plan: &'plan Plan,
+    answer: &Answer,
+    on_accept: &mut dyn FnMut(&'plan Truth),
+) -> u64 {
     let verdict = || answer.outcome.as_deref().and_then(|value| std::str::from_utf8(value).ok());
     match (plan.is_post, answer.status) {
         // A click: the redirect carries the click ID for later conversions.
@@ -428,6 +467,7 @@ fn settle(outcome: &mut Outcome, mix: &mut Mix, plan: &Plan, answer: &Answer) ->
             };
             outcome.answer(plan.label, "accepted");
             outcome.ledger.accept(truth);
+            on_accept(truth);
             match answer.location.as_deref().and_then(click_id_in) {
                 Some(click_id) => mix.remember_click(click_id, truth.affiliate_id, truth.campaign_id),
                 None => outcome.answer(plan.label, "no_click_id_in_location"),
@@ -452,6 +492,7 @@ fn settle(outcome: &mut Outcome, mix: &mut Mix, plan: &Plan, answer: &Answer) ->
             match plan.truths.first().filter(|_| accepted) {
                 Some(truth) => {
                     outcome.ledger.accept(truth);
+                    on_accept(truth);
                     1
                 }
                 None => 0,
@@ -478,6 +519,7 @@ fn settle(outcome: &mut Outcome, mix: &mut Mix, plan: &Plan, answer: &Answer) ->
             for (truth, result) in plan.truths.iter().zip(results) {
                 if result["status"] == "accepted" {
                     outcome.ledger.accept(truth);
+                    on_accept(truth);
                     outcome.answer(plan.label, "accepted");
                     n_accepted += 1;
                 } else if result["status"] == "duplicate" {

@@ -3,10 +3,12 @@
 //!
 //! `run` sends a realistic mix open-loop at a target rate (or closed-loop at
 //! full speed), reports latency and answers, and writes a ground-truth
-//! ledger; `verify` compares that ledger with the aggregator over Arrow
+//! ledger, and with `--flight` measures freshness on the aggregator's
+//! follow stream; `verify` compares that ledger with the aggregator over Arrow
 //! Flight; `stack` starts an aggregator, a collector and a trickle of
 //! traffic on loopback; `query` prints what a Flight ticket returns.
 
+mod freshness;
 mod http1;
 mod ledger;
 mod load;

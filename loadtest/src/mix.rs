@@ -216,7 +216,7 @@ impl Mix {
             path_and_query: format!("/p.gif?aff={affiliate_id}&cmp={campaign_id}&sub1={sub1}&cb={cache_buster}"),
             body: Bytes::new(),
             user_agent,
-            truths: vec![Truth { kind: Kind::Impression, affiliate_id, campaign_id, money: None }],
+            truths: vec![Truth { kind: Kind::Impression, affiliate_id, campaign_id, money: None, order_id: None }],
         }
     }
 
@@ -236,7 +236,7 @@ impl Mix {
             path_and_query: format!("/c/{campaign_id}?aff={affiliate_id}&sub1={sub1}"),
             body: Bytes::new(),
             user_agent: BROWSER_AGENT,
-            truths: vec![Truth { kind: Kind::Click, affiliate_id, campaign_id, money: None }],
+            truths: vec![Truth { kind: Kind::Click, affiliate_id, campaign_id, money: None, order_id: None }],
         }
     }
 
@@ -245,8 +245,8 @@ impl Mix {
         let click_idx = rng.random_range(0..self.clicks.len().max(1));
         let (click_id, affiliate_id, campaign_id) = self.clicks.get(click_idx)?.clone();
         self.n_orders += 1;
-        let mut path_and_query =
-            format!("/pb?click_id={click_id}&kind={}&order_id={}{}", kind.as_str(), self.order_prefix, self.n_orders);
+        let order_id = format!("{}{}", self.order_prefix, self.n_orders);
+        let mut path_and_query = format!("/pb?click_id={click_id}&kind={}&order_id={order_id}", kind.as_str());
         let mut money = None;
         if kind == Kind::Sale {
             let (currency, minor_units, amount) = self.amount(rng);
@@ -265,7 +265,7 @@ impl Mix {
             path_and_query,
             body: Bytes::new(),
             user_agent: BROWSER_AGENT,
-            truths: vec![Truth { kind, affiliate_id, campaign_id, money }],
+            truths: vec![Truth { kind, affiliate_id, campaign_id, money, order_id: Some(order_id) }],
         })
     }
 
@@ -282,9 +282,12 @@ impl Mix {
             event["sub1"] = json!(sub1);
         }
         let mut money = None;
+        let mut order_id = None;
         if matches!(kind, Kind::Lead | Kind::Sale) {
             self.n_orders += 1;
-            event["order_id"] = json!(format!("{}{}", self.order_prefix, self.n_orders));
+            let id = format!("{}{}", self.order_prefix, self.n_orders);
+            event["order_id"] = json!(id);
+            order_id = Some(id);
         }
         if kind == Kind::Sale {
             let (currency, minor_units, amount) = self.amount(rng);
@@ -292,7 +295,7 @@ impl Mix {
             event["currency"] = json!(currency);
             money = Some((currency, minor_units));
         }
-        (event, Truth { kind, affiliate_id, campaign_id, money })
+        (event, Truth { kind, affiliate_id, campaign_id, money, order_id })
     }
 
     fn events(&mut self, rng: &mut StdRng, kind: Kind) -> Plan {

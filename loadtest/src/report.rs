@@ -1,6 +1,6 @@
 //! The run report: achieved rate, answers and errors by kind, latency
-//! percentiles, and bytes per accepted event read from the collectors'
-//! metrics, as a table or as JSON.
+//! percentiles, freshness (with `--flight`), and bytes per accepted event
+//! read from the collectors' metrics, as a table or as JSON.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -11,6 +11,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde::Serialize;
 
+use crate::freshness::Freshness;
 use crate::load::Outcome;
 
 /// The collector metrics the report reads, summed over all collectors.
@@ -74,9 +75,9 @@ pub(crate) struct Report {
     /// Requests without an answer, by error kind.
     pub(crate) errors: BTreeMap<String, u64>,
     pub(crate) latency_ms: Option<Percentiles>,
-    /// End-to-end freshness needs the aggregator's follow stream, which does
-    /// not exist yet; always absent until then.
-    pub(crate) freshness_ms: Option<Percentiles>,
+    /// From a lead's or sale's send to its row in the aggregator's follow
+    /// stream; absent without `--flight`.
+    pub(crate) freshness: Option<Freshness>,
     pub(crate) bytes: Option<WireBytes>,
 }
 
@@ -105,6 +106,7 @@ impl Report {
         target_rate: Option<f64>,
         before: Option<CollectorMetrics>,
         after: Option<CollectorMetrics>,
+        freshness: Option<Freshness>,
     ) -> Report {
         let seconds = outcome.elapsed.as_secs_f64().max(f64::EPSILON);
         let latency = &outcome.latency_us;
@@ -144,7 +146,7 @@ impl Report {
                 .collect(),
             errors: outcome.errors.iter().map(|(kind, n)| ((*kind).to_owned(), *n)).collect(),
             latency_ms,
-            freshness_ms: None,
+            freshness,
             bytes,
         }
     }
@@ -178,9 +180,24 @@ impl Report {
         };
         out.push('\n');
         percentiles("latency", &self.latency_ms, &mut out);
-        match &self.freshness_ms {
-            Some(_) => percentiles("freshness", &self.freshness_ms, &mut out),
-            None => out.push_str("freshness  n/a (the aggregator has no follow stream yet)\n"),
+        match &self.freshness {
+            Some(freshness) => {
+                let ms = |value: Option<f64>| value.map_or("n/a".to_owned(), |value| format!("{value:.1}"));
+                out.push_str(&format!(
+                    "freshness  p50 {:>8}  p90 {:>8}  p99 {:>8}  max {:>8}  (ms) over {} conversions; {} unseen, {} untracked\n",
+                    ms(freshness.p50_ms),
+                    ms(freshness.p90_ms),
+                    ms(freshness.p99_ms),
+                    ms(freshness.max_ms),
+                    freshness.count,
+                    freshness.unseen,
+                    freshness.untracked,
+                ));
+                if let Some(error) = &freshness.follow_error {
+                    out.push_str(&format!("           follow stream stopped early: {error}\n"));
+                }
+            }
+            None => out.push_str("freshness  n/a (run with --flight to follow the aggregator)\n"),
         }
         match &self.bytes {
             Some(bytes) => out.push_str(&format!(

@@ -1,5 +1,7 @@
 //! `run`: drives the mix against one or more collectors, prints the report,
-//! and writes the ledger that `verify` checks.
+//! and writes the ledger that `verify` checks. With `--flight` it follows
+//! the aggregator's conversions from before the first request to after
+//! the last, for the freshness figure (`freshness.rs`).
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -10,6 +12,7 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::sync::watch;
 
+use crate::freshness::Tracker;
 use crate::load::{LoadConfig, Progress};
 use crate::mix::MixArgs;
 use crate::report::{Report, drained, scrape};
@@ -65,6 +68,15 @@ pub(crate) struct RunArgs {
     /// EdgeTally collectors; always off for https:// targets).
     #[arg(long)]
     no_metrics: bool,
+    /// Flight endpoint of the aggregator the targets ship to: follow its
+    /// conversions and report freshness (from a lead's or sale's send to its
+    /// row in the follow stream).
+    #[arg(long, env = "EDGETALLY_FLIGHT_URL")]
+    flight: Option<String>,
+    /// With --flight, how long after the last request to wait for accepted
+    /// conversions not yet seen in the follow stream.
+    #[arg(long, default_value_t = 5.0)]
+    freshness_wait_secs: f64,
     #[command(flatten)]
     mix: MixArgs,
 }
@@ -95,6 +107,17 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<()> {
     // Metrics are read over plain HTTP only.
     let no_metrics = args.no_metrics || https;
     anyhow::ensure!(args.max || args.rate.is_some(), "choose --rate <requests/s> (open loop) or --max (closed loop)");
+    let freshness_wait = Duration::try_from_secs_f64(args.freshness_wait_secs)
+        .with_context(|| format!("bad --freshness-wait-secs {}", args.freshness_wait_secs))?;
+    // Followed before the first request, so every conversion is in the stream.
+    let freshness = match &args.flight {
+        Some(flight_url) => {
+            let tracker = Arc::new(Tracker::new());
+            crate::freshness::follow(flight_url, tracker.clone()).await.context("following the aggregator")?;
+            Some(tracker)
+        }
+        None => None,
+    };
     let config = LoadConfig {
         targets: targets.clone(),
         connections: args.connections,
@@ -107,6 +130,7 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<()> {
         seed: args.seed,
         mix: args.mix.clone(),
         tls,
+        freshness: freshness.clone(),
     };
     let before = if no_metrics { None } else { Some(scrape(&targets).await.context("reading collector metrics")?) };
     let progress = Arc::new(Progress::default());
@@ -118,6 +142,7 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     });
     let outcome = crate::load::run(&config, progress, stop).await?;
+    let freshness_deadline = tokio::time::Instant::now() + freshness_wait;
     ticker.abort();
     interrupt.abort();
     if std::io::stderr().is_terminal() {
@@ -128,8 +153,15 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<()> {
     } else {
         Some(drained(&targets, Duration::from_secs(10)).await.context("reading collector metrics")?)
     };
+    let freshness = match freshness {
+        Some(tracker) => {
+            tracker.wait_seen(freshness_deadline).await;
+            Some(tracker.report())
+        }
+        None => None,
+    };
     outcome.ledger.write(&args.ledger)?;
-    let report = Report::new(&outcome, args.rate, before, after);
+    let report = Report::new(&outcome, args.rate, before, after, freshness);
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

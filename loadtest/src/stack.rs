@@ -154,6 +154,7 @@ pub(crate) async fn run(args: StackArgs) -> anyhow::Result<()> {
             seed: args.seed,
             mix: args.mix.clone(),
             tls: None,
+            freshness: None,
         };
         let progress = progress.clone();
         let stop = stop.clone();

@@ -3,7 +3,7 @@
 use super::*;
 
 fn truth(kind: Kind, affiliate_id: u32, money: Option<(&'static str, i64)>) -> Truth {
-    Truth { kind, affiliate_id, campaign_id: 3, money }
+    Truth { kind, affiliate_id, campaign_id: 3, money, order_id: None }
 }
 
 #[test]

@@ -195,3 +195,61 @@ fn runs_against_tls_collectors_over_http1_and_http2() {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }
+
+/// With `--flight`, every accepted lead and sale is seen in the
+/// aggregator's follow stream, once, and timed.
+#[test]
+fn freshness_counts_every_accepted_conversion() {
+    let stack = Stack::start(1);
+    let ledger = stack.dir.path().join("ledger.json");
+    let (status, stdout) = loadtest(&[
+        "run",
+        "--target",
+        &stack.collectors[0],
+        "--flight",
+        &stack.flight_url,
+        "--rate",
+        "300",
+        "--duration-secs",
+        "3",
+        "--connections",
+        "4",
+        "--affiliates",
+        "100",
+        "--lead-share",
+        "0.05",
+        "--sale-share",
+        "0.10",
+        "--duplicate-share",
+        "0.05",
+        "--malformed-share",
+        "0.05",
+        "--events-per-post",
+        "2",
+        "--ledger",
+        ledger.to_str().expect("utf-8 path"),
+        "--json",
+    ]);
+    assert!(status.success(), "run failed: {stdout}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).expect("report is JSON");
+    assert_eq!(report["errors"], serde_json::json!({}), "{report:#}");
+
+    let written: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&ledger).unwrap()).unwrap();
+    let n_conversions: u64 = written["counts"]
+        .as_object()
+        .unwrap()
+        .values()
+        .flat_map(|counts| ["leads", "sales"].map(|kind| counts[kind].as_u64().unwrap()))
+        .sum();
+    assert!(n_conversions > 0, "no conversion accepted: {report:#}");
+    let freshness = &report["freshness"];
+    assert_eq!(freshness["count"].as_u64(), Some(n_conversions), "{report:#}");
+    assert_eq!(freshness["unseen"], 0, "{report:#}");
+    assert_eq!(freshness["untracked"], 0, "{report:#}");
+    assert_eq!(freshness["follow_error"], serde_json::Value::Null, "{report:#}");
+    // A correctness bound (every row arrived, and soon), not a speed claim.
+    let p99_ms = freshness["p99_ms"].as_f64().expect("p99 with conversions seen");
+    assert!(0.0 < p99_ms && p99_ms < 5_000.0, "{report:#}");
+    assert!(freshness["p50_ms"].as_f64().unwrap() <= p99_ms, "{report:#}");
+    assert!(p99_ms <= freshness["max_ms"].as_f64().unwrap(), "{report:#}");
+}
