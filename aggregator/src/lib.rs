@@ -8,12 +8,13 @@
 //! (`snapshot`), the in-memory rollups and conversions (`store`),
 //! what a Flight ticket asks for (`ticket`, `query`), the Flight server
 //! that answers it (`flight_service`) and the follow streams of what is
-//! applied next (`follow`), and the operations HTTP listener
-//! with `/metrics` and `/healthz` (`http`, `metrics`). [`Aggregator::start`] loads the
-//! snapshot, replays the log after it and wires them together; `main.rs` is a thin command-line shell
-//! around it.
+//! applied next (`follow`), the edges' tokens (`edges`), the campaigns
+//! served to them (`catalog`), and the operations HTTP listener with
+//! `/metrics` and `/healthz` (`http`, `metrics`). [`Aggregator::start`]
+//! loads the snapshot, replays the log after it and wires them together;
+//! `main.rs` is a thin command-line shell around it.
 //!
-//! Not here yet: edge authentication, commissions, Parquet and Flight SQL.
+//! Not here yet: commissions, Parquet, Flight SQL and Flight auth.
 
 mod catalog;
 mod cert;

@@ -129,7 +129,7 @@ impl Outcome {
 
 /// One request's failure to get an answer.
 #[derive(Debug, thiserror::Error)]
-enum SendError {
+pub(crate) enum SendError {
     #[error("connect: {0}")]
     Connect(std::io::Error),
     #[error("handshake: {0}")]
@@ -236,7 +236,7 @@ impl Link {
     }
 }
 
-async fn connect(target: &str, tls: Option<&TlsConnector>) -> Result<Box<dyn Io>, SendError> {
+pub(crate) async fn connect(target: &str, tls: Option<&TlsConnector>) -> Result<Box<dyn Io>, SendError> {
     let stream = TcpStream::connect(target).await.map_err(SendError::Connect)?;
     let _ = stream.set_nodelay(true);
     let Some(tls) = tls else { return Ok(Box::new(stream)) };

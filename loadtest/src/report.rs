@@ -5,13 +5,12 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use anyhow::Context;
 use serde::Serialize;
+use tokio_rustls::TlsConnector;
 
 use crate::freshness::Freshness;
+use crate::http1::{Connection, Request};
 use crate::load::Outcome;
 
 /// The collector metrics the report reads, summed over all collectors.
@@ -25,15 +24,31 @@ pub(crate) struct CollectorMetrics {
     pub(crate) unshipped: f64,
 }
 
-/// Reads and sums the metrics of every collector.
-pub(crate) async fn scrape(targets: &[String]) -> anyhow::Result<CollectorMetrics> {
-    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+/// Reads and sums the metrics of every collector, over the same transport
+/// the load uses (plain or TLS, always HTTP/1.1).
+pub(crate) async fn scrape(targets: &[String], tls: Option<&TlsConnector>) -> anyhow::Result<CollectorMetrics> {
     let mut sum = CollectorMetrics::default();
     for target in targets {
-        let uri: http::Uri = format!("http://{target}/metrics").parse()?;
-        let response = tokio::time::timeout(Duration::from_secs(5), client.get(uri)).await??;
-        let body = response.into_body().collect().await?.to_bytes();
-        let text = String::from_utf8_lossy(&body);
+        let read = async {
+            let stream = crate::load::connect(target, tls).await?;
+            let mut connection = Connection::new(stream);
+            let host = target.as_str();
+            let request = Request {
+                post: false,
+                path_and_query: "/metrics",
+                host,
+                user_agent: "edgetally-loadtest",
+                content_type: "",
+                body: &[],
+            };
+            Ok::<_, crate::load::SendError>(connection.exchange(&request, true).await?)
+        };
+        let answer = tokio::time::timeout(Duration::from_secs(5), read)
+            .await
+            .with_context(|| format!("reading {target}/metrics: timed out"))?
+            .with_context(|| format!("reading {target}/metrics"))?;
+        anyhow::ensure!(answer.status == 200, "{target}/metrics answered {}", answer.status);
+        let text = String::from_utf8_lossy(&answer.body);
         let value = |prefix: &str| -> f64 {
             text.lines()
                 .filter(|line| line.starts_with(prefix))
@@ -51,10 +66,14 @@ pub(crate) async fn scrape(targets: &[String]) -> anyhow::Result<CollectorMetric
 }
 
 /// Waits until every collector has shipped what it accepted, up to `limit`.
-pub(crate) async fn drained(targets: &[String], limit: Duration) -> anyhow::Result<CollectorMetrics> {
+pub(crate) async fn drained(
+    targets: &[String],
+    tls: Option<&TlsConnector>,
+    limit: Duration,
+) -> anyhow::Result<CollectorMetrics> {
     let deadline = tokio::time::Instant::now() + limit;
     loop {
-        let metrics = scrape(targets).await?;
+        let metrics = scrape(targets, tls).await?;
         if metrics.unshipped == 0.0 || tokio::time::Instant::now() >= deadline {
             return Ok(metrics);
         }

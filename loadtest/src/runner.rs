@@ -104,8 +104,12 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<()> {
         (None, true) => anyhow::bail!("https:// targets need --tls-ca with the certificates that verify them"),
         (_, false) => None,
     };
-    // Metrics are read over plain HTTP only.
-    let no_metrics = args.no_metrics || https;
+    let no_metrics = args.no_metrics;
+    // Metrics are read over the load's transport, always HTTP/1.1.
+    let scrape_tls = match (&args.tls_ca, https) {
+        (Some(ca), true) => Some(crate::load::tls_connector(ca, false)?),
+        _ => None,
+    };
     anyhow::ensure!(args.max || args.rate.is_some(), "choose --rate <requests/s> (open loop) or --max (closed loop)");
     let freshness_wait = Duration::try_from_secs_f64(args.freshness_wait_secs)
         .with_context(|| format!("bad --freshness-wait-secs {}", args.freshness_wait_secs))?;
@@ -132,7 +136,11 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<()> {
         tls,
         freshness: freshness.clone(),
     };
-    let before = if no_metrics { None } else { Some(scrape(&targets).await.context("reading collector metrics")?) };
+    let before = if no_metrics {
+        None
+    } else {
+        Some(scrape(&targets, scrape_tls.as_ref()).await.context("reading collector metrics")?)
+    };
     let progress = Arc::new(Progress::default());
     let (stop_tx, stop) = watch::channel(false);
     let ticker = tokio::spawn(progress_line(progress.clone()));
@@ -151,7 +159,11 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<()> {
     let after = if no_metrics {
         None
     } else {
-        Some(drained(&targets, Duration::from_secs(10)).await.context("reading collector metrics")?)
+        Some(
+            drained(&targets, scrape_tls.as_ref(), Duration::from_secs(10))
+                .await
+                .context("reading collector metrics")?,
+        )
     };
     let freshness = match freshness {
         Some(tracker) => {

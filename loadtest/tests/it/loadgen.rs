@@ -171,6 +171,10 @@ fn runs_against_tls_collectors_over_http1_and_http2() {
         assert_eq!(report["requests_answered"], 200, "{protocol}: {report:#}");
         assert_eq!(report["errors"], serde_json::json!({}), "{protocol}: {report:#}");
         expected_total += report["events_accepted"].as_u64().unwrap();
+        // Bytes per event come from the collector's metrics, read over TLS
+        // too: a pixel request is well over 100 bytes on the wire.
+        let received = report["bytes"]["received_per_event"].as_f64();
+        assert!(received.is_some_and(|received| received > 100.0), "{protocol}: {report:#}");
         // The second run's minutes also hold the first run's events, so
         // only the first verifies alone; both together are checked below.
         if protocol == "http1" {
