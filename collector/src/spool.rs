@@ -283,6 +283,25 @@ impl Spool {
         n_before - self.pending.len()
     }
 
+    /// Ends the spool at shutdown: when everything was acknowledged, the
+    /// segments left (the current one keeps acknowledged records until it
+    /// fills) are deleted, so the next start has nothing to resend.
+    pub fn close(self) {
+        if !self.pending.is_empty() {
+            return;
+        }
+        drop(self.writer);
+        for segment in &self.segments {
+            let path = self.dir.join(segment_name(segment.id));
+            match fs::remove_file(&path) {
+                Err(error) if error.kind() != io::ErrorKind::NotFound => {
+                    tracing::warn!(%error, path = %path.display(), "Could not delete a drained spool segment.");
+                }
+                _ => {}
+            }
+        }
+    }
+
     /// Records not yet acknowledged, oldest first.
     pub fn pending(&self) -> impl ExactSizeIterator<Item = &Pending> {
         self.pending.iter()

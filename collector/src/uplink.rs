@@ -277,6 +277,11 @@ impl Uplink {
             connected.connection.close(0u32.into(), b"shutdown");
         }
         self.endpoint.wait_idle().await;
+        // The uplink owns the only other reference, in `self`; tasks that
+        // borrowed it for I/O have all finished.
+        if let Ok(spool) = Arc::try_unwrap(self.spool) {
+            spool.into_inner().unwrap_or_else(|poisoned| poisoned.into_inner()).close();
+        }
     }
 
     /// Seals the tally into the spool, unless the spool is full.

@@ -82,9 +82,14 @@ fn drained_segments_are_deleted() {
     // pending records; a reopen deletes it.
     assert_eq!(spool.pending().len(), 0);
     drop(spool);
-    let (spool, recovery) = Spool::open(dir.path(), u64::MAX, SpoolIo::Std).unwrap();
-    assert_eq!(recovery.frames, 1, "a drained current segment is resent once after a restart");
+    let (mut spool, recovery) = Spool::open(dir.path(), u64::MAX, SpoolIo::Std).unwrap();
+    assert_eq!(recovery.frames, 1, "a drained current segment is resent once after a crash");
     assert_eq!(ids(&spool), [(1, 5)]);
+    // A clean close of a drained spool leaves nothing to resend.
+    spool.ack(1, 5);
+    spool.close();
+    let (_, recovery) = Spool::open(dir.path(), u64::MAX, SpoolIo::Std).unwrap();
+    assert_eq!(recovery.frames, 0);
 }
 
 #[test]

@@ -292,6 +292,22 @@ impl Node {
     pub(crate) fn kill(&mut self) {
         drop(self.process.take());
     }
+
+    /// SIGTERM, then waits up to `limit` for the process to exit by itself.
+    pub(crate) fn terminate(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let mut process = self.process.take().expect("the node is running");
+        let pid = process.child.id().to_string();
+        let sent = Command::new("kill").args(["-TERM", &pid]).status().expect("kill");
+        assert!(sent.success(), "kill -TERM {pid}");
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = process.child.try_wait().expect("waiting for the process") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "{} did not exit within {limit:?} of SIGTERM", self.name);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }
 
 pub(crate) fn os(args: &[&str]) -> Vec<OsString> {
