@@ -49,10 +49,12 @@ use memmap2::MmapMut;
 
 const RECORD_HEADER_LEN: usize = 8;
 
-/// Default size of one segment: over a hundred thousand events, more than
-/// one flush interval holds at full load on two cores. Every seal starts a
-/// new segment; only the pages written take memory and disk.
-pub(crate) const SEGMENT_BYTES_DEFAULT: usize = 8 * 1024 * 1024;
+/// Default size of one segment: about 30,000 events, a flush interval's
+/// worth at 100,000 events/s. Every seal starts a new segment and the next
+/// one is prepared (its pages populated) off the request path, so a small
+/// segment keeps that background work small; a busier interval rolls into
+/// a segment created on the spot.
+pub(crate) const SEGMENT_BYTES_DEFAULT: usize = 2 * 1024 * 1024;
 /// Default bound of all segments.
 pub const JOURNAL_BYTES_MAX_DEFAULT: u64 = 1024 * 1024 * 1024;
 
