@@ -177,6 +177,8 @@ pub enum BatchError {
     Schema(String),
     #[error("bad value in column {column}: {reason}")]
     Value { column: &'static str, reason: String },
+    #[error("malformed arrow ipc: {0}")]
+    Malformed(String),
 }
 
 fn timestamp_utc() -> DataType {
@@ -436,10 +438,100 @@ pub fn encode_ipc(batch: &RecordBatch) -> Result<Vec<u8>, BatchError> {
     Ok(writer.into_inner()?)
 }
 
+/// The most bytes one buffer of an IPC message may announce once
+/// decompressed: the largest string data an `i32`-offset column can address,
+/// and for a `u64` column 268 million rows, beyond any batch this process
+/// could hold. zstd allocates what a compressed buffer announces before it
+/// decompresses, so without this bound a few bytes could ask for terabytes
+/// and abort the process.
+pub const IPC_BUFFER_DECODED_BYTES_MAX: usize = i32::MAX as usize;
+
 /// Decodes an Arrow IPC stream into its batches.
+///
+/// The bytes come from an edge, so they may be anything. Before arrow-ipc
+/// reads them, [`check_ipc_lengths`] checks every length the stream
+/// announces against the bytes present and [`IPC_BUFFER_DECODED_BYTES_MAX`]:
+/// arrow-ipc 59 allocates what a message announces before reading it, and
+/// what a compressed buffer announces before decompressing it. It also
+/// panics on some malformed streams instead of returning an error (found by
+/// the `batch_ipc` and `frame` fuzz targets: a validity bitmap shorter than
+/// its array, among others), so the decoding runs under `catch_unwind` and
+/// such a stream is refused like any other malformed one. This relies on
+/// panics unwinding, the workspace's setting; nothing outside the closure is
+/// touched while it runs.
 pub fn decode_ipc(bytes: &[u8]) -> Result<Vec<RecordBatch>, BatchError> {
-    let reader = StreamReader::try_new(Cursor::new(bytes), None)?;
-    Ok(reader.collect::<Result<Vec<_>, _>>()?)
+    check_ipc_lengths(bytes)?;
+    let decode = || -> Result<Vec<RecordBatch>, BatchError> {
+        let reader = StreamReader::try_new(Cursor::new(bytes), None)?;
+        Ok(reader.collect::<Result<Vec<_>, _>>()?)
+    };
+    std::panic::catch_unwind(decode).unwrap_or_else(|panic| {
+        let message = panic
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| panic.downcast_ref::<&str>().copied())
+            .unwrap_or("no message");
+        Err(BatchError::Malformed(message.chars().take(200).collect()))
+    })
+}
+
+/// Walks the messages of an IPC stream (`[0xFFFFFFFF] len i32 | metadata |
+/// body`, until a zero length or the end) and checks, without decoding any
+/// data, that each metadata and body lies within `bytes`, that each buffer
+/// lies within its body, and that no compressed buffer announces more than
+/// [`IPC_BUFFER_DECODED_BYTES_MAX`] decompressed bytes.
+fn check_ipc_lengths(bytes: &[u8]) -> Result<(), BatchError> {
+    let malformed = |reason: String| Err(BatchError::Malformed(reason));
+    let i32_at = |at: usize| bytes.get(at..at + 4).map(|b| i32::from_le_bytes(b.try_into().expect("4 bytes")));
+    let mut at = 0;
+    while at < bytes.len() {
+        let Some(mut meta_len) = i32_at(at) else { return malformed(format!("message length cut off at {at}")) };
+        at += 4;
+        if meta_len == -1 {
+            // The continuation marker; the length follows.
+            let Some(len) = i32_at(at) else { return malformed(format!("message length cut off at {at}")) };
+            meta_len = len;
+            at += 4;
+        }
+        if meta_len == 0 {
+            return Ok(());
+        }
+        let Some(meta) = usize::try_from(meta_len).ok().and_then(|len| bytes.get(at..at.checked_add(len)?)) else {
+            return malformed(format!("metadata of {meta_len} bytes at {at} runs past the stream's {}", bytes.len()));
+        };
+        at += meta.len();
+        let message = arrow_ipc::root_as_message(meta)
+            .map_err(|error| BatchError::Malformed(format!("message metadata at {at}: {error}")))?;
+        let body_len = message.bodyLength();
+        let Some(body) = usize::try_from(body_len).ok().and_then(|len| bytes.get(at..at.checked_add(len)?)) else {
+            return malformed(format!("body of {body_len} bytes at {at} runs past the stream's {}", bytes.len()));
+        };
+        at += body.len();
+        let batch = message.header_as_record_batch().or_else(|| message.header_as_dictionary_batch()?.data());
+        let Some(batch) = batch else { continue };
+        let compressed = batch.compression().is_some();
+        for buffer in batch.buffers().iter().flatten() {
+            let (offset, len) = (buffer.offset(), buffer.length());
+            let Some(data) = usize::try_from(offset)
+                .ok()
+                .zip(usize::try_from(len).ok())
+                .and_then(|(offset, len)| body.get(offset..offset.checked_add(len)?))
+            else {
+                return malformed(format!("buffer of {len} bytes at {offset} runs past its body's {}", body.len()));
+            };
+            // A compressed buffer starts with its decompressed length (-1:
+            // stored as is).
+            if let Some(prefix) = data.get(..8).filter(|_| compressed) {
+                let decoded_len = i64::from_le_bytes(prefix.try_into().expect("8 bytes"));
+                if decoded_len != -1 && !(0..=IPC_BUFFER_DECODED_BYTES_MAX as i64).contains(&decoded_len) {
+                    return malformed(format!(
+                        "buffer announces {decoded_len} decompressed bytes, limit is {IPC_BUFFER_DECODED_BYTES_MAX}"
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -74,3 +74,45 @@ fn quarantine_round_trip_and_bounds() {
     let bytes = encode_ipc(&quarantine_to_batch(&rows)).unwrap();
     assert_eq!(quarantine_from_batch(&decode_ipc(&bytes).unwrap()[0]).unwrap(), rows);
 }
+
+/// Streams on which the fuzz targets found arrow-ipc panicking or
+/// allocating what the stream announced (see `decode_ipc`); each must be
+/// refused as malformed.
+#[test]
+fn fuzz_regressions_are_refused() {
+    let check = |name: &str, bytes: &[u8]| match decode_ipc(bytes) {
+        Err(BatchError::Malformed(message)) => assert!(!message.is_empty(), "{name}"),
+        other => panic!("{name}: expected a malformed stream, got {other:?}"),
+    };
+    // A buffer whose offset lies far past the message body (`batch_ipc`).
+    check("buffer-past-body", include_bytes!("fuzz_regressions/buffer-past-body.arrows"));
+    // The conversions payload of a frame whose CRC the fuzzer fixed up: a
+    // validity bitmap shorter than its array (`frame`).
+    check("frame-conversions", include_bytes!("fuzz_regressions/frame-conversions.arrows"));
+    // Payloads of a frame that asked zstd for a 554 TB buffer, which aborts
+    // the process when the allocation fails (`frame`).
+    check("frame-huge-rollups", include_bytes!("fuzz_regressions/frame-huge-rollups.arrows"));
+    check("frame-huge-conversions", include_bytes!("fuzz_regressions/frame-huge-conversions.arrows"));
+    // A message body announced past the end of the stream, which arrow-ipc
+    // allocated (2 GiB, zeroed) before reading (`batch_ipc`).
+    check("body-past-stream", include_bytes!("fuzz_regressions/body-past-stream.arrows"));
+}
+
+/// Every stream this crate writes passes the length checks, empty or not.
+#[test]
+fn own_streams_pass_the_length_checks() {
+    let empty = encode_ipc(&quarantine_to_batch(&[])).unwrap();
+    assert!(check_ipc_lengths(&empty).is_ok());
+    let rows = [QuarantineRow::new(1, "pixel", "bad_id", "bad id", "aff=0")];
+    let one = encode_ipc(&quarantine_to_batch(&rows)).unwrap();
+    assert!(check_ipc_lengths(&one).is_ok());
+    assert_eq!(quarantine_from_batch(&decode_ipc(&one).unwrap()[0]).unwrap(), rows);
+    // Cut anywhere before the end-of-stream marker (its last 8 bytes), the
+    // stream is refused, or (cut between messages) reads as a stream without
+    // the batch; never a panic.
+    for len in 0..one.len() - 8 {
+        if let Ok(batches) = decode_ipc(&one[..len]) {
+            assert!(batches.is_empty(), "cut at {len}");
+        }
+    }
+}
