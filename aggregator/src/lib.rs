@@ -46,6 +46,8 @@ pub use cert::CertError;
 pub use edges::{EDGE_TOKEN_LEN_MIN, EdgeTokens, EdgeTokensError};
 pub use snapshot::{DecodeError as SnapshotDecodeError, SnapshotError};
 pub use wal::WalError;
+#[doc(hidden)]
+pub use wal::recover_payloads as wal_recover_payloads;
 
 /// How long [`Aggregator::shutdown`] waits for each of QUIC and Flight to
 /// drain before it drops what is left. Edges resend anything unacknowledged,
