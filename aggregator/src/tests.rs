@@ -240,7 +240,7 @@ async fn do_get(flight: &mut FlightClient, ticket: &str) -> Vec<arrow_array::Rec
 }
 
 /// An aggregator on ephemeral loopback ports with its state in `data_dir`.
-fn loopback_config(data_dir: &std::path::Path) -> Config {
+pub(crate) fn loopback_config(data_dir: &std::path::Path) -> Config {
     Config {
         data_dir: data_dir.to_owned(),
         quic_listen: "127.0.0.1:0".parse().unwrap(),

@@ -50,7 +50,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use bytes::Bytes;
-use edgetally_protocol::frame::{FRAME_BYTES_MAX, FRAME_HEADER_LEN, FRAME_MAGIC};
+use edgetally_protocol::frame::{BatchFrame, FRAME_BYTES_MAX, FRAME_HEADER_LEN, FRAME_MAGIC};
 use hdrhistogram::Histogram;
 use tokio::sync::{Notify, mpsc, oneshot};
 use tracing::{error, info, warn};
@@ -769,10 +769,7 @@ fn peek_frame_ids(record: &[u8]) -> Option<(u32, u64, u64)> {
     if frame[..4] != FRAME_MAGIC {
         return None;
     }
-    let edge_id = u32::from_le_bytes(frame[8..12].try_into().ok()?);
-    let epoch = u64::from_le_bytes(frame[12..20].try_into().ok()?);
-    let sequence = u64::from_le_bytes(frame[20..28].try_into().ok()?);
-    Some((edge_id, epoch, sequence))
+    BatchFrame::peek_ids(frame)
 }
 
 #[cfg(test)]

@@ -11,7 +11,6 @@
 //! Requests read the current snapshot through a shared pointer taken under a
 //! read lock held for a pointer copy, so a swap never blocks them for long.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
@@ -89,11 +88,7 @@ impl Catalog {
     }
 
     fn keep(&self, body: &[u8]) -> Result<(), CatalogError> {
-        let error = |source| CatalogError::Keep { path: self.kept_path.display().to_string(), source };
-        let temp = self.kept_path.with_extension("tmp");
-        let mut file = std::fs::File::create(&temp).map_err(error)?;
-        file.write_all(body).and_then(|()| file.sync_all()).map_err(error)?;
-        std::fs::rename(&temp, &self.kept_path).map_err(error)?;
-        Ok(())
+        crate::write_atomic(&self.kept_path, body, 0o644)
+            .map_err(|source| CatalogError::Keep { path: self.kept_path.display().to_string(), source })
     }
 }

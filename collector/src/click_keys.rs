@@ -10,7 +10,6 @@
 //! has passed. When no file exists, the collector creates one with a random
 //! key (fine for one edge; copy it to the others).
 
-use std::io::Write;
 use std::path::Path;
 
 use base64::Engine;
@@ -50,7 +49,8 @@ pub fn load_or_create(path: &Path) -> Result<ClickKeys, ClickKeysError> {
         let file = KeysFile { current: 1, keys: [("1".to_owned(), URL_SAFE_NO_PAD.encode(secret))].into() };
         // Serializing a map of strings cannot fail.
         let text = serde_json::to_string_pretty(&file).expect("keys serialize");
-        write_private(path, text.as_bytes()).map_err(|source| ClickKeysError::Write { path: shown(), source })?;
+        crate::write_atomic(path, text.as_bytes(), 0o600)
+            .map_err(|source| ClickKeysError::Write { path: shown(), source })?;
         tracing::info!(path = %path.display(), "Created a click-signing key.");
     }
     let text = std::fs::read_to_string(path).map_err(|source| ClickKeysError::Read { path: shown(), source })?;
@@ -65,16 +65,6 @@ pub fn load_or_create(path: &Path) -> Result<ClickKeys, ClickKeysError> {
         keys.push((id, ClickKey(bytes)));
     }
     ClickKeys::new(file.current, keys).map_err(|_| ClickKeysError::NoCurrent { path: shown(), current: file.current })
-}
-
-/// Writes a file readable by its owner only, atomically.
-fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let temp = path.with_extension("tmp");
-    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&temp)?;
-    file.write_all(contents)?;
-    file.sync_all()?;
-    std::fs::rename(&temp, path)
 }
 
 #[cfg(test)]

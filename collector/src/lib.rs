@@ -248,16 +248,24 @@ fn next_epoch(data_dir: &Path) -> Result<u64, Error> {
         Err(source) => return Err(error(source.to_string())),
     };
     let epoch = (last + 1).max(unix_ms());
-    let temp = path.with_extension("tmp");
-    let write = || -> std::io::Result<()> {
-        let mut file = File::create(&temp)?;
-        file.write_all(format!("{epoch}\n").as_bytes())?;
-        file.sync_all()?;
-        std::fs::rename(&temp, &path)?;
-        File::open(data_dir)?.sync_all()
-    };
-    write().map_err(|source| error(source.to_string()))?;
+    write_atomic(&path, format!("{epoch}\n").as_bytes(), 0o644).map_err(|source| error(source.to_string()))?;
     Ok(epoch)
+}
+
+/// Replaces `path` with `contents` so that a crash leaves the old file or
+/// the new one, never a mix: a synced temporary file with `mode` is renamed
+/// over it and the directory synced, so the new name survives too.
+pub(crate) fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let temp = path.with_extension("tmp");
+    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&temp)?;
+    file.write_all(contents)?;
+    file.sync_all()?;
+    std::fs::rename(&temp, path)?;
+    if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+        File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 /// Resolves once `shutdown` turns true (or its sender is gone), without

@@ -38,6 +38,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use bytes::{Buf, BufMut, Bytes};
+use edgetally_protocol::BatchFrame;
 
 mod uring;
 
@@ -330,11 +331,7 @@ fn segment_name(id: u64) -> String {
 /// Edge epoch and sequence from a frame header (zeros for a frame too short
 /// to have them, which the aggregator refuses anyway).
 fn frame_ids(frame: &[u8]) -> (u64, u64) {
-    if frame.len() < 28 {
-        return (0, 0);
-    }
-    let mut header = &frame[12..28];
-    (header.get_u64_le(), header.get_u64_le())
+    BatchFrame::peek_ids(frame).map_or((0, 0), |(_, epoch, sequence)| (epoch, sequence))
 }
 
 fn encode_record(frames: &[Bytes], journal_through: u64, sealed_ms: u64) -> Vec<u8> {

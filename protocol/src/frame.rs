@@ -131,6 +131,15 @@ impl BatchFrame {
         Ok(out)
     }
 
+    /// The `(edge_id, epoch, sequence)` a frame's header states, read without
+    /// checking anything else (magic, version, CRC): for naming a frame in an
+    /// index or a log line before, or without, decoding it. `None` when the
+    /// bytes are too short to hold them.
+    pub fn peek_ids(frame: &[u8]) -> Option<(u32, u64, u64)> {
+        let mut header = frame.get(8..28)?;
+        Some((header.get_u32_le(), header.get_u64_le(), header.get_u64_le()))
+    }
+
     pub fn decode(frame: Bytes) -> Result<BatchFrame, FrameError> {
         let len = frame.len();
         if len < FRAME_HEADER_LEN {

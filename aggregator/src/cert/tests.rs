@@ -5,19 +5,7 @@ use std::os::unix::fs::PermissionsExt;
 use super::*;
 
 fn config(data_dir: &Path) -> Config {
-    Config {
-        data_dir: data_dir.to_owned(),
-        quic_listen: "127.0.0.1:0".parse().unwrap(),
-        flight_listen: "127.0.0.1:0".parse().unwrap(),
-        http_listen: "127.0.0.1:0".parse().unwrap(),
-        tls_cert: None,
-        tls_key: None,
-        tls_names: vec!["edge.example".into(), "localhost".into()],
-        wal_fsync: true,
-        snapshot_wal_bytes: crate::SNAPSHOT_WAL_BYTES_DEFAULT,
-        edge_tokens: None,
-        campaigns: None,
-    }
+    Config { tls_names: vec!["edge.example".into(), "localhost".into()], ..crate::tests::loopback_config(data_dir) }
 }
 
 #[test]

@@ -92,16 +92,18 @@ fn drained_segments_are_deleted() {
     assert_eq!(recovery.frames, 0);
 }
 
+/// A closed spool in `dir` holding frames 1..=3 of epoch 4; returns its
+/// segment's path and the frames' offsets in it.
+fn three_frames(dir: &Path) -> (PathBuf, Vec<u64>) {
+    let (mut spool, _) = Spool::open(dir, u64::MAX, SpoolIo::Std).unwrap();
+    let offsets = (1..=3).map(|sequence| append1(&mut spool, frame(4, sequence, 64), 0).offset).collect();
+    (dir.join(segment_name(1)), offsets)
+}
+
 #[test]
 fn corrupt_record_is_skipped_and_neighbours_kept() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut spool, _) = Spool::open(dir.path(), u64::MAX, SpoolIo::Std).unwrap();
-    let mut offsets = Vec::new();
-    for sequence in 1..=3 {
-        offsets.push(append1(&mut spool, frame(4, sequence, 64), 0).offset);
-    }
-    drop(spool);
-    let path = dir.path().join(segment_name(1));
+    let (path, offsets) = three_frames(dir.path());
     let mut bytes = fs::read(&path).unwrap();
     // Flip payload bytes of the middle record.
     let at = offsets[1] as usize + 40;
@@ -119,13 +121,7 @@ fn corrupt_record_is_skipped_and_neighbours_kept() {
 #[test]
 fn corrupt_length_field_resyncs_on_the_next_magic() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut spool, _) = Spool::open(dir.path(), u64::MAX, SpoolIo::Std).unwrap();
-    let mut offsets = Vec::new();
-    for sequence in 1..=3 {
-        offsets.push(append1(&mut spool, frame(4, sequence, 64), 0).offset);
-    }
-    drop(spool);
-    let path = dir.path().join(segment_name(1));
+    let (path, _) = three_frames(dir.path());
     let mut bytes = fs::read(&path).unwrap();
     // A huge length in the first record's header.
     bytes[4..8].copy_from_slice(&u32::MAX.to_le_bytes());

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::support::{Node, edge_token, os, path};
+use crate::support::{Node, edge_token_file, os, path, write_edge_tokens};
 
 /// The `Location` a click on campaign 1 is redirected to, if it is.
 fn landing(collector: &str) -> Option<String> {
@@ -43,23 +43,11 @@ fn campaigns_come_from_the_aggregator_and_are_kept() {
     let dir = tempfile::tempdir().expect("temp dir");
     let campaigns_path = dir.path().join("aggregator-campaigns.json");
     std::fs::write(&campaigns_path, campaigns("first.example")).unwrap();
-    let tokens_path = dir.path().join("edge-tokens.json");
-    std::fs::write(&tokens_path, serde_json::json!({"edges": [{"edge_id": 1, "token": edge_token(1)}]}).to_string())
-        .unwrap();
-    let token_path = dir.path().join("edge-1.token");
-    std::fs::write(&token_path, edge_token(1)).unwrap();
+    let tokens_path = write_edge_tokens(dir.path(), 1);
+    let token_path = edge_token_file(dir.path(), 1);
 
-    let aggregator_dir = dir.path().join("aggregator");
-    let mut aggregator = Node::new(
-        "edgetally-aggregator",
-        [
-            os(&["--data-dir", path(&aggregator_dir)]),
-            os(&["--quic-listen", "127.0.0.1:0", "--flight-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"]),
-            os(&["--edge-tokens", path(&tokens_path), "--campaigns", path(&campaigns_path)]),
-        ]
-        .concat(),
-        aggregator_dir.join("aggregator.json"),
-    );
+    let mut aggregator =
+        Node::aggregator(dir.path(), &["--edge-tokens", path(&tokens_path), "--campaigns", path(&campaigns_path)]);
     let addresses = aggregator.start();
     let quic = addresses["quic"].as_str().unwrap().to_owned();
     let cert = addresses["quic_cert"].as_str().unwrap().to_owned();

@@ -14,7 +14,7 @@ use std::ffi::OsString;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::support::{Node, edge_token, loadtest, metric, os, path};
+use crate::support::{Node, edge_token_file, loadtest, metric, os, path, write_edge_tokens, write_shop_campaigns};
 
 /// How long the aggregator stays away while traffic continues.
 const OUTAGE: Duration = Duration::from_secs(60);
@@ -58,22 +58,9 @@ fn traffic(collector: &str, ledger: &Path, seed: u64) -> u64 {
 fn killed_collectors_and_an_unreachable_aggregator_lose_and_double_nothing() {
     let dir = tempfile::tempdir().expect("temp dir");
     let aggregator_dir = dir.path().join("aggregator");
-    let tokens_path = dir.path().join("edge-tokens.json");
-    let tokens = serde_json::json!({"edges": [{"edge_id": 1, "token": edge_token(1)}]});
-    std::fs::write(&tokens_path, tokens.to_string()).expect("edge tokens");
-    let token_path = dir.path().join("edge-1.token");
-    std::fs::write(&token_path, edge_token(1)).expect("edge token");
-    let mut aggregator = Node::new(
-        "edgetally-aggregator",
-        [
-            os(&["--data-dir"]),
-            vec![aggregator_dir.clone().into()],
-            os(&["--quic-listen", "127.0.0.1:0", "--flight-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"]),
-            os(&["--edge-tokens", path(&tokens_path)]),
-        ]
-        .concat(),
-        aggregator_dir.join("aggregator.json"),
-    );
+    let tokens_path = write_edge_tokens(dir.path(), 1);
+    let token_path = edge_token_file(dir.path(), 1);
+    let mut aggregator = Node::aggregator(dir.path(), &["--edge-tokens", path(&tokens_path)]);
     // A first start creates the certificate and picks the ports; the
     // aggregator then goes away before any traffic.
     let addresses = aggregator.start();
@@ -90,11 +77,7 @@ fn killed_collectors_and_an_unreachable_aggregator_lose_and_double_nothing() {
     ]
     .concat();
 
-    let campaigns: Vec<serde_json::Value> = (1..=200)
-        .map(|id| serde_json::json!({"id": id, "landing_url": format!("https://shop.example/{id}?click_id={{click_id}}")}))
-        .collect();
-    let campaigns_path = dir.path().join("campaigns.json");
-    std::fs::write(&campaigns_path, serde_json::json!({ "campaigns": campaigns }).to_string()).expect("campaigns");
+    let campaigns_path = write_shop_campaigns(dir.path());
     let collector_dir = dir.path().join("collector");
     let collector_args = |http_listen: &str, flush_interval_ms: &str| {
         [
@@ -256,28 +239,12 @@ async fn edges_with_a_wrong_token_or_unknown_id_are_refused() {
 #[test]
 fn sigterm_during_load_ships_every_accepted_event() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let tokens_path = dir.path().join("edge-tokens.json");
-    std::fs::write(&tokens_path, serde_json::json!({"edges": [{"edge_id": 1, "token": edge_token(1)}]}).to_string())
-        .unwrap();
-    let token_path = dir.path().join("edge-1.token");
-    std::fs::write(&token_path, edge_token(1)).unwrap();
-    let campaigns: Vec<serde_json::Value> = (1..=200)
-        .map(|id| serde_json::json!({"id": id, "landing_url": format!("https://shop.example/{id}?click_id={{click_id}}")}))
-        .collect();
-    let campaigns_path = dir.path().join("campaigns.json");
-    std::fs::write(&campaigns_path, serde_json::json!({ "campaigns": campaigns }).to_string()).unwrap();
+    let tokens_path = write_edge_tokens(dir.path(), 1);
+    let token_path = edge_token_file(dir.path(), 1);
+    let campaigns_path = write_shop_campaigns(dir.path());
 
-    let aggregator_dir = dir.path().join("aggregator");
-    let mut aggregator = Node::new(
-        "edgetally-aggregator",
-        [
-            os(&["--data-dir", path(&aggregator_dir)]),
-            os(&["--quic-listen", "127.0.0.1:0", "--flight-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"]),
-            os(&["--edge-tokens", path(&tokens_path), "--campaigns", path(&campaigns_path)]),
-        ]
-        .concat(),
-        aggregator_dir.join("aggregator.json"),
-    );
+    let mut aggregator =
+        Node::aggregator(dir.path(), &["--edge-tokens", path(&tokens_path), "--campaigns", path(&campaigns_path)]);
     let addresses = aggregator.start();
     let flight = format!("http://{}", addresses["flight"].as_str().unwrap());
     let collector_dir = dir.path().join("collector");

@@ -81,11 +81,7 @@ impl Stack {
         let dir = tempfile::tempdir().expect("temp dir");
         let aggregator_dir = dir.path().join("aggregator");
         // Edges 1..=n authenticate with a token each.
-        let tokens_path = dir.path().join("edge-tokens.json");
-        let edges: Vec<serde_json::Value> = (1..=n_collectors)
-            .map(|edge_id| serde_json::json!({"edge_id": edge_id, "token": edge_token(edge_id)}))
-            .collect();
-        std::fs::write(&tokens_path, serde_json::json!({ "edges": edges }).to_string()).expect("edge tokens");
+        let tokens_path = write_edge_tokens(dir.path(), n_collectors);
         let mut processes = vec![spawn(
             "edgetally-aggregator",
             &[
@@ -109,17 +105,12 @@ impl Stack {
         // Every edge shares one campaign snapshot (the mix's default 200
         // campaigns) and one click-signing key, so a click minted at one
         // edge converts at another.
-        let campaigns: Vec<serde_json::Value> = (1..=200)
-            .map(|id| serde_json::json!({"id": id, "landing_url": format!("https://shop.example/{id}?click_id={{click_id}}")}))
-            .collect();
-        let campaigns_path = dir.path().join("campaigns.json");
-        std::fs::write(&campaigns_path, serde_json::json!({ "campaigns": campaigns }).to_string()).expect("campaigns");
+        let campaigns_path = write_shop_campaigns(dir.path());
         let keys_path = dir.path().join("click-keys.json");
         let mut collectors = Vec::new();
         for edge_id in 1..=n_collectors {
             let collector_dir = dir.path().join(format!("collector-{edge_id}"));
-            let token_path = dir.path().join(format!("edge-{edge_id}.token"));
-            std::fs::write(&token_path, edge_token(edge_id)).expect("edge token file");
+            let token_path = edge_token_file(dir.path(), edge_id);
             let edge_id = edge_id.to_string();
             let mut args: Vec<&std::ffi::OsStr> = collector_args.iter().map(|arg| arg.as_ref()).collect();
             args.extend::<[&std::ffi::OsStr; 20]>([
@@ -178,6 +169,35 @@ impl Stack {
 /// The token of edge `edge_id` in a test stack.
 pub(crate) fn edge_token(edge_id: u32) -> String {
     format!("test-token-of-edge-{edge_id:04}")
+}
+
+/// Writes the aggregator's `--edge-tokens` file for edges 1..=`n_edges`
+/// and each edge's `--edge-token-file` in `dir`; returns the former.
+pub(crate) fn write_edge_tokens(dir: &Path, n_edges: u32) -> PathBuf {
+    let edges: Vec<serde_json::Value> =
+        (1..=n_edges).map(|edge_id| serde_json::json!({"edge_id": edge_id, "token": edge_token(edge_id)})).collect();
+    let path = dir.join("edge-tokens.json");
+    std::fs::write(&path, serde_json::json!({ "edges": edges }).to_string()).expect("edge tokens");
+    for edge_id in 1..=n_edges {
+        std::fs::write(edge_token_file(dir, edge_id), edge_token(edge_id)).expect("edge token file");
+    }
+    path
+}
+
+/// Where [`write_edge_tokens`] put edge `edge_id`'s token.
+pub(crate) fn edge_token_file(dir: &Path, edge_id: u32) -> PathBuf {
+    dir.join(format!("edge-{edge_id}.token"))
+}
+
+/// Writes the campaign snapshot the generated mix draws from (campaigns
+/// 1..=200 on a placeholder shop) into `dir`; returns its path.
+pub(crate) fn write_shop_campaigns(dir: &Path) -> PathBuf {
+    let campaigns: Vec<serde_json::Value> = (1..=200)
+        .map(|id| serde_json::json!({"id": id, "landing_url": format!("https://shop.example/{id}?click_id={{click_id}}")}))
+        .collect();
+    let path = dir.join("campaigns.json");
+    std::fs::write(&path, serde_json::json!({ "campaigns": campaigns }).to_string()).expect("campaigns");
+    path
 }
 
 /// The value of one unlabelled metric (its first sample) at `base_url`.
@@ -278,6 +298,19 @@ pub(crate) struct Node {
 impl Node {
     pub(crate) fn new(name: &'static str, args: Vec<OsString>, addresses: PathBuf) -> Node {
         Node { name, args, addresses, process: None }
+    }
+
+    /// An aggregator with its state in `dir/aggregator`, on ephemeral
+    /// loopback ports, with `extra` flags (not started).
+    pub(crate) fn aggregator(dir: &Path, extra: &[&str]) -> Node {
+        let data_dir = dir.join("aggregator");
+        let args = [
+            os(&["--data-dir", path(&data_dir)]),
+            os(&["--quic-listen", "127.0.0.1:0", "--flight-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"]),
+            os(extra),
+        ]
+        .concat();
+        Node::new("edgetally-aggregator", args, data_dir.join("aggregator.json"))
     }
 
     /// Starts the process and waits for its addresses file.

@@ -91,3 +91,11 @@ fn config_snapshot_round_trip_and_damage() {
     huge[12..16].copy_from_slice(&u32::MAX.to_le_bytes());
     assert!(matches!(ConfigSnapshot::decode_header(&huge), Err(FrameError::SnapshotTooLarge { .. })));
 }
+
+#[test]
+fn ids_peeked_from_a_header() {
+    let bytes = sample().encode().unwrap();
+    let frame = sample();
+    assert_eq!(BatchFrame::peek_ids(&bytes), Some((frame.edge_id, frame.epoch, frame.sequence)));
+    assert_eq!(BatchFrame::peek_ids(&bytes[..27]), None);
+}
