@@ -5,6 +5,10 @@
 //! [`crate::ticket`] parses. Every error becomes a [`Status`] in one
 //! exhaustive match, [`into_status`].
 //!
+//! `DoAction` `set_conversion_status` (body: the JSON of
+//! [`StatusChange`]) changes a conversion's status, logged like a batch;
+//! its result is the conversion as it now stands, as one JSON object.
+//!
 //! A ticket with `"follow":true` is answered by a stream that stays open
 //! (`follow.rs`): its schema first, then a batch per applied batch with
 //! matching rows. It ends only with an error: `DATA_LOSS` when the
@@ -30,10 +34,13 @@ use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::debug;
 
+use crate::admin::{self, AdminError};
 use crate::follow::{self, FollowError, Followers};
+use crate::ledger::{Conversion, StatusChange, StatusChangeError};
 use crate::query::{Dataset, Query};
 use crate::store::Store;
 use crate::ticket::{self, TicketError};
+use crate::wal::Wal;
 
 /// Target size of one `FlightData` message. Arrow splits batches to stay
 /// near it, which keeps each message well under tonic's default 4 MiB
@@ -69,7 +76,18 @@ pub(crate) enum FlightServiceError {
     Unsupported(&'static str),
     #[error("follow: {0}")]
     Follow(#[from] FollowError),
+    #[error("unknown action {0:?}: expected {SET_CONVERSION_STATUS}")]
+    UnknownAction(String),
+    #[error("bad status change: {0}")]
+    StatusChange(#[from] StatusChangeError),
+    #[error("no conversion has that key")]
+    NoConversion,
+    #[error("{0}")]
+    Admin(#[from] AdminError),
 }
+
+/// The action that changes a conversion's status.
+pub(crate) const SET_CONVERSION_STATUS: &str = "set_conversion_status";
 
 /// Maps an error to its gRPC status, truncating the message.
 pub(crate) fn into_status(error: FlightServiceError) -> Status {
@@ -93,6 +111,9 @@ pub(crate) fn into_status(error: FlightServiceError) -> Status {
         FlightServiceError::Follow(FollowError::Stopped) => Status::unavailable(message),
         FlightServiceError::Follow(FollowError::Lagged { .. }) => Status::data_loss(message),
         FlightServiceError::Follow(FollowError::Arrow(_)) => Status::internal(message),
+        FlightServiceError::UnknownAction(_) | FlightServiceError::StatusChange(_) => Status::invalid_argument(message),
+        FlightServiceError::NoConversion => Status::not_found(message),
+        FlightServiceError::Admin(_) => Status::unavailable(message),
     }
 }
 
@@ -101,11 +122,12 @@ pub(crate) fn into_status(error: FlightServiceError) -> Status {
 pub(crate) async fn serve(
     listener: TcpListener,
     store: Arc<Store>,
+    wal: Arc<Wal>,
     followers: Arc<Followers>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
-    let service =
-        FlightServiceServer::new(AggregatorFlight { store, followers }).max_decoding_message_size(REQUEST_BYTES_MAX);
+    let service = FlightServiceServer::new(AggregatorFlight { store, wal, followers })
+        .max_decoding_message_size(REQUEST_BYTES_MAX);
     tonic::transport::Server::builder()
         .max_concurrent_streams(STREAMS_PER_CONNECTION_MAX)
         .add_service(service)
@@ -115,6 +137,7 @@ pub(crate) async fn serve(
 
 struct AggregatorFlight {
     store: Arc<Store>,
+    wal: Arc<Wal>,
     followers: Arc<Followers>,
 }
 
@@ -143,6 +166,30 @@ impl AggregatorFlight {
             .map_err(|error| into_status(error.into()));
         Ok(encoded.boxed())
     }
+}
+
+/// A conversion as the JSON result of an action.
+fn conversion_json(conversion: &Conversion) -> Vec<u8> {
+    let row = &conversion.row;
+    let commission = &conversion.commission;
+    let json = serde_json::json!({
+        "affiliate_id": row.affiliate_id,
+        "campaign_id": row.campaign_id,
+        "kind": row.kind.as_str(),
+        "order_id": row.order_id,
+        "click_id": row.click_id,
+        "event_id": row.event_id,
+        "amount_minor": row.money.map(|money| money.minor_units),
+        "currency": row.money.map(|money| money.currency.code().to_owned()),
+        "status": conversion.status.as_str(),
+        "commission_minor": commission.amount_minor,
+        "commission_currency": commission.currency.map(|currency| currency.code().to_owned()),
+        "rule": commission.rule.as_str(),
+        "parent_affiliate_id": commission.parent_affiliate_id,
+        "parent_commission_minor": commission.parent_amount_minor,
+    });
+    // A JSON value always serializes.
+    serde_json::to_vec(&json).expect("json value serializes")
 }
 
 fn query_of(descriptor: &FlightDescriptor) -> Result<Query, FlightServiceError> {
@@ -224,12 +271,29 @@ impl FlightService for AggregatorFlight {
         Err(into_status(FlightServiceError::Unsupported("do_put")))
     }
 
-    async fn do_action(&self, _request: Request<Action>) -> Result<Response<Self::DoActionStream>, Status> {
-        Err(into_status(FlightServiceError::Unsupported("do_action")))
+    async fn do_action(&self, request: Request<Action>) -> Result<Response<Self::DoActionStream>, Status> {
+        let action = request.into_inner();
+        if action.r#type != SET_CONVERSION_STATUS {
+            return Err(into_status(FlightServiceError::UnknownAction(action.r#type)));
+        }
+        let change = StatusChange::parse(&action.body).map_err(|error| into_status(error.into()))?;
+        let conversion = admin::set_status(&self.wal, &self.store, change)
+            .await
+            .map_err(|error| into_status(error.into()))?
+            .ok_or_else(|| into_status(FlightServiceError::NoConversion))?;
+        let body = conversion_json(&conversion);
+        let result = arrow_flight::Result { body: body.into() };
+        Ok(Response::new(stream::once(async { Ok(result) }).boxed()))
     }
 
     async fn list_actions(&self, _request: Request<Empty>) -> Result<Response<Self::ListActionsStream>, Status> {
-        Err(into_status(FlightServiceError::Unsupported("list_actions")))
+        let action = ActionType {
+            r#type: SET_CONVERSION_STATUS.to_owned(),
+            description: "Set a conversion's status (pending, approved, rejected); body: \
+                          {\"campaign_id\":3,\"order_id\":\"A-1\",\"status\":\"rejected\"}"
+                .to_owned(),
+        };
+        Ok(Response::new(stream::once(async { Ok(action) }).boxed()))
     }
 
     async fn do_exchange(

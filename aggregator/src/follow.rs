@@ -30,6 +30,7 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError, broadcast};
 use tracing::{debug, warn};
 
+use crate::ledger::Conversion;
 use crate::query::Query;
 use crate::store::Batch;
 
@@ -54,7 +55,12 @@ pub(crate) const FOLLOWERS_MAX: usize = 256;
 pub(crate) struct Applied {
     /// When the store applied it, Unix ms.
     pub(crate) applied_at_ms: i64,
+    /// The batch's rollups and quarantine rows; its conversions are in
+    /// `conversions`, as booked.
     pub(crate) batch: Batch,
+    /// Conversions booked by the batch (copies of booked ones left out),
+    /// or the one a status change changed.
+    pub(crate) conversions: Vec<Conversion>,
 }
 
 /// What follows one ticket receives from the store.

@@ -52,6 +52,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
+use crate::admin::{self, AdminRecord};
 use crate::catalog::SnapshotReceiver;
 use crate::edges::EdgeTokens;
 use crate::store::{Admission, Batch, Store};
@@ -525,12 +526,18 @@ impl Ingest {
             Admission::Skip => Admission::Skip,
             Admission::Apply => {
                 let commit = self.wal.append(frame).await?;
+                commit.turn().await;
                 let store = self.store.clone();
-                let admission = tokio::task::spawn_blocking(move || store.apply(batch)).await?;
-                // Settled only now that the store holds the batch, so a
-                // snapshot that waits for it includes it.
-                drop(commit);
-                admission
+                // The commit is dropped in the task, after the apply, even if
+                // this future is dropped meanwhile: it settles the record
+                // (a snapshot that waits for it includes it) and passes the
+                // turn on.
+                tokio::task::spawn_blocking(move || {
+                    let admission = store.apply(batch);
+                    drop(commit);
+                    admission
+                })
+                .await?
             }
         };
         Ok(match admission {
@@ -556,7 +563,31 @@ impl Ingest {
 /// whose frame does not decode is logged at ERROR, counted and skipped.
 pub(crate) fn replay(dir: &std::path::Path, from_segment: u64, store: &Store) -> Result<Replay, WalError> {
     let mut replay = Replay::default();
-    replay.recovery = wal::recover(dir, from_segment, |record| match decode(record.payload) {
+    replay.recovery = wal::recover(dir, from_segment, |record| match admin::decode(&record.payload) {
+        Some(Ok(AdminRecord::Rules(rules))) => {
+            store.set_rules(rules);
+            replay.n_applied += 1;
+        }
+        Some(Ok(AdminRecord::Status(change))) => {
+            store.set_status(&change.key, change.status);
+            replay.n_applied += 1;
+        }
+        Some(Err(error)) => {
+            replay.n_undecodable += 1;
+            tracing::error!(
+                %error,
+                segment = record.segment,
+                offset = record.offset,
+                "Write-ahead log admin record does not decode; skipped."
+            );
+        }
+        None => replay_batch(record, store, &mut replay),
+    })?;
+    Ok(replay)
+}
+
+fn replay_batch(record: wal::Record, store: &Store, replay: &mut Replay) {
+    match decode(record.payload) {
         Received::Batch { batch, .. } => match store.apply(batch) {
             Admission::Apply => replay.n_applied += 1,
             Admission::Skip => replay.n_skipped += 1,
@@ -573,8 +604,7 @@ pub(crate) fn replay(dir: &std::path::Path, from_segment: u64, store: &Store) ->
                 "Write-ahead log record does not decode; skipped. Its batch is lost unless a snapshot holds it."
             );
         }
-    })?;
-    Ok(replay)
+    }
 }
 
 // === impl FrameIds ===

@@ -16,6 +16,7 @@
 //!
 //! Not here yet: commissions, Parquet, Flight SQL and Flight auth.
 
+mod admin;
 mod catalog;
 mod cert;
 mod edges;
@@ -23,6 +24,7 @@ mod flight_service;
 mod follow;
 mod http;
 mod ingest;
+mod ledger;
 mod metrics;
 mod query;
 mod snapshot;
@@ -41,6 +43,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
+pub use admin::AdminError;
 pub use catalog::CatalogError;
 pub use cert::CertError;
 pub use edges::{EDGE_TOKEN_LEN_MIN, EdgeTokens, EdgeTokensError};
@@ -158,6 +161,29 @@ pub enum Error {
     Snapshot(#[from] SnapshotError),
     #[error("replay task")]
     Replay(#[from] tokio::task::JoinError),
+    #[error("commission rules")]
+    Rules(#[source] edgetally_protocol::CampaignsError),
+    #[error("log the commission rules")]
+    Admin(#[from] admin::AdminError),
+}
+
+/// Logs and applies every change of the campaigns file as the commission
+/// rules in force, until the catalog stops.
+async fn follow_rules(mut snapshots: catalog::SnapshotReceiver, wal: Arc<wal::Wal>, store: Arc<store::Store>) {
+    while snapshots.changed().await.is_ok() {
+        let body = snapshots.borrow_and_update().as_ref().map(|snapshot| snapshot.body.clone()).unwrap_or_default();
+        // The catalog only publishes files that parse.
+        let rules = match ledger::Rules::parse(body) {
+            Ok(rules) => rules,
+            Err(error) => {
+                warn!(%error, "Campaigns file has unusable commission rules; the previous rules stay.");
+                continue;
+            }
+        };
+        if let Err(error) = admin::set_rules(&wal, &store, rules).await {
+            warn!(%error, "Commission rules not logged; the previous rules stay until the next change.");
+        }
+    }
 }
 
 /// A running aggregator: both listeners are bound and serving.
@@ -177,6 +203,7 @@ pub struct Aggregator {
     snapshot_task: JoinHandle<()>,
     ingest_task: JoinHandle<()>,
     catalog_task: Option<JoinHandle<()>>,
+    rules_task: JoinHandle<()>,
     flight_shutdown: oneshot::Sender<()>,
     flight_task: JoinHandle<Result<(), tonic::transport::Error>>,
 }
@@ -246,6 +273,11 @@ impl Aggregator {
             None => warn!("No edge tokens configured: any edge that trusts the QUIC certificate may ship."),
         }
         let (snapshots, catalog_task) = catalog::start(config.campaigns.as_deref())?;
+        // The rules in force before the first batch is taken, then a task
+        // that follows every change of the file.
+        let rules = snapshots.borrow().as_ref().map(|snapshot| snapshot.body.clone()).unwrap_or_default();
+        admin::set_rules(&wal, &store, ledger::Rules::parse(rules).map_err(Error::Rules)?).await?;
+        let rules_task = tokio::spawn(follow_rules(snapshots.clone(), wal.clone(), store.clone()));
         let ingest = Arc::new(ingest::Ingest::new(store.clone(), wal.clone(), config.edge_tokens.clone(), snapshots));
         let server_config = ingest::server_config(identity.cert_chain, identity.key)?;
         let endpoint = quinn::Endpoint::server(server_config, config.quic_listen)
@@ -260,10 +292,11 @@ impl Aggregator {
             listener.local_addr().map_err(|source| Error::FlightBind { addr: config.flight_listen, source })?;
         let (flight_shutdown, shutdown_signal) = oneshot::channel();
         let followers = Arc::new(follow::Followers::new());
-        let flight_task = tokio::spawn(flight_service::serve(listener, store.clone(), followers.clone(), async {
-            // Either a send or a dropped sender means stop.
-            let _ = shutdown_signal.await;
-        }));
+        let flight_task =
+            tokio::spawn(flight_service::serve(listener, store.clone(), wal.clone(), followers.clone(), async {
+                // Either a send or a dropped sender means stop.
+                let _ = shutdown_signal.await;
+            }));
 
         let stats =
             Arc::new(StatsSource { ingest, wal: wal.clone(), checkpointer: checkpointer.clone(), replay, followers });
@@ -292,6 +325,7 @@ impl Aggregator {
             snapshot_task,
             ingest_task,
             catalog_task,
+            rules_task,
             flight_shutdown,
             flight_task,
         })
@@ -329,6 +363,7 @@ impl Aggregator {
         if let Some(task) = &self.catalog_task {
             task.abort();
         }
+        self.rules_task.abort();
         self.endpoint.close(ingest::CLOSE_SHUTDOWN, b"shutdown");
         if let Err(error) = self.ingest_task.await {
             warn!(%error, "Ingest task failed.");

@@ -16,11 +16,11 @@ use arrow_array::builder::{StringBuilder, TimestampMillisecondBuilder, UInt32Bui
 use arrow_array::{ArrayRef, RecordBatch, TimestampMillisecondArray};
 use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef, TimeUnit};
 use edgetally_protocol::batch::{
-    CONVERSION_SCHEMA, N_COUNTERS, QUARANTINE_SCHEMA, ROLLUP_SCHEMA, RollupCounts, RollupKey, conversions_to_batch,
-    quarantine_to_batch, rollups_to_batch,
+    N_COUNTERS, QUARANTINE_SCHEMA, ROLLUP_SCHEMA, RollupCounts, RollupKey, quarantine_to_batch, rollups_to_batch,
 };
 
 use crate::follow::Applied;
+use crate::ledger::{Conversion, LEDGER_SCHEMA, ledger_to_batch};
 use crate::store::{Store, Tables};
 
 /// The datasets the aggregator serves.
@@ -170,7 +170,7 @@ impl Query {
     /// The schema without `applied_at`.
     fn rows_schema(&self) -> SchemaRef {
         match self.dataset {
-            Dataset::Conversions => CONVERSION_SCHEMA.clone(),
+            Dataset::Conversions => LEDGER_SCHEMA.clone(),
             Dataset::Quarantine => QUARANTINE_SCHEMA.clone(),
             Dataset::Rollups => {
                 let group_fields = self.group_by.columns().map(|column| ROLLUP_SCHEMA.field(column as usize));
@@ -192,19 +192,16 @@ impl Query {
             }
             Dataset::Conversions => {
                 let mut rows = store.read(|tables| {
-                    let matches = |time_ms: i64, affiliate_id: u32| {
-                        self.in_range(time_ms) && self.affiliate_id.is_none_or(|wanted| wanted == affiliate_id)
-                    };
                     tables
                         .conversions
                         .iter()
-                        .filter(|row| matches(row.time_ms, row.affiliate_id))
+                        .filter(|conversion| self.has_conversion(conversion))
                         .cloned()
                         .collect::<Vec<_>>()
                 });
                 // Stable, so rows of the same millisecond keep arrival order.
-                rows.sort_by_key(|row| row.time_ms);
-                Ok(conversions_to_batch(&rows))
+                rows.sort_by_key(|conversion| conversion.row.time_ms);
+                Ok(ledger_to_batch(rows.iter()))
             }
             Dataset::Quarantine => {
                 // Quarantined input has no trusted affiliate: the ticket
@@ -234,13 +231,9 @@ impl Query {
                 (!rows.is_empty()).then(|| rollups_to_batch(rows.iter().map(|(key, counts)| (key, counts))))
             }
             Dataset::Conversions => {
-                let rows: Vec<_> = batch
-                    .conversions
-                    .iter()
-                    .filter(|row| self.in_range(row.time_ms) && self.has_affiliate(row.affiliate_id))
-                    .cloned()
-                    .collect();
-                (!rows.is_empty()).then(|| conversions_to_batch(&rows))
+                let rows: Vec<&Conversion> =
+                    applied.conversions.iter().filter(|conversion| self.has_conversion(conversion)).collect();
+                (!rows.is_empty()).then(|| ledger_to_batch(rows.into_iter()))
             }
             Dataset::Quarantine => {
                 // The ticket parser refuses an affiliate filter here.
@@ -259,6 +252,10 @@ impl Query {
 
     fn in_range(&self, time_ms: i64) -> bool {
         self.from_ms.is_none_or(|from_ms| time_ms >= from_ms) && self.to_ms.is_none_or(|to_ms| time_ms < to_ms)
+    }
+
+    fn has_conversion(&self, conversion: &Conversion) -> bool {
+        self.in_range(conversion.row.time_ms) && self.has_affiliate(conversion.row.affiliate_id)
     }
 
     fn has_affiliate(&self, affiliate_id: u32) -> bool {

@@ -6,10 +6,16 @@
 //! ```text
 //! magic "ETS1" | version u16 | reserved u16 | wal_from u64 |
 //! quarantine_dropped u64 | marks_len u64 | rollups_len u64 |
-//! conversions_len u64 | quarantine_len u64 | crc32 u32 |
+//! conversions_len u64 | quarantine_len u64 | rules_len u64 | crc32 u32 |
 //! marks (edge_id u32, epoch u64, high_water u64 per edge, by edge id) |
-//! rollups, conversions, quarantine (Arrow IPC, as frames carry them)
+//! rollups, quarantine (Arrow IPC, as frames carry them) and conversions
+//! (Arrow IPC of the ledger, with status and commission) |
+//! rules (the campaigns file in force)
 //! ```
+//!
+//! The money rollups and the conversion index are rebuilt from the ledger
+//! on load. Version 1 (no ledger columns, no rules) is not read: it
+//! predates commissions.
 //!
 //! The CRC covers the header up to the CRC field and every section. The
 //! file is written to a temporary name, fsynced, renamed over the old one
@@ -49,20 +55,21 @@ use std::time::Duration;
 
 use arrow_array::RecordBatch;
 use edgetally_protocol::batch::{
-    BatchError, conversions_from_batch, conversions_to_batch, decode_ipc, encode_ipc, quarantine_from_batch,
-    quarantine_to_batch, rollups_from_batch, rollups_to_batch,
+    BatchError, decode_ipc, encode_ipc, quarantine_from_batch, quarantine_to_batch, rollups_from_batch,
+    rollups_to_batch,
 };
 use tokio::sync::{mpsc, oneshot};
 use tracing::{error, info};
 
+use crate::ledger::{Rules, ledger_from_batch, ledger_to_batch};
 use crate::store::{EdgeMark, Store, Tables};
 use crate::wal::{self, Wal, WalError};
 
 pub(crate) const SNAPSHOT_FILE_NAME: &str = "snapshot.bin";
 const SNAPSHOT_TEMP_FILE_NAME: &str = "snapshot.bin.tmp";
 const SNAPSHOT_MAGIC: [u8; 4] = *b"ETS1";
-const SNAPSHOT_VERSION: u16 = 1;
-const HEADER_LEN: usize = 60;
+const SNAPSHOT_VERSION: u16 = 2;
+const HEADER_LEN: usize = 68;
 const MARK_LEN: usize = 20;
 
 /// After a failed snapshot, the next attempt waits this long: a full disk
@@ -102,6 +109,8 @@ pub enum DecodeError {
     Marks { len: u64 },
     #[error("{table} table: {source}")]
     Table { table: &'static str, source: BatchError },
+    #[error("commission rules: {0}")]
+    Rules(edgetally_protocol::CampaignsError),
 }
 
 /// A snapshot as read back.
@@ -182,7 +191,7 @@ pub(crate) async fn run(checkpointer: Arc<Checkpointer>, mut due: mpsc::Receiver
 /// Copies the store out under its lock and encodes it; the Arrow arrays are
 /// built under the lock, the compression happens after.
 fn encode_store(wal_from: u64, store: &Store) -> Result<Vec<u8>, SnapshotError> {
-    let (marks, rollups, conversions, quarantine, quarantine_dropped) = store.export(|tables, edges| {
+    let (marks, rollups, conversions, quarantine, quarantine_dropped, rules) = store.export(|tables, edges| {
         let mut marks: Vec<(u32, EdgeMark)> = edges.iter().map(|(&edge_id, &mark)| (edge_id, mark)).collect();
         marks.sort_unstable_by_key(|&(edge_id, _)| edge_id);
         let (quarantine, rest) = tables.quarantine.as_slices();
@@ -190,21 +199,23 @@ fn encode_store(wal_from: u64, store: &Store) -> Result<Vec<u8>, SnapshotError> 
         (
             marks,
             rollups_to_batch(tables.rollups.iter()),
-            conversions_to_batch(&tables.conversions),
+            ledger_to_batch(tables.conversions.iter()),
             quarantine_to_batch(quarantine),
             tables.quarantine_dropped,
+            tables.rules.body.clone(),
         )
     });
-    encode(wal_from, &marks, [&rollups, &conversions, &quarantine], quarantine_dropped)
+    encode(wal_from, &marks, [&rollups, &conversions, &quarantine], quarantine_dropped, &rules)
 }
 
-/// Encodes a snapshot file's bytes; `tables` are rollups, conversions and
-/// quarantine.
+/// Encodes a snapshot file's bytes; `tables` are rollups, conversions (the
+/// ledger) and quarantine; `rules` the campaigns file in force.
 pub(crate) fn encode(
     wal_from: u64,
     marks: &[(u32, EdgeMark)],
     tables: [&RecordBatch; 3],
     quarantine_dropped: u64,
+    rules: &[u8],
 ) -> Result<Vec<u8>, SnapshotError> {
     let mut marks_bytes = Vec::with_capacity(marks.len() * MARK_LEN);
     for (edge_id, mark) in marks {
@@ -218,6 +229,7 @@ pub(crate) fn encode(
         rollups.map_err(SnapshotError::Encode)?,
         conversions.map_err(SnapshotError::Encode)?,
         quarantine.map_err(SnapshotError::Encode)?,
+        rules.to_vec(),
     ];
     let mut out = Vec::with_capacity(HEADER_LEN + sections.iter().map(Vec::len).sum::<usize>());
     out.extend_from_slice(&SNAPSHOT_MAGIC);
@@ -256,8 +268,8 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Snapshot, DecodeError> {
     }
     let wal_from = u64_at(8);
     let quarantine_dropped = u64_at(16);
-    let section_lens = [u64_at(24), u64_at(32), u64_at(40), u64_at(48)];
-    let expected = u32::from_le_bytes(bytes[56..60].try_into().expect("a 4-byte slice"));
+    let section_lens = [u64_at(24), u64_at(32), u64_at(40), u64_at(48), u64_at(56)];
+    let expected = u32::from_le_bytes(bytes[64..68].try_into().expect("a 4-byte slice"));
     let announced = section_lens.iter().try_fold(0u64, |sum, &len| sum.checked_add(len)).unwrap_or(u64::MAX);
     let actual = bytes.len() - HEADER_LEN;
     if announced != actual as u64 {
@@ -271,13 +283,13 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Snapshot, DecodeError> {
         return Err(DecodeError::Crc { expected, actual });
     }
     // The lengths add up to the file's, so each fits in a usize.
-    let mut sections = [&[][..]; 4];
+    let mut sections = [&[][..]; 5];
     let mut start = HEADER_LEN;
     for (section, len) in sections.iter_mut().zip(section_lens) {
         *section = &bytes[start..start + len as usize];
         start += len as usize;
     }
-    let [marks_bytes, rollups, conversions, quarantine] = sections;
+    let [marks_bytes, rollups, conversions, quarantine, rules] = sections;
     if marks_bytes.len() % MARK_LEN != 0 {
         return Err(DecodeError::Marks { len: marks_bytes.len() as u64 });
     }
@@ -294,8 +306,13 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Snapshot, DecodeError> {
     for (key, counts) in decode_table("rollups", rollups, rollups_from_batch)? {
         tables.rollups.entry(key).or_default().merge(&counts);
     }
-    tables.conversions = decode_table("conversions", conversions, conversions_from_batch)?;
+    for conversion in decode_table("conversions", conversions, ledger_from_batch)? {
+        tables.insert(conversion);
+    }
     tables.quarantine = decode_table("quarantine", quarantine, quarantine_from_batch)?.into();
+    if !rules.is_empty() {
+        tables.rules = Rules::parse(bytes::Bytes::copy_from_slice(rules)).map_err(DecodeError::Rules)?;
+    }
     Ok(Snapshot { wal_from, marks, tables })
 }
 

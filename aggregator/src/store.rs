@@ -13,6 +13,13 @@
 //! (`follow.rs`), under the same lock, so they see the apply order. It is
 //! copied for them only while someone follows.
 //!
+//! Conversions go to the ledger (`ledger.rs`): deduplicated across edges,
+//! priced under the commission rules in force, booked `pending`. Their
+//! money is summed per rollup key and currency in `money`, leaving it again
+//! when a conversion is rejected. Rules and status changes reach the store
+//! through the log like batches, so replay prices and reverses exactly as
+//! the live run did.
+//!
 //! Nothing in the tables is bounded yet: rollups grow with keys and conversions with
 //! rows until retention and Parquet partitions arrive.
 
@@ -20,10 +27,13 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use edgetally_protocol::Currency;
 use edgetally_protocol::batch::{ConversionRow, QuarantineRow, RollupCounts, RollupKey};
+use edgetally_protocol::event::{EventKind, MINUTE_MS};
 use tokio::sync::broadcast;
 
 use crate::follow::{Applied, Feed};
+use crate::ledger::{Commission, Conversion, ConversionKey, Rules, Status};
 
 /// Where an edge is in its stream of batches.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -56,12 +66,34 @@ pub(crate) struct Batch {
 /// worst case (typical rows are a tenth of that).
 pub(crate) const QUARANTINE_ROWS_MAX: usize = 1_000_000;
 
+/// Money of the conversions of one rollup key in one currency that are
+/// not rejected. Sums are `i128`, which no number of `i64` amounts can
+/// overflow in practice; an answer that does not fit an `i64` is an error
+/// (`query.rs`), never wrapped.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct MoneyTotals {
+    /// Sale amounts in this currency.
+    pub(crate) revenue_minor: i128,
+    /// Commissions paid in this currency.
+    pub(crate) commission_minor: i128,
+    /// Parents' overrides on those commissions.
+    pub(crate) parent_commission_minor: i128,
+}
+
 /// The data a query reads.
 #[derive(Debug, Default)]
 pub(crate) struct Tables {
     pub(crate) rollups: BTreeMap<RollupKey, RollupCounts>,
-    /// In arrival order.
-    pub(crate) conversions: Vec<ConversionRow>,
+    /// Money by rollup key and currency.
+    pub(crate) money: BTreeMap<(RollupKey, Currency), MoneyTotals>,
+    /// The ledger, in apply order.
+    pub(crate) conversions: Vec<Conversion>,
+    /// Where each deduplicable conversion is in `conversions`.
+    pub(crate) conversion_index: HashMap<ConversionKey, usize>,
+    /// Conversions refused as copies of one already booked.
+    pub(crate) conversions_duplicate: u64,
+    /// The commission rules new conversions are priced under.
+    pub(crate) rules: Rules,
     /// In arrival order.
     pub(crate) quarantine: VecDeque<QuarantineRow>,
     /// Quarantine rows dropped to keep the bound.
@@ -112,14 +144,21 @@ impl Store {
             *mark = EdgeMark { epoch: batch.epoch, high_water: batch.sequence };
             // Copied before its rows move into the tables, and only for
             // someone to read.
-            let published = followers
-                .as_ref()
-                .filter(|sender| sender.receiver_count() > 0)
-                .map(|sender| (sender, Applied { applied_at_ms: now_ms(), batch: batch.clone() }));
+            let published = followers.as_ref().filter(|sender| sender.receiver_count() > 0).map(|sender| {
+                let batch = Batch { conversions: Vec::new(), ..batch.clone() };
+                (sender, Applied { applied_at_ms: now_ms(), batch, conversions: Vec::new() })
+            });
             for (key, counts) in batch.rollups {
                 tables.rollups.entry(key).or_default().merge(&counts);
             }
-            tables.conversions.extend(batch.conversions);
+            let mut booked = Vec::new();
+            for row in batch.conversions {
+                if let Some(conversion) = tables.book(row, batch.edge_id)
+                    && published.is_some()
+                {
+                    booked.push(conversion);
+                }
+            }
             for row in batch.quarantine {
                 if tables.quarantine.len() == QUARANTINE_ROWS_MAX {
                     tables.quarantine.pop_front();
@@ -127,13 +166,54 @@ impl Store {
                 }
                 tables.quarantine.push_back(row);
             }
-            if let Some((sender, applied)) = published {
+            if let Some((sender, mut applied)) = published {
+                applied.conversions = booked;
                 // Fails only if every follower left since the count above;
                 // then nobody misses the batch.
                 let _ = sender.send(Arc::new(applied));
             }
         }
         admission
+    }
+
+    /// Prices conversions from now on under `rules`.
+    pub(crate) fn set_rules(&self, rules: Rules) {
+        self.lock().tables.rules = rules;
+    }
+
+    /// The campaigns file the rules in force came from.
+    pub(crate) fn rules_body(&self) -> bytes::Bytes {
+        self.lock().tables.rules.body.clone()
+    }
+
+    /// Sets the status of the conversion with `key`; its money leaves the
+    /// rollups when it is rejected and comes back when it is approved or
+    /// pending again. Answers the conversion as it now stands, published to
+    /// followers of `conversions` like a new row.
+    pub(crate) fn set_status(&self, key: &ConversionKey, status: Status) -> Option<Conversion> {
+        let mut inner = self.lock();
+        let Inner { tables, followers, .. } = &mut *inner;
+        let &conversion_idx = tables.conversion_index.get(key)?;
+        let old = tables.conversions[conversion_idx].status;
+        if old != status {
+            let conversion = tables.conversions[conversion_idx].clone();
+            match (old == Status::Rejected, status == Status::Rejected) {
+                (false, true) => tables.add_money(&conversion, -1),
+                (true, false) => tables.add_money(&conversion, 1),
+                _ => {}
+            }
+            tables.conversions[conversion_idx].status = status;
+        }
+        let conversion = tables.conversions[conversion_idx].clone();
+        if old != status
+            && let Some(sender) = followers.as_ref().filter(|sender| sender.receiver_count() > 0)
+        {
+            let applied =
+                Applied { applied_at_ms: now_ms(), batch: Batch::default(), conversions: vec![conversion.clone()] };
+            // Fails only if every follower left since the count.
+            let _ = sender.send(Arc::new(applied));
+        }
+        Some(conversion)
     }
 
     /// From now on, publishes every applied batch to followers through a
@@ -190,6 +270,74 @@ impl Store {
         // Poisoned only if a panic hit mid-apply; the tables may then hold
         // half a batch, which must not be served or extended.
         self.inner.lock().expect("store lock is not poisoned")
+    }
+}
+
+// === impl Tables ===
+
+impl Tables {
+    /// Books `row` from `edge_id` unless a conversion with its key is
+    /// booked already; a copy moves from its conversion counter to
+    /// `duplicates` in its rollup. Answers the booked conversion.
+    fn book(&mut self, row: ConversionRow, edge_id: u32) -> Option<Conversion> {
+        let key = ConversionKey::of(&row);
+        if let Some(key) = &key
+            && self.conversion_index.contains_key(key)
+        {
+            let counts = self.rollups.entry(rollup_key(&row)).or_default();
+            let counter = match row.kind {
+                EventKind::Lead => &mut counts.leads,
+                EventKind::Sale => &mut counts.sales,
+                // Edges ship only leads and sales as conversion rows.
+                EventKind::Impression | EventKind::Click => return None,
+            };
+            // The edge counted the copy in this batch's own rollups, which
+            // were merged above, so the counter is at least 1.
+            *counter = counter.saturating_sub(1);
+            counts.duplicates = counts.duplicates.saturating_add(1);
+            self.conversions_duplicate += 1;
+            return None;
+        }
+        let commission = Commission::compute(&self.rules.campaigns, &row);
+        let conversion = Conversion { row, edge_id, status: Status::Pending, commission };
+        self.insert(conversion.clone());
+        Some(conversion)
+    }
+
+    /// Adds a conversion to the ledger, its index and, unless rejected, the
+    /// money rollups.
+    pub(crate) fn insert(&mut self, conversion: Conversion) {
+        if conversion.status != Status::Rejected {
+            self.add_money(&conversion, 1);
+        }
+        if let Some(key) = ConversionKey::of(&conversion.row) {
+            self.conversion_index.insert(key, self.conversions.len());
+        }
+        self.conversions.push(conversion);
+    }
+
+    /// Adds (`sign` 1) or removes (`sign` -1) `conversion`'s money.
+    fn add_money(&mut self, conversion: &Conversion, sign: i128) {
+        let key = rollup_key(&conversion.row);
+        if let Some(money) = conversion.row.money {
+            let totals = self.money.entry((key.clone(), money.currency)).or_default();
+            totals.revenue_minor += sign * i128::from(money.minor_units);
+        }
+        if let Some(currency) = conversion.commission.currency {
+            let totals = self.money.entry((key, currency)).or_default();
+            totals.commission_minor += sign * i128::from(conversion.commission.amount_minor);
+            totals.parent_commission_minor += sign * i128::from(conversion.commission.parent_amount_minor);
+        }
+    }
+}
+
+/// The rollup key a conversion row counts under.
+pub(crate) fn rollup_key(row: &ConversionRow) -> RollupKey {
+    RollupKey {
+        minute_ms: row.time_ms.div_euclid(MINUTE_MS) * MINUTE_MS,
+        affiliate_id: row.affiliate_id,
+        campaign_id: row.campaign_id,
+        sub1: row.sub1.clone(),
     }
 }
 

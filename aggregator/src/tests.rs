@@ -74,9 +74,23 @@ fn frame() -> BatchFrame {
     }
 }
 
-/// `frame()` as batch `sequence` of its edge: the same rows each time.
+/// `frame()` as batch `sequence` of its edge: the same rows each time,
+/// except the conversion's order ID `o-<sequence>` (the ledger books one
+/// conversion per order).
 fn frame_at(sequence: u64) -> Vec<u8> {
-    BatchFrame { sequence, ..frame() }.encode().unwrap()
+    let conversion = ConversionRow {
+        time_ms: 1_795_514_401_000,
+        kind: EventKind::Lead,
+        affiliate_id: 7,
+        campaign_id: 100,
+        sub1: "fb".into(),
+        money: None,
+        order_id: Some(format!("o-{sequence}")),
+        click_id: None,
+        event_id: None,
+    };
+    let conversions_ipc = encode_ipc(&conversions_to_batch(&[conversion])).unwrap().into();
+    BatchFrame { sequence, conversions_ipc, ..frame() }.encode().unwrap()
 }
 
 /// `stats` without the fsync latencies, which vary from run to run.

@@ -25,6 +25,14 @@
 //! an operator restarts the aggregator, which replays what is really on
 //! disk.
 //!
+//! **Apply order.** Each committed record gets a log sequence number in
+//! file order. Appliers apply strictly in that order: [`Commit::turn`]
+//! waits until every earlier record is applied (or given up), so the store
+//! sees records in the order replay will read them. Batches of different
+//! edges commute, but cross-edge conversion dedup (the first copy wins),
+//! commission rule changes and status changes do not; applying in log
+//! order makes a restart rebuild exactly the state that was served.
+//!
 //! **Settlement.** Each committed record is *unsettled* until its applier
 //! has applied it to the store (or given up on it); the reply is a
 //! [`Commit`] guard that settles the record when dropped. A snapshot waits
@@ -127,6 +135,8 @@ pub(crate) struct Wal {
 #[must_use = "dropping a Commit settles its record"]
 pub(crate) struct Commit {
     segment: u64,
+    /// The record's place in apply order.
+    lsn: u64,
     shared: Arc<Shared>,
 }
 
@@ -186,6 +196,24 @@ struct Shared {
     settled: Notify,
     fsync_latency: Mutex<FsyncLatency>,
     failed: AtomicBool,
+    /// The apply order of committed records.
+    sequencer: Sequencer,
+}
+
+/// Hands out turns to apply in log order. Log sequence numbers are
+/// assigned by the writer at commit, from 0 in each run.
+struct Sequencer {
+    /// Records whose applier finished (or gave up) while an earlier one
+    /// was still pending; at most the records in flight, a few hundred.
+    state: Mutex<SequencerState>,
+    /// The next record to apply.
+    next: tokio::sync::watch::Sender<u64>,
+}
+
+#[derive(Default)]
+struct SequencerState {
+    next: u64,
+    done_early: std::collections::BTreeSet<u64>,
 }
 
 struct FsyncLatency {
@@ -200,6 +228,8 @@ struct Writer {
     segment: u64,
     file: File,
     segment_bytes: u64,
+    /// The log sequence number of the next record committed.
+    next_lsn: u64,
     /// The group being gathered, and who waits for it.
     group: Vec<u8>,
     waiters: Vec<oneshot::Sender<Result<Commit, WalError>>>,
@@ -269,6 +299,7 @@ impl Wal {
                 sum_us: 0,
             }),
             failed: AtomicBool::new(false),
+            sequencer: Sequencer { state: Mutex::default(), next: tokio::sync::watch::Sender::new(0) },
         });
         let file = create_segment(dir, next_segment, config.fsync)?;
         if live_bytes > config.snapshot_wal_bytes {
@@ -282,6 +313,7 @@ impl Wal {
             segment: next_segment,
             file,
             segment_bytes: 0,
+            next_lsn: 0,
             group: Vec::new(),
             waiters: Vec::new(),
             shared: shared.clone(),
@@ -400,9 +432,43 @@ impl Wal {
 
 // === impl Commit ===
 
+impl Commit {
+    /// Waits until every record committed before this one is applied or
+    /// given up. Apply, then drop the commit, which passes the turn on.
+    pub(crate) async fn turn(&self) {
+        let mut next = self.shared.sequencer.next.subscribe();
+        // The sender lives in `shared`, which `self` holds: never closed.
+        let _ = next.wait_for(|&next| next >= self.lsn).await;
+    }
+}
+
 impl Drop for Commit {
     fn drop(&mut self) {
+        self.shared.sequencer.done(self.lsn);
         self.shared.settle(self.segment);
+    }
+}
+
+// === impl Sequencer ===
+
+impl Sequencer {
+    fn done(&self, lsn: u64) {
+        // Only sets and counters change under the lock; a poisoned state
+        // is still consistent.
+        let mut state = self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if lsn != state.next {
+            state.done_early.insert(lsn);
+            return;
+        }
+        state.next += 1;
+        loop {
+            let next = state.next;
+            if !state.done_early.remove(&next) {
+                break;
+            }
+            state.next += 1;
+        }
+        self.next.send_replace(state.next);
     }
 }
 
@@ -512,10 +578,11 @@ impl Writer {
         // that rotates after this sees these records as unsettled.
         *self.shared.lock_unsettled().entry(self.segment).or_default() += n_records;
         for waiter in waiters {
-            let commit = Commit { segment: self.segment, shared: self.shared.clone() };
+            let commit = Commit { segment: self.segment, lsn: self.next_lsn, shared: self.shared.clone() };
+            self.next_lsn += 1;
             // A waiter that left gets its commit dropped here, which settles
-            // the record: its batch will not be applied by this run, and its
-            // edge, never acknowledged, sends it again.
+            // the record and passes its turn: its batch will not be applied
+            // by this run, and its edge, never acknowledged, sends it again.
             let _ = waiter.send(Ok(commit));
         }
         if self.shared.live_bytes.load(Ordering::Relaxed) > self.config.snapshot_wal_bytes {

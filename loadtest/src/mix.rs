@@ -141,6 +141,17 @@ pub(crate) struct Mix {
 /// clicks of many affiliates, at about 100 bytes each.
 const CLICKS_REMEMBERED_MAX: usize = 1024;
 
+/// What makes this run's order IDs its own: the process ID and start time.
+/// A merchant never reuses an order ID, and the aggregator books one
+/// conversion per order and campaign across edges and restarts, so two
+/// runs (or the `stack` trickle and a `run`) must not share order IDs.
+static RUN_ID: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    let started_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since_epoch| since_epoch.as_millis());
+    format!("r{started_ms:x}p{:x}", std::process::id())
+});
+
 // === impl Mix ===
 
 impl Mix {
@@ -154,7 +165,7 @@ impl Mix {
             affiliates: zipf(args.affiliates)?,
             campaigns: zipf(args.campaigns)?,
             subs: zipf(args.subs)?,
-            order_prefix: format!("t{task_idx}-"),
+            order_prefix: format!("{}-t{task_idx}-", *RUN_ID),
             n_orders: 0,
             clicks: VecDeque::with_capacity(CLICKS_REMEMBERED_MAX),
         })

@@ -8,8 +8,22 @@
 //!
 //! ```json
 //! {"campaigns": [{"id": 3, "landing_url": "https://shop.example/p?cid={click_id}&s={sub1}",
-//!                 "attribution_window_secs": 2592000}]}
+//!                 "attribution_window_secs": 2592000,
+//!                 "payout": {"type": "cpa", "amount": "12.50", "currency": "USD"}}],
+//!  "affiliates": [{"id": 7, "parent_id": 2,
+//!                  "payouts": [{"campaign_id": 3, "payout": {"type": "revshare", "percent": "7.5"}}]},
+//!                 {"id": 2, "override_percent": "5"}]}
 //! ```
+//!
+//! Commission rules (applied by the aggregator; edges ignore them): a
+//! campaign's `payout` is its default, either `cpa` (a fixed amount per
+//! conversion, in its own currency) or `revshare` (a percentage of the
+//! sale's amount, in the sale's currency). An affiliate's `payouts`
+//! override it, per campaign or (without `campaign_id`) for every campaign;
+//! a per-campaign override wins over an affiliate-wide one. An affiliate's
+//! `override_percent` is what it earns on top of each commission of the
+//! affiliates whose `parent_id` names it (one tier: a parent's parent earns
+//! nothing from the grandchild).
 //!
 //! A landing URL may use the macros `{click_id}`, `{affiliate_id}`,
 //! `{campaign_id}` and `{sub1}`..`{sub5}`; an absent sub becomes empty.
@@ -19,6 +33,8 @@
 use std::collections::HashMap;
 
 use serde::Deserialize;
+
+use crate::money::{Currency, Money, MoneyError, Percent, PercentError};
 
 /// Longest landing URL: browsers and proxies handle 2 KiB everywhere.
 pub const LANDING_URL_LEN_MAX: usize = 2048;
@@ -35,12 +51,18 @@ pub enum CampaignsError {
     Invalid { id: u32, reason: String },
     #[error("campaign {0} is listed twice")]
     Duplicate(u32),
+    #[error("affiliate {id}: {reason}")]
+    InvalidAffiliate { id: u32, reason: String },
+    #[error("affiliate {0} is listed twice")]
+    DuplicateAffiliate(u32),
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SnapshotFile {
     campaigns: Vec<CampaignFile>,
+    #[serde(default)]
+    affiliates: Vec<AffiliateFile>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -50,6 +72,53 @@ struct CampaignFile {
     landing_url: String,
     #[serde(default = "default_window")]
     attribution_window_secs: u64,
+    payout: Option<PayoutFile>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+enum PayoutFile {
+    Cpa { amount: String, currency: String },
+    Revshare { percent: String },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AffiliateFile {
+    id: u32,
+    parent_id: Option<u32>,
+    override_percent: Option<String>,
+    #[serde(default)]
+    payouts: Vec<AffiliatePayoutFile>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AffiliatePayoutFile {
+    campaign_id: Option<u32>,
+    payout: PayoutFile,
+}
+
+/// How a conversion earns its affiliate a commission.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Payout {
+    /// A fixed amount per conversion.
+    Cpa(Money),
+    /// A percentage of the sale's amount, in the sale's currency.
+    RevShare(Percent),
+}
+
+/// An affiliate's commission settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Affiliate {
+    pub id: u32,
+    /// The affiliate that earns `override_percent` on this one's commissions.
+    pub parent_id: Option<u32>,
+    /// What this affiliate earns on top of each of its children's commissions.
+    pub override_percent: Option<Percent>,
+    /// Overrides of the campaign default: per campaign, and for all
+    /// campaigns under `None`.
+    pub payouts: HashMap<Option<u32>, Payout>,
 }
 
 fn default_window() -> u64 {
@@ -61,11 +130,14 @@ pub struct Campaign {
     pub id: u32,
     pub landing_url: String,
     pub attribution_window_ms: i64,
+    /// The default commission rule; none pays no commission.
+    pub payout: Option<Payout>,
 }
 
 #[derive(Debug, Clone, Default)]
 pub struct Campaigns {
     by_id: HashMap<u32, Campaign>,
+    affiliates: HashMap<u32, Affiliate>,
 }
 
 // === impl Campaigns ===
@@ -89,20 +161,28 @@ impl Campaigns {
             if !(1..=ATTRIBUTION_WINDOW_SECS_MAX).contains(&campaign.attribution_window_secs) {
                 return Err(invalid("attribution_window_secs must be from 1 to 31536000"));
             }
+            let payout = campaign.payout.map(PayoutFile::parse).transpose().map_err(|reason| invalid(&reason))?;
             let entry = Campaign {
                 id: campaign.id,
                 landing_url: campaign.landing_url,
                 attribution_window_ms: campaign.attribution_window_secs as i64 * 1000,
+                payout,
             };
             if by_id.insert(campaign.id, entry).is_some() {
                 return Err(CampaignsError::Duplicate(campaign.id));
             }
         }
-        Ok(Campaigns { by_id })
+        let affiliates = parse_affiliates(file.affiliates, &by_id)?;
+        Ok(Campaigns { by_id, affiliates })
     }
 
     pub fn campaign(&self, id: u32) -> Option<&Campaign> {
         self.by_id.get(&id)
+    }
+
+    /// The commission settings of affiliate `id`, if it has any.
+    pub fn affiliate(&self, id: u32) -> Option<&Affiliate> {
+        self.affiliates.get(&id)
     }
 
     pub fn len(&self) -> usize {
@@ -111,6 +191,73 @@ impl Campaigns {
 
     pub fn is_empty(&self) -> bool {
         self.by_id.is_empty()
+    }
+}
+
+fn parse_affiliates(
+    listed: Vec<AffiliateFile>,
+    campaigns: &HashMap<u32, Campaign>,
+) -> Result<HashMap<u32, Affiliate>, CampaignsError> {
+    let ids: std::collections::HashSet<u32> = listed.iter().map(|affiliate| affiliate.id).collect();
+    let mut affiliates = HashMap::with_capacity(listed.len());
+    for affiliate in listed {
+        let id = affiliate.id;
+        let invalid = |reason: String| CampaignsError::InvalidAffiliate { id, reason };
+        if id == 0 {
+            return Err(invalid("id 0 is reserved".into()));
+        }
+        if let Some(parent_id) = affiliate.parent_id {
+            if parent_id == id {
+                return Err(invalid("parent_id names the affiliate itself".into()));
+            }
+            if !ids.contains(&parent_id) {
+                return Err(invalid(format!("parent_id {parent_id} is not a listed affiliate")));
+            }
+        }
+        let override_percent = affiliate
+            .override_percent
+            .map(|text| Percent::parse(&text))
+            .transpose()
+            .map_err(|error| invalid(format!("override_percent: {error}")))?;
+        let mut payouts = HashMap::with_capacity(affiliate.payouts.len());
+        for entry in affiliate.payouts {
+            if let Some(campaign_id) = entry.campaign_id
+                && !campaigns.contains_key(&campaign_id)
+            {
+                return Err(invalid(format!("payout for campaign {campaign_id}, which is not listed")));
+            }
+            let payout = entry.payout.parse().map_err(&invalid)?;
+            if payouts.insert(entry.campaign_id, payout).is_some() {
+                let scope = match entry.campaign_id {
+                    Some(campaign_id) => format!("campaign {campaign_id}"),
+                    None => "all campaigns".to_owned(),
+                };
+                return Err(invalid(format!("two payouts for {scope}")));
+            }
+        }
+        let parsed = Affiliate { id, parent_id: affiliate.parent_id, override_percent, payouts };
+        if affiliates.insert(id, parsed).is_some() {
+            return Err(CampaignsError::DuplicateAffiliate(id));
+        }
+    }
+    Ok(affiliates)
+}
+
+// === impl PayoutFile ===
+
+impl PayoutFile {
+    fn parse(self) -> Result<Payout, String> {
+        match self {
+            PayoutFile::Cpa { amount, currency } => {
+                let money = Currency::parse(&currency)
+                    .and_then(|currency| Money::parse(&amount, currency))
+                    .map_err(|error: MoneyError| format!("cpa payout: {error}"))?;
+                Ok(Payout::Cpa(money))
+            }
+            PayoutFile::Revshare { percent } => Percent::parse(&percent)
+                .map(Payout::RevShare)
+                .map_err(|error: PercentError| format!("revshare payout: {error}")),
+        }
     }
 }
 

@@ -16,8 +16,8 @@ pub mod frame;
 pub mod money;
 
 pub use batch::{BatchError, ConversionRow, QuarantineRow, RollupCounts, RollupKey};
-pub use campaigns::{Campaign, Campaigns, CampaignsError};
+pub use campaigns::{Affiliate, Campaign, Campaigns, CampaignsError, Payout};
 pub use click_id::{Click, ClickIdError, ClickKey, ClickKeys};
 pub use event::{Event, EventError, EventKind, SubId};
 pub use frame::{Ack, BatchFrame, ConfigSnapshot, FrameError, Hello, HelloAck};
-pub use money::{Currency, Money, MoneyError};
+pub use money::{Currency, Money, MoneyError, Percent, PercentError};

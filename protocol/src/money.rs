@@ -191,5 +191,100 @@ impl fmt::Display for Money {
     }
 }
 
+/// Parts per million in one percent: percentages are kept as integer ppm
+/// so that `7.5%` is exactly 75,000 and arithmetic never touches a float.
+pub const PPM_PER_PERCENT: u32 = 10_000;
+
+/// The largest percentage accepted: a commission or an override is at most
+/// the whole amount.
+pub const PERCENT_PPM_MAX: u32 = 100 * PPM_PER_PERCENT;
+
+/// Most decimal places of a percentage: four (0.0001%, one ppm).
+const PERCENT_DECIMALS_MAX: usize = 4;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PercentError {
+    #[error("malformed percent {0:?}: expected digits with at most one decimal point")]
+    Malformed(String),
+    #[error("percent {0:?} has more than {PERCENT_DECIMALS_MAX} decimals")]
+    TooManyDecimals(String),
+    #[error("percent {0:?} is above 100")]
+    AboveHundred(String),
+}
+
+/// An exact percentage from 0 to 100 with up to four decimals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Percent {
+    ppm: u32,
+}
+
+// === impl Percent ===
+
+impl Percent {
+    /// Parses `"7.5"` (meaning 7.5%) exactly.
+    pub fn parse(text: &str) -> Result<Percent, PercentError> {
+        let malformed = || PercentError::Malformed(text.chars().take(16).collect());
+        let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
+        let digits_only = |part: &str| part.bytes().all(|b| b.is_ascii_digit());
+        if whole.is_empty() || whole.len() > 3 || !digits_only(whole) || !digits_only(fraction) {
+            return Err(malformed());
+        }
+        if text.contains('.') && fraction.is_empty() {
+            return Err(malformed());
+        }
+        if fraction.len() > PERCENT_DECIMALS_MAX {
+            return Err(PercentError::TooManyDecimals(text.to_owned()));
+        }
+        let padding = PERCENT_DECIMALS_MAX - fraction.len();
+        let digits = whole.bytes().chain(fraction.bytes()).chain(std::iter::repeat_n(b'0', padding));
+        // At most 3 + 4 digits: fits in u32 without checks.
+        let ppm = digits.fold(0u32, |value, digit| value * 10 + u32::from(digit - b'0'));
+        if ppm > PERCENT_PPM_MAX {
+            return Err(PercentError::AboveHundred(text.to_owned()));
+        }
+        Ok(Percent { ppm })
+    }
+
+    pub fn from_ppm(ppm: u32) -> Option<Percent> {
+        (ppm <= PERCENT_PPM_MAX).then_some(Percent { ppm })
+    }
+
+    pub fn ppm(self) -> u32 {
+        self.ppm
+    }
+
+    /// This percentage of `minor_units`, rounded half to even (banker's
+    /// rounding: 0.5 goes to the even neighbour, so rounding errors cancel
+    /// over many conversions instead of always favouring one side).
+    ///
+    /// Exact: the product is formed in `i128`, and since the percentage is
+    /// at most 100 the result is never larger in magnitude than the input.
+    pub fn of(self, minor_units: i64) -> i64 {
+        let denominator = i128::from(PERCENT_PPM_MAX);
+        let product = i128::from(minor_units) * i128::from(self.ppm);
+        let quotient = product.div_euclid(denominator);
+        let remainder = product.rem_euclid(denominator);
+        let rounded = match (remainder * 2).cmp(&denominator) {
+            std::cmp::Ordering::Less => quotient,
+            std::cmp::Ordering::Greater => quotient + 1,
+            std::cmp::Ordering::Equal => quotient + (quotient & 1),
+        };
+        // |rounded| <= |minor_units| because ppm <= 100%.
+        i64::try_from(rounded).expect("a percentage of at most 100 of an i64 fits in an i64")
+    }
+}
+
+impl fmt::Display for Percent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let whole = self.ppm / PPM_PER_PERCENT;
+        let fraction = self.ppm % PPM_PER_PERCENT;
+        if fraction == 0 {
+            return write!(f, "{whole}%");
+        }
+        let text = format!("{fraction:04}");
+        write!(f, "{whole}.{}%", text.trim_end_matches('0'))
+    }
+}
+
 #[cfg(test)]
 mod tests;

@@ -11,6 +11,7 @@ use edgetally_protocol::QuarantineRow;
 
 use super::*;
 use crate::follow::Applied;
+use crate::ledger::{Commission, Conversion, Status};
 use crate::store::Batch;
 use crate::ticket;
 
@@ -199,8 +200,9 @@ fn rollups_filtered() {
 fn conversions_sorted_by_time() {
     let expect_row = |time_ms: i64, affiliate_id: u32, order_id: &str| {
         format!(
-            r#"time=M{} kind="lead" affiliate_id={affiliate_id} campaign_id=9 sub1="" amount_minor=null currency=null order_id={order_id:?} click_id=null event_id=null"#,
-            (time_ms - M0) / 60_000
+            r#"time=M{} kind="lead" affiliate_id={affiliate_id} campaign_id=9 sub1="" amount_minor=null currency=null order_id={order_id:?} click_id=null event_id=null edge_id={} status="pending" commission_minor=0 commission_currency=null rule="none" parent_affiliate_id=null parent_commission_minor=0"#,
+            (time_ms - M0) / 60_000,
+            edge_of(order_id)
         )
     };
     check(
@@ -222,10 +224,10 @@ fn schemas() {
         ["minute", "sub1", "impressions", "clicks", "unique_clicks", "leads", "sales", "duplicates"]
     );
     assert_eq!(*ticket::parse(br#"{"dataset":"rollups"}"#).unwrap().schema(), **ROLLUP_SCHEMA);
-    assert_eq!(*ticket::parse(br#"{"dataset":"conversions"}"#).unwrap().schema(), **CONVERSION_SCHEMA);
+    assert_eq!(*ticket::parse(br#"{"dataset":"conversions"}"#).unwrap().schema(), **LEDGER_SCHEMA);
     // Follow adds `applied_at` last, to every dataset.
     for (dataset, schema) in
-        [("rollups", &ROLLUP_SCHEMA), ("conversions", &CONVERSION_SCHEMA), ("quarantine", &QUARANTINE_SCHEMA)]
+        [("rollups", &ROLLUP_SCHEMA), ("conversions", &LEDGER_SCHEMA), ("quarantine", &QUARANTINE_SCHEMA)]
     {
         let follow = ticket::parse(format!(r#"{{"dataset":"{dataset}","follow":true}}"#).as_bytes()).unwrap().schema();
         let n_fields = schema.fields().len();
@@ -263,7 +265,8 @@ fn quarantine_by_time() {
 fn check_follow(ticket: &str, expect: [Option<&str>; 2]) {
     let query = ticket::parse(ticket.as_bytes()).unwrap();
     for (batch_idx, (batch, expect)) in batches().into_iter().zip(expect).enumerate() {
-        let applied = Applied { applied_at_ms: M2 + 1_000, batch };
+        let conversions = batch.conversions.iter().map(|row| booked(row, batch.edge_id)).collect();
+        let applied = Applied { applied_at_ms: M2 + 1_000, batch, conversions };
         let actual = query.follow_batch(&applied).unwrap();
         if let Some(actual) = &actual {
             assert_eq!(actual.schema(), query.schema(), "{ticket}");
@@ -304,8 +307,9 @@ fn follow_batches() {
     // Conversions in the batch's order, not sorted by time.
     let row = |time_ms: i64, affiliate_id: u32, order_id: &str| {
         format!(
-            r#"time=M{} kind="lead" affiliate_id={affiliate_id} campaign_id=9 sub1="" amount_minor=null currency=null order_id={order_id:?} click_id=null event_id=null applied_at=M2"#,
-            (time_ms - M0) / 60_000
+            r#"time=M{} kind="lead" affiliate_id={affiliate_id} campaign_id=9 sub1="" amount_minor=null currency=null order_id={order_id:?} click_id=null event_id=null edge_id={} status="pending" commission_minor=0 commission_currency=null rule="none" parent_affiliate_id=null parent_commission_minor=0 applied_at=M2"#,
+            (time_ms - M0) / 60_000,
+            edge_of(order_id)
         )
     };
     check_follow(
@@ -326,4 +330,15 @@ fn follow_batches() {
         ],
     );
     check_follow(r#"{"dataset":"conversions","follow":true,"affiliate_id":9}"#, [None, None]);
+}
+
+/// `row` as the ledger books it with no commission rules.
+fn booked(row: &ConversionRow, edge_id: u32) -> Conversion {
+    let commission = Commission::compute(&edgetally_protocol::Campaigns::default(), row);
+    Conversion { row: row.clone(), edge_id, status: Status::Pending, commission }
+}
+
+/// The edge that shipped each order of `batches()`.
+fn edge_of(order_id: &str) -> u32 {
+    if matches!(order_id, "a" | "b") { 1 } else { 2 }
 }

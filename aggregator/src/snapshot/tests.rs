@@ -70,7 +70,7 @@ fn check(bytes: &[u8], expect: &str) {
 #[test]
 fn damage_refused() {
     let good = encode_store(42, &store()).unwrap();
-    check(&good[..10], "10 bytes, header is 60");
+    check(&good[..10], "10 bytes, header is 68");
     let mut magic = good.clone();
     magic[0] = b'X';
     check(&magic, "bad magic");
