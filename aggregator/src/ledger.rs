@@ -94,9 +94,6 @@ pub(crate) struct Rules {
     pub(crate) campaigns: Arc<Campaigns>,
 }
 
-/// Columns the ledger adds after [`CONVERSION_SCHEMA`]'s.
-const LEDGER_EXTRA_COLUMNS: usize = 7;
-
 /// The schema of the `conversions` dataset: the columns an edge ships, then
 /// `edge_id`, `status`, `commission_minor`, `commission_currency`, `rule`,
 /// `parent_affiliate_id` and `parent_commission_minor`.
@@ -110,7 +107,6 @@ pub(crate) static LEDGER_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
         Field::new("parent_affiliate_id", DataType::UInt32, true),
         Field::new("parent_commission_minor", DataType::Int64, false),
     ];
-    debug_assert_eq!(extra.len(), LEDGER_EXTRA_COLUMNS);
     let fields: Vec<Field> =
         CONVERSION_SCHEMA.fields().iter().map(|field| field.as_ref().clone()).chain(extra).collect();
     Arc::new(Schema::new(fields))
@@ -369,9 +365,10 @@ impl StatusChange {
 }
 
 /// The Arrow batch of `conversions`, in [`LEDGER_SCHEMA`].
-pub(crate) fn ledger_to_batch<'a>(conversions: impl ExactSizeIterator<Item = &'a Conversion>) -> RecordBatch {
+pub(crate) fn ledger_to_batch<'a>(conversions: impl ExactSizeIterator<Item = &'a Conversion> + Clone) -> RecordBatch {
     let n_rows = conversions.len();
-    let mut rows = Vec::with_capacity(n_rows);
+    let shipped =
+        edgetally_protocol::batch::conversions_to_batch(conversions.clone().map(|conversion| &conversion.row));
     let mut edge_id = UInt32Builder::with_capacity(n_rows);
     let mut status = StringBuilder::with_capacity(n_rows, n_rows * 8);
     let mut commission_minor = Int64Builder::with_capacity(n_rows);
@@ -380,7 +377,6 @@ pub(crate) fn ledger_to_batch<'a>(conversions: impl ExactSizeIterator<Item = &'a
     let mut parent_affiliate_id = UInt32Builder::with_capacity(n_rows);
     let mut parent_commission_minor = Int64Builder::with_capacity(n_rows);
     for conversion in conversions {
-        rows.push(conversion.row.clone());
         edge_id.append_value(conversion.edge_id);
         status.append_value(conversion.status.as_str());
         commission_minor.append_value(conversion.commission.amount_minor);
@@ -389,7 +385,6 @@ pub(crate) fn ledger_to_batch<'a>(conversions: impl ExactSizeIterator<Item = &'a
         parent_affiliate_id.append_option(conversion.commission.parent_affiliate_id);
         parent_commission_minor.append_value(conversion.commission.parent_amount_minor);
     }
-    let shipped = edgetally_protocol::batch::conversions_to_batch(&rows);
     let mut columns: Vec<ArrayRef> = shipped.columns().to_vec();
     columns.push(Arc::new(edge_id.finish()));
     columns.push(Arc::new(status.finish()));

@@ -145,7 +145,15 @@ impl Store {
             // Copied before its rows move into the tables, and only for
             // someone to read.
             let published = followers.as_ref().filter(|sender| sender.receiver_count() > 0).map(|sender| {
-                let batch = Batch { conversions: Vec::new(), ..batch.clone() };
+                // Conversions go to followers as booked, below; not copied here.
+                let batch = Batch {
+                    edge_id: batch.edge_id,
+                    epoch: batch.epoch,
+                    sequence: batch.sequence,
+                    rollups: batch.rollups.clone(),
+                    conversions: Vec::new(),
+                    quarantine: batch.quarantine.clone(),
+                };
                 (sender, Applied { applied_at_ms: now_ms(), batch, conversions: Vec::new() })
             });
             for (key, counts) in batch.rollups {

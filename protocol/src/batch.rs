@@ -315,7 +315,12 @@ pub fn rollups_from_batch(batch: &RecordBatch) -> Result<Vec<(RollupKey, RollupC
 }
 
 /// Builds the Arrow batch of conversion rows.
-pub fn conversions_to_batch(rows: &[ConversionRow]) -> RecordBatch {
+pub fn conversions_to_batch<'a, I>(rows: I) -> RecordBatch
+where
+    I: IntoIterator<Item = &'a ConversionRow>,
+    I::IntoIter: ExactSizeIterator,
+{
+    let rows = rows.into_iter();
     let n_rows = rows.len();
     let mut time = TimestampMillisecondBuilder::with_capacity(n_rows).with_timezone("UTC");
     let mut kind = StringBuilder::with_capacity(n_rows, n_rows * 5);

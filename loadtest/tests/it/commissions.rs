@@ -15,7 +15,7 @@ use arrow_flight::{Action, FlightClient};
 use futures::TryStreamExt;
 use serde_json::json;
 
-use crate::support::{Node, edge_token_file, fetch, os, path, rollups, write_edge_tokens};
+use crate::support::{Node, edge_token_file, fetch, path, rollups, write_edge_tokens};
 
 /// Campaign 1 pays CPA 12.50 USD; campaign 2 revshare 7.5%. Affiliate 7
 /// earns CPA 1500 JPY on campaign 2 instead; its parent 8 takes 5% on top.
@@ -100,37 +100,16 @@ async fn commissions_dedup_and_reversal_survive_a_restart() {
         Node::aggregator(dir.path(), &["--edge-tokens", path(&tokens_path), "--campaigns", path(&campaigns_path)]);
     let addresses = aggregator.start();
     let flight_url = format!("http://{}", addresses["flight"].as_str().unwrap());
-    let quic = addresses["quic"].as_str().unwrap().to_owned();
-    let cert = addresses["quic_cert"].as_str().unwrap().to_owned();
     let mut collectors = Vec::new();
     let mut urls = Vec::new();
     for edge_id in 1..=2u32 {
         let collector_dir = dir.path().join(format!("collector-{edge_id}"));
         let token_path = edge_token_file(dir.path(), edge_id);
-        let mut collector = Node::new(
-            "edgetally-collector",
-            os(&[
-                "--data-dir",
-                path(&collector_dir),
-                "--http-listen",
-                "127.0.0.1:0",
-                "--aggregator-addr",
-                &quic,
-                "--aggregator-cert",
-                &cert,
-                "--edge-id",
-                &edge_id.to_string(),
-                "--edge-token-file",
-                path(&token_path),
-                "--campaigns",
-                path(&campaigns_path),
-                "--dedup-keys-max",
-                "10000",
-                "--flush-interval-ms",
-                "50",
-            ]),
-            collector_dir.join("collector.json"),
-        );
+        let edge_id = edge_id.to_string();
+        let campaigns = path(&campaigns_path);
+        let extra =
+            ["--edge-id", &edge_id, "--campaigns", campaigns, "--dedup-keys-max", "10000", "--flush-interval-ms", "50"];
+        let mut collector = Node::collector(&collector_dir, &addresses, &token_path, &extra);
         urls.push(format!("http://{}", collector.start()["http"].as_str().unwrap()));
         collectors.push(collector);
     }

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::support::{Node, edge_token_file, os, path, write_edge_tokens};
+use crate::support::{Node, edge_token_file, path, write_edge_tokens};
 
 /// The `Location` a click on campaign 1 is redirected to, if it is.
 fn landing(collector: &str) -> Option<String> {
@@ -49,29 +49,10 @@ fn campaigns_come_from_the_aggregator_and_are_kept() {
     let mut aggregator =
         Node::aggregator(dir.path(), &["--edge-tokens", path(&tokens_path), "--campaigns", path(&campaigns_path)]);
     let addresses = aggregator.start();
-    let quic = addresses["quic"].as_str().unwrap().to_owned();
-    let cert = addresses["quic_cert"].as_str().unwrap().to_owned();
 
     // The collector has no --campaigns of its own.
     let collector_dir = dir.path().join("collector");
-    let mut collector = Node::new(
-        "edgetally-collector",
-        os(&[
-            "--data-dir",
-            path(&collector_dir),
-            "--http-listen",
-            "127.0.0.1:0",
-            "--aggregator-addr",
-            &quic,
-            "--aggregator-cert",
-            &cert,
-            "--edge-token-file",
-            path(&token_path),
-            "--dedup-keys-max",
-            "10000",
-        ]),
-        collector_dir.join("collector.json"),
-    );
+    let mut collector = Node::collector(&collector_dir, &addresses, &token_path, &["--dedup-keys-max", "10000"]);
     let url = format!("http://{}", collector.start()["http"].as_str().unwrap());
     // It connects at start and gets the snapshot.
     wait_for_landing(&url, "https://first.example/p?cid=");

@@ -248,27 +248,18 @@ fn sigterm_during_load_ships_every_accepted_event() {
     let addresses = aggregator.start();
     let flight = format!("http://{}", addresses["flight"].as_str().unwrap());
     let collector_dir = dir.path().join("collector");
-    let mut collector = Node::new(
-        "edgetally-collector",
-        os(&[
-            "--data-dir",
-            path(&collector_dir),
-            "--http-listen",
-            "127.0.0.1:0",
-            "--aggregator-addr",
-            addresses["quic"].as_str().unwrap(),
-            "--aggregator-cert",
-            addresses["quic_cert"].as_str().unwrap(),
-            "--edge-token-file",
-            path(&token_path),
+    let mut collector = Node::collector(
+        &collector_dir,
+        &addresses,
+        &token_path,
+        &[
             "--dedup-keys-max",
             "100000",
             // Long enough that the last seconds of counts are unsealed at
             // the signal: shutdown has to seal and ship them.
             "--flush-interval-ms",
             "2000",
-        ]),
-        collector_dir.join("collector.json"),
+        ],
     );
     let url = format!("http://{}", collector.start()["http"].as_str().unwrap());
 

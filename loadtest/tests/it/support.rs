@@ -313,6 +313,27 @@ impl Node {
         Node::new("edgetally-aggregator", args, data_dir.join("aggregator.json"))
     }
 
+    /// A collector with its state in `data_dir`, its HTTP listener on an
+    /// ephemeral loopback port, shipping to the aggregator at `aggregator`
+    /// (its addresses file) with the token in `token_path`, with `extra`
+    /// flags (not started).
+    pub(crate) fn collector(
+        data_dir: &Path,
+        aggregator: &serde_json::Value,
+        token_path: &Path,
+        extra: &[&str],
+    ) -> Node {
+        let address = |name: &str| aggregator[name].as_str().unwrap_or_else(|| panic!("aggregator {name}")).to_owned();
+        let (quic, cert) = (address("quic"), address("quic_cert"));
+        let args = [
+            os(&["--data-dir", path(data_dir), "--http-listen", "127.0.0.1:0"]),
+            os(&["--aggregator-addr", &quic, "--aggregator-cert", &cert, "--edge-token-file", path(token_path)]),
+            os(extra),
+        ]
+        .concat();
+        Node::new("edgetally-collector", args, data_dir.join("collector.json"))
+    }
+
     /// Starts the process and waits for its addresses file.
     pub(crate) fn start(&mut self) -> serde_json::Value {
         let _ = std::fs::remove_file(&self.addresses);
