@@ -1,9 +1,10 @@
 //! What a Flight ticket asks for, and how it is answered from the store.
 //!
-//! A [`Query`] names a dataset, a half-open time range `[from, to)`, an
-//! optional affiliate and, for rollups, the columns to group by. Its answer
-//! is one Arrow batch whose schema [`Query::schema`] tells in advance, so
-//! `GetFlightInfo` and `DoGet` agree even when no row matches.
+//! A [`Query`] names a dataset, a half-open time range `[from, to)`,
+//! optional filters (affiliate, campaign, sub1) and, for rollups, the
+//! columns to group by. Its answer is one Arrow batch whose schema
+//! [`Query::schema`] tells in advance, so `GetFlightInfo` and `DoGet`
+//! agree even when no row matches.
 //!
 //! A follow query (`follow.rs`) is answered instead batch by batch, from
 //! each applied batch's own rows ([`Query::follow_batch`]): the same
@@ -56,6 +57,9 @@ pub(crate) struct Query {
     /// Exclusive upper bound, Unix ms.
     pub(crate) to_ms: Option<i64>,
     pub(crate) affiliate_id: Option<u32>,
+    pub(crate) campaign_id: Option<u32>,
+    /// Exact match; `""` matches rows that came without a sub1.
+    pub(crate) sub1: Option<String>,
     /// Always [`GroupBy::ALL`] for conversions, which are not grouped,
     /// and for follow queries.
     pub(crate) group_by: GroupBy,
@@ -148,7 +152,16 @@ impl Query {
     /// All of `dataset`, rollups grouped by every key column: what
     /// `ListFlights` names.
     pub(crate) fn whole(dataset: Dataset) -> Query {
-        Query { dataset, from_ms: None, to_ms: None, affiliate_id: None, group_by: GroupBy::ALL, follow: false }
+        Query {
+            dataset,
+            from_ms: None,
+            to_ms: None,
+            affiliate_id: None,
+            campaign_id: None,
+            sub1: None,
+            group_by: GroupBy::ALL,
+            follow: false,
+        }
     }
 
     /// The schema of the answer: for rollups, the group columns with their
@@ -192,13 +205,12 @@ impl Query {
             }
             Dataset::Conversions => {
                 let mut rows = store.read(|tables| {
-                    let matches = |time_ms: i64, affiliate_id: u32| {
-                        self.in_range(time_ms) && self.affiliate_id.is_none_or(|wanted| wanted == affiliate_id)
-                    };
                     tables
                         .conversions
                         .iter()
-                        .filter(|row| matches(row.time_ms, row.affiliate_id))
+                        .filter(|row| {
+                            self.in_range(row.time_ms) && self.matches(row.affiliate_id, row.campaign_id, &row.sub1)
+                        })
                         .cloned()
                         .collect::<Vec<_>>()
                 });
@@ -207,8 +219,8 @@ impl Query {
                 Ok(conversions_to_batch(&rows))
             }
             Dataset::Quarantine => {
-                // Quarantined input has no trusted affiliate: the ticket
-                // parser refuses an affiliate filter on it.
+                // Quarantined input has no trusted keys: the ticket parser
+                // refuses filters on it.
                 let mut rows = store.read(|tables| {
                     tables.quarantine.iter().filter(|row| self.in_range(row.time_ms)).cloned().collect::<Vec<_>>()
                 });
@@ -229,7 +241,9 @@ impl Query {
                 let rows: Vec<&(RollupKey, RollupCounts)> = batch
                     .rollups
                     .iter()
-                    .filter(|(key, _)| self.in_range(key.minute_ms) && self.has_affiliate(key.affiliate_id))
+                    .filter(|(key, _)| {
+                        self.in_range(key.minute_ms) && self.matches(key.affiliate_id, key.campaign_id, &key.sub1)
+                    })
                     .collect();
                 (!rows.is_empty()).then(|| rollups_to_batch(rows.iter().map(|(key, counts)| (key, counts))))
             }
@@ -237,13 +251,15 @@ impl Query {
                 let rows: Vec<_> = batch
                     .conversions
                     .iter()
-                    .filter(|row| self.in_range(row.time_ms) && self.has_affiliate(row.affiliate_id))
+                    .filter(|row| {
+                        self.in_range(row.time_ms) && self.matches(row.affiliate_id, row.campaign_id, &row.sub1)
+                    })
                     .cloned()
                     .collect();
                 (!rows.is_empty()).then(|| conversions_to_batch(&rows))
             }
             Dataset::Quarantine => {
-                // The ticket parser refuses an affiliate filter here.
+                // The ticket parser refuses filters here.
                 let rows: Vec<_> = batch.quarantine.iter().filter(|row| self.in_range(row.time_ms)).cloned().collect();
                 (!rows.is_empty()).then(|| quarantine_to_batch(&rows))
             }
@@ -261,8 +277,11 @@ impl Query {
         self.from_ms.is_none_or(|from_ms| time_ms >= from_ms) && self.to_ms.is_none_or(|to_ms| time_ms < to_ms)
     }
 
-    fn has_affiliate(&self, affiliate_id: u32) -> bool {
+    /// Whether a row with these keys passes the ticket's filters.
+    fn matches(&self, affiliate_id: u32, campaign_id: u32, sub1: &str) -> bool {
         self.affiliate_id.is_none_or(|wanted| wanted == affiliate_id)
+            && self.campaign_id.is_none_or(|wanted| wanted == campaign_id)
+            && self.sub1.as_deref().is_none_or(|wanted| wanted == sub1)
     }
 
     fn group_rollups(&self, tables: &Tables) -> BTreeMap<GroupKey, RollupCounts> {
@@ -279,7 +298,7 @@ impl Query {
             if self.to_ms.is_some_and(|to_ms| key.minute_ms >= to_ms) {
                 break;
             }
-            if self.affiliate_id.is_some_and(|wanted| wanted != key.affiliate_id) {
+            if !self.matches(key.affiliate_id, key.campaign_id, &key.sub1) {
                 continue;
             }
             groups.entry(self.group_by.key(key)).or_default().merge(counts);

@@ -5,19 +5,27 @@
 //!
 //! ```json
 //! {"dataset":"rollups","from":"2026-11-24T10:00:00Z","to":1795525200000,
-//!  "affiliate_id":7,"group_by":["affiliate_id","campaign_id"]}
+//!  "affiliate_id":7,"campaign_id":3,"sub1":"newsletter",
+//!  "group_by":["affiliate_id","campaign_id"]}
 //! ```
 //!
-//! Only `dataset` is required. `from` and `to` are RFC 3339 strings or
-//! integer Unix milliseconds; `group_by` applies to rollups only and
-//! defaults to all four key columns. An unknown key is an error that names
-//! it, so a typo never widens a query silently.
+//! Only `dataset` is required. An unknown key is an error that names it,
+//! so a typo never widens a query silently.
+//!
+//! - `from` and `to`: instants, RFC 3339 strings (any offset) or integer
+//!   Unix milliseconds; the range `[from, to)` selects rollup minutes and
+//!   conversion and quarantine times.
+//! - `affiliate_id`, `campaign_id` (integers) and `sub1` (exact, `""` for
+//!   rows without one): filters on `rollups` and `conversions`, refused on
+//!   `quarantine`, whose rejected input has no trusted keys.
+//! - `group_by` (rollups only): any of `minute`, `affiliate_id`,
+//!   `campaign_id`, `sub1`; all four by default, `[]` for one grand total.
 //!
 //! `"follow":true` keeps the `DoGet` stream open and sends what each batch
 //! applied from then on brings (`follow.rs`): for `conversions` and
 //! `quarantine` its new rows, for `rollups` its rollup rows as shipped
-//! (per-batch deltas, not totals), each filtered by `from`, `to` and
-//! `affiliate_id` as usual, with an `applied_at` column (ms, UTC) last.
+//! (per-batch deltas, not totals), each filtered by `from`, `to` and the
+//! key filters as usual, with an `applied_at` column (ms, UTC) last.
 //! `group_by` is refused with `follow`. Only changes applied after the
 //! follow starts are sent: a client reads the dataset with a normal ticket,
 //! then follows (a batch applied between the two is in neither; following
@@ -25,13 +33,13 @@
 //! that falls behind gets `DATA_LOSS` naming how many batches it missed,
 //! and reads and follows again.
 
-use edgetally_protocol::event::parse_time_ms;
+use edgetally_protocol::event::{EventError, SubId, parse_time_ms};
 use serde::Deserialize;
 
 use crate::query::{Dataset, GroupBy, GroupColumn, Query};
 
-/// The largest ticket accepted. A full ticket is under 300 bytes; the
-/// limit bounds what a client makes the server parse.
+/// The largest ticket accepted. A full ticket, with a 64-byte sub1, is
+/// under 400 bytes; the limit bounds what a client makes the server parse.
 pub(crate) const TICKET_BYTES_MAX: usize = 4096;
 
 #[derive(Debug, thiserror::Error)]
@@ -52,8 +60,10 @@ pub(crate) enum TicketError {
     DuplicateGroupColumn(String),
     #[error("group_by applies to rollups only, not to {0}")]
     GroupByNotAllowed(&'static str),
-    #[error("affiliate_id cannot filter {0}: rejected input has no trusted affiliate")]
-    AffiliateNotAllowed(&'static str),
+    #[error("{key} cannot filter {dataset}: rejected input has no trusted {key}")]
+    FilterNotAllowed { key: &'static str, dataset: &'static str },
+    #[error("bad sub1 filter: {0}")]
+    BadSub1(EventError),
     #[error("group_by cannot be combined with follow: follow streams each applied batch's rollup rows, ungrouped")]
     FollowGroupBy,
 }
@@ -65,6 +75,8 @@ struct TicketJson {
     from: Option<TimeBound>,
     to: Option<TimeBound>,
     affiliate_id: Option<u32>,
+    campaign_id: Option<u32>,
+    sub1: Option<String>,
     group_by: Option<Vec<String>>,
     follow: Option<bool>,
 }
@@ -110,10 +122,30 @@ pub(crate) fn parse(ticket: &[u8]) -> Result<Query, TicketError> {
             group_by
         }
     };
-    if dataset == Dataset::Quarantine && json.affiliate_id.is_some() {
-        return Err(TicketError::AffiliateNotAllowed(dataset.as_str()));
+    if dataset == Dataset::Quarantine {
+        let filters = [
+            ("affiliate_id", json.affiliate_id.is_some()),
+            ("campaign_id", json.campaign_id.is_some()),
+            ("sub1", json.sub1.is_some()),
+        ];
+        if let Some((key, _)) = filters.into_iter().find(|(_, present)| *present) {
+            return Err(TicketError::FilterNotAllowed { key, dataset: dataset.as_str() });
+        }
     }
-    Ok(Query { dataset, from_ms, to_ms, affiliate_id: json.affiliate_id, group_by, follow })
+    if let Some(sub1) = &json.sub1 {
+        // A sub1 no event can carry would match nothing; say why instead.
+        SubId::parse("sub1", sub1).map_err(TicketError::BadSub1)?;
+    }
+    Ok(Query {
+        dataset,
+        from_ms,
+        to_ms,
+        affiliate_id: json.affiliate_id,
+        campaign_id: json.campaign_id,
+        sub1: json.sub1,
+        group_by,
+        follow,
+    })
 }
 
 /// The ticket JSON of `query`: the inverse of [`parse`].
@@ -128,6 +160,12 @@ pub(crate) fn render(query: &Query) -> Vec<u8> {
     }
     if let Some(affiliate_id) = query.affiliate_id {
         json.insert("affiliate_id".into(), affiliate_id.into());
+    }
+    if let Some(campaign_id) = query.campaign_id {
+        json.insert("campaign_id".into(), campaign_id.into());
+    }
+    if let Some(sub1) = &query.sub1 {
+        json.insert("sub1".into(), sub1.as_str().into());
     }
     if query.dataset == Dataset::Rollups && query.group_by != GroupBy::ALL {
         let names = query.group_by.columns().map(|column| column.as_str().into()).collect();

@@ -72,7 +72,10 @@ fn batches() -> [Batch; 2] {
         epoch: 1,
         sequence: 1,
         rollups: vec![rollup(M0, 7, 100, "", [100, 20, 0, 0]), rollup(M2, 8, 100, "", [4, 4, 0, 0])],
-        conversions: vec![conversion(M1 + 5, 8, "c"), conversion(M2, 7, "d")],
+        conversions: vec![
+            conversion(M1 + 5, 8, "c"),
+            ConversionRow { campaign_id: 10, sub1: "fb".to_owned(), ..conversion(M2, 7, "d") },
+        ],
         quarantine: vec![QuarantineRow::new(M2 + 1, "events", "bad_amount", "too many decimals", "")],
     };
     [first, second]
@@ -193,13 +196,44 @@ fn rollups_filtered() {
     );
     check(r#"{"dataset":"rollups","affiliate_id":9}"#, "");
     check(r#"{"dataset":"rollups","to":0}"#, "");
+    check(
+        r#"{"dataset":"rollups","campaign_id":100,"group_by":["affiliate_id"]}"#,
+        r#"
+        affiliate_id=7 impressions=115 clicks=23 unique_clicks=0 leads=1 sales=0 duplicates=1
+        affiliate_id=8 impressions=7 clicks=4 unique_clicks=0 leads=0 sales=0 duplicates=0
+        "#,
+    );
+    check(
+        r#"{"dataset":"rollups","campaign_id":200}"#,
+        r#"minute=M1 affiliate_id=7 campaign_id=200 sub1="" impressions=1 clicks=1 unique_clicks=1 leads=1 sales=1 duplicates=1"#,
+    );
+    check(
+        r#"{"dataset":"rollups","sub1":"fb","group_by":["minute","sub1"]}"#,
+        r#"minute=M0 sub1="fb" impressions=5 clicks=1 unique_clicks=0 leads=0 sales=0 duplicates=0"#,
+    );
+    // `""` is the rows without a sub1; all three filters at once.
+    check(
+        r#"{"dataset":"rollups","sub1":"","group_by":["minute"]}"#,
+        r#"
+        minute=M0 impressions=113 clicks=22 unique_clicks=0 leads=1 sales=0 duplicates=1
+        minute=M1 impressions=1 clicks=1 unique_clicks=1 leads=1 sales=1 duplicates=1
+        minute=M2 impressions=4 clicks=4 unique_clicks=0 leads=0 sales=0 duplicates=0
+        "#,
+    );
+    check(
+        r#"{"dataset":"rollups","affiliate_id":7,"campaign_id":100,"sub1":"","group_by":[]}"#,
+        "impressions=110 clicks=22 unique_clicks=0 leads=1 sales=0 duplicates=1",
+    );
+    check(r#"{"dataset":"rollups","affiliate_id":8,"campaign_id":200}"#, "");
+    check(r#"{"dataset":"rollups","sub1":"tw"}"#, "");
 }
 
 #[test]
 fn conversions_sorted_by_time() {
     let expect_row = |time_ms: i64, affiliate_id: u32, order_id: &str| {
+        let (campaign_id, sub1) = if order_id == "d" { (10, "fb") } else { (9, "") };
         format!(
-            r#"time=M{} kind="lead" affiliate_id={affiliate_id} campaign_id=9 sub1="" amount_minor=null currency=null order_id={order_id:?} click_id=null event_id=null"#,
+            r#"time=M{} kind="lead" affiliate_id={affiliate_id} campaign_id={campaign_id} sub1={sub1:?} amount_minor=null currency=null order_id={order_id:?} click_id=null event_id=null"#,
             (time_ms - M0) / 60_000
         )
     };
@@ -209,6 +243,19 @@ fn conversions_sorted_by_time() {
     );
     check(&format!(r#"{{"dataset":"conversions","affiliate_id":7,"to":{M2}}}"#), &expect_row(M1, 7, "b"));
     check(&format!(r#"{{"dataset":"conversions","from":{M2}}}"#), &expect_row(M2, 7, "d"));
+    // Campaign and sub1 filters, alone and with the others.
+    check(r#"{"dataset":"conversions","campaign_id":10}"#, &expect_row(M2, 7, "d"));
+    check(r#"{"dataset":"conversions","sub1":"fb"}"#, &expect_row(M2, 7, "d"));
+    check(
+        r#"{"dataset":"conversions","sub1":""}"#,
+        &[expect_row(M0, 8, "a"), expect_row(M1, 7, "b"), expect_row(M1, 8, "c")].join("\n"),
+    );
+    check(
+        r#"{"dataset":"conversions","campaign_id":9,"affiliate_id":8}"#,
+        &[expect_row(M0, 8, "a"), expect_row(M1, 8, "c")].join("\n"),
+    );
+    check(r#"{"dataset":"conversions","campaign_id":10,"sub1":""}"#, "");
+    check(r#"{"dataset":"conversions","campaign_id":10,"affiliate_id":8}"#, "");
 }
 
 #[test]
@@ -303,8 +350,9 @@ fn follow_batches() {
     );
     // Conversions in the batch's order, not sorted by time.
     let row = |time_ms: i64, affiliate_id: u32, order_id: &str| {
+        let (campaign_id, sub1) = if order_id == "d" { (10, "fb") } else { (9, "") };
         format!(
-            r#"time=M{} kind="lead" affiliate_id={affiliate_id} campaign_id=9 sub1="" amount_minor=null currency=null order_id={order_id:?} click_id=null event_id=null applied_at=M2"#,
+            r#"time=M{} kind="lead" affiliate_id={affiliate_id} campaign_id={campaign_id} sub1={sub1:?} amount_minor=null currency=null order_id={order_id:?} click_id=null event_id=null applied_at=M2"#,
             (time_ms - M0) / 60_000
         )
     };
@@ -326,4 +374,29 @@ fn follow_batches() {
         ],
     );
     check_follow(r#"{"dataset":"conversions","follow":true,"affiliate_id":9}"#, [None, None]);
+    check_follow(
+        r#"{"dataset":"rollups","follow":true,"campaign_id":100,"sub1":"fb"}"#,
+        [
+            Some(
+                r#"minute=M0 affiliate_id=7 campaign_id=100 sub1="fb" impressions=5 clicks=1 unique_clicks=0 leads=0 sales=0 duplicates=0 applied_at=M2"#,
+            ),
+            None,
+        ],
+    );
+    check_follow(
+        r#"{"dataset":"rollups","follow":true,"campaign_id":100,"affiliate_id":8,"sub1":""}"#,
+        [
+            Some(
+                r#"minute=M0 affiliate_id=8 campaign_id=100 sub1="" impressions=3 clicks=0 unique_clicks=0 leads=0 sales=0 duplicates=0 applied_at=M2"#,
+            ),
+            Some(
+                r#"minute=M2 affiliate_id=8 campaign_id=100 sub1="" impressions=4 clicks=4 unique_clicks=0 leads=0 sales=0 duplicates=0 applied_at=M2"#,
+            ),
+        ],
+    );
+    check_follow(r#"{"dataset":"conversions","follow":true,"sub1":"fb"}"#, [None, Some(&row(M2, 7, "d"))]);
+    check_follow(
+        r#"{"dataset":"conversions","follow":true,"campaign_id":9,"affiliate_id":7}"#,
+        [Some(&row(M1, 7, "b")), None],
+    );
 }

@@ -18,7 +18,7 @@ fn query(
     for &column in group_by {
         columns.insert(column);
     }
-    Query { dataset, from_ms, to_ms, affiliate_id, group_by: columns, follow: false }
+    Query { dataset, from_ms, to_ms, affiliate_id, campaign_id: None, sub1: None, group_by: columns, follow: false }
 }
 
 #[track_caller]
@@ -77,6 +77,42 @@ fn good_tickets() {
 }
 
 #[test]
+fn good_filters() {
+    use Dataset::{Conversions, Rollups};
+    use GroupColumn::{AffiliateId, CampaignId, Minute, Sub1};
+    let all = &[Minute, AffiliateId, CampaignId, Sub1];
+    let with = |campaign_id: Option<u32>, sub1: Option<&str>, query: Query| Query {
+        campaign_id,
+        sub1: sub1.map(str::to_owned),
+        ..query
+    };
+    check(r#"{"dataset":"rollups","campaign_id":3}"#, with(Some(3), None, query(Rollups, None, None, None, all)));
+    check(
+        r#"{"dataset":"rollups","sub1":"newsletter","group_by":["minute"]}"#,
+        with(None, Some("newsletter"), query(Rollups, None, None, None, &[Minute])),
+    );
+    // The empty sub1 is the rows that came without one.
+    check(r#"{"dataset":"rollups","sub1":""}"#, with(None, Some(""), query(Rollups, None, None, None, all)));
+    check(
+        r#"{"dataset":"rollups","affiliate_id":7,"campaign_id":4294967295,"sub1":"A-z_0.9~"}"#,
+        with(Some(u32::MAX), Some("A-z_0.9~"), query(Rollups, None, None, Some(7), all)),
+    );
+    check(
+        r#"{"dataset":"conversions","campaign_id":3,"sub1":"fb","from":0}"#,
+        with(Some(3), Some("fb"), query(Conversions, Some(0), None, None, all)),
+    );
+    let follow = |query: Query| Query { follow: true, ..query };
+    check(
+        r#"{"dataset":"rollups","follow":true,"campaign_id":3,"sub1":"fb"}"#,
+        follow(with(Some(3), Some("fb"), query(Rollups, None, None, None, all))),
+    );
+    check(
+        r#"{"dataset":"conversions","follow":true,"sub1":""}"#,
+        follow(with(None, Some(""), query(Conversions, None, None, None, all))),
+    );
+}
+
+#[test]
 fn bad_tickets() {
     check_error(b"", "bad ticket json");
     check_error(b"not json", "bad ticket json");
@@ -102,7 +138,7 @@ fn bad_tickets() {
     check_error(br#"{"dataset":"quarantine","group_by":[]}"#, "group_by applies to rollups only, not to quarantine");
     check_error(
         br#"{"dataset":"quarantine","affiliate_id":7}"#,
-        "affiliate_id cannot filter quarantine: rejected input has no trusted affiliate",
+        "affiliate_id cannot filter quarantine: rejected input has no trusted affiliate_id",
     );
     check_error(
         br#"{"dataset":"rollups","follow":true,"group_by":["minute"]}"#,
@@ -111,6 +147,27 @@ fn bad_tickets() {
     check_error(br#"{"dataset":"rollups","follow":true,"group_by":[]}"#, "group_by cannot be combined with follow");
     check_error(br#"{"dataset":"rollups","follow":"yes"}"#, "bad ticket json");
     check_error(br#"{"dataset":"rollups","follow":true,"from_now":false}"#, "unknown field `from_now`");
+    // Filters.
+    check_error(
+        br#"{"dataset":"quarantine","campaign_id":3}"#,
+        "campaign_id cannot filter quarantine: rejected input has no trusted campaign_id",
+    );
+    check_error(
+        br#"{"dataset":"quarantine","sub1":""}"#,
+        "sub1 cannot filter quarantine: rejected input has no trusted sub1",
+    );
+    check_error(br#"{"dataset":"quarantine","follow":true,"sub1":"fb"}"#, "sub1 cannot filter quarantine");
+    check_error(br#"{"dataset":"rollups","campaign_id":-1}"#, "bad ticket json");
+    check_error(br#"{"dataset":"rollups","campaign_id":"3"}"#, "bad ticket json");
+    check_error(br#"{"dataset":"rollups","campaign_id":4294967296}"#, "bad ticket json");
+    check_error(br#"{"dataset":"rollups","sub1":7}"#, "bad ticket json");
+    check_error(br#"{"dataset":"rollups","sub1":null,"sub_1":"fb"}"#, "unknown field `sub_1`");
+    check_error(
+        br#"{"dataset":"rollups","sub1":"a b"}"#,
+        "bad sub1 filter: bad charset in sub1: allowed are A-Z a-z 0-9 - _ . ~",
+    );
+    let long_sub1 = format!(r#"{{"dataset":"conversions","sub1":"{}"}}"#, "s".repeat(65));
+    check_error(long_sub1.as_bytes(), "bad sub1 filter: sub1 too long: 65 bytes, limit is 64");
     let large = format!(r#"{{"dataset":"rollups","group_by":[{}"sub1"]}}"#, "\"minute\",".repeat(500));
     check_error(large.as_bytes(), "ticket too large: 4541 bytes, limit is 4096");
 }
