@@ -1,9 +1,21 @@
 //! What a Flight ticket asks for, and how it is answered from the store.
 //!
-//! A [`Query`] names a dataset, a half-open time range `[from, to)`, an
-//! optional affiliate and, for rollups, the columns to group by. Its answer
-//! is one Arrow batch whose schema [`Query::schema`] tells in advance, so
-//! `GetFlightInfo` and `DoGet` agree even when no row matches.
+//! A [`Query`] names a dataset, a half-open time range `[from, to)`,
+//! optional filters (affiliate, campaign, sub1) and, for rollups, the
+//! columns to group by and the [`TimeBuckets`] that time is grouped into.
+//! Its answer is one Arrow batch whose schema [`Query::schema`] tells in
+//! advance, so `GetFlightInfo` and `DoGet` agree even when no row matches.
+//!
+//! Time buckets are cut at the local boundaries of an IANA zone from the
+//! database compiled into the binary (jiff's bundled tzdb, so no system
+//! tzdata is read and every host answers alike): a day starts at local
+//! midnight (23 or 25 hours long when the clocks change), an hour at the
+//! local hour (so at :30 or :45 past a UTC hour in zones such as
+//! Asia/Kolkata). A change of offset also ends an hour: the hour repeated
+//! when DST ends is two buckets, one per offset. A bucket is named by the
+//! instant it starts. Rollups are read in minute order, so [`Bucketer`]
+//! keeps the current bucket and asks the zone again only when a minute
+//! leaves it: one zone look-up per bucket, not per row.
 //!
 //! A follow query (`follow.rs`) is answered instead batch by batch, from
 //! each applied batch's own rows ([`Query::follow_batch`]): the same
@@ -18,6 +30,9 @@ use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef, TimeUnit};
 use edgetally_protocol::batch::{
     N_COUNTERS, QUARANTINE_SCHEMA, ROLLUP_SCHEMA, RollupCounts, RollupKey, quarantine_to_batch, rollups_to_batch,
 };
+use edgetally_protocol::event::MINUTE_MS;
+use jiff::Timestamp;
+use jiff::tz::TimeZone;
 
 use crate::follow::Applied;
 use crate::ledger::{Conversion, LEDGER_SCHEMA, ledger_to_batch};
@@ -47,6 +62,44 @@ pub(crate) struct GroupBy {
     columns: [bool; 4],
 }
 
+/// How long the time buckets of a rollups answer are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Granularity {
+    Minute,
+    Hour,
+    Day,
+}
+
+/// The buckets a rollups answer groups time into: a granularity, cut at
+/// the local boundaries of a zone.
+#[derive(Debug, Clone)]
+pub(crate) struct TimeBuckets {
+    pub(crate) granularity: Granularity,
+    zone: TimeZone,
+    /// The zone's IANA name as the database spells it; the answer's time
+    /// column carries it.
+    zone_name: Arc<str>,
+}
+
+/// One time bucket: the instants `[start_ms, end_ms)`, Unix ms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Bucket {
+    pub(crate) start_ms: i64,
+    pub(crate) end_ms: i64,
+}
+
+/// Maps rollup minutes to the start of their bucket, remembering the last
+/// bucket so that minutes read in order cost one zone look-up per bucket.
+#[derive(Debug)]
+pub(crate) struct Bucketer<'a> {
+    buckets: &'a TimeBuckets,
+    current: Option<Bucket>,
+    /// Buckets computed so far, for tests to check there is one look-up
+    /// per bucket.
+    #[cfg(test)]
+    n_lookups: usize,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Query {
     pub(crate) dataset: Dataset,
@@ -56,9 +109,15 @@ pub(crate) struct Query {
     /// Exclusive upper bound, Unix ms.
     pub(crate) to_ms: Option<i64>,
     pub(crate) affiliate_id: Option<u32>,
+    pub(crate) campaign_id: Option<u32>,
+    /// Exact match; `""` matches rows that came without a sub1.
+    pub(crate) sub1: Option<String>,
     /// Always [`GroupBy::ALL`] for conversions, which are not grouped,
     /// and for follow queries.
     pub(crate) group_by: GroupBy,
+    /// UTC minutes (the default) for conversions, quarantine and follow
+    /// queries, which are not grouped.
+    pub(crate) buckets: TimeBuckets,
     /// Stream each batch applied from now on instead of answering once.
     pub(crate) follow: bool,
 }
@@ -67,11 +126,15 @@ pub(crate) struct Query {
 /// batch the row came in.
 pub(crate) const APPLIED_AT_COLUMN: &str = "applied_at";
 
-/// A rollup key with the columns not grouped by left out.
+/// A rollup key with the columns not grouped by left out, and the minute
+/// replaced by the start of its bucket.
 type GroupKey = (Option<i64>, Option<u32>, Option<u32>, Option<String>);
 
 /// The counter columns every rollup answer ends with, in ROLLUP_SCHEMA.
 const ROLLUP_COUNTER_COLUMNS: std::ops::Range<usize> = 4..4 + N_COUNTERS;
+
+/// Milliseconds in an hour.
+const HOUR_MS: i64 = 60 * MINUTE_MS;
 
 // === impl Dataset ===
 
@@ -142,17 +205,182 @@ impl GroupBy {
     }
 }
 
+// === impl Granularity ===
+
+impl Granularity {
+    pub(crate) const ALL: [Granularity; 3] = [Granularity::Minute, Granularity::Hour, Granularity::Day];
+
+    pub(crate) fn parse(name: &str) -> Option<Granularity> {
+        Granularity::ALL.into_iter().find(|granularity| granularity.as_str() == name)
+    }
+
+    /// The granularity's name in a ticket, which is also the name of the
+    /// time column of a rollups answer.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Granularity::Minute => "minute",
+            Granularity::Hour => "hour",
+            Granularity::Day => "day",
+        }
+    }
+}
+
+// === impl TimeBuckets ===
+
+impl TimeBuckets {
+    /// `granularity` buckets in the zone named `zone_name` (IANA, any
+    /// case); `None` if the bundled database does not know the zone.
+    pub(crate) fn new(granularity: Granularity, zone_name: &str) -> Option<TimeBuckets> {
+        let zone = TimeZone::get(zone_name).ok()?;
+        // A zone found by name in the database has that name.
+        let zone_name = zone.iana_name()?.into();
+        Some(TimeBuckets { granularity, zone, zone_name })
+    }
+
+    /// `granularity` buckets in UTC, the default zone. UTC minutes are the
+    /// stored minutes themselves.
+    pub(crate) fn utc(granularity: Granularity) -> TimeBuckets {
+        TimeBuckets { granularity, zone: TimeZone::UTC, zone_name: "UTC".into() }
+    }
+
+    pub(crate) fn zone_name(&self) -> &str {
+        &self.zone_name
+    }
+
+    /// The time column of a rollups answer: named after the granularity,
+    /// typed with the zone, holding each bucket's start.
+    fn field(&self) -> Field {
+        let minute = ROLLUP_SCHEMA.field(GroupColumn::Minute as usize);
+        let data_type = DataType::Timestamp(TimeUnit::Millisecond, Some(self.zone_name.as_ref().into()));
+        Field::new(self.granularity.as_str(), data_type, minute.is_nullable())
+    }
+
+    /// The bucket that holds the instant `time_ms`.
+    pub(crate) fn bucket(&self, time_ms: i64) -> Result<Bucket, jiff::Error> {
+        match self.granularity {
+            // Every zone has kept whole-minute offsets since 1972, so a
+            // local minute is a UTC minute: no look-up needed.
+            Granularity::Minute => {
+                let start_ms = time_ms - time_ms.rem_euclid(MINUTE_MS);
+                Ok(Bucket { start_ms, end_ms: start_ms + MINUTE_MS })
+            }
+            Granularity::Hour => self.hour(time_ms),
+            Granularity::Day => self.day(time_ms),
+        }
+    }
+
+    /// The local hour of `time_ms` under its offset, cut short where the
+    /// offset changes inside it.
+    fn hour(&self, time_ms: i64) -> Result<Bucket, jiff::Error> {
+        let timestamp = Timestamp::from_millisecond(time_ms)?;
+        let offset_ms = i64::from(self.zone.to_offset(timestamp).seconds()) * 1000;
+        let mut start_ms = time_ms - (time_ms + offset_ms).rem_euclid(HOUR_MS);
+        let mut end_ms = start_ms + HOUR_MS;
+        // The latest change at or before `time_ms` (transitions fall on
+        // whole seconds, so "before the next millisecond" is "at or before").
+        let next = Timestamp::from_millisecond(time_ms + 1)?;
+        if let Some(change) = self.zone.preceding(next).find(|transition| self.changes_offset(transition)) {
+            start_ms = start_ms.max(change.timestamp().as_millisecond());
+        }
+        if let Some(change) = self.zone.following(timestamp).find(|transition| self.changes_offset(transition)) {
+            end_ms = end_ms.min(change.timestamp().as_millisecond());
+        }
+        Ok(Bucket { start_ms, end_ms })
+    }
+
+    /// From the start of the local day of `time_ms` to the start of the
+    /// next: local midnight, or the first instant after it when midnight
+    /// falls into a gap, the earlier one when it is repeated.
+    fn day(&self, time_ms: i64) -> Result<Bucket, jiff::Error> {
+        let date = self.zone.to_datetime(Timestamp::from_millisecond(time_ms)?).date();
+        let start = date.to_zoned_datetime(self.zone.clone())?;
+        let end = date.tomorrow()?.to_zoned_datetime(self.zone.clone())?;
+        Ok(Bucket { start_ms: start.timestamp().as_millisecond(), end_ms: end.timestamp().as_millisecond() })
+    }
+
+    /// False for transitions that only rename the zone's abbreviation or
+    /// flip its DST flag: those must not cut an hour.
+    fn changes_offset(&self, transition: &jiff::tz::TimeZoneTransition<'_>) -> bool {
+        let before = transition.timestamp().as_millisecond() - 1;
+        Timestamp::from_millisecond(before).is_ok_and(|before| self.zone.to_offset(before) != transition.offset())
+    }
+}
+
+/// Two zones with the same IANA name from the one bundled database are the
+/// same zone.
+impl PartialEq for TimeBuckets {
+    fn eq(&self, other: &TimeBuckets) -> bool {
+        self.granularity == other.granularity && self.zone_name == other.zone_name
+    }
+}
+
+impl Eq for TimeBuckets {}
+
+// === impl Bucket ===
+
+impl Bucket {
+    fn contains(self, time_ms: i64) -> bool {
+        self.start_ms <= time_ms && time_ms < self.end_ms
+    }
+}
+
+// === impl Bucketer ===
+
+impl<'a> Bucketer<'a> {
+    pub(crate) fn new(buckets: &'a TimeBuckets) -> Bucketer<'a> {
+        Bucketer {
+            buckets,
+            current: None,
+            #[cfg(test)]
+            n_lookups: 0,
+        }
+    }
+
+    /// The start of the bucket of `minute_ms`.
+    pub(crate) fn start_of(&mut self, minute_ms: i64) -> Result<i64, ArrowError> {
+        if let Some(bucket) = self.current
+            && bucket.contains(minute_ms)
+        {
+            return Ok(bucket.start_ms);
+        }
+        let bucket = self.buckets.bucket(minute_ms).map_err(|error| {
+            ArrowError::ComputeError(format!(
+                "{} bucket of {minute_ms} ms in {}: {error}",
+                self.buckets.granularity.as_str(),
+                self.buckets.zone_name
+            ))
+        })?;
+        #[cfg(test)]
+        {
+            self.n_lookups += 1;
+        }
+        self.current = Some(bucket);
+        Ok(bucket.start_ms)
+    }
+}
+
 // === impl Query ===
 
 impl Query {
     /// All of `dataset`, rollups grouped by every key column: what
     /// `ListFlights` names.
     pub(crate) fn whole(dataset: Dataset) -> Query {
-        Query { dataset, from_ms: None, to_ms: None, affiliate_id: None, group_by: GroupBy::ALL, follow: false }
+        Query {
+            dataset,
+            from_ms: None,
+            to_ms: None,
+            affiliate_id: None,
+            campaign_id: None,
+            sub1: None,
+            group_by: GroupBy::ALL,
+            buckets: TimeBuckets::utc(Granularity::Minute),
+            follow: false,
+        }
     }
 
     /// The schema of the answer: for rollups, the group columns with their
-    /// ROLLUP_SCHEMA types followed by the counters; for conversions,
+    /// ROLLUP_SCHEMA types (the time column named and typed by
+    /// [`TimeBuckets`]) followed by the counters; for conversions,
     /// CONVERSION_SCHEMA; for quarantine, QUARANTINE_SCHEMA. A follow
     /// answer adds [`APPLIED_AT_COLUMN`] (non-null, ms, UTC) last.
     pub(crate) fn schema(&self) -> SchemaRef {
@@ -173,9 +401,12 @@ impl Query {
             Dataset::Conversions => LEDGER_SCHEMA.clone(),
             Dataset::Quarantine => QUARANTINE_SCHEMA.clone(),
             Dataset::Rollups => {
-                let group_fields = self.group_by.columns().map(|column| ROLLUP_SCHEMA.field(column as usize));
-                let counter_fields = ROLLUP_COUNTER_COLUMNS.map(|column_idx| ROLLUP_SCHEMA.field(column_idx));
-                let fields: Vec<Field> = group_fields.chain(counter_fields).cloned().collect();
+                let group_fields = self.group_by.columns().map(|column| match column {
+                    GroupColumn::Minute => self.buckets.field(),
+                    _ => ROLLUP_SCHEMA.field(column as usize).clone(),
+                });
+                let counter_fields = ROLLUP_COUNTER_COLUMNS.map(|column_idx| ROLLUP_SCHEMA.field(column_idx).clone());
+                let fields: Vec<Field> = group_fields.chain(counter_fields).collect();
                 Arc::new(Schema::new(fields))
             }
         }
@@ -187,7 +418,7 @@ impl Query {
     pub(crate) fn execute(&self, store: &Store) -> Result<RecordBatch, ArrowError> {
         match self.dataset {
             Dataset::Rollups => {
-                let groups = store.read(|tables| self.group_rollups(tables));
+                let groups = store.read(|tables| self.group_rollups(tables))?;
                 self.rollups_to_batch(groups)
             }
             Dataset::Conversions => {
@@ -204,8 +435,8 @@ impl Query {
                 Ok(ledger_to_batch(rows.iter()))
             }
             Dataset::Quarantine => {
-                // Quarantined input has no trusted affiliate: the ticket
-                // parser refuses an affiliate filter on it.
+                // Quarantined input has no trusted keys: the ticket parser
+                // refuses filters on it.
                 let mut rows = store.read(|tables| {
                     tables.quarantine.iter().filter(|row| self.in_range(row.time_ms)).cloned().collect::<Vec<_>>()
                 });
@@ -226,7 +457,9 @@ impl Query {
                 let rows: Vec<&(RollupKey, RollupCounts)> = batch
                     .rollups
                     .iter()
-                    .filter(|(key, _)| self.in_range(key.minute_ms) && self.has_affiliate(key.affiliate_id))
+                    .filter(|(key, _)| {
+                        self.in_range(key.minute_ms) && self.matches(key.affiliate_id, key.campaign_id, &key.sub1)
+                    })
                     .collect();
                 (!rows.is_empty()).then(|| rollups_to_batch(rows.iter().map(|(key, counts)| (key, counts))))
             }
@@ -236,7 +469,7 @@ impl Query {
                 (!rows.is_empty()).then(|| ledger_to_batch(rows.into_iter()))
             }
             Dataset::Quarantine => {
-                // The ticket parser refuses an affiliate filter here.
+                // The ticket parser refuses filters here.
                 let rows: Vec<_> = batch.quarantine.iter().filter(|row| self.in_range(row.time_ms)).cloned().collect();
                 (!rows.is_empty()).then(|| quarantine_to_batch(&rows))
             }
@@ -255,14 +488,18 @@ impl Query {
     }
 
     fn has_conversion(&self, conversion: &Conversion) -> bool {
-        self.in_range(conversion.row.time_ms) && self.has_affiliate(conversion.row.affiliate_id)
+        let row = &conversion.row;
+        self.in_range(row.time_ms) && self.matches(row.affiliate_id, row.campaign_id, &row.sub1)
     }
 
-    fn has_affiliate(&self, affiliate_id: u32) -> bool {
+    /// Whether a row with these keys passes the ticket's filters.
+    fn matches(&self, affiliate_id: u32, campaign_id: u32, sub1: &str) -> bool {
         self.affiliate_id.is_none_or(|wanted| wanted == affiliate_id)
+            && self.campaign_id.is_none_or(|wanted| wanted == campaign_id)
+            && self.sub1.as_deref().is_none_or(|wanted| wanted == sub1)
     }
 
-    fn group_rollups(&self, tables: &Tables) -> BTreeMap<GroupKey, RollupCounts> {
+    fn group_rollups(&self, tables: &Tables) -> Result<BTreeMap<GroupKey, RollupCounts>, ArrowError> {
         // Rollups are ordered by minute first, so the time range is a range
         // scan rather than a filter over everything.
         let lower = RollupKey {
@@ -272,29 +509,34 @@ impl Query {
             sub1: String::new(),
         };
         let mut groups: BTreeMap<GroupKey, RollupCounts> = BTreeMap::new();
+        let mut bucketer = Bucketer::new(&self.buckets);
         for (key, counts) in tables.rollups.range(lower..) {
             if self.to_ms.is_some_and(|to_ms| key.minute_ms >= to_ms) {
                 break;
             }
-            if self.affiliate_id.is_some_and(|wanted| wanted != key.affiliate_id) {
+            if !self.matches(key.affiliate_id, key.campaign_id, &key.sub1) {
                 continue;
             }
-            groups.entry(self.group_by.key(key)).or_default().merge(counts);
+            let mut group_key = self.group_by.key(key);
+            if let Some(minute_ms) = group_key.0 {
+                group_key.0 = Some(bucketer.start_of(minute_ms)?);
+            }
+            groups.entry(group_key).or_default().merge(counts);
         }
-        groups
+        Ok(groups)
     }
 
     fn rollups_to_batch(&self, groups: BTreeMap<GroupKey, RollupCounts>) -> Result<RecordBatch, ArrowError> {
         let n_rows = groups.len();
-        let mut minute = TimestampMillisecondBuilder::with_capacity(n_rows).with_timezone("UTC");
+        let mut time = TimestampMillisecondBuilder::with_capacity(n_rows).with_timezone(self.buckets.zone_name());
         let mut affiliate_id = UInt32Builder::with_capacity(n_rows);
         let mut campaign_id = UInt32Builder::with_capacity(n_rows);
         let mut sub1 = StringBuilder::with_capacity(n_rows, n_rows * 8);
         let mut counters: [UInt64Builder; N_COUNTERS] = std::array::from_fn(|_| UInt64Builder::with_capacity(n_rows));
-        for ((group_minute, group_affiliate_id, group_campaign_id, group_sub1), counts) in groups {
+        for ((group_time, group_affiliate_id, group_campaign_id, group_sub1), counts) in groups {
             // A column not grouped by is `None` in every key and its builder
             // is left out below, so these appends of `None` are never read.
-            minute.append_option(group_minute);
+            time.append_option(group_time);
             affiliate_id.append_option(group_affiliate_id);
             campaign_id.append_option(group_campaign_id);
             sub1.append_option(group_sub1);
@@ -305,7 +547,7 @@ impl Query {
         let mut columns: Vec<ArrayRef> = Vec::with_capacity(4 + N_COUNTERS);
         for column in self.group_by.columns() {
             columns.push(match column {
-                GroupColumn::Minute => Arc::new(minute.finish()),
+                GroupColumn::Minute => Arc::new(time.finish()),
                 GroupColumn::AffiliateId => Arc::new(affiliate_id.finish()),
                 GroupColumn::CampaignId => Arc::new(campaign_id.finish()),
                 GroupColumn::Sub1 => Arc::new(sub1.finish()),

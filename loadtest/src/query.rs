@@ -1,10 +1,18 @@
 //! `query`: sends one ticket to an aggregator's Flight endpoint and prints
 //! the record batches as a table.
 
+use std::sync::Arc;
+
 use anyhow::Context;
-use arrow_array::RecordBatch;
+use arrow_array::builder::StringBuilder;
+use arrow_array::cast::AsArray;
+use arrow_array::timezone::Tz;
+use arrow_array::types::TimestampMillisecondType;
+use arrow_array::{ArrayRef, RecordBatch};
 use arrow_flight::{FlightClient, Ticket};
 use futures::TryStreamExt;
+use jiff::Timestamp;
+use jiff::tz::TimeZone;
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct QueryArgs {
@@ -18,8 +26,40 @@ pub(crate) struct QueryArgs {
 
 pub(crate) async fn run(args: QueryArgs) -> anyhow::Result<()> {
     let batches = fetch(&args.flight, &args.ticket).await?;
+    let batches = batches.iter().map(printable).collect::<anyhow::Result<Vec<_>>>()?;
     println!("{}", arrow_cast::pretty::pretty_format_batches(&batches)?);
     Ok(())
+}
+
+/// `batch` with its times in named zones (`"tz":"America/New_York"`) as
+/// local RFC 3339 text. Arrow prints those only with the chrono-tz
+/// database, which the workspace does not link: jiff's bundled one is
+/// the only zone database in the build.
+fn printable(batch: &RecordBatch) -> anyhow::Result<RecordBatch> {
+    let schema = batch.schema();
+    let mut columns: Vec<(String, ArrayRef)> = Vec::with_capacity(batch.num_columns());
+    for (field, column) in schema.fields().iter().zip(batch.columns()) {
+        let times = column.as_primitive_opt::<TimestampMillisecondType>();
+        let named_zone = times.and_then(|times| times.timezone()).filter(|zone| zone.parse::<Tz>().is_err());
+        let column = match (times, named_zone) {
+            (Some(times), Some(zone)) => {
+                let zone = TimeZone::get(zone).with_context(|| format!("time zone of column {}", field.name()))?;
+                let mut local = StringBuilder::with_capacity(times.len(), times.len() * 25);
+                for ms in times {
+                    let Some(ms) = ms else {
+                        local.append_null();
+                        continue;
+                    };
+                    let time = Timestamp::from_millisecond(ms)?.to_zoned_datetime(zone.clone());
+                    local.append_value(time.strftime("%Y-%m-%dT%H:%M:%S%:z").to_string());
+                }
+                Arc::new(local.finish())
+            }
+            _ => column.clone(),
+        };
+        columns.push((field.name().clone(), column));
+    }
+    Ok(RecordBatch::try_from_iter(columns)?)
 }
 
 /// Runs one ticket and collects the whole result.

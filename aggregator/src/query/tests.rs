@@ -1,4 +1,5 @@
-//! Grouping and filtering over a small store, with exact sums.
+//! Grouping and filtering over a small store, with exact sums, and time
+//! bucket boundaries in zones with DST and with :30 and :45 offsets.
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Int64Type, TimestampMillisecondType, UInt32Type, UInt64Type};
@@ -8,6 +9,8 @@ use edgetally_protocol::batch::ConversionRow;
 use edgetally_protocol::event::EventKind;
 
 use edgetally_protocol::QuarantineRow;
+
+use jiff::Timestamp;
 
 use super::*;
 use crate::follow::Applied;
@@ -73,7 +76,10 @@ fn batches() -> [Batch; 2] {
         epoch: 1,
         sequence: 1,
         rollups: vec![rollup(M0, 7, 100, "", [100, 20, 0, 0]), rollup(M2, 8, 100, "", [4, 4, 0, 0])],
-        conversions: vec![conversion(M1 + 5, 8, "c"), conversion(M2, 7, "d")],
+        conversions: vec![
+            conversion(M1 + 5, 8, "c"),
+            ConversionRow { campaign_id: 10, sub1: "fb".to_owned(), ..conversion(M2, 7, "d") },
+        ],
         quarantine: vec![QuarantineRow::new(M2 + 1, "events", "bad_amount", "too many decimals", "")],
     };
     [first, second]
@@ -101,9 +107,14 @@ fn render(batch: &RecordBatch) -> String {
                     "null".to_owned()
                 } else {
                     match field.data_type() {
-                        DataType::Timestamp(..) => {
+                        DataType::Timestamp(_, zone) => {
                             let ms = column.as_primitive::<TimestampMillisecondType>().value(row_idx);
-                            format!("M{}", (ms - M0) / 60_000)
+                            let zone = zone.as_deref().expect("every time column has a zone");
+                            if zone == "UTC" && !matches!(field.name().as_str(), "hour" | "day") {
+                                format!("M{}", (ms - M0) / 60_000)
+                            } else {
+                                local(ms, zone)
+                            }
                         }
                         DataType::UInt32 => column.as_primitive::<UInt32Type>().value(row_idx).to_string(),
                         DataType::UInt64 => column.as_primitive::<UInt64Type>().value(row_idx).to_string(),
@@ -120,10 +131,26 @@ fn render(batch: &RecordBatch) -> String {
     lines.join("\n")
 }
 
+/// `ms` as local time in `zone`, to the minute, with its offset.
+fn local(ms: i64, zone: &str) -> String {
+    let zone = jiff::tz::TimeZone::get(zone).unwrap();
+    Timestamp::from_millisecond(ms).unwrap().to_zoned_datetime(zone).strftime("%Y-%m-%dT%H:%M%:z").to_string()
+}
+
+/// Unix ms of an RFC 3339 instant.
+fn ms(text: &str) -> i64 {
+    text.parse::<Timestamp>().unwrap_or_else(|error| panic!("{text}: {error}")).as_millisecond()
+}
+
 #[track_caller]
 fn check(ticket: &str, expect: &str) {
+    check_in(&store(), ticket, expect);
+}
+
+#[track_caller]
+fn check_in(store: &Store, ticket: &str, expect: &str) {
     let query = ticket::parse(ticket.as_bytes()).unwrap();
-    let batch = query.execute(&store()).unwrap();
+    let batch = query.execute(store).unwrap();
     assert_eq!(batch.schema(), query.schema(), "{ticket}");
     let expect: Vec<&str> = expect.lines().map(str::trim).filter(|line| !line.is_empty()).collect();
     assert_eq!(render(&batch), expect.join("\n"), "{ticket}");
@@ -194,13 +221,44 @@ fn rollups_filtered() {
     );
     check(r#"{"dataset":"rollups","affiliate_id":9}"#, "");
     check(r#"{"dataset":"rollups","to":0}"#, "");
+    check(
+        r#"{"dataset":"rollups","campaign_id":100,"group_by":["affiliate_id"]}"#,
+        r#"
+        affiliate_id=7 impressions=115 clicks=23 unique_clicks=0 leads=1 sales=0 duplicates=1
+        affiliate_id=8 impressions=7 clicks=4 unique_clicks=0 leads=0 sales=0 duplicates=0
+        "#,
+    );
+    check(
+        r#"{"dataset":"rollups","campaign_id":200}"#,
+        r#"minute=M1 affiliate_id=7 campaign_id=200 sub1="" impressions=1 clicks=1 unique_clicks=1 leads=1 sales=1 duplicates=1"#,
+    );
+    check(
+        r#"{"dataset":"rollups","sub1":"fb","group_by":["minute","sub1"]}"#,
+        r#"minute=M0 sub1="fb" impressions=5 clicks=1 unique_clicks=0 leads=0 sales=0 duplicates=0"#,
+    );
+    // `""` is the rows without a sub1; all three filters at once.
+    check(
+        r#"{"dataset":"rollups","sub1":"","group_by":["minute"]}"#,
+        r#"
+        minute=M0 impressions=113 clicks=22 unique_clicks=0 leads=1 sales=0 duplicates=1
+        minute=M1 impressions=1 clicks=1 unique_clicks=1 leads=1 sales=1 duplicates=1
+        minute=M2 impressions=4 clicks=4 unique_clicks=0 leads=0 sales=0 duplicates=0
+        "#,
+    );
+    check(
+        r#"{"dataset":"rollups","affiliate_id":7,"campaign_id":100,"sub1":"","group_by":[]}"#,
+        "impressions=110 clicks=22 unique_clicks=0 leads=1 sales=0 duplicates=1",
+    );
+    check(r#"{"dataset":"rollups","affiliate_id":8,"campaign_id":200}"#, "");
+    check(r#"{"dataset":"rollups","sub1":"tw"}"#, "");
 }
 
 #[test]
 fn conversions_sorted_by_time() {
     let expect_row = |time_ms: i64, affiliate_id: u32, order_id: &str| {
+        let (campaign_id, sub1) = if order_id == "d" { (10, "fb") } else { (9, "") };
         format!(
-            r#"time=M{} kind="lead" affiliate_id={affiliate_id} campaign_id=9 sub1="" amount_minor=null currency=null order_id={order_id:?} click_id=null event_id=null edge_id={} status="pending" commission_minor=0 commission_currency=null rule="none" parent_affiliate_id=null parent_commission_minor=0"#,
+            r#"time=M{} kind="lead" affiliate_id={affiliate_id} campaign_id={campaign_id} sub1={sub1:?} amount_minor=null currency=null order_id={order_id:?} click_id=null event_id=null edge_id={} status="pending" commission_minor=0 commission_currency=null rule="none" parent_affiliate_id=null parent_commission_minor=0"#,
             (time_ms - M0) / 60_000,
             edge_of(order_id)
         )
@@ -211,6 +269,19 @@ fn conversions_sorted_by_time() {
     );
     check(&format!(r#"{{"dataset":"conversions","affiliate_id":7,"to":{M2}}}"#), &expect_row(M1, 7, "b"));
     check(&format!(r#"{{"dataset":"conversions","from":{M2}}}"#), &expect_row(M2, 7, "d"));
+    // Campaign and sub1 filters, alone and with the others.
+    check(r#"{"dataset":"conversions","campaign_id":10}"#, &expect_row(M2, 7, "d"));
+    check(r#"{"dataset":"conversions","sub1":"fb"}"#, &expect_row(M2, 7, "d"));
+    check(
+        r#"{"dataset":"conversions","sub1":""}"#,
+        &[expect_row(M0, 8, "a"), expect_row(M1, 7, "b"), expect_row(M1, 8, "c")].join("\n"),
+    );
+    check(
+        r#"{"dataset":"conversions","campaign_id":9,"affiliate_id":8}"#,
+        &[expect_row(M0, 8, "a"), expect_row(M1, 8, "c")].join("\n"),
+    );
+    check(r#"{"dataset":"conversions","campaign_id":10,"sub1":""}"#, "");
+    check(r#"{"dataset":"conversions","campaign_id":10,"affiliate_id":8}"#, "");
 }
 
 #[test]
@@ -224,6 +295,23 @@ fn schemas() {
         ["minute", "sub1", "impressions", "clicks", "unique_clicks", "leads", "sales", "duplicates"]
     );
     assert_eq!(*ticket::parse(br#"{"dataset":"rollups"}"#).unwrap().schema(), **ROLLUP_SCHEMA);
+    assert_eq!(*ticket::parse(br#"{"dataset":"rollups","tz":"UTC"}"#).unwrap().schema(), **ROLLUP_SCHEMA);
+    // The time column is named after the granularity and typed with the zone.
+    let time_field = |ticket: &str| ticket::parse(ticket.as_bytes()).unwrap().schema().field(0).clone();
+    let timestamp = |zone: &str| DataType::Timestamp(arrow_schema::TimeUnit::Millisecond, Some(zone.into()));
+    for (ticket, name, zone) in [
+        (r#"{"dataset":"rollups","granularity":"hour"}"#, "hour", "UTC"),
+        (r#"{"dataset":"rollups","granularity":"day","tz":"America/New_York"}"#, "day", "America/New_York"),
+        (r#"{"dataset":"rollups","tz":"asia/kathmandu","group_by":["sub1","minute"]}"#, "minute", "Asia/Kathmandu"),
+    ] {
+        let field = time_field(ticket);
+        assert_eq!((field.name().as_str(), field.data_type()), (name, &timestamp(zone)), "{ticket}");
+        assert!(!field.is_nullable(), "{ticket}");
+    }
+    assert_eq!(
+        names(r#"{"dataset":"rollups","granularity":"day","group_by":["campaign_id","minute"]}"#),
+        ["day", "campaign_id", "impressions", "clicks", "unique_clicks", "leads", "sales", "duplicates"]
+    );
     assert_eq!(*ticket::parse(br#"{"dataset":"conversions"}"#).unwrap().schema(), **LEDGER_SCHEMA);
     // Follow adds `applied_at` last, to every dataset.
     for (dataset, schema) in
@@ -306,8 +394,9 @@ fn follow_batches() {
     );
     // Conversions in the batch's order, not sorted by time.
     let row = |time_ms: i64, affiliate_id: u32, order_id: &str| {
+        let (campaign_id, sub1) = if order_id == "d" { (10, "fb") } else { (9, "") };
         format!(
-            r#"time=M{} kind="lead" affiliate_id={affiliate_id} campaign_id=9 sub1="" amount_minor=null currency=null order_id={order_id:?} click_id=null event_id=null edge_id={} status="pending" commission_minor=0 commission_currency=null rule="none" parent_affiliate_id=null parent_commission_minor=0 applied_at=M2"#,
+            r#"time=M{} kind="lead" affiliate_id={affiliate_id} campaign_id={campaign_id} sub1={sub1:?} amount_minor=null currency=null order_id={order_id:?} click_id=null event_id=null edge_id={} status="pending" commission_minor=0 commission_currency=null rule="none" parent_affiliate_id=null parent_commission_minor=0 applied_at=M2"#,
             (time_ms - M0) / 60_000,
             edge_of(order_id)
         )
@@ -330,6 +419,238 @@ fn follow_batches() {
         ],
     );
     check_follow(r#"{"dataset":"conversions","follow":true,"affiliate_id":9}"#, [None, None]);
+    check_follow(
+        r#"{"dataset":"rollups","follow":true,"campaign_id":100,"sub1":"fb"}"#,
+        [
+            Some(
+                r#"minute=M0 affiliate_id=7 campaign_id=100 sub1="fb" impressions=5 clicks=1 unique_clicks=0 leads=0 sales=0 duplicates=0 applied_at=M2"#,
+            ),
+            None,
+        ],
+    );
+    check_follow(
+        r#"{"dataset":"rollups","follow":true,"campaign_id":100,"affiliate_id":8,"sub1":""}"#,
+        [
+            Some(
+                r#"minute=M0 affiliate_id=8 campaign_id=100 sub1="" impressions=3 clicks=0 unique_clicks=0 leads=0 sales=0 duplicates=0 applied_at=M2"#,
+            ),
+            Some(
+                r#"minute=M2 affiliate_id=8 campaign_id=100 sub1="" impressions=4 clicks=4 unique_clicks=0 leads=0 sales=0 duplicates=0 applied_at=M2"#,
+            ),
+        ],
+    );
+    check_follow(r#"{"dataset":"conversions","follow":true,"sub1":"fb"}"#, [None, Some(&row(M2, 7, "d"))]);
+    check_follow(
+        r#"{"dataset":"conversions","follow":true,"campaign_id":9,"affiliate_id":7}"#,
+        [Some(&row(M1, 7, "b")), None],
+    );
+}
+
+/// The bucket of the instant `at` (RFC 3339) for `granularity` in `zone`,
+/// as `start .. end length` in local time. Also checks that the bucket
+/// holds `at`, that it tiles time with its neighbours, and that every
+/// instant in it, to the millisecond at its ends, maps to it.
+#[track_caller]
+fn check_bucket(zone: &str, granularity: Granularity, at: &str, expect: &str) {
+    let buckets = TimeBuckets::new(granularity, zone).unwrap();
+    let at_ms = ms(at);
+    let bucket = buckets.bucket(at_ms).unwrap();
+    let Bucket { start_ms, end_ms } = bucket;
+    assert!(start_ms <= at_ms && at_ms < end_ms, "{zone} {at}: {bucket:?}");
+    for inside_ms in [start_ms, end_ms - 1] {
+        assert_eq!(buckets.bucket(inside_ms).unwrap(), bucket, "{zone} {at}: at {inside_ms}");
+    }
+    assert_eq!(buckets.bucket(start_ms - 1).unwrap().end_ms, start_ms, "{zone} {at}: the bucket before");
+    assert_eq!(buckets.bucket(end_ms).unwrap().start_ms, end_ms, "{zone} {at}: the bucket after");
+    let length_min = (end_ms - start_ms) / MINUTE_MS;
+    let length = if length_min % 60 == 0 { format!("{}h", length_min / 60) } else { format!("{length_min}m") };
+    let actual = format!("{} .. {} {length}", local(start_ms, zone), local(end_ms, zone));
+    assert_eq!(actual, expect, "{zone} {} {at}", granularity.as_str());
+}
+
+#[test]
+fn buckets_in_utc() {
+    use Granularity::{Day, Hour, Minute};
+    check_bucket("UTC", Minute, "2026-11-24T10:00:30Z", "2026-11-24T10:00+00:00 .. 2026-11-24T10:01+00:00 1m");
+    check_bucket("UTC", Hour, "2026-11-24T10:00:00Z", "2026-11-24T10:00+00:00 .. 2026-11-24T11:00+00:00 1h");
+    check_bucket("UTC", Hour, "2026-11-24T10:59:59.999Z", "2026-11-24T10:00+00:00 .. 2026-11-24T11:00+00:00 1h");
+    check_bucket("UTC", Day, "2026-11-24T23:59:00Z", "2026-11-24T00:00+00:00 .. 2026-11-25T00:00+00:00 24h");
+    check_bucket("UTC", Day, "2026-11-25T00:00:00Z", "2026-11-25T00:00+00:00 .. 2026-11-26T00:00+00:00 24h");
+    // Before 1970 too.
+    check_bucket("UTC", Day, "1969-12-31T12:00:00Z", "1969-12-31T00:00+00:00 .. 1970-01-01T00:00+00:00 24h");
+    check_bucket("UTC", Hour, "1969-12-31T23:30:00Z", "1969-12-31T23:00+00:00 .. 1970-01-01T00:00+00:00 1h");
+}
+
+#[test]
+fn buckets_in_new_york() {
+    use Granularity::{Day, Hour, Minute};
+    let zone = "America/New_York";
+    // 2026-03-08: at 02:00 EST the clocks jump to 03:00 EDT; a 23-hour day.
+    check_bucket(zone, Day, "2026-03-07T23:59:00-05:00", "2026-03-07T00:00-05:00 .. 2026-03-08T00:00-05:00 24h");
+    check_bucket(zone, Day, "2026-03-08T00:00:00-05:00", "2026-03-08T00:00-05:00 .. 2026-03-09T00:00-04:00 23h");
+    check_bucket(zone, Day, "2026-03-08T23:59:00-04:00", "2026-03-08T00:00-05:00 .. 2026-03-09T00:00-04:00 23h");
+    check_bucket(zone, Hour, "2026-03-08T01:59:00-05:00", "2026-03-08T01:00-05:00 .. 2026-03-08T03:00-04:00 1h");
+    check_bucket(zone, Hour, "2026-03-08T03:00:00-04:00", "2026-03-08T03:00-04:00 .. 2026-03-08T04:00-04:00 1h");
+    // 2026-11-01: at 02:00 EDT the clocks fall back to 01:00 EST; a
+    // 25-hour day, and the repeated hour is two buckets.
+    check_bucket(zone, Day, "2026-10-31T23:59:00-04:00", "2026-10-31T00:00-04:00 .. 2026-11-01T00:00-04:00 24h");
+    check_bucket(zone, Day, "2026-11-01T12:00:00-05:00", "2026-11-01T00:00-04:00 .. 2026-11-02T00:00-05:00 25h");
+    check_bucket(zone, Day, "2026-11-02T00:00:00-05:00", "2026-11-02T00:00-05:00 .. 2026-11-03T00:00-05:00 24h");
+    check_bucket(zone, Hour, "2026-11-01T00:59:00-04:00", "2026-11-01T00:00-04:00 .. 2026-11-01T01:00-04:00 1h");
+    check_bucket(zone, Hour, "2026-11-01T01:30:00-04:00", "2026-11-01T01:00-04:00 .. 2026-11-01T01:00-05:00 1h");
+    check_bucket(zone, Hour, "2026-11-01T01:00:00-05:00", "2026-11-01T01:00-05:00 .. 2026-11-01T02:00-05:00 1h");
+    check_bucket(zone, Hour, "2026-11-01T02:00:00-05:00", "2026-11-01T02:00-05:00 .. 2026-11-01T03:00-05:00 1h");
+    check_bucket(zone, Minute, "2026-11-01T01:59:59-04:00", "2026-11-01T01:59-04:00 .. 2026-11-01T01:00-05:00 1m");
+}
+
+#[test]
+fn buckets_in_half_and_quarter_hour_zones() {
+    use Granularity::{Day, Hour};
+    // Asia/Kolkata is +05:30: its hours start at :30 past a UTC hour.
+    let zone = "Asia/Kolkata";
+    check_bucket(zone, Hour, "2026-11-24T04:29:00Z", "2026-11-24T09:00+05:30 .. 2026-11-24T10:00+05:30 1h");
+    check_bucket(zone, Hour, "2026-11-24T04:30:00Z", "2026-11-24T10:00+05:30 .. 2026-11-24T11:00+05:30 1h");
+    check_bucket(zone, Day, "2026-11-23T18:29:00Z", "2026-11-23T00:00+05:30 .. 2026-11-24T00:00+05:30 24h");
+    check_bucket(zone, Day, "2026-11-23T18:30:00Z", "2026-11-24T00:00+05:30 .. 2026-11-25T00:00+05:30 24h");
+    // Asia/Kathmandu is +05:45.
+    let zone = "Asia/Kathmandu";
+    check_bucket(zone, Hour, "2026-11-24T04:14:00Z", "2026-11-24T09:00+05:45 .. 2026-11-24T10:00+05:45 1h");
+    check_bucket(zone, Hour, "2026-11-24T04:15:00Z", "2026-11-24T10:00+05:45 .. 2026-11-24T11:00+05:45 1h");
+    check_bucket(zone, Day, "2026-11-23T18:14:00Z", "2026-11-23T00:00+05:45 .. 2026-11-24T00:00+05:45 24h");
+    check_bucket(zone, Day, "2026-11-23T18:15:00Z", "2026-11-24T00:00+05:45 .. 2026-11-25T00:00+05:45 24h");
+    // Pacific/Chatham is +12:45, +13:45 in summer, and changes at :45, so
+    // the hours either side of a change are cut short.
+    let zone = "Pacific/Chatham";
+    check_bucket(zone, Hour, "2026-11-24T10:00:00+13:45", "2026-11-24T10:00+13:45 .. 2026-11-24T11:00+13:45 1h");
+    // 2026-09-27: 02:45 +12:45 becomes 03:45 +13:45.
+    check_bucket(zone, Day, "2026-09-27T12:00:00+13:45", "2026-09-27T00:00+12:45 .. 2026-09-28T00:00+13:45 23h");
+    check_bucket(zone, Hour, "2026-09-27T02:30:00+12:45", "2026-09-27T02:00+12:45 .. 2026-09-27T03:45+13:45 45m");
+    check_bucket(zone, Hour, "2026-09-27T03:50:00+13:45", "2026-09-27T03:45+13:45 .. 2026-09-27T04:00+13:45 15m");
+    // 2026-04-05: 03:45 +13:45 becomes 02:45 +12:45.
+    check_bucket(zone, Day, "2026-04-05T12:00:00+12:45", "2026-04-05T00:00+13:45 .. 2026-04-06T00:00+12:45 25h");
+    check_bucket(zone, Hour, "2026-04-05T03:00:00+13:45", "2026-04-05T03:00+13:45 .. 2026-04-05T02:45+12:45 45m");
+    check_bucket(zone, Hour, "2026-04-05T02:50:00+12:45", "2026-04-05T02:45+12:45 .. 2026-04-05T03:00+12:45 15m");
+    check_bucket(zone, Hour, "2026-04-05T03:00:00+12:45", "2026-04-05T03:00+12:45 .. 2026-04-05T04:00+12:45 1h");
+}
+
+/// Minutes read in order cost one zone look-up per bucket, not per row.
+#[test]
+fn one_lookup_per_bucket() {
+    let from_ms = ms("2026-10-31T12:00:00-04:00");
+    let minutes = (0..48 * 60).map(|minute_idx| from_ms + minute_idx * MINUTE_MS);
+    for (granularity, zone, n_buckets) in [
+        // 48 elapsed hours, the repeated one split in two, so 48 buckets.
+        (Granularity::Hour, "America/New_York", 48),
+        // Half of Oct 31, all 25 hours of Nov 1, and 11 hours of Nov 2.
+        (Granularity::Day, "America/New_York", 3),
+        (Granularity::Hour, "Asia/Kathmandu", 49),
+        (Granularity::Minute, "Asia/Kathmandu", 48 * 60),
+    ] {
+        let buckets = TimeBuckets::new(granularity, zone).unwrap();
+        let mut bucketer = Bucketer::new(&buckets);
+        let starts: std::collections::BTreeSet<i64> =
+            minutes.clone().map(|minute_ms| bucketer.start_of(minute_ms).unwrap()).collect();
+        assert_eq!((starts.len(), bucketer.n_lookups), (n_buckets, n_buckets), "{zone} {}", granularity.as_str());
+    }
+}
+
+/// Rollups around the end of DST in New York (2026-11-01), one per
+/// minute, each with a distinct power of ten of impressions so that every
+/// sum shows which minutes went into it.
+fn dst_store() -> Store {
+    let rows = [
+        ("2026-10-31T23:59:00-04:00", 7, 100, "", 1),
+        ("2026-11-01T00:00:00-04:00", 7, 100, "fb", 10),
+        ("2026-11-01T01:30:00-04:00", 8, 100, "", 100),
+        ("2026-11-01T01:30:00-05:00", 7, 200, "fb", 1_000),
+        ("2026-11-01T23:59:00-05:00", 7, 100, "", 10_000),
+        ("2026-11-02T00:00:00-05:00", 8, 200, "", 100_000),
+    ];
+    let rollups = rows
+        .into_iter()
+        .map(|(minute, affiliate_id, campaign_id, sub1, impressions)| {
+            rollup(ms(minute), affiliate_id, campaign_id, sub1, [impressions, 0, 0, 0])
+        })
+        .collect();
+    let store = Store::default();
+    store.apply(Batch { edge_id: 1, epoch: 1, sequence: 1, rollups, ..Batch::default() });
+    store
+}
+
+#[test]
+fn rollups_by_hour_and_day() {
+    let store = dst_store();
+    let check = |ticket: &str, expect: &str| check_in(&store, ticket, expect);
+    let zero = "clicks=0 unique_clicks=0 leads=0 sales=0 duplicates=0";
+    let expect = |rows: &[(&str, u64)]| -> String {
+        rows.iter().map(|(key, impressions)| format!("{key} impressions={impressions} {zero}\n")).collect()
+    };
+    // Local days: the 25-hour Nov 1 holds four minutes.
+    check(
+        r#"{"dataset":"rollups","granularity":"day","tz":"America/New_York","group_by":["minute"]}"#,
+        &expect(&[
+            ("day=2026-10-31T00:00-04:00", 1),
+            ("day=2026-11-01T00:00-04:00", 11_110),
+            ("day=2026-11-02T00:00-05:00", 100_000),
+        ]),
+    );
+    // UTC days cut elsewhere.
+    check(
+        r#"{"dataset":"rollups","granularity":"day","group_by":["minute"]}"#,
+        &expect(&[("day=2026-11-01T00:00+00:00", 1_111), ("day=2026-11-02T00:00+00:00", 110_000)]),
+    );
+    // Local hours: 01:00 EDT and 01:00 EST are two buckets.
+    check(
+        r#"{"dataset":"rollups","granularity":"hour","tz":"America/New_York","group_by":["minute"]}"#,
+        &expect(&[
+            ("hour=2026-10-31T23:00-04:00", 1),
+            ("hour=2026-11-01T00:00-04:00", 10),
+            ("hour=2026-11-01T01:00-04:00", 100),
+            ("hour=2026-11-01T01:00-05:00", 1_000),
+            ("hour=2026-11-01T23:00-05:00", 10_000),
+            ("hour=2026-11-02T00:00-05:00", 100_000),
+        ]),
+    );
+    // Kolkata's hours start at :30 past UTC's: 03:59Z and 04:00Z share one.
+    check(
+        r#"{"dataset":"rollups","granularity":"hour","tz":"Asia/Kolkata","group_by":["minute"]}"#,
+        &expect(&[
+            ("hour=2026-11-01T09:00+05:30", 11),
+            ("hour=2026-11-01T11:00+05:30", 100),
+            ("hour=2026-11-01T12:00+05:30", 1_000),
+            ("hour=2026-11-02T10:00+05:30", 110_000),
+        ]),
+    );
+    // Minutes in a zone: the stored minutes, labelled with the zone.
+    check(
+        r#"{"dataset":"rollups","tz":"America/New_York","from":"2026-11-01T05:00:00Z","to":"2026-11-01T07:00:00Z","group_by":["minute"]}"#,
+        &expect(&[("minute=2026-11-01T01:30-04:00", 100), ("minute=2026-11-01T01:30-05:00", 1_000)]),
+    );
+    // With the other group columns and filters: exact per key.
+    check(
+        r#"{"dataset":"rollups","granularity":"day","tz":"America/New_York","campaign_id":100,"group_by":["minute","sub1"]}"#,
+        &expect(&[
+            (r#"day=2026-10-31T00:00-04:00 sub1="""#, 1),
+            (r#"day=2026-11-01T00:00-04:00 sub1="""#, 10_100),
+            (r#"day=2026-11-01T00:00-04:00 sub1="fb""#, 10),
+        ]),
+    );
+    check(
+        r#"{"dataset":"rollups","granularity":"day","tz":"America/New_York","sub1":"fb","group_by":["minute","campaign_id"]}"#,
+        &expect(&[
+            ("day=2026-11-01T00:00-04:00 campaign_id=100", 10),
+            ("day=2026-11-01T00:00-04:00 campaign_id=200", 1_000),
+        ]),
+    );
+    check(
+        r#"{"dataset":"rollups","granularity":"hour","tz":"America/New_York","affiliate_id":8,"campaign_id":200}"#,
+        &expect(&[(r#"hour=2026-11-02T00:00-05:00 affiliate_id=8 campaign_id=200 sub1="""#, 100_000)]),
+    );
+    // `from` and `to` select minutes; a bucket they cut keeps only those.
+    check(
+        r#"{"dataset":"rollups","granularity":"day","tz":"America/New_York","from":"2026-11-01T01:00:00-05:00","group_by":["minute"]}"#,
+        &expect(&[("day=2026-11-01T00:00-04:00", 11_000), ("day=2026-11-02T00:00-05:00", 100_000)]),
+    );
 }
 
 /// `row` as the ledger books it with no commission rules.

@@ -234,7 +234,8 @@ pub(crate) struct Counts {
 }
 
 /// A group key as text: the group-by columns that are present, joined by `|`
-/// in the order minute, affiliate_id, campaign_id, sub1.
+/// in the order time (`minute`, `hour` or `day`, in Unix ms), affiliate_id,
+/// campaign_id, sub1.
 pub(crate) type GroupKey = String;
 
 /// Runs one Flight ticket and collects its batches.
@@ -255,7 +256,8 @@ pub(crate) async fn rollups(flight_url: &str, ticket: serde_json::Value) -> BTre
     for batch in batches {
         let schema = batch.schema();
         let column = |name: &str| schema.index_of(name).ok().map(|idx| batch.column(idx).clone());
-        let minute = column("minute");
+        // The time column is named after the ticket's granularity.
+        let minute = column("minute").or_else(|| column("hour")).or_else(|| column("day"));
         let affiliate_id = column("affiliate_id");
         let campaign_id = column("campaign_id");
         let sub1 = column("sub1");
