@@ -8,7 +8,8 @@
 //! (`snapshot`), the in-memory rollups and conversions (`store`),
 //! what a Flight ticket asks for (`ticket`, `query`), the Flight server
 //! that answers it (`flight_service`) and the follow streams of what is
-//! applied next (`follow`), the edges' tokens (`edges`), the campaigns
+//! applied next (`follow`), the edges' tokens (`edges`, kept as hashes by
+//! `token_hash`), the campaigns
 //! served to them (`catalog`), and the operations HTTP listener with
 //! `/metrics` and `/healthz` (`http`, `metrics`). [`Aggregator::start`]
 //! loads the snapshot, replays the log after it and wires them together;
@@ -28,6 +29,7 @@ mod query;
 mod snapshot;
 mod store;
 mod ticket;
+mod token_hash;
 mod wal;
 
 use std::io;
