@@ -85,6 +85,7 @@ pub(crate) async fn run(args: StackArgs) -> anyhow::Result<()> {
         snapshot_wal_bytes: edgetally_aggregator::SNAPSHOT_WAL_BYTES_DEFAULT,
         edge_tokens: Some(edge_tokens),
         campaigns: Some(campaigns_path.clone()),
+        flight_auth: None,
     })
     .await
     .context("starting the aggregator")?;
