@@ -7,6 +7,7 @@
 
 mod control;
 mod crash;
+mod flight_auth;
 mod loadgen;
 mod spine;
 mod support;
