@@ -18,6 +18,8 @@ use std::path::{Path, PathBuf};
 use edgetally_protocol::frame::HELLO_TOKEN_LEN_MAX;
 use serde::Deserialize;
 
+use crate::token_hash::TokenHash;
+
 /// Shortest token accepted in the file: 16 random characters are beyond
 /// guessing over a network.
 pub const EDGE_TOKEN_LEN_MIN: usize = 16;
@@ -50,7 +52,7 @@ struct EdgeFile {
 /// The edges allowed to ship, by id.
 #[derive(Clone, Default)]
 pub struct EdgeTokens {
-    hashes: HashMap<u32, [u8; 32]>,
+    hashes: HashMap<u32, TokenHash>,
 }
 
 impl std::fmt::Debug for EdgeTokens {
@@ -80,7 +82,7 @@ impl EdgeTokens {
         if !(EDGE_TOKEN_LEN_MIN..=HELLO_TOKEN_LEN_MAX).contains(&token.len()) {
             return Err(EdgeTokensError::TokenLength { edge_id });
         }
-        if self.hashes.insert(edge_id, *blake3::hash(token).as_bytes()).is_some() {
+        if self.hashes.insert(edge_id, TokenHash::of(token)).is_some() {
             return Err(EdgeTokensError::Duplicate(edge_id));
         }
         Ok(())
@@ -88,11 +90,8 @@ impl EdgeTokens {
 
     /// Whether `token` is the token of `edge_id`.
     pub fn check(&self, edge_id: u32, token: &[u8]) -> bool {
-        let presented = blake3::hash(token);
-        match self.hashes.get(&edge_id) {
-            Some(expected) => constant_time_eq::constant_time_eq_32(expected, presented.as_bytes()),
-            None => false,
-        }
+        let presented = TokenHash::of(token);
+        self.hashes.get(&edge_id).is_some_and(|expected| expected.matches(&presented))
     }
 
     pub fn len(&self) -> usize {

@@ -9,6 +9,14 @@
 //! [`StatusChange`]) changes a conversion's status, logged like a batch;
 //! its result is the conversion as it now stands, as one JSON object.
 //!
+//! With a [`FlightAuth`] every call first resolves its caller's [`Role`]
+//! from `authorization: Bearer <token>` and checks that the role may make
+//! the call at all ([`AggregatorFlight::authorize`]); then every query is
+//! narrowed to what the role may read ([`scope`]): an affiliate's to its
+//! own rows. Refusals are `UNAUTHENTICATED` (no, wrong or expired token)
+//! or `PERMISSION_DENIED` (out of scope), counted by reason. Without a
+//! `FlightAuth` every caller is an admin.
+//!
 //! A ticket with `"follow":true` is answered by a stream that stays open
 //! (`follow.rs`): its schema first, then a batch per applied batch with
 //! matching rows. It ends only with an error: `DATA_LOSS` when the
@@ -17,6 +25,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::error::FlightError;
@@ -35,6 +44,7 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::debug;
 
 use crate::admin::{self, AdminError};
+use crate::auth::{Call, Denied, FlightAuth, Role, Unauthenticated};
 use crate::follow::{self, FollowError, Followers};
 use crate::ledger::{Conversion, StatusChange, StatusChangeError};
 use crate::query::{Dataset, Query};
@@ -60,6 +70,9 @@ const STREAMS_PER_CONNECTION_MAX: u32 = 16;
 /// quote the input.
 const STATUS_MESSAGE_BYTES_MAX: usize = 512;
 
+/// The metadata key of the bearer token (gRPC metadata keys are lowercase).
+const AUTHORIZATION: &str = "authorization";
+
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum FlightServiceError {
     #[error("bad ticket: {0}")]
@@ -84,6 +97,17 @@ pub(crate) enum FlightServiceError {
     NoConversion,
     #[error("{0}")]
     Admin(#[from] AdminError),
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(#[from] Unauthenticated),
+    #[error("permission denied: {0}")]
+    PermissionDenied(#[from] Denied),
+}
+
+/// Flight calls refused since start, by reason; read by the metrics.
+#[derive(Debug, Default)]
+pub(crate) struct Refusals {
+    unauthenticated: AtomicU64,
+    permission_denied: AtomicU64,
 }
 
 /// The action that changes a conversion's status.
@@ -114,20 +138,25 @@ pub(crate) fn into_status(error: FlightServiceError) -> Status {
         FlightServiceError::UnknownAction(_) | FlightServiceError::StatusChange(_) => Status::invalid_argument(message),
         FlightServiceError::NoConversion => Status::not_found(message),
         FlightServiceError::Admin(_) => Status::unavailable(message),
+        FlightServiceError::Unauthenticated(_) => Status::unauthenticated(message),
+        FlightServiceError::PermissionDenied(_) => Status::permission_denied(message),
     }
 }
 
 /// Serves Flight on `listener` until `shutdown` completes. Follow streams
 /// never end by themselves: call `Store::stop_publishing` first so they do.
+/// `auth: None` lets every caller in as an admin.
 pub(crate) async fn serve(
     listener: TcpListener,
     store: Arc<Store>,
     wal: Arc<Wal>,
     followers: Arc<Followers>,
+    auth: Option<Arc<FlightAuth>>,
+    refusals: Arc<Refusals>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
-    let service = FlightServiceServer::new(AggregatorFlight { store, wal, followers })
-        .max_decoding_message_size(REQUEST_BYTES_MAX);
+    let flight = AggregatorFlight { store, wal, followers, auth, refusals };
+    let service = FlightServiceServer::new(flight).max_decoding_message_size(REQUEST_BYTES_MAX);
     tonic::transport::Server::builder()
         .max_concurrent_streams(STREAMS_PER_CONNECTION_MAX)
         .add_service(service)
@@ -139,15 +168,121 @@ struct AggregatorFlight {
     store: Arc<Store>,
     wal: Arc<Wal>,
     followers: Arc<Followers>,
+    auth: Option<Arc<FlightAuth>>,
+    refusals: Arc<Refusals>,
+}
+
+// === impl Refusals ===
+
+impl Refusals {
+    pub(crate) fn n_unauthenticated(&self) -> u64 {
+        self.unauthenticated.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn n_permission_denied(&self) -> u64 {
+        self.permission_denied.load(Ordering::Relaxed)
+    }
 }
 
 // === impl AggregatorFlight ===
 
 impl AggregatorFlight {
-    fn flight_info(descriptor: FlightDescriptor) -> Result<FlightInfo, FlightServiceError> {
-        let query = query_of(&descriptor)?;
-        let endpoint = FlightEndpoint::new().with_ticket(Ticket::new(descriptor.cmd.clone()));
+    /// The caller's role, if it may make `call` at all. Every method asks
+    /// this first.
+    fn authorize<T>(&self, request: &Request<T>, call: Call) -> Result<Role, FlightServiceError> {
+        let role = match &self.auth {
+            None => Role::Admin,
+            Some(auth) => {
+                let authorization = request.metadata().get(AUTHORIZATION).map(|value| value.as_bytes());
+                auth.authenticate(authorization)?
+            }
+        };
+        role.admit(call)?;
+        Ok(role)
+    }
+
+    /// The status for `error`, counting refusals.
+    fn status(&self, call: Call, error: FlightServiceError) -> Status {
+        let counter = match &error {
+            FlightServiceError::Unauthenticated(_) => Some(&self.refusals.unauthenticated),
+            FlightServiceError::PermissionDenied(_) => Some(&self.refusals.permission_denied),
+            _ => None,
+        };
+        if let Some(counter) = counter {
+            counter.fetch_add(1, Ordering::Relaxed);
+            debug!(%error, call = call.as_str(), "Flight call refused.");
+        }
+        into_status(error)
+    }
+
+    /// What a call that is not implemented answers: a refusal if the
+    /// caller may not make it, else `UNIMPLEMENTED`.
+    fn unsupported<T>(&self, request: &Request<T>, call: Call) -> Status {
+        let error = match self.authorize(request, call) {
+            Ok(_) => FlightServiceError::Unsupported(call.as_str()),
+            Err(error) => error,
+        };
+        self.status(call, error)
+    }
+
+    /// Describes the flight of `descriptor` as `role` may read it: the
+    /// endpoint's ticket carries the narrowed query, so it reads the same
+    /// whoever redeems it.
+    fn flight_info(descriptor: FlightDescriptor, role: Role) -> Result<FlightInfo, FlightServiceError> {
+        let asked = query_of(&descriptor)?;
+        let mut query = asked.clone();
+        scope(role, &mut query)?;
+        let ticket = if query == asked { descriptor.cmd.clone() } else { ticket::render(&query).into() };
+        let endpoint = FlightEndpoint::new().with_ticket(Ticket::new(ticket));
         Ok(FlightInfo::new().try_with_schema(&query.schema())?.with_endpoint(endpoint).with_descriptor(descriptor))
+    }
+
+    /// Every dataset `role` may read, whole (as far as it may).
+    fn list(&self, request: &Request<Criteria>) -> Result<Vec<Result<FlightInfo, Status>>, FlightServiceError> {
+        let role = self.authorize(request, Call::ListFlights)?;
+        let mut infos = Vec::with_capacity(Dataset::ALL.len());
+        for dataset in Dataset::ALL {
+            let mut query = Query::whole(dataset);
+            if scope(role, &mut query).is_err() {
+                continue;
+            }
+            let descriptor = FlightDescriptor::new_cmd(ticket::render(&query));
+            infos.push(Ok(AggregatorFlight::flight_info(descriptor, role)?));
+        }
+        Ok(infos)
+    }
+
+    fn schema(&self, request: &Request<FlightDescriptor>) -> Result<SchemaResult, FlightServiceError> {
+        let role = self.authorize(request, Call::GetSchema)?;
+        let mut query = query_of(request.get_ref())?;
+        scope(role, &mut query)?;
+        Ok(SchemaAsIpc::new(&query.schema(), &IpcWriteOptions::default()).try_into()?)
+    }
+
+    /// Streams the answer to the ticket; an empty answer still carries its
+    /// schema. A follow ticket's stream stays open.
+    async fn answer(
+        &self,
+        request: &Request<Ticket>,
+    ) -> Result<<Self as FlightService>::DoGetStream, FlightServiceError> {
+        let role = self.authorize(request, Call::DoGet)?;
+        let mut query = ticket::parse(&request.get_ref().ticket)?;
+        scope(role, &mut query)?;
+        if query.follow {
+            return self.follow(query);
+        }
+        let schema = query.schema();
+        // Aggregating holds the store lock; keep it off the async workers.
+        let store = self.store.clone();
+        let answer = tokio::task::spawn_blocking(move || query.execute(&store)).await??;
+        debug!(n_rows = answer.num_rows(), "DoGet answered.");
+        let batches = (answer.num_rows() > 0).then_some(Ok(answer));
+        let encoded = FlightDataEncoderBuilder::new()
+            .with_schema(schema)
+            .with_max_flight_data_size(FLIGHT_DATA_BYTES_MAX)
+            .build(stream::iter(batches))
+            .map_err(|error| into_status(error.into()));
+        Ok(encoded.boxed())
     }
 
     /// Subscribes before answering, so every batch applied once the client
@@ -192,6 +327,29 @@ fn conversion_json(conversion: &Conversion) -> Vec<u8> {
     serde_json::to_vec(&json).expect("json value serializes")
 }
 
+/// Narrows `query` to what `role` may read, or refuses it. An affiliate
+/// reads its own rows of `rollups` and `conversions`: a query without an
+/// affiliate becomes one for the caller's, a query for another affiliate
+/// is refused, and so is `quarantine`, whose rows have no trusted
+/// affiliate.
+pub(crate) fn scope(role: Role, query: &mut Query) -> Result<(), Denied> {
+    match role {
+        Role::Admin => Ok(()),
+        Role::Edge => Err(Denied::Dataset { role, dataset: query.dataset.as_str() }),
+        Role::Affiliate(own_id) => match query.dataset {
+            Dataset::Rollups | Dataset::Conversions => match query.affiliate_id {
+                None => {
+                    query.affiliate_id = Some(own_id);
+                    Ok(())
+                }
+                Some(affiliate_id) if affiliate_id == own_id => Ok(()),
+                Some(affiliate_id) => Err(Denied::OtherAffiliate { role, affiliate_id }),
+            },
+            Dataset::Quarantine => Err(Denied::Quarantine { role }),
+        },
+    }
+}
+
 fn query_of(descriptor: &FlightDescriptor) -> Result<Query, FlightServiceError> {
     if descriptor.r#type() != DescriptorType::Cmd {
         return Err(FlightServiceError::DescriptorPath);
@@ -211,67 +369,43 @@ impl FlightService for AggregatorFlight {
 
     async fn handshake(
         &self,
-        _request: Request<Streaming<HandshakeRequest>>,
+        request: Request<Streaming<HandshakeRequest>>,
     ) -> Result<Response<Self::HandshakeStream>, Status> {
-        Err(into_status(FlightServiceError::Unsupported("handshake")))
+        Err(self.unsupported(&request, Call::Handshake))
     }
 
-    /// Lists every dataset, whole; the criteria are ignored.
-    async fn list_flights(&self, _request: Request<Criteria>) -> Result<Response<Self::ListFlightsStream>, Status> {
-        let infos: Vec<Result<FlightInfo, Status>> = Dataset::ALL
-            .into_iter()
-            .map(|dataset| {
-                let descriptor = FlightDescriptor::new_cmd(ticket::render(&Query::whole(dataset)));
-                AggregatorFlight::flight_info(descriptor).map_err(into_status)
-            })
-            .collect();
+    /// Lists every dataset the caller may read, whole; the criteria are
+    /// ignored.
+    async fn list_flights(&self, request: Request<Criteria>) -> Result<Response<Self::ListFlightsStream>, Status> {
+        let infos = self.list(&request).map_err(|error| self.status(Call::ListFlights, error))?;
         Ok(Response::new(stream::iter(infos).boxed()))
     }
 
     async fn get_flight_info(&self, request: Request<FlightDescriptor>) -> Result<Response<FlightInfo>, Status> {
-        AggregatorFlight::flight_info(request.into_inner()).map(Response::new).map_err(into_status)
+        let info = self
+            .authorize(&request, Call::GetFlightInfo)
+            .and_then(|role| AggregatorFlight::flight_info(request.into_inner(), role));
+        info.map(Response::new).map_err(|error| self.status(Call::GetFlightInfo, error))
     }
 
-    async fn poll_flight_info(&self, _request: Request<FlightDescriptor>) -> Result<Response<PollInfo>, Status> {
-        Err(into_status(FlightServiceError::Unsupported("poll_flight_info")))
+    async fn poll_flight_info(&self, request: Request<FlightDescriptor>) -> Result<Response<PollInfo>, Status> {
+        Err(self.unsupported(&request, Call::PollFlightInfo))
     }
 
     async fn get_schema(&self, request: Request<FlightDescriptor>) -> Result<Response<SchemaResult>, Status> {
-        let query = query_of(request.get_ref()).map_err(into_status)?;
-        let schema = query.schema();
-        let result = SchemaAsIpc::new(&schema, &IpcWriteOptions::default()).try_into();
-        result.map(Response::new).map_err(|error| into_status(FlightServiceError::Arrow(error)))
+        self.schema(&request).map(Response::new).map_err(|error| self.status(Call::GetSchema, error))
     }
 
-    /// Streams the answer to the ticket; an empty answer still carries its
-    /// schema. A follow ticket's stream stays open.
     async fn do_get(&self, request: Request<Ticket>) -> Result<Response<Self::DoGetStream>, Status> {
-        let query = ticket::parse(&request.get_ref().ticket).map_err(|error| into_status(error.into()))?;
-        if query.follow {
-            return self.follow(query).map(Response::new).map_err(into_status);
-        }
-        let schema = query.schema();
-        // Aggregating holds the store lock; keep it off the async workers.
-        let store = self.store.clone();
-        let answer = tokio::task::spawn_blocking(move || query.execute(&store))
-            .await
-            .map_err(|error| into_status(error.into()))?
-            .map_err(|error| into_status(error.into()))?;
-        debug!(n_rows = answer.num_rows(), "DoGet answered.");
-        let batches = (answer.num_rows() > 0).then_some(Ok(answer));
-        let encoded = FlightDataEncoderBuilder::new()
-            .with_schema(schema)
-            .with_max_flight_data_size(FLIGHT_DATA_BYTES_MAX)
-            .build(stream::iter(batches))
-            .map_err(|error| into_status(error.into()));
-        Ok(Response::new(encoded.boxed()))
+        self.answer(&request).await.map(Response::new).map_err(|error| self.status(Call::DoGet, error))
     }
 
-    async fn do_put(&self, _request: Request<Streaming<FlightData>>) -> Result<Response<Self::DoPutStream>, Status> {
-        Err(into_status(FlightServiceError::Unsupported("do_put")))
+    async fn do_put(&self, request: Request<Streaming<FlightData>>) -> Result<Response<Self::DoPutStream>, Status> {
+        Err(self.unsupported(&request, Call::DoPut))
     }
 
     async fn do_action(&self, request: Request<Action>) -> Result<Response<Self::DoActionStream>, Status> {
+        self.authorize(&request, Call::DoAction).map_err(|error| self.status(Call::DoAction, error))?;
         let action = request.into_inner();
         if action.r#type != SET_CONVERSION_STATUS {
             return Err(into_status(FlightServiceError::UnknownAction(action.r#type)));
@@ -286,7 +420,8 @@ impl FlightService for AggregatorFlight {
         Ok(Response::new(stream::once(async { Ok(result) }).boxed()))
     }
 
-    async fn list_actions(&self, _request: Request<Empty>) -> Result<Response<Self::ListActionsStream>, Status> {
+    async fn list_actions(&self, request: Request<Empty>) -> Result<Response<Self::ListActionsStream>, Status> {
+        self.authorize(&request, Call::ListActions).map_err(|error| self.status(Call::ListActions, error))?;
         let action = ActionType {
             r#type: SET_CONVERSION_STATUS.to_owned(),
             description: "Set a conversion's status (pending, approved, rejected); body: \
@@ -298,8 +433,11 @@ impl FlightService for AggregatorFlight {
 
     async fn do_exchange(
         &self,
-        _request: Request<Streaming<FlightData>>,
+        request: Request<Streaming<FlightData>>,
     ) -> Result<Response<Self::DoExchangeStream>, Status> {
-        Err(into_status(FlightServiceError::Unsupported("do_exchange")))
+        Err(self.unsupported(&request, Call::DoExchange))
     }
 }
+
+#[cfg(test)]
+mod tests;

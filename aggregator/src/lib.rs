@@ -7,16 +7,18 @@
 //! acknowledged (`wal`), the snapshots that let the log be truncated
 //! (`snapshot`), the in-memory rollups and conversions (`store`),
 //! what a Flight ticket asks for (`ticket`, `query`), the Flight server
-//! that answers it (`flight_service`) and the follow streams of what is
-//! applied next (`follow`), the edges' tokens (`edges`), the campaigns
+//! that answers it (`flight_service`), who may call it and read what
+//! (`auth`), the follow streams of what is applied next (`follow`), the edges' tokens (`edges`, kept as hashes by
+//! `token_hash`), the campaigns
 //! served to them (`catalog`), and the operations HTTP listener with
 //! `/metrics` and `/healthz` (`http`, `metrics`). [`Aggregator::start`]
 //! loads the snapshot, replays the log after it and wires them together;
 //! `main.rs` is a thin command-line shell around it.
 //!
-//! Not here yet: commissions, Parquet, Flight SQL and Flight auth.
+//! Not here yet: commissions, Parquet and Flight SQL.
 
 mod admin;
+mod auth;
 mod catalog;
 mod cert;
 mod edges;
@@ -30,6 +32,7 @@ mod query;
 mod snapshot;
 mod store;
 mod ticket;
+mod token_hash;
 mod wal;
 
 use std::io;
@@ -44,6 +47,7 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 pub use admin::AdminError;
+pub use auth::{FLIGHT_TOKEN_LEN_MIN, FlightAuth, FlightAuthError};
 pub use catalog::CatalogError;
 pub use cert::CertError;
 pub use edges::{EDGE_TOKEN_LEN_MIN, EdgeTokens, EdgeTokensError};
@@ -87,6 +91,9 @@ pub struct Config {
     /// The campaign snapshot served to edges (JSON, as edges read it),
     /// watched for changes; `None`: edges use their own `--campaigns`.
     pub campaigns: Option<PathBuf>,
+    /// Who may call Arrow Flight, and as what role; `None` lets every
+    /// caller read everything (logged as a warning at start).
+    pub flight_auth: Option<FlightAuth>,
 }
 
 /// The default `snapshot_wal_bytes`. Replay reads the log at start at a few
@@ -133,6 +140,10 @@ pub struct Stats {
     pub followers: u64,
     /// Follow streams cut off since start because they fell behind.
     pub followers_lagged: u64,
+    /// Flight calls refused since start: no, wrong or expired token, and
+    /// a role that may not make the call or read what it asked for.
+    pub flight_refused_unauthenticated: u64,
+    pub flight_refused_permission_denied: u64,
 }
 
 /// Why an aggregator could not start. Messages leave out their source,
@@ -215,6 +226,7 @@ pub(crate) struct StatsSource {
     checkpointer: Arc<snapshot::Checkpointer>,
     replay: ingest::Replay,
     followers: Arc<follow::Followers>,
+    flight_refusals: Arc<flight_service::Refusals>,
 }
 
 // === impl Aggregator ===
@@ -292,14 +304,36 @@ impl Aggregator {
             listener.local_addr().map_err(|source| Error::FlightBind { addr: config.flight_listen, source })?;
         let (flight_shutdown, shutdown_signal) = oneshot::channel();
         let followers = Arc::new(follow::Followers::new());
-        let flight_task =
-            tokio::spawn(flight_service::serve(listener, store.clone(), wal.clone(), followers.clone(), async {
+        match &config.flight_auth {
+            Some(auth) => info!(
+                n_tokens = auth.n_tokens(),
+                n_jwt_keys = auth.n_jwt_keys(),
+                "Flight callers authenticate with bearer tokens."
+            ),
+            None => warn!("No Flight tokens configured: anyone who reaches the Flight port may read every dataset."),
+        }
+        let flight_refusals = Arc::new(flight_service::Refusals::default());
+        let flight_task = tokio::spawn(flight_service::serve(
+            listener,
+            store.clone(),
+            wal.clone(),
+            followers.clone(),
+            config.flight_auth.map(Arc::new),
+            flight_refusals.clone(),
+            async {
                 // Either a send or a dropped sender means stop.
                 let _ = shutdown_signal.await;
-            }));
+            },
+        ));
 
-        let stats =
-            Arc::new(StatsSource { ingest, wal: wal.clone(), checkpointer: checkpointer.clone(), replay, followers });
+        let stats = Arc::new(StatsSource {
+            ingest,
+            wal: wal.clone(),
+            checkpointer: checkpointer.clone(),
+            replay,
+            followers,
+            flight_refusals,
+        });
         let listener = TcpListener::bind(config.http_listen)
             .await
             .map_err(|source| Error::HttpBind { addr: config.http_listen, source })?;
@@ -440,6 +474,8 @@ impl StatsSource {
             wal_fsync_max_us: wal.fsync_max_us,
             followers: self.followers.n_followers(),
             followers_lagged: self.followers.n_lagged(),
+            flight_refused_unauthenticated: self.flight_refusals.n_unauthenticated(),
+            flight_refused_permission_denied: self.flight_refusals.n_permission_denied(),
         }
     }
 }

@@ -10,7 +10,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use edgetally_aggregator::{Aggregator, Config, EdgeTokens, SNAPSHOT_WAL_BYTES_DEFAULT};
+use edgetally_aggregator::{Aggregator, Config, EdgeTokens, FlightAuth, SNAPSHOT_WAL_BYTES_DEFAULT};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::info;
 use tracing_subscriber::EnvFilter;
@@ -24,6 +24,7 @@ const ENV_TLS_KEY: &str = "EDGETALLY_AGGREGATOR_TLS_KEY";
 const ENV_TLS_NAME: &str = "EDGETALLY_AGGREGATOR_TLS_NAME";
 const ENV_WAL_FSYNC: &str = "EDGETALLY_AGGREGATOR_WAL_FSYNC";
 const ENV_SNAPSHOT_WAL_BYTES: &str = "EDGETALLY_AGGREGATOR_SNAPSHOT_WAL_BYTES";
+const ENV_FLIGHT_TOKENS: &str = "EDGETALLY_FLIGHT_TOKENS";
 
 /// Where the bound addresses are written, in the data directory. Tests and
 /// the local stack bind port 0 and read the real ports back from it.
@@ -78,6 +79,12 @@ struct Args {
     /// second. Without it edges use their own `--campaigns`.
     #[arg(long, env = "EDGETALLY_AGGREGATOR_CAMPAIGNS")]
     campaigns: Option<PathBuf>,
+    /// JSON file of who may call Arrow Flight: static bearer tokens with a
+    /// role (`admin`, `affiliate:<id>`, `edge`) and optional JWT keys
+    /// (README, "Flight auth"). Without it anyone who reaches the Flight
+    /// port may read every dataset.
+    #[arg(long, env = ENV_FLIGHT_TOKENS)]
+    flight_tokens: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -119,6 +126,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         snapshot_wal_bytes: args.snapshot_wal_bytes,
         edge_tokens: args.edge_tokens.as_deref().map(EdgeTokens::load).transpose().context("edge tokens")?,
         campaigns: args.campaigns,
+        flight_auth: args.flight_tokens.as_deref().map(FlightAuth::load).transpose().context("flight tokens")?,
     };
     // Installed before start so a signal during start is not lost.
     let mut sigterm = signal(SignalKind::terminate()).context("install SIGTERM handler")?;

@@ -3,7 +3,8 @@
 //! Every value is read from [`Stats`] (and the log's fsync histogram) at
 //! scrape time by one collector, so the metrics can never disagree with
 //! `Aggregator::stats` and the hot path pays nothing for them. Label sets
-//! are bounded: the only label is a batch's status, from a fixed set.
+//! are bounded: the only labels are a batch's status and a Flight refusal's
+//! reason, each from a fixed set.
 
 use std::fmt;
 use std::sync::Arc;
@@ -76,6 +77,18 @@ impl Collector for StatsCollector {
             [("apply", stats.batches_applied), ("skip", stats.batches_skipped), ("refuse", stats.batches_refused)]
         {
             ConstCounter::new(n_batches).encode(batches.encode_family(&[("status", status)])?)?;
+        }
+        let mut flight_refused = encoder.encode_descriptor(
+            "flight_refused",
+            "Flight calls refused, by reason: unauthenticated (no, wrong or expired token), permission_denied (the role may not make the call or read what it asked for)",
+            None,
+            MetricType::Counter,
+        )?;
+        for (reason, n_calls) in [
+            ("unauthenticated", stats.flight_refused_unauthenticated),
+            ("permission_denied", stats.flight_refused_permission_denied),
+        ] {
+            ConstCounter::new(n_calls).encode(flight_refused.encode_family(&[("reason", reason)])?)?;
         }
         let counters = [
             ("edges_refused", "Edge connections refused: unknown edge, wrong token or no hello", stats.edges_refused),

@@ -267,6 +267,7 @@ pub(crate) fn loopback_config(data_dir: &std::path::Path) -> Config {
         snapshot_wal_bytes: SNAPSHOT_WAL_BYTES_DEFAULT,
         edge_tokens: None,
         campaigns: None,
+        flight_auth: None,
     }
 }
 
@@ -850,5 +851,171 @@ async fn followers_are_bounded_inner() {
     streams.push(flight.do_get(Ticket::new(ticket)).await.unwrap());
     assert_eq!(aggregator.stats().followers, follow::FOLLOWERS_MAX as u64);
     drop(streams);
+    aggregator.shutdown().await;
+}
+
+const FLIGHT_ADMIN_TOKEN: &str = "flight-admin-token-0123456789abcdefgh";
+const FLIGHT_AFFILIATE_7_TOKEN: &str = "flight-affiliate-7-token-0123456789ab";
+const FLIGHT_EDGE_TOKEN: &str = "flight-edge-token-0123456789abcdefghi";
+
+/// A raw Flight client (every answer a `Status`) that sends
+/// `authorization: Bearer <token>` when given one.
+async fn raw_flight_client(
+    aggregator: &Aggregator,
+    token: Option<&str>,
+) -> arrow_flight::flight_service_client::FlightServiceClient<
+    tonic::service::interceptor::InterceptedService<
+        tonic::transport::Channel,
+        impl tonic::service::Interceptor + Clone + use<>,
+    >,
+> {
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", aggregator.flight_addr()))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let authorization: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>> =
+        token.map(|token| format!("Bearer {token}").parse().unwrap());
+    let interceptor = move |mut request: tonic::Request<()>| {
+        if let Some(authorization) = &authorization {
+            request.metadata_mut().insert("authorization", authorization.clone());
+        }
+        Ok(request)
+    };
+    arrow_flight::flight_service_client::FlightServiceClient::with_interceptor(channel, interceptor)
+}
+
+/// What each Flight call answers a caller holding `token`: `OK` or the
+/// status code.
+async fn flight_codes(aggregator: &Aggregator, token: Option<&str>) -> Vec<(&'static str, tonic::Code)> {
+    use arrow_flight::{Action, Criteria, Empty, FlightData, HandshakeRequest};
+    fn code<T>(result: Result<T, tonic::Status>) -> tonic::Code {
+        result.map_or_else(|status| status.code(), |_| tonic::Code::Ok)
+    }
+    let mut client = raw_flight_client(aggregator, token).await;
+    let rollups = FlightDescriptor::new_cmd(r#"{"dataset":"rollups"}"#);
+    vec![
+        ("handshake", code(client.handshake(futures::stream::empty::<HandshakeRequest>()).await)),
+        ("list_flights", code(client.list_flights(Criteria::default()).await)),
+        ("get_flight_info", code(client.get_flight_info(rollups.clone()).await)),
+        ("poll_flight_info", code(client.poll_flight_info(rollups.clone()).await)),
+        ("get_schema", code(client.get_schema(rollups).await)),
+        ("do_get", code(client.do_get(Ticket::new(r#"{"dataset":"rollups"}"#)).await)),
+        ("do_put", code(client.do_put(futures::stream::empty::<FlightData>()).await)),
+        ("do_action", code(client.do_action(Action::new("flush", "")).await)),
+        ("list_actions", code(client.list_actions(Empty::default()).await)),
+        ("do_exchange", code(client.do_exchange(futures::stream::empty::<FlightData>()).await)),
+    ]
+}
+
+#[tokio::test]
+async fn flight_calls_need_a_role() {
+    tokio::time::timeout(TEST_TIMEOUT, flight_calls_need_a_role_inner()).await.expect("test finishes in time");
+}
+
+async fn flight_calls_need_a_role_inner() {
+    use tonic::Code::{InvalidArgument, Ok as Allowed, PermissionDenied, Unauthenticated, Unimplemented};
+
+    let data_dir = tempfile::tempdir().unwrap();
+    let tokens_path = data_dir.path().join("flight-tokens.json");
+    let tokens = serde_json::json!({"tokens": [
+        {"name": "finance", "token": FLIGHT_ADMIN_TOKEN, "role": "admin"},
+        {"name": "aff-7", "token": FLIGHT_AFFILIATE_7_TOKEN, "role": "affiliate:7"},
+        {"name": "edge", "token": FLIGHT_EDGE_TOKEN, "role": "edge"},
+    ]});
+    std::fs::write(&tokens_path, tokens.to_string()).unwrap();
+    let flight_auth = Some(FlightAuth::load(&tokens_path).unwrap());
+    let aggregator = Aggregator::start(Config { flight_auth, ..loopback_config(data_dir.path()) }).await.unwrap();
+    let (endpoint, connection) = connect(&aggregator).await;
+    assert_eq!(send(&connection, &frame_at(1)).await.status, AckStatus::Apply);
+
+    let calls = ["handshake", "list_flights", "get_flight_info", "poll_flight_info", "get_schema", "do_get", "do_put"];
+    let with = |codes: [tonic::Code; 10]| -> Vec<(&'static str, tonic::Code)> {
+        calls.into_iter().chain(["do_action", "list_actions", "do_exchange"]).zip(codes).collect()
+    };
+    for token in [None, Some("wrong-token-0123456789abcdefghijklmnop")] {
+        assert_eq!(flight_codes(&aggregator, token).await, with([Unauthenticated; 10]), "{token:?}");
+    }
+    assert_eq!(flight_codes(&aggregator, Some(FLIGHT_EDGE_TOKEN)).await, with([PermissionDenied; 10]));
+    assert_eq!(
+        flight_codes(&aggregator, Some(FLIGHT_AFFILIATE_7_TOKEN)).await,
+        with([
+            Unimplemented,
+            Allowed,
+            Allowed,
+            Unimplemented,
+            Allowed,
+            Allowed,
+            PermissionDenied,
+            PermissionDenied,
+            PermissionDenied,
+            PermissionDenied
+        ])
+    );
+    assert_eq!(
+        flight_codes(&aggregator, Some(FLIGHT_ADMIN_TOKEN)).await,
+        with([
+            Unimplemented,
+            Allowed,
+            Allowed,
+            Unimplemented,
+            Allowed,
+            Allowed,
+            Unimplemented,
+            // The admin may act; "flush" is not an action.
+            InvalidArgument,
+            Allowed,
+            Unimplemented
+        ])
+    );
+
+    // The affiliate reads its own rows only, and its flight infos and
+    // listed tickets say so.
+    let mut affiliate = flight_client(&aggregator).await;
+    affiliate.add_header("authorization", &format!("Bearer {FLIGHT_AFFILIATE_7_TOKEN}")).unwrap();
+    let batches = do_get(&mut affiliate, r#"{"dataset":"rollups","group_by":["affiliate_id"]}"#).await;
+    let affiliate_ids: Vec<u32> =
+        batches.iter().flat_map(|batch| batch.column(0).as_primitive::<UInt32Type>().values().to_vec()).collect();
+    assert_eq!(affiliate_ids, [7]);
+    let error = affiliate.do_get(Ticket::new(r#"{"dataset":"rollups","affiliate_id":8}"#)).await.unwrap_err();
+    assert!(
+        matches!(&error, arrow_flight::error::FlightError::Tonic(status) if status.code() == PermissionDenied
+            && status.message() == "permission denied: affiliate:7 may not read affiliate 8"),
+        "{error:?}"
+    );
+    let info = affiliate.get_flight_info(FlightDescriptor::new_cmd(r#"{"dataset":"conversions"}"#)).await.unwrap();
+    assert_eq!(info.endpoint[0].ticket.as_ref().unwrap().ticket, r#"{"affiliate_id":7,"dataset":"conversions"}"#);
+    let infos: Vec<_> = affiliate.list_flights("").await.unwrap().try_collect().await.unwrap();
+    let tickets: Vec<Bytes> = infos.iter().map(|info| info.endpoint[0].ticket.clone().unwrap().ticket).collect();
+    assert_eq!(
+        tickets,
+        [
+            Bytes::from(r#"{"affiliate_id":7,"dataset":"rollups"}"#),
+            Bytes::from(r#"{"affiliate_id":7,"dataset":"conversions"}"#)
+        ]
+    );
+    // A refusal never repeats the token.
+    let mut wrong = flight_client(&aggregator).await;
+    wrong.add_header("authorization", "Bearer wrong-token-0123456789abcdefghijklmnop").unwrap();
+    let error = wrong.do_get(Ticket::new(r#"{"dataset":"rollups"}"#)).await.unwrap_err();
+    assert!(
+        matches!(&error, arrow_flight::error::FlightError::Tonic(status) if status.code() == Unauthenticated
+            && status.message() == "unauthenticated: unknown token"),
+        "{error:?}"
+    );
+
+    // 20 calls without a valid token; 10 by the edge, 4 by the affiliate
+    // in the table and 1 after it.
+    let stats = aggregator.stats();
+    assert_eq!((stats.flight_refused_unauthenticated, stats.flight_refused_permission_denied), (21, 15));
+    check_samples(
+        &scrape(&aggregator).await,
+        &[
+            ("edgetally_aggregator_flight_refused_total{reason=\"unauthenticated\"}", "21"),
+            ("edgetally_aggregator_flight_refused_total{reason=\"permission_denied\"}", "15"),
+        ],
+    );
+    connection.close(0u32.into(), b"done");
+    endpoint.wait_idle().await;
     aggregator.shutdown().await;
 }

@@ -24,8 +24,8 @@ use std::time::Duration;
 use anyhow::Context;
 use arrow_array::RecordBatch;
 use arrow_array::cast::AsArray;
+use arrow_flight::Ticket;
 use arrow_flight::decode::FlightRecordBatchStream;
-use arrow_flight::{FlightClient, Ticket};
 use futures::TryStreamExt;
 use hdrhistogram::Histogram;
 use serde::Serialize;
@@ -228,13 +228,9 @@ fn record(histogram: &mut Histogram<u64>, freshness: Duration) {
 /// Opens the follow stream on `flight_url`; once this returns, every
 /// conversion the aggregator applies from now on is in it. The stream is
 /// read by a spawned task that reports rows to `tracker` until it ends.
-pub(crate) async fn follow(flight_url: &str, tracker: Arc<Tracker>) -> anyhow::Result<()> {
-    let channel = tonic::transport::Channel::from_shared(flight_url.to_owned())
-        .context("flight url")?
-        .connect()
-        .await
-        .with_context(|| format!("connecting to {flight_url}"))?;
-    let mut client = FlightClient::new(channel);
+/// `token` is the Flight bearer token, if the aggregator needs one.
+pub(crate) async fn follow(flight_url: &str, token: Option<&str>, tracker: Arc<Tracker>) -> anyhow::Result<()> {
+    let mut client = crate::query::connect(flight_url, token).await?;
     let stream = client.do_get(Ticket::new(FOLLOW_TICKET)).await.context("following conversions")?;
     tokio::spawn(read(stream, tracker));
     Ok(())

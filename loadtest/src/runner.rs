@@ -73,6 +73,9 @@ pub(crate) struct RunArgs {
     /// row in the follow stream).
     #[arg(long, env = "EDGETALLY_FLIGHT_URL")]
     flight: Option<String>,
+    /// With --flight, the bearer token for the aggregator's Flight port.
+    #[arg(long, env = crate::query::ENV_FLIGHT_TOKEN, hide_env_values = true)]
+    flight_token: Option<String>,
     /// With --flight, how long after the last request to wait for accepted
     /// conversions not yet seen in the follow stream.
     #[arg(long, default_value_t = 5.0)]
@@ -117,7 +120,9 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<()> {
     let freshness = match &args.flight {
         Some(flight_url) => {
             let tracker = Arc::new(Tracker::new());
-            crate::freshness::follow(flight_url, tracker.clone()).await.context("following the aggregator")?;
+            crate::freshness::follow(flight_url, args.flight_token.as_deref(), tracker.clone())
+                .await
+                .context("following the aggregator")?;
             Some(tracker)
         }
         None => None,

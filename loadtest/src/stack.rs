@@ -2,9 +2,15 @@
 //! aggregator, one collector shipping to it over QUIC, and a trickle of
 //! traffic into the collector, drawn from the same mix as `run`. Both servers run from their libraries with the
 //! same code paths as their binaries.
+//!
+//! Every start makes fresh random tokens: the edge's, and two for Flight
+//! (an admin and `affiliate:1`), written to `flight-tokens.json` in the
+//! data directory and printed with a `query` command line to try them.
 
+use std::io::Write;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -66,13 +72,15 @@ pub(crate) async fn run(args: StackArgs) -> anyhow::Result<()> {
     let snapshot = serde_json::json!({ "campaigns": campaigns }).to_string();
     std::fs::write(&campaigns_path, &snapshot).with_context(|| format!("writing {}", campaigns_path.display()))?;
     // One edge, with a fresh random token each start.
-    let edge_token: String = {
-        use rand::Rng;
-        let mut rng = rand::rng();
-        (0..32).map(|_| char::from(b"0123456789abcdef"[rng.random_range(0..16)])).collect()
-    };
+    let edge_token = random_token();
     let mut edge_tokens = edgetally_aggregator::EdgeTokens::default();
     edge_tokens.insert(1, edge_token.as_bytes())?;
+    // Flight: an admin, and affiliate 1 to show what an affiliate sees.
+    let admin_token = random_token();
+    let affiliate_token = random_token();
+    let flight_tokens_path = data_dir.join("flight-tokens.json");
+    write_flight_tokens(&flight_tokens_path, &admin_token, &affiliate_token)?;
+    let flight_auth = edgetally_aggregator::FlightAuth::load(&flight_tokens_path)?;
     let aggregator = edgetally_aggregator::Aggregator::start(edgetally_aggregator::Config {
         data_dir: aggregator_dir,
         quic_listen: args.quic_listen,
@@ -85,6 +93,7 @@ pub(crate) async fn run(args: StackArgs) -> anyhow::Result<()> {
         snapshot_wal_bytes: edgetally_aggregator::SNAPSHOT_WAL_BYTES_DEFAULT,
         edge_tokens: Some(edge_tokens),
         campaigns: Some(campaigns_path.clone()),
+        flight_auth: Some(flight_auth),
     })
     .await
     .context("starting the aggregator")?;
@@ -132,8 +141,14 @@ pub(crate) async fn run(args: StackArgs) -> anyhow::Result<()> {
     println!("  click     http://{http}/c/1?aff=1&sub1=demo   (campaigns in {})", campaigns_path.display());
     println!("  postback  http://{http}/pb?click_id=<from the click's Location>&amount=12.34&currency=USD");
     println!("  metrics   http://{http}/metrics (collector), http://{}/metrics (aggregator)", aggregator.http_addr());
+    println!("  flight    http://{flight}   (tokens in {})", flight_tokens_path.display());
+    println!("            admin token        {admin_token}");
+    println!("            affiliate:1 token  {affiliate_token}");
     println!(
-        "  flight    http://{flight}   read it: cargo run -p edgetally-loadtest -- query --flight http://{flight}"
+        "            read it: cargo run -p edgetally-loadtest -- query --flight http://{flight} --flight-token {admin_token}"
+    );
+    println!(
+        "            as affiliate 1: cargo run -p edgetally-loadtest -- query --flight http://{flight} --flight-token {affiliate_token} --ticket '{{\"dataset\":\"conversions\"}}'"
     );
     println!("  quic      {} (certificate {})", aggregator.quic_addr(), aggregator.quic_cert_path().display());
     println!("  traffic   {} requests/s generated; Ctrl-C stops", args.rate);
@@ -176,7 +191,7 @@ pub(crate) async fn run(args: StackArgs) -> anyhow::Result<()> {
             _ = report_tick.tick() => {
                 let answered = progress.answered.load(Ordering::Relaxed);
                 let accepted = progress.accepted_events.load(Ordering::Relaxed);
-                match counted_events(&flight_url).await {
+                match counted_events(&flight_url, &admin_token).await {
                     Ok(counted) => println!(
                         "sent {answered} requests, the collector accepted {accepted} events, the aggregator counts {counted}"
                     ),
@@ -195,9 +210,30 @@ pub(crate) async fn run(args: StackArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A token of 48 random hex digits (192 bits).
+fn random_token() -> String {
+    use rand::Rng;
+    let mut rng = rand::rng();
+    (0..48).map(|_| char::from(b"0123456789abcdef"[rng.random_range(0..16)])).collect()
+}
+
+/// Writes the aggregator's `--flight-tokens` file, readable by its owner
+/// only.
+fn write_flight_tokens(path: &Path, admin_token: &str, affiliate_token: &str) -> anyhow::Result<()> {
+    let tokens = serde_json::json!({"tokens": [
+        {"name": "stack-admin", "token": admin_token, "role": "admin"},
+        {"name": "stack-affiliate-1", "token": affiliate_token, "role": "affiliate:1"},
+    ]});
+    let write = || -> std::io::Result<()> {
+        let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+        file.write_all(tokens.to_string().as_bytes())
+    };
+    write().with_context(|| format!("writing {}", path.display()))
+}
+
 /// All events the aggregator has counted, over all time and keys.
-async fn counted_events(flight_url: &str) -> anyhow::Result<u64> {
-    let batches = crate::query::fetch(flight_url, r#"{"dataset":"rollups","group_by":[]}"#).await?;
+async fn counted_events(flight_url: &str, token: &str) -> anyhow::Result<u64> {
+    let batches = crate::query::fetch(flight_url, Some(token), r#"{"dataset":"rollups","group_by":[]}"#).await?;
     let mut total = 0u64;
     for batch in &batches {
         for column in ["impressions", "clicks", "leads", "sales"] {

@@ -11,7 +11,7 @@ use arrow_array::{Array, RecordBatch};
 use serde_json::json;
 
 use crate::ledger::{Counts, Ledger};
-use crate::query::fetch;
+use crate::query::{ENV_FLIGHT_TOKEN, fetch};
 
 const MINUTE_MS: i64 = 60_000;
 
@@ -23,6 +23,10 @@ pub(crate) struct VerifyArgs {
     /// Flight endpoint of the aggregator.
     #[arg(long, env = "EDGETALLY_FLIGHT_URL", default_value = "http://127.0.0.1:8815")]
     flight: String,
+    /// Bearer token for the aggregator's Flight port (an admin's, to read
+    /// every affiliate).
+    #[arg(long, env = ENV_FLIGHT_TOKEN, hide_env_values = true)]
+    flight_token: Option<String>,
     /// Keep re-reading for up to this many seconds while the aggregator
     /// catches up, before declaring a mismatch.
     #[arg(long, default_value_t = 10)]
@@ -37,7 +41,7 @@ pub(crate) async fn run(args: VerifyArgs) -> anyhow::Result<()> {
     }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(args.wait_secs);
     loop {
-        let actual = read_back(&args.flight, &expected).await?;
+        let actual = read_back(&args.flight, args.flight_token.as_deref(), &expected).await?;
         let differences = expected.diff(&actual);
         if differences.is_empty() {
             println!(
@@ -63,13 +67,13 @@ pub(crate) async fn run(args: VerifyArgs) -> anyhow::Result<()> {
 }
 
 /// What the aggregator holds for the ledger's time window, as a ledger.
-async fn read_back(flight_url: &str, expected: &Ledger) -> anyhow::Result<Ledger> {
+async fn read_back(flight_url: &str, token: Option<&str>, expected: &Ledger) -> anyhow::Result<Ledger> {
     let from = expected.first_sent_ms.div_euclid(MINUTE_MS) * MINUTE_MS;
     let to = expected.last_answer_ms.div_euclid(MINUTE_MS) * MINUTE_MS + MINUTE_MS;
     let mut actual =
         Ledger { first_sent_ms: expected.first_sent_ms, last_answer_ms: expected.last_answer_ms, ..Ledger::default() };
     let ticket = json!({"dataset": "rollups", "from": from, "to": to, "group_by": ["affiliate_id", "campaign_id"]});
-    for batch in fetch(flight_url, &ticket.to_string()).await? {
+    for batch in fetch(flight_url, token, &ticket.to_string()).await? {
         let affiliate_id = column(&batch, "affiliate_id")?.as_primitive::<UInt32Type>().clone();
         let campaign_id = column(&batch, "campaign_id")?.as_primitive::<UInt32Type>().clone();
         let counter =
@@ -88,7 +92,7 @@ async fn read_back(flight_url: &str, expected: &Ledger) -> anyhow::Result<Ledger
         }
     }
     let ticket = json!({"dataset": "conversions", "from": from, "to": to});
-    for batch in fetch(flight_url, &ticket.to_string()).await? {
+    for batch in fetch(flight_url, token, &ticket.to_string()).await? {
         let affiliate_id = column(&batch, "affiliate_id")?.as_primitive::<UInt32Type>().clone();
         let campaign_id = column(&batch, "campaign_id")?.as_primitive::<UInt32Type>().clone();
         let amount = column(&batch, "amount_minor")?.as_primitive::<Int64Type>().clone();

@@ -9,6 +9,7 @@ mod buckets;
 mod commissions;
 mod control;
 mod crash;
+mod flight_auth;
 mod loadgen;
 mod spine;
 mod support;

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::{TimestampMillisecondType, UInt32Type, UInt64Type};
+use arrow_flight::error::FlightError;
 use arrow_flight::{FlightClient, Ticket};
 use futures::TryStreamExt;
 
@@ -78,25 +79,30 @@ impl Stack {
 
     /// Starts the stack with extra flags for every collector.
     pub(crate) fn start_with(n_collectors: u32, collector_args: &[&str]) -> Stack {
+        Stack::start_configured(n_collectors, collector_args, &[])
+    }
+
+    /// Starts the stack with extra flags for every collector and for the
+    /// aggregator.
+    pub(crate) fn start_configured(n_collectors: u32, collector_args: &[&str], aggregator_args: &[&str]) -> Stack {
         let dir = tempfile::tempdir().expect("temp dir");
         let aggregator_dir = dir.path().join("aggregator");
         // Edges 1..=n authenticate with a token each.
         let tokens_path = write_edge_tokens(dir.path(), n_collectors);
-        let mut processes = vec![spawn(
-            "edgetally-aggregator",
-            &[
-                "--data-dir".as_ref(),
-                aggregator_dir.as_os_str(),
-                "--quic-listen".as_ref(),
-                "127.0.0.1:0".as_ref(),
-                "--flight-listen".as_ref(),
-                "127.0.0.1:0".as_ref(),
-                "--http-listen".as_ref(),
-                "127.0.0.1:0".as_ref(),
-                "--edge-tokens".as_ref(),
-                tokens_path.as_os_str(),
-            ],
-        )];
+        let mut args: Vec<&std::ffi::OsStr> = vec![
+            "--data-dir".as_ref(),
+            aggregator_dir.as_os_str(),
+            "--quic-listen".as_ref(),
+            "127.0.0.1:0".as_ref(),
+            "--flight-listen".as_ref(),
+            "127.0.0.1:0".as_ref(),
+            "--http-listen".as_ref(),
+            "127.0.0.1:0".as_ref(),
+            "--edge-tokens".as_ref(),
+            tokens_path.as_os_str(),
+        ];
+        args.extend(aggregator_args.iter().map(std::ffi::OsStr::new));
+        let mut processes = vec![spawn("edgetally-aggregator", &args)];
         let addrs = wait_for_json(&aggregator_dir.join("aggregator.json"));
         let quic = addrs["quic"].as_str().expect("quic address").to_owned();
         let flight = addrs["flight"].as_str().expect("flight address").to_owned();
@@ -240,18 +246,45 @@ pub(crate) type GroupKey = String;
 
 /// Runs one Flight ticket and collects its batches.
 pub(crate) async fn fetch(flight_url: &str, ticket: serde_json::Value) -> Vec<arrow_array::RecordBatch> {
+    fetch_as(flight_url, None, ticket).await.expect("do_get")
+}
+
+/// A Flight client that sends `authorization: Bearer <token>` when given a
+/// token.
+pub(crate) async fn flight_client(flight_url: &str, token: Option<&str>) -> FlightClient {
     let channel = tonic::transport::Channel::from_shared(flight_url.to_owned())
         .expect("flight url")
         .connect()
         .await
         .expect("connect to flight");
     let mut client = FlightClient::new(channel);
-    let stream = client.do_get(Ticket::new(ticket.to_string())).await.expect("do_get");
-    stream.try_collect().await.expect("flight stream")
+    if let Some(token) = token {
+        client.add_header("authorization", &format!("Bearer {token}")).expect("token is a header value");
+    }
+    client
+}
+
+/// Runs one Flight ticket as the holder of `token`; a refusal is its status.
+pub(crate) async fn fetch_as(
+    flight_url: &str,
+    token: Option<&str>,
+    ticket: serde_json::Value,
+) -> Result<Vec<arrow_array::RecordBatch>, tonic::Status> {
+    let mut client = flight_client(flight_url, token).await;
+    let status = |error: FlightError| match error {
+        FlightError::Tonic(status) => *status,
+        other => panic!("flight error that is not a status: {other}"),
+    };
+    let stream = client.do_get(Ticket::new(ticket.to_string())).await.map_err(status)?;
+    stream.try_collect().await.map_err(status)
 }
 
 pub(crate) async fn rollups(flight_url: &str, ticket: serde_json::Value) -> BTreeMap<GroupKey, Counts> {
-    let batches = fetch(flight_url, ticket).await;
+    rollup_counts(&fetch(flight_url, ticket).await)
+}
+
+/// Rollup batches as counters by group.
+pub(crate) fn rollup_counts(batches: &[arrow_array::RecordBatch]) -> BTreeMap<GroupKey, Counts> {
     let mut out = BTreeMap::new();
     for batch in batches {
         let schema = batch.schema();
