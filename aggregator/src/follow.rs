@@ -25,6 +25,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use arrow_array::RecordBatch;
 use arrow_schema::ArrowError;
+use edgetally_protocol::Currency;
+use edgetally_protocol::batch::RollupKey;
 use futures::Stream;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError, broadcast};
@@ -32,7 +34,7 @@ use tracing::{debug, warn};
 
 use crate::ledger::Conversion;
 use crate::query::Query;
-use crate::store::Batch;
+use crate::store::{Batch, MoneyTotals};
 
 /// Applied batches a follower may fall behind by before it is cut off. At
 /// one batch per edge per 250 ms flush, 1024 batches is 2.5 s of 100 edges,
@@ -61,6 +63,10 @@ pub(crate) struct Applied {
     /// Conversions booked by the batch (copies of booked ones left out),
     /// or the one a status change changed.
     pub(crate) conversions: Vec<Conversion>,
+    /// The change to the money rollups: booked conversions' money, or a
+    /// rejected conversion's leaving (negative) and an un-rejected one's
+    /// coming back.
+    pub(crate) money: Vec<(RollupKey, Currency, MoneyTotals)>,
 }
 
 /// What follows one ticket receives from the store.

@@ -17,18 +17,28 @@
 //! keeps the current bucket and asks the zone again only when a minute
 //! leaves it: one zone look-up per bucket, not per row.
 //!
+//! A rollups answer carries money as well as counters: `currency`,
+//! `revenue_minor`, `commission_minor` and `parent_commission_minor`
+//! (conversions not rejected, in minor units of `currency`). A group with
+//! money in several currencies has one row per currency, in code order;
+//! its counters are on the first of those rows and zero on the others, so
+//! a sum of any column over rows is exact. A group without money has one
+//! row with a null `currency` and zero money. Sums are kept in `i128`; one
+//! that does not fit the answer's `i64` is an error, never wrapped.
+//!
 //! A follow query (`follow.rs`) is answered instead batch by batch, from
 //! each applied batch's own rows ([`Query::follow_batch`]): the same
 //! filters, no grouping, and an `applied_at` column last.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
-use arrow_array::builder::{StringBuilder, TimestampMillisecondBuilder, UInt32Builder, UInt64Builder};
+use arrow_array::builder::{Int64Builder, StringBuilder, TimestampMillisecondBuilder, UInt32Builder, UInt64Builder};
 use arrow_array::{ArrayRef, RecordBatch, TimestampMillisecondArray};
 use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef, TimeUnit};
+use edgetally_protocol::Currency;
 use edgetally_protocol::batch::{
-    N_COUNTERS, QUARANTINE_SCHEMA, ROLLUP_SCHEMA, RollupCounts, RollupKey, quarantine_to_batch, rollups_to_batch,
+    N_COUNTERS, QUARANTINE_SCHEMA, ROLLUP_SCHEMA, RollupCounts, RollupKey, quarantine_to_batch,
 };
 use edgetally_protocol::event::MINUTE_MS;
 use jiff::Timestamp;
@@ -36,7 +46,7 @@ use jiff::tz::TimeZone;
 
 use crate::follow::Applied;
 use crate::ledger::{Conversion, LEDGER_SCHEMA, ledger_to_batch};
-use crate::store::{Store, Tables};
+use crate::store::{MoneyTotals, Store, Tables};
 
 /// The datasets the aggregator serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,6 +142,23 @@ type GroupKey = (Option<i64>, Option<u32>, Option<u32>, Option<String>);
 
 /// The counter columns every rollup answer ends with, in ROLLUP_SCHEMA.
 const ROLLUP_COUNTER_COLUMNS: std::ops::Range<usize> = 4..4 + N_COUNTERS;
+
+/// The money columns of a rollups answer, after the counters.
+static MONEY_FIELDS: LazyLock<[Field; 4]> = LazyLock::new(|| {
+    [
+        Field::new("currency", DataType::Utf8, true),
+        Field::new("revenue_minor", DataType::Int64, false),
+        Field::new("commission_minor", DataType::Int64, false),
+        Field::new("parent_commission_minor", DataType::Int64, false),
+    ]
+});
+
+/// What a rollups group sums to: its counters and its money by currency.
+#[derive(Debug, Default)]
+struct GroupTotals {
+    counts: RollupCounts,
+    money: BTreeMap<Currency, MoneyTotals>,
+}
 
 /// Milliseconds in an hour.
 const HOUR_MS: i64 = 60 * MINUTE_MS;
@@ -406,7 +433,8 @@ impl Query {
                     _ => ROLLUP_SCHEMA.field(column as usize).clone(),
                 });
                 let counter_fields = ROLLUP_COUNTER_COLUMNS.map(|column_idx| ROLLUP_SCHEMA.field(column_idx).clone());
-                let fields: Vec<Field> = group_fields.chain(counter_fields).collect();
+                let fields: Vec<Field> =
+                    group_fields.chain(counter_fields).chain(MONEY_FIELDS.iter().cloned()).collect();
                 Arc::new(Schema::new(fields))
             }
         }
@@ -447,21 +475,27 @@ impl Query {
     }
 
     /// What a follower of this query sees of `applied`: its rows that pass
-    /// the filters, in the batch's order (rollups as the per-batch deltas
-    /// the edge shipped, not totals), with `applied_at` last; `None` when
-    /// no row passes.
+    /// the filters (rollups as deltas, not totals: the counters the edge
+    /// shipped and the money that moved, by key and currency; conversions
+    /// and quarantine in the batch's order), with `applied_at` last;
+    /// `None` when no row passes.
     pub(crate) fn follow_batch(&self, applied: &Applied) -> Result<Option<RecordBatch>, ArrowError> {
         let batch = &applied.batch;
         let rows = match self.dataset {
             Dataset::Rollups => {
-                let rows: Vec<&(RollupKey, RollupCounts)> = batch
-                    .rollups
-                    .iter()
-                    .filter(|(key, _)| {
-                        self.in_range(key.minute_ms) && self.matches(key.affiliate_id, key.campaign_id, &key.sub1)
-                    })
-                    .collect();
-                (!rows.is_empty()).then(|| rollups_to_batch(rows.iter().map(|(key, counts)| (key, counts))))
+                let mut groups: BTreeMap<GroupKey, GroupTotals> = BTreeMap::new();
+                for (key, counts) in &batch.rollups {
+                    if self.has_rollup(key) {
+                        groups.entry(self.group_by.key(key)).or_default().counts.merge(counts);
+                    }
+                }
+                for (key, currency, delta) in &applied.money {
+                    if self.has_rollup(key) {
+                        let totals = groups.entry(self.group_by.key(key)).or_default();
+                        totals.money.entry(*currency).or_default().add(delta);
+                    }
+                }
+                (!groups.is_empty()).then(|| self.rollups_to_batch(groups)).transpose()?
             }
             Dataset::Conversions => {
                 let rows: Vec<&Conversion> =
@@ -487,6 +521,10 @@ impl Query {
         self.from_ms.is_none_or(|from_ms| time_ms >= from_ms) && self.to_ms.is_none_or(|to_ms| time_ms < to_ms)
     }
 
+    fn has_rollup(&self, key: &RollupKey) -> bool {
+        self.in_range(key.minute_ms) && self.matches(key.affiliate_id, key.campaign_id, &key.sub1)
+    }
+
     fn has_conversion(&self, conversion: &Conversion) -> bool {
         let row = &conversion.row;
         self.in_range(row.time_ms) && self.matches(row.affiliate_id, row.campaign_id, &row.sub1)
@@ -499,52 +537,97 @@ impl Query {
             && self.sub1.as_deref().is_none_or(|wanted| wanted == sub1)
     }
 
-    fn group_rollups(&self, tables: &Tables) -> Result<BTreeMap<GroupKey, RollupCounts>, ArrowError> {
-        // Rollups are ordered by minute first, so the time range is a range
-        // scan rather than a filter over everything.
+    fn group_rollups(&self, tables: &Tables) -> Result<BTreeMap<GroupKey, GroupTotals>, ArrowError> {
+        // Rollups and money are ordered by minute first, so the time range
+        // is a range scan rather than a filter over everything.
         let lower = RollupKey {
             minute_ms: self.from_ms.unwrap_or(i64::MIN),
             affiliate_id: 0,
             campaign_id: 0,
             sub1: String::new(),
         };
-        let mut groups: BTreeMap<GroupKey, RollupCounts> = BTreeMap::new();
+        let mut groups: BTreeMap<GroupKey, GroupTotals> = BTreeMap::new();
         let mut bucketer = Bucketer::new(&self.buckets);
-        for (key, counts) in tables.rollups.range(lower..) {
+        for (key, counts) in tables.rollups.range(&lower..) {
             if self.to_ms.is_some_and(|to_ms| key.minute_ms >= to_ms) {
                 break;
             }
-            if !self.matches(key.affiliate_id, key.campaign_id, &key.sub1) {
-                continue;
+            if self.matches(key.affiliate_id, key.campaign_id, &key.sub1) {
+                groups.entry(self.group_key(key, &mut bucketer)?).or_default().counts.merge(counts);
             }
-            let mut group_key = self.group_by.key(key);
-            if let Some(minute_ms) = group_key.0 {
-                group_key.0 = Some(bucketer.start_of(minute_ms)?);
+        }
+        // The money scan starts over at the first minute: the bucketer
+        // still looks up a zone once per bucket.
+        let mut bucketer = Bucketer::new(&self.buckets);
+        for ((key, currency), totals) in tables.money.range((lower, Currency::least())..) {
+            if self.to_ms.is_some_and(|to_ms| key.minute_ms >= to_ms) {
+                break;
             }
-            groups.entry(group_key).or_default().merge(counts);
+            if self.matches(key.affiliate_id, key.campaign_id, &key.sub1) {
+                let group = groups.entry(self.group_key(key, &mut bucketer)?).or_default();
+                group.money.entry(*currency).or_default().add(totals);
+            }
         }
         Ok(groups)
     }
 
-    fn rollups_to_batch(&self, groups: BTreeMap<GroupKey, RollupCounts>) -> Result<RecordBatch, ArrowError> {
-        let n_rows = groups.len();
+    /// The group `key` counts in: its grouped columns, time as the start
+    /// of its bucket.
+    fn group_key(&self, key: &RollupKey, bucketer: &mut Bucketer) -> Result<GroupKey, ArrowError> {
+        let mut group_key = self.group_by.key(key);
+        if let Some(minute_ms) = group_key.0 {
+            group_key.0 = Some(bucketer.start_of(minute_ms)?);
+        }
+        Ok(group_key)
+    }
+
+    /// One row per group and currency (see the module's documentation).
+    fn rollups_to_batch(&self, groups: BTreeMap<GroupKey, GroupTotals>) -> Result<RecordBatch, ArrowError> {
+        // At most; zero money rows are left out below.
+        let n_rows = groups.values().map(|group| group.money.len().max(1)).sum();
         let mut time = TimestampMillisecondBuilder::with_capacity(n_rows).with_timezone(self.buckets.zone_name());
         let mut affiliate_id = UInt32Builder::with_capacity(n_rows);
         let mut campaign_id = UInt32Builder::with_capacity(n_rows);
         let mut sub1 = StringBuilder::with_capacity(n_rows, n_rows * 8);
         let mut counters: [UInt64Builder; N_COUNTERS] = std::array::from_fn(|_| UInt64Builder::with_capacity(n_rows));
-        for ((group_time, group_affiliate_id, group_campaign_id, group_sub1), counts) in groups {
-            // A column not grouped by is `None` in every key and its builder
-            // is left out below, so these appends of `None` are never read.
-            time.append_option(group_time);
-            affiliate_id.append_option(group_affiliate_id);
-            campaign_id.append_option(group_campaign_id);
-            sub1.append_option(group_sub1);
-            for (builder, value) in counters.iter_mut().zip(counts.values()) {
-                builder.append_value(value);
+        let mut currency = StringBuilder::with_capacity(n_rows, n_rows * 3);
+        let mut money: [Int64Builder; 3] = std::array::from_fn(|_| Int64Builder::with_capacity(n_rows));
+        for ((group_time, group_affiliate_id, group_campaign_id, group_sub1), mut group) in groups {
+            // Money that nets to zero (a sale and its reversal) is no money.
+            group.money.retain(|_, totals| *totals != MoneyTotals::default());
+            let zero = RollupCounts::default();
+            let by_currency: Vec<(Option<Currency>, MoneyTotals)> = if group.money.is_empty() {
+                vec![(None, MoneyTotals::default())]
+            } else {
+                group.money.into_iter().map(|(currency, totals)| (Some(currency), totals)).collect()
+            };
+            for (row_idx, (row_currency, totals)) in by_currency.into_iter().enumerate() {
+                // A column not grouped by is `None` in every key and its
+                // builder is left out below, so these appends of `None`
+                // are never read.
+                time.append_option(group_time);
+                affiliate_id.append_option(group_affiliate_id);
+                campaign_id.append_option(group_campaign_id);
+                sub1.append_option(group_sub1.clone());
+                let counts = if row_idx == 0 { &group.counts } else { &zero };
+                for (builder, value) in counters.iter_mut().zip(counts.values()) {
+                    builder.append_value(value);
+                }
+                currency.append_option(row_currency.as_ref().map(Currency::code));
+                let amounts = [totals.revenue_minor, totals.commission_minor, totals.parent_commission_minor];
+                for ((builder, amount), field) in money.iter_mut().zip(amounts).zip(&MONEY_FIELDS[1..]) {
+                    let amount = i64::try_from(amount).map_err(|_| {
+                        ArrowError::ComputeError(format!(
+                            "{} {amount} in {} does not fit an i64: narrow the query",
+                            field.name(),
+                            row_currency.as_ref().map_or("", Currency::code),
+                        ))
+                    })?;
+                    builder.append_value(amount);
+                }
             }
         }
-        let mut columns: Vec<ArrayRef> = Vec::with_capacity(4 + N_COUNTERS);
+        let mut columns: Vec<ArrayRef> = Vec::with_capacity(4 + N_COUNTERS + MONEY_FIELDS.len());
         for column in self.group_by.columns() {
             columns.push(match column {
                 GroupColumn::Minute => Arc::new(time.finish()),
@@ -554,6 +637,8 @@ impl Query {
             });
         }
         columns.extend(counters.iter_mut().map(|builder| Arc::new(builder.finish()) as ArrayRef));
+        columns.push(Arc::new(currency.finish()));
+        columns.extend(money.iter_mut().map(|builder| Arc::new(builder.finish()) as ArrayRef));
         // Checks the columns against the schema (types, nullability) again.
         RecordBatch::try_new(self.rows_schema(), columns)
     }

@@ -80,6 +80,16 @@ pub(crate) struct MoneyTotals {
     pub(crate) parent_commission_minor: i128,
 }
 
+// === impl MoneyTotals ===
+
+impl MoneyTotals {
+    pub(crate) fn add(&mut self, other: &MoneyTotals) {
+        self.revenue_minor += other.revenue_minor;
+        self.commission_minor += other.commission_minor;
+        self.parent_commission_minor += other.parent_commission_minor;
+    }
+}
+
 /// The data a query reads.
 #[derive(Debug, Default)]
 pub(crate) struct Tables {
@@ -154,7 +164,7 @@ impl Store {
                     conversions: Vec::new(),
                     quarantine: batch.quarantine.clone(),
                 };
-                (sender, Applied { applied_at_ms: now_ms(), batch, conversions: Vec::new() })
+                (sender, Applied { applied_at_ms: now_ms(), batch, conversions: Vec::new(), money: Vec::new() })
             });
             for (key, counts) in batch.rollups {
                 tables.rollups.entry(key).or_default().merge(&counts);
@@ -175,6 +185,7 @@ impl Store {
                 tables.quarantine.push_back(row);
             }
             if let Some((sender, mut applied)) = published {
+                applied.money = booked.iter().flat_map(|conversion| money_of(conversion, 1)).collect();
                 applied.conversions = booked;
                 // Fails only if every follower left since the count above;
                 // then nobody misses the batch.
@@ -203,21 +214,27 @@ impl Store {
         let Inner { tables, followers, .. } = &mut *inner;
         let &conversion_idx = tables.conversion_index.get(key)?;
         let old = tables.conversions[conversion_idx].status;
-        if old != status {
+        let sign = match (old == Status::Rejected, status == Status::Rejected) {
+            (false, true) => -1,
+            (true, false) => 1,
+            _ => 0,
+        };
+        if sign != 0 {
             let conversion = tables.conversions[conversion_idx].clone();
-            match (old == Status::Rejected, status == Status::Rejected) {
-                (false, true) => tables.add_money(&conversion, -1),
-                (true, false) => tables.add_money(&conversion, 1),
-                _ => {}
-            }
-            tables.conversions[conversion_idx].status = status;
+            tables.add_money(&conversion, sign);
         }
+        tables.conversions[conversion_idx].status = status;
         let conversion = tables.conversions[conversion_idx].clone();
         if old != status
             && let Some(sender) = followers.as_ref().filter(|sender| sender.receiver_count() > 0)
         {
-            let applied =
-                Applied { applied_at_ms: now_ms(), batch: Batch::default(), conversions: vec![conversion.clone()] };
+            let money = if sign == 0 { Vec::new() } else { money_of(&conversion, sign).collect() };
+            let applied = Applied {
+                applied_at_ms: now_ms(),
+                batch: Batch::default(),
+                conversions: vec![conversion.clone()],
+                money,
+            };
             // Fails only if every follower left since the count.
             let _ = sender.send(Arc::new(applied));
         }
@@ -326,17 +343,34 @@ impl Tables {
 
     /// Adds (`sign` 1) or removes (`sign` -1) `conversion`'s money.
     fn add_money(&mut self, conversion: &Conversion, sign: i128) {
-        let key = rollup_key(&conversion.row);
-        if let Some(money) = conversion.row.money {
-            let totals = self.money.entry((key.clone(), money.currency)).or_default();
-            totals.revenue_minor += sign * i128::from(money.minor_units);
-        }
-        if let Some(currency) = conversion.commission.currency {
-            let totals = self.money.entry((key, currency)).or_default();
-            totals.commission_minor += sign * i128::from(conversion.commission.amount_minor);
-            totals.parent_commission_minor += sign * i128::from(conversion.commission.parent_amount_minor);
+        for (key, currency, delta) in money_of(conversion, sign) {
+            self.money.entry((key, currency)).or_default().add(&delta);
         }
     }
+}
+
+/// `conversion`'s money times `sign`, by the rollup key and currency it
+/// counts under: the sale amount in its currency, the commission and the
+/// parent's override in the commission's.
+pub(crate) fn money_of(
+    conversion: &Conversion,
+    sign: i128,
+) -> impl Iterator<Item = (RollupKey, Currency, MoneyTotals)> {
+    let key = rollup_key(&conversion.row);
+    let revenue = conversion.row.money.map(|money| {
+        let totals = MoneyTotals { revenue_minor: sign * i128::from(money.minor_units), ..MoneyTotals::default() };
+        (key.clone(), money.currency, totals)
+    });
+    let commission = &conversion.commission;
+    let commission = commission.currency.map(|currency| {
+        let totals = MoneyTotals {
+            commission_minor: sign * i128::from(commission.amount_minor),
+            parent_commission_minor: sign * i128::from(commission.parent_amount_minor),
+            ..MoneyTotals::default()
+        };
+        (key, currency, totals)
+    });
+    revenue.into_iter().chain(commission)
 }
 
 /// The rollup key a conversion row counts under.

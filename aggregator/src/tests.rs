@@ -318,7 +318,22 @@ async fn batch_over_quic_then_flight_inner() {
     assert_eq!(batches.len(), 1);
     let batch = &batches[0];
     let names: Vec<&str> = batch.schema_ref().fields().iter().map(|field| field.name().as_str()).collect();
-    assert_eq!(names, ["affiliate_id", "impressions", "clicks", "unique_clicks", "leads", "sales", "duplicates"]);
+    assert_eq!(
+        names,
+        [
+            "affiliate_id",
+            "impressions",
+            "clicks",
+            "unique_clicks",
+            "leads",
+            "sales",
+            "duplicates",
+            "currency",
+            "revenue_minor",
+            "commission_minor",
+            "parent_commission_minor"
+        ]
+    );
     let affiliate_ids: Vec<u32> = batch.column(0).as_primitive::<UInt32Type>().values().to_vec();
     assert_eq!(affiliate_ids, [7, 8]);
     let counter = |column_idx: usize| batch.column(column_idx).as_primitive::<UInt64Type>().values().to_vec();
@@ -340,7 +355,7 @@ async fn batch_over_quic_then_flight_inner() {
     // An empty answer still has its schema.
     let mut stream = flight.do_get(Ticket::new(r#"{"dataset":"rollups","affiliate_id":99}"#)).await.unwrap();
     assert!(stream.try_next().await.unwrap().is_none());
-    assert_eq!(stream.schema().unwrap().fields().len(), 10);
+    assert_eq!(stream.schema().unwrap().fields().len(), 14);
 
     let error = flight.do_get(Ticket::new(r#"{"dataset":"clicks"}"#)).await.unwrap_err();
     assert!(error.to_string().contains("unknown dataset"), "{error}");

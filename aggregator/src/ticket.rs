@@ -37,9 +37,12 @@
 //!
 //! `"follow":true` keeps the `DoGet` stream open and sends what each batch
 //! applied from then on brings (`follow.rs`): for `conversions` and
-//! `quarantine` its new rows, for `rollups` its rollup rows as shipped
-//! (per-batch deltas, not totals), each filtered by `from`, `to` and the
-//! key filters as usual, with an `applied_at` column (ms, UTC) last.
+//! `quarantine` its new rows, for `rollups` what the batch changed per
+//! rollup key (deltas, not totals: the counters as shipped and the money
+//! of the conversions booked; a status change sends the money it moved,
+//! negative for a rejection, with zero counters), each filtered by `from`,
+//! `to` and the key filters as usual, with an `applied_at` column (ms,
+//! UTC) last.
 //! `group_by`, `granularity` and `tz` are refused with `follow`. Only
 //! changes applied after the follow starts are sent: a client reads the
 //! dataset with a normal ticket, then follows (a batch applied between the

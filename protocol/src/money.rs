@@ -103,6 +103,19 @@ impl Currency {
             .ok_or_else(|| MoneyError::UnknownCurrency(code.chars().take(8).collect()))
     }
 
+    /// The least accepted currency in `Ord` order: the lower bound of a
+    /// range scan over keys that end in a currency.
+    pub fn least() -> Currency {
+        CURRENCIES
+            .iter()
+            .map(|(code, _)| {
+                let bytes = code.as_bytes();
+                Currency([bytes[0], bytes[1], bytes[2]])
+            })
+            .min()
+            .expect("the currency table is not empty")
+    }
+
     pub fn code(&self) -> &str {
         // The three bytes always come from the ASCII table above.
         std::str::from_utf8(&self.0).expect("currency codes are ASCII")

@@ -14,7 +14,7 @@ use jiff::Timestamp;
 
 use super::*;
 use crate::follow::Applied;
-use crate::ledger::{Commission, Conversion, Status};
+use crate::ledger::{Commission, Conversion, ConversionKey, Status};
 use crate::store::Batch;
 use crate::ticket;
 
@@ -161,40 +161,40 @@ fn rollups_grouped() {
     check(
         r#"{"dataset":"rollups"}"#,
         r#"
-        minute=M0 affiliate_id=7 campaign_id=100 sub1="" impressions=110 clicks=22 unique_clicks=0 leads=1 sales=0 duplicates=1
-        minute=M0 affiliate_id=7 campaign_id=100 sub1="fb" impressions=5 clicks=1 unique_clicks=0 leads=0 sales=0 duplicates=0
-        minute=M0 affiliate_id=8 campaign_id=100 sub1="" impressions=3 clicks=0 unique_clicks=0 leads=0 sales=0 duplicates=0
-        minute=M1 affiliate_id=7 campaign_id=200 sub1="" impressions=1 clicks=1 unique_clicks=1 leads=1 sales=1 duplicates=1
-        minute=M2 affiliate_id=8 campaign_id=100 sub1="" impressions=4 clicks=4 unique_clicks=0 leads=0 sales=0 duplicates=0
+        minute=M0 affiliate_id=7 campaign_id=100 sub1="" impressions=110 clicks=22 unique_clicks=0 leads=1 sales=0 duplicates=1 currency=null revenue_minor=0 commission_minor=0 parent_commission_minor=0
+        minute=M0 affiliate_id=7 campaign_id=100 sub1="fb" impressions=5 clicks=1 unique_clicks=0 leads=0 sales=0 duplicates=0 currency=null revenue_minor=0 commission_minor=0 parent_commission_minor=0
+        minute=M0 affiliate_id=8 campaign_id=100 sub1="" impressions=3 clicks=0 unique_clicks=0 leads=0 sales=0 duplicates=0 currency=null revenue_minor=0 commission_minor=0 parent_commission_minor=0
+        minute=M1 affiliate_id=7 campaign_id=200 sub1="" impressions=1 clicks=1 unique_clicks=1 leads=1 sales=1 duplicates=1 currency=null revenue_minor=0 commission_minor=0 parent_commission_minor=0
+        minute=M2 affiliate_id=8 campaign_id=100 sub1="" impressions=4 clicks=4 unique_clicks=0 leads=0 sales=0 duplicates=0 currency=null revenue_minor=0 commission_minor=0 parent_commission_minor=0
         "#,
     );
     check(
         r#"{"dataset":"rollups","group_by":["affiliate_id","campaign_id"]}"#,
         r#"
-        affiliate_id=7 campaign_id=100 impressions=115 clicks=23 unique_clicks=0 leads=1 sales=0 duplicates=1
-        affiliate_id=7 campaign_id=200 impressions=1 clicks=1 unique_clicks=1 leads=1 sales=1 duplicates=1
-        affiliate_id=8 campaign_id=100 impressions=7 clicks=4 unique_clicks=0 leads=0 sales=0 duplicates=0
+        affiliate_id=7 campaign_id=100 impressions=115 clicks=23 unique_clicks=0 leads=1 sales=0 duplicates=1 currency=null revenue_minor=0 commission_minor=0 parent_commission_minor=0
+        affiliate_id=7 campaign_id=200 impressions=1 clicks=1 unique_clicks=1 leads=1 sales=1 duplicates=1 currency=null revenue_minor=0 commission_minor=0 parent_commission_minor=0
+        affiliate_id=8 campaign_id=100 impressions=7 clicks=4 unique_clicks=0 leads=0 sales=0 duplicates=0 currency=null revenue_minor=0 commission_minor=0 parent_commission_minor=0
         "#,
     );
     check(
         r#"{"dataset":"rollups","group_by":["sub1","campaign_id"]}"#,
         r#"
-        campaign_id=100 sub1="" impressions=117 clicks=26 unique_clicks=0 leads=1 sales=0 duplicates=1
-        campaign_id=100 sub1="fb" impressions=5 clicks=1 unique_clicks=0 leads=0 sales=0 duplicates=0
-        campaign_id=200 sub1="" impressions=1 clicks=1 unique_clicks=1 leads=1 sales=1 duplicates=1
+        campaign_id=100 sub1="" impressions=117 clicks=26 unique_clicks=0 leads=1 sales=0 duplicates=1 currency=null revenue_minor=0 commission_minor=0 parent_commission_minor=0
+        campaign_id=100 sub1="fb" impressions=5 clicks=1 unique_clicks=0 leads=0 sales=0 duplicates=0 currency=null revenue_minor=0 commission_minor=0 parent_commission_minor=0
+        campaign_id=200 sub1="" impressions=1 clicks=1 unique_clicks=1 leads=1 sales=1 duplicates=1 currency=null revenue_minor=0 commission_minor=0 parent_commission_minor=0
         "#,
     );
     check(
         r#"{"dataset":"rollups","group_by":["minute"]}"#,
         r#"
-        minute=M0 impressions=118 clicks=23 unique_clicks=0 leads=1 sales=0 duplicates=1
-        minute=M1 impressions=1 clicks=1 unique_clicks=1 leads=1 sales=1 duplicates=1
-        minute=M2 impressions=4 clicks=4 unique_clicks=0 leads=0 sales=0 duplicates=0
+        minute=M0 impressions=118 clicks=23 unique_clicks=0 leads=1 sales=0 duplicates=1 currency=null revenue_minor=0 commission_minor=0 parent_commission_minor=0
+        minute=M1 impressions=1 clicks=1 unique_clicks=1 leads=1 sales=1 duplicates=1 currency=null revenue_minor=0 commission_minor=0 parent_commission_minor=0
+        minute=M2 impressions=4 clicks=4 unique_clicks=0 leads=0 sales=0 duplicates=0 currency=null revenue_minor=0 commission_minor=0 parent_commission_minor=0
         "#,
     );
     check(
         r#"{"dataset":"rollups","group_by":[]}"#,
-        "impressions=123 clicks=28 unique_clicks=1 leads=2 sales=1 duplicates=2",
+        "impressions=123 clicks=28 unique_clicks=1 leads=2 sales=1 duplicates=2 currency=null revenue_minor=0 commission_minor=0 parent_commission_minor=0",
     );
 }
 
@@ -204,50 +204,50 @@ fn rollups_filtered() {
     let (m1, m2) = (M1, M2);
     check(
         &format!(r#"{{"dataset":"rollups","from":{m1},"to":{m2},"group_by":["minute"]}}"#),
-        "minute=M1 impressions=1 clicks=1 unique_clicks=1 leads=1 sales=1 duplicates=1",
+        "minute=M1 impressions=1 clicks=1 unique_clicks=1 leads=1 sales=1 duplicates=1 currency=null revenue_minor=0 commission_minor=0 parent_commission_minor=0",
     );
     check(
         r#"{"dataset":"rollups","from":"2026-11-24T10:01:00Z","group_by":["minute"]}"#,
-        "minute=M1 impressions=1 clicks=1 unique_clicks=1 leads=1 sales=1 duplicates=1\nminute=M2 impressions=4 clicks=4 unique_clicks=0 leads=0 sales=0 duplicates=0",
+        "minute=M1 impressions=1 clicks=1 unique_clicks=1 leads=1 sales=1 duplicates=1 currency=null revenue_minor=0 commission_minor=0 parent_commission_minor=0\nminute=M2 impressions=4 clicks=4 unique_clicks=0 leads=0 sales=0 duplicates=0 currency=null revenue_minor=0 commission_minor=0 parent_commission_minor=0",
     );
     // A bound inside a minute leaves that minute out of `from`.
     check(
         &format!(r#"{{"dataset":"rollups","from":{},"to":{m2},"group_by":[]}}"#, M0 + 1),
-        "impressions=1 clicks=1 unique_clicks=1 leads=1 sales=1 duplicates=1",
+        "impressions=1 clicks=1 unique_clicks=1 leads=1 sales=1 duplicates=1 currency=null revenue_minor=0 commission_minor=0 parent_commission_minor=0",
     );
     check(
         r#"{"dataset":"rollups","affiliate_id":8,"group_by":["affiliate_id"]}"#,
-        "affiliate_id=8 impressions=7 clicks=4 unique_clicks=0 leads=0 sales=0 duplicates=0",
+        "affiliate_id=8 impressions=7 clicks=4 unique_clicks=0 leads=0 sales=0 duplicates=0 currency=null revenue_minor=0 commission_minor=0 parent_commission_minor=0",
     );
     check(r#"{"dataset":"rollups","affiliate_id":9}"#, "");
     check(r#"{"dataset":"rollups","to":0}"#, "");
     check(
         r#"{"dataset":"rollups","campaign_id":100,"group_by":["affiliate_id"]}"#,
         r#"
-        affiliate_id=7 impressions=115 clicks=23 unique_clicks=0 leads=1 sales=0 duplicates=1
-        affiliate_id=8 impressions=7 clicks=4 unique_clicks=0 leads=0 sales=0 duplicates=0
+        affiliate_id=7 impressions=115 clicks=23 unique_clicks=0 leads=1 sales=0 duplicates=1 currency=null revenue_minor=0 commission_minor=0 parent_commission_minor=0
+        affiliate_id=8 impressions=7 clicks=4 unique_clicks=0 leads=0 sales=0 duplicates=0 currency=null revenue_minor=0 commission_minor=0 parent_commission_minor=0
         "#,
     );
     check(
         r#"{"dataset":"rollups","campaign_id":200}"#,
-        r#"minute=M1 affiliate_id=7 campaign_id=200 sub1="" impressions=1 clicks=1 unique_clicks=1 leads=1 sales=1 duplicates=1"#,
+        r#"minute=M1 affiliate_id=7 campaign_id=200 sub1="" impressions=1 clicks=1 unique_clicks=1 leads=1 sales=1 duplicates=1 currency=null revenue_minor=0 commission_minor=0 parent_commission_minor=0"#,
     );
     check(
         r#"{"dataset":"rollups","sub1":"fb","group_by":["minute","sub1"]}"#,
-        r#"minute=M0 sub1="fb" impressions=5 clicks=1 unique_clicks=0 leads=0 sales=0 duplicates=0"#,
+        r#"minute=M0 sub1="fb" impressions=5 clicks=1 unique_clicks=0 leads=0 sales=0 duplicates=0 currency=null revenue_minor=0 commission_minor=0 parent_commission_minor=0"#,
     );
     // `""` is the rows without a sub1; all three filters at once.
     check(
         r#"{"dataset":"rollups","sub1":"","group_by":["minute"]}"#,
         r#"
-        minute=M0 impressions=113 clicks=22 unique_clicks=0 leads=1 sales=0 duplicates=1
-        minute=M1 impressions=1 clicks=1 unique_clicks=1 leads=1 sales=1 duplicates=1
-        minute=M2 impressions=4 clicks=4 unique_clicks=0 leads=0 sales=0 duplicates=0
+        minute=M0 impressions=113 clicks=22 unique_clicks=0 leads=1 sales=0 duplicates=1 currency=null revenue_minor=0 commission_minor=0 parent_commission_minor=0
+        minute=M1 impressions=1 clicks=1 unique_clicks=1 leads=1 sales=1 duplicates=1 currency=null revenue_minor=0 commission_minor=0 parent_commission_minor=0
+        minute=M2 impressions=4 clicks=4 unique_clicks=0 leads=0 sales=0 duplicates=0 currency=null revenue_minor=0 commission_minor=0 parent_commission_minor=0
         "#,
     );
     check(
         r#"{"dataset":"rollups","affiliate_id":7,"campaign_id":100,"sub1":"","group_by":[]}"#,
-        "impressions=110 clicks=22 unique_clicks=0 leads=1 sales=0 duplicates=1",
+        "impressions=110 clicks=22 unique_clicks=0 leads=1 sales=0 duplicates=1 currency=null revenue_minor=0 commission_minor=0 parent_commission_minor=0",
     );
     check(r#"{"dataset":"rollups","affiliate_id":8,"campaign_id":200}"#, "");
     check(r#"{"dataset":"rollups","sub1":"tw"}"#, "");
@@ -292,10 +292,32 @@ fn schemas() {
     };
     assert_eq!(
         names(r#"{"dataset":"rollups","group_by":["sub1","minute"]}"#),
-        ["minute", "sub1", "impressions", "clicks", "unique_clicks", "leads", "sales", "duplicates"]
+        [
+            "minute",
+            "sub1",
+            "impressions",
+            "clicks",
+            "unique_clicks",
+            "leads",
+            "sales",
+            "duplicates",
+            "currency",
+            "revenue_minor",
+            "commission_minor",
+            "parent_commission_minor"
+        ]
     );
-    assert_eq!(*ticket::parse(br#"{"dataset":"rollups"}"#).unwrap().schema(), **ROLLUP_SCHEMA);
-    assert_eq!(*ticket::parse(br#"{"dataset":"rollups","tz":"UTC"}"#).unwrap().schema(), **ROLLUP_SCHEMA);
+    // The whole rollups answer: the shipped rollup columns, then money.
+    let rollups_answer: SchemaRef = Arc::new(Schema::new(
+        ROLLUP_SCHEMA
+            .fields()
+            .iter()
+            .map(|field| field.as_ref().clone())
+            .chain(MONEY_FIELDS.iter().cloned())
+            .collect::<Vec<_>>(),
+    ));
+    assert_eq!(ticket::parse(br#"{"dataset":"rollups"}"#).unwrap().schema(), rollups_answer);
+    assert_eq!(ticket::parse(br#"{"dataset":"rollups","tz":"UTC"}"#).unwrap().schema(), rollups_answer);
     // The time column is named after the granularity and typed with the zone.
     let time_field = |ticket: &str| ticket::parse(ticket.as_bytes()).unwrap().schema().field(0).clone();
     let timestamp = |zone: &str| DataType::Timestamp(arrow_schema::TimeUnit::Millisecond, Some(zone.into()));
@@ -310,12 +332,25 @@ fn schemas() {
     }
     assert_eq!(
         names(r#"{"dataset":"rollups","granularity":"day","group_by":["campaign_id","minute"]}"#),
-        ["day", "campaign_id", "impressions", "clicks", "unique_clicks", "leads", "sales", "duplicates"]
+        [
+            "day",
+            "campaign_id",
+            "impressions",
+            "clicks",
+            "unique_clicks",
+            "leads",
+            "sales",
+            "duplicates",
+            "currency",
+            "revenue_minor",
+            "commission_minor",
+            "parent_commission_minor"
+        ]
     );
     assert_eq!(*ticket::parse(br#"{"dataset":"conversions"}"#).unwrap().schema(), **LEDGER_SCHEMA);
     // Follow adds `applied_at` last, to every dataset.
     for (dataset, schema) in
-        [("rollups", &ROLLUP_SCHEMA), ("conversions", &LEDGER_SCHEMA), ("quarantine", &QUARANTINE_SCHEMA)]
+        [("rollups", &rollups_answer), ("conversions", &LEDGER_SCHEMA), ("quarantine", &QUARANTINE_SCHEMA)]
     {
         let follow = ticket::parse(format!(r#"{{"dataset":"{dataset}","follow":true}}"#).as_bytes()).unwrap().schema();
         let n_fields = schema.fields().len();
@@ -354,7 +389,7 @@ fn check_follow(ticket: &str, expect: [Option<&str>; 2]) {
     let query = ticket::parse(ticket.as_bytes()).unwrap();
     for (batch_idx, (batch, expect)) in batches().into_iter().zip(expect).enumerate() {
         let conversions = batch.conversions.iter().map(|row| booked(row, batch.edge_id)).collect();
-        let applied = Applied { applied_at_ms: M2 + 1_000, batch, conversions };
+        let applied = Applied { applied_at_ms: M2 + 1_000, batch, conversions, money: Vec::new() };
         let actual = query.follow_batch(&applied).unwrap();
         if let Some(actual) = &actual {
             assert_eq!(actual.schema(), query.schema(), "{ticket}");
@@ -373,13 +408,13 @@ fn follow_batches() {
         [
             Some(
                 r#"
-                minute=M0 affiliate_id=7 campaign_id=100 sub1="" impressions=10 clicks=2 unique_clicks=0 leads=1 sales=0 duplicates=1 applied_at=M2
-                minute=M0 affiliate_id=7 campaign_id=100 sub1="fb" impressions=5 clicks=1 unique_clicks=0 leads=0 sales=0 duplicates=0 applied_at=M2
-                minute=M1 affiliate_id=7 campaign_id=200 sub1="" impressions=1 clicks=1 unique_clicks=1 leads=1 sales=1 duplicates=1 applied_at=M2
+                minute=M0 affiliate_id=7 campaign_id=100 sub1="" impressions=10 clicks=2 unique_clicks=0 leads=1 sales=0 duplicates=1 currency=null revenue_minor=0 commission_minor=0 parent_commission_minor=0 applied_at=M2
+                minute=M0 affiliate_id=7 campaign_id=100 sub1="fb" impressions=5 clicks=1 unique_clicks=0 leads=0 sales=0 duplicates=0 currency=null revenue_minor=0 commission_minor=0 parent_commission_minor=0 applied_at=M2
+                minute=M1 affiliate_id=7 campaign_id=200 sub1="" impressions=1 clicks=1 unique_clicks=1 leads=1 sales=1 duplicates=1 currency=null revenue_minor=0 commission_minor=0 parent_commission_minor=0 applied_at=M2
                 "#,
             ),
             Some(
-                r#"minute=M0 affiliate_id=7 campaign_id=100 sub1="" impressions=100 clicks=20 unique_clicks=0 leads=0 sales=0 duplicates=0 applied_at=M2"#,
+                r#"minute=M0 affiliate_id=7 campaign_id=100 sub1="" impressions=100 clicks=20 unique_clicks=0 leads=0 sales=0 duplicates=0 currency=null revenue_minor=0 commission_minor=0 parent_commission_minor=0 applied_at=M2"#,
             ),
         ],
     );
@@ -388,7 +423,7 @@ fn follow_batches() {
         [
             None,
             Some(
-                r#"minute=M2 affiliate_id=8 campaign_id=100 sub1="" impressions=4 clicks=4 unique_clicks=0 leads=0 sales=0 duplicates=0 applied_at=M2"#,
+                r#"minute=M2 affiliate_id=8 campaign_id=100 sub1="" impressions=4 clicks=4 unique_clicks=0 leads=0 sales=0 duplicates=0 currency=null revenue_minor=0 commission_minor=0 parent_commission_minor=0 applied_at=M2"#,
             ),
         ],
     );
@@ -423,7 +458,7 @@ fn follow_batches() {
         r#"{"dataset":"rollups","follow":true,"campaign_id":100,"sub1":"fb"}"#,
         [
             Some(
-                r#"minute=M0 affiliate_id=7 campaign_id=100 sub1="fb" impressions=5 clicks=1 unique_clicks=0 leads=0 sales=0 duplicates=0 applied_at=M2"#,
+                r#"minute=M0 affiliate_id=7 campaign_id=100 sub1="fb" impressions=5 clicks=1 unique_clicks=0 leads=0 sales=0 duplicates=0 currency=null revenue_minor=0 commission_minor=0 parent_commission_minor=0 applied_at=M2"#,
             ),
             None,
         ],
@@ -432,10 +467,10 @@ fn follow_batches() {
         r#"{"dataset":"rollups","follow":true,"campaign_id":100,"affiliate_id":8,"sub1":""}"#,
         [
             Some(
-                r#"minute=M0 affiliate_id=8 campaign_id=100 sub1="" impressions=3 clicks=0 unique_clicks=0 leads=0 sales=0 duplicates=0 applied_at=M2"#,
+                r#"minute=M0 affiliate_id=8 campaign_id=100 sub1="" impressions=3 clicks=0 unique_clicks=0 leads=0 sales=0 duplicates=0 currency=null revenue_minor=0 commission_minor=0 parent_commission_minor=0 applied_at=M2"#,
             ),
             Some(
-                r#"minute=M2 affiliate_id=8 campaign_id=100 sub1="" impressions=4 clicks=4 unique_clicks=0 leads=0 sales=0 duplicates=0 applied_at=M2"#,
+                r#"minute=M2 affiliate_id=8 campaign_id=100 sub1="" impressions=4 clicks=4 unique_clicks=0 leads=0 sales=0 duplicates=0 currency=null revenue_minor=0 commission_minor=0 parent_commission_minor=0 applied_at=M2"#,
             ),
         ],
     );
@@ -581,7 +616,7 @@ fn dst_store() -> Store {
 fn rollups_by_hour_and_day() {
     let store = dst_store();
     let check = |ticket: &str, expect: &str| check_in(&store, ticket, expect);
-    let zero = "clicks=0 unique_clicks=0 leads=0 sales=0 duplicates=0";
+    let zero = "clicks=0 unique_clicks=0 leads=0 sales=0 duplicates=0 currency=null revenue_minor=0 commission_minor=0 parent_commission_minor=0";
     let expect = |rows: &[(&str, u64)]| -> String {
         rows.iter().map(|(key, impressions)| format!("{key} impressions={impressions} {zero}\n")).collect()
     };
@@ -662,4 +697,114 @@ fn booked(row: &ConversionRow, edge_id: u32) -> Conversion {
 /// The edge that shipped each order of `batches()`.
 fn edge_of(order_id: &str) -> u32 {
     if matches!(order_id, "a" | "b") { 1 } else { 2 }
+}
+
+/// A batch of sales of affiliate 7 on campaign 9 in minute M0, one per
+/// `(order_id, minor_units, currency)`, counted as the edge counts them.
+fn sales(sequence: u64, orders: &[(&str, i64, &str)]) -> Batch {
+    let conversions: Vec<ConversionRow> = orders
+        .iter()
+        .map(|&(order_id, minor_units, currency)| ConversionRow {
+            kind: EventKind::Sale,
+            money: Some(edgetally_protocol::Money { minor_units, currency: Currency::parse(currency).unwrap() }),
+            ..conversion(M0 + 5, 7, order_id)
+        })
+        .collect();
+    let key = RollupKey { minute_ms: M0, affiliate_id: 7, campaign_id: 9, sub1: String::new() };
+    let counts = RollupCounts { impressions: 50, clicks: 10, sales: orders.len() as u64, ..RollupCounts::default() };
+    Batch { edge_id: 1, epoch: 1, sequence, rollups: vec![(key, counts)], conversions, quarantine: Vec::new() }
+}
+
+/// Campaign 9 pays 10 % of the sale; affiliate 7's parent 3 earns 20 % of
+/// that on top.
+fn revshare_store() -> Store {
+    let rules = r#"{"campaigns":[{"id":9,"landing_url":"https://a.example/","payout":{"type":"revshare","percent":"10"}}],
+        "affiliates":[{"id":3,"override_percent":"20"},{"id":7,"parent_id":3}]}"#;
+    let store = Store::default();
+    store.set_rules(crate::ledger::Rules::parse(bytes::Bytes::from_static(rules.as_bytes())).unwrap());
+    store
+}
+
+#[test]
+fn rollups_carry_money_per_currency() {
+    let store = revshare_store();
+    store.apply(sales(1, &[("u1", 10_005, "USD"), ("u2", 2_000, "USD"), ("e1", 333, "EUR"), ("j1", 1_001, "JPY")]));
+    // Counters on the first currency row only; 10 % of 100.05 USD is
+    // 10.005, rounded half to even to 10.00; of 3.33 EUR, 0.333 → 0.33.
+    let expect = r#"
+        impressions=50 clicks=10 unique_clicks=0 leads=0 sales=4 duplicates=0 currency="EUR" revenue_minor=333 commission_minor=33 parent_commission_minor=7
+        impressions=0 clicks=0 unique_clicks=0 leads=0 sales=0 duplicates=0 currency="JPY" revenue_minor=1001 commission_minor=100 parent_commission_minor=20
+        impressions=0 clicks=0 unique_clicks=0 leads=0 sales=0 duplicates=0 currency="USD" revenue_minor=12005 commission_minor=1200 parent_commission_minor=240
+    "#;
+    check_in(&store, r#"{"dataset":"rollups","group_by":[]}"#, expect);
+    // Rejecting a sale takes its money out; the group keeps its counters.
+    let key = ConversionKey::Order { campaign_id: 9, order_id: "e1".into() };
+    store.set_status(&key, Status::Rejected).unwrap();
+    let key = ConversionKey::Order { campaign_id: 9, order_id: "u2".into() };
+    store.set_status(&key, Status::Rejected).unwrap();
+    check_in(
+        &store,
+        r#"{"dataset":"rollups","group_by":["affiliate_id"]}"#,
+        r#"
+        affiliate_id=7 impressions=50 clicks=10 unique_clicks=0 leads=0 sales=4 duplicates=0 currency="JPY" revenue_minor=1001 commission_minor=100 parent_commission_minor=20
+        affiliate_id=7 impressions=0 clicks=0 unique_clicks=0 leads=0 sales=0 duplicates=0 currency="USD" revenue_minor=10005 commission_minor=1000 parent_commission_minor=200
+        "#,
+    );
+    // Another affiliate's filter sees no money and no counters.
+    check_in(&store, r#"{"dataset":"rollups","affiliate_id":8}"#, "");
+}
+
+#[test]
+fn follow_rollups_carry_money_deltas() {
+    let store = revshare_store();
+    store.publish(16);
+    let mut feed = store.follow().unwrap();
+    let query = ticket::parse(br#"{"dataset":"rollups","follow":true}"#).unwrap();
+    let mut next = || {
+        let applied = feed.try_recv().unwrap();
+        let batch = query.follow_batch(&applied).unwrap().unwrap();
+        assert_eq!(batch.schema(), query.schema());
+        render(&batch).replace(r#"minute=M0 affiliate_id=7 campaign_id=9 sub1="" "#, "")
+    };
+    store.apply(sales(1, &[("u1", 10_000, "USD"), ("e1", 500, "EUR")]));
+    let applied_at = |line: &str| line.split(" applied_at=").next().unwrap().to_owned();
+    let lines: Vec<String> = next().lines().map(applied_at).collect();
+    assert_eq!(
+        lines,
+        [
+            r#"impressions=50 clicks=10 unique_clicks=0 leads=0 sales=2 duplicates=0 currency="EUR" revenue_minor=500 commission_minor=50 parent_commission_minor=10"#,
+            r#"impressions=0 clicks=0 unique_clicks=0 leads=0 sales=0 duplicates=0 currency="USD" revenue_minor=10000 commission_minor=1000 parent_commission_minor=200"#,
+        ]
+    );
+    // A reversal is a negative delta with no counters; approving a pending
+    // sale moves no money and sends no rollup row.
+    let key = ConversionKey::Order { campaign_id: 9, order_id: "u1".into() };
+    store.set_status(&key, Status::Rejected).unwrap();
+    assert_eq!(
+        applied_at(&next()),
+        r#"impressions=0 clicks=0 unique_clicks=0 leads=0 sales=0 duplicates=0 currency="USD" revenue_minor=-10000 commission_minor=-1000 parent_commission_minor=-200"#
+    );
+    let key = ConversionKey::Order { campaign_id: 9, order_id: "e1".into() };
+    store.set_status(&key, Status::Approved).unwrap();
+    let applied = feed.try_recv().unwrap();
+    assert!(query.follow_batch(&applied).unwrap().is_none());
+}
+
+#[test]
+fn money_beyond_i64_is_an_error() {
+    let store = revshare_store();
+    // 9,224 sales of the largest accepted amount (10^15 minor units) sum
+    // past i64::MAX (about 9.22 × 10^18).
+    let order_ids: Vec<String> = (0..9_224).map(|order_idx| format!("o{order_idx}")).collect();
+    let orders: Vec<(&str, i64, &str)> = order_ids
+        .iter()
+        .map(|order_id| (order_id.as_str(), edgetally_protocol::money::AMOUNT_MINOR_MAX, "USD"))
+        .collect();
+    store.apply(sales(1, &orders));
+    let query = ticket::parse(br#"{"dataset":"rollups","group_by":[]}"#).unwrap();
+    let error = query.execute(&store).unwrap_err().to_string();
+    assert_eq!(error, "Compute error: revenue_minor 9224000000000000000 in USD does not fit an i64: narrow the query");
+    // Per minute and affiliate it still fails, since all sales share one
+    // minute; a narrower filter that leaves them out answers.
+    check_in(&store, r#"{"dataset":"rollups","affiliate_id":8}"#, "");
 }

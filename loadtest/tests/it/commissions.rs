@@ -85,6 +85,28 @@ async fn wait_for_conversions(flight_url: &str, n_rows: usize) -> BTreeMap<Strin
     }
 }
 
+/// The rollups' money by affiliate and currency: revenue, commission and
+/// parent's commission, in minor units.
+async fn money(flight_url: &str) -> BTreeMap<(u32, String), (i64, i64, i64)> {
+    let mut out = BTreeMap::new();
+    for batch in fetch(flight_url, json!({"dataset": "rollups", "group_by": ["affiliate_id"]})).await {
+        let column = |name: &str| batch.column(batch.schema().index_of(name).expect(name)).clone();
+        let (affiliate_id, currency) = (column("affiliate_id"), column("currency"));
+        let amounts = ["revenue_minor", "commission_minor", "parent_commission_minor"].map(column);
+        let currency = currency.as_string::<i32>();
+        for row_idx in 0..batch.num_rows() {
+            if currency.is_null(row_idx) {
+                continue;
+            }
+            let key = (affiliate_id.as_primitive::<UInt32Type>().value(row_idx), currency.value(row_idx).to_owned());
+            let [revenue, commission, parent] =
+                amounts.each_ref().map(|amount| amount.as_primitive::<Int64Type>().value(row_idx));
+            assert!(out.insert(key, (revenue, commission, parent)).is_none(), "one row per affiliate and currency");
+        }
+    }
+    out
+}
+
 fn row(order: &str, edge_id: u32, status: &str, commission: (i64, Option<&str>), rule: &str, parent: i64) -> Row {
     let (amount, currency) = commission;
     (order.into(), edge_id, status.into(), amount, currency.map(str::to_owned), rule.into(), parent)
@@ -124,6 +146,8 @@ async fn commissions_dedup_and_reversal_survive_a_restart() {
         ]),
     );
     assert_eq!(answer["accepted"], 4, "{answer}");
+    // Edge 1's copy of A is booked before edge 2 ships its own.
+    wait_for_conversions(&flight_url, 4).await;
     // The same order A through the other edge, and a new one.
     let answer = post(&urls[1], json!([sale(7, 1, "A", "100.00", "USD"), sale(9, 2, "D", "10.00", "EUR")]));
     assert_eq!(answer["accepted"], 2, "{answer}");
@@ -152,6 +176,14 @@ async fn commissions_dedup_and_reversal_survive_a_restart() {
         assert!(Instant::now() < deadline, "rollups: {counts:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // Money by affiliate and currency: (revenue, commission, parent's).
+    let money_before = BTreeMap::from([
+        ((7, "JPY".to_owned()), (20_000, 1_500, 75)),
+        ((7, "USD".to_owned()), (10_000, 1_250, 62)),
+        ((9, "BHD".to_owned()), (12_345, 926, 0)),
+        ((9, "EUR".to_owned()), (1_030, 77, 0)),
+    ]);
+    assert_eq!(money(&flight_url).await, money_before);
 
     // Reverse C (a refund).
     let channel = tonic::transport::Channel::from_shared(flight_url.clone()).unwrap().connect().await.unwrap();
@@ -169,6 +201,13 @@ async fn commissions_dedup_and_reversal_survive_a_restart() {
     let mut expect = expect;
     expect.get_mut("C").unwrap().2 = "rejected".into();
     assert_eq!(conversions(&flight_url).await, expect);
+    // The rollups' money follows: C's BHD left, A counted once.
+    let money_after = BTreeMap::from([
+        ((7, "JPY".to_owned()), (20_000, 1_500, 75)),
+        ((7, "USD".to_owned()), (10_000, 1_250, 62)),
+        ((9, "EUR".to_owned()), (1_030, 77, 0)),
+    ]);
+    assert_eq!(money(&flight_url).await, money_after);
 
     // Killed and started again: the same ledger from the log.
     aggregator.kill();
@@ -178,5 +217,6 @@ async fn commissions_dedup_and_reversal_survive_a_restart() {
     let counts = rollups(&flight_url, by_campaign).await;
     assert_eq!(counts["7|1"].sales, 1);
     assert_eq!(counts["7|1"].duplicates, 1);
+    assert_eq!(money(&flight_url).await, money_after);
     drop(collectors);
 }
