@@ -265,6 +265,7 @@ pub(crate) fn loopback_config(data_dir: &std::path::Path) -> Config {
         tls_names: Vec::new(),
         wal_fsync: true,
         snapshot_wal_bytes: SNAPSHOT_WAL_BYTES_DEFAULT,
+        retention_days: Some(RETENTION_DAYS_DEFAULT),
         edge_tokens: None,
         campaigns: None,
         flight_auth: None,
