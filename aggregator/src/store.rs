@@ -466,17 +466,30 @@ impl Tables {
         self.conversions.push(conversion);
     }
 
-    /// Adds (`sign` 1) or removes (`sign` -1) `conversion`'s money.
+    /// Adds (`sign` 1) or removes (`sign` -1) `conversion`'s money. Totals
+    /// that come to zero are removed, so `money` holds the same entries
+    /// whether it was built live (where a rejection subtracts) or rebuilt
+    /// from the ledger at start (where a rejected conversion adds nothing).
     fn add_money(&mut self, conversion: &Conversion, sign: i128) {
         let key = rollup_key(&conversion.row);
         if let Some(money) = conversion.row.money {
-            let totals = self.money.entry((key.clone(), money.currency)).or_default();
+            let entry = (key.clone(), money.currency);
+            let totals = self.money.entry(entry.clone()).or_default();
             totals.revenue_minor += sign * i128::from(money.minor_units);
+            self.remove_if_zero(&entry);
         }
         if let Some(currency) = conversion.commission.currency {
-            let totals = self.money.entry((key, currency)).or_default();
+            let entry = (key, currency);
+            let totals = self.money.entry(entry.clone()).or_default();
             totals.commission_minor += sign * i128::from(conversion.commission.amount_minor);
             totals.parent_commission_minor += sign * i128::from(conversion.commission.parent_amount_minor);
+            self.remove_if_zero(&entry);
+        }
+    }
+
+    fn remove_if_zero(&mut self, entry: &(RollupKey, Currency)) {
+        if self.money.get(entry) == Some(&MoneyTotals::default()) {
+            self.money.remove(entry);
         }
     }
 }
