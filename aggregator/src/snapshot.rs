@@ -20,10 +20,9 @@
 //! quarantine) are in the partition files, one per dataset and UTC day.
 //! The money rollups and the conversion index are rebuilt from the ledger
 //! on load. Formats 1 and 2 (the whole store in this one file) are refused
-//! with an error that says so: there is no migration. An aggregator of
-//! format 2 is stopped cleanly (its shutdown snapshot leaves an empty log
-//! behind), then started with this version on an empty data directory, and
-//! the edges' spools are not involved; or the previous version keeps it.
+//! with an error that says so. There is no migration: a data directory
+//! written by an earlier version is read with the version that wrote it,
+//! and this version starts on a new one.
 //!
 //! The CRC covers the header up to the CRC field and every section. The
 //! manifest is written to a temporary name, fsynced, renamed over the old
