@@ -4,18 +4,19 @@
 //! This crate owns the QUIC server identity (`cert`), the ingest of
 //! `BatchFrame`s with exactly-once application per edge (`ingest`), the
 //! write-ahead log every batch is committed to before it is applied and
-//! acknowledged (`wal`), the snapshots that let the log be truncated
-//! (`snapshot`), the in-memory rollups and conversions (`store`),
+//! acknowledged (`wal`), the checkpoints that let the log be truncated
+//! (`snapshot`: a manifest of sealed Parquet partitions by UTC day,
+//! `partition`), the in-memory rollups and conversions (`store`),
 //! what a Flight ticket asks for (`ticket`, `query`), the Flight server
 //! that answers it (`flight_service`), who may call it and read what
 //! (`auth`), the follow streams of what is applied next (`follow`), the edges' tokens (`edges`, kept as hashes by
 //! `token_hash`), the campaigns
 //! served to them (`catalog`), and the operations HTTP listener with
 //! `/metrics` and `/healthz` (`http`, `metrics`). [`Aggregator::start`]
-//! loads the snapshot, replays the log after it and wires them together;
-//! `main.rs` is a thin command-line shell around it.
+//! loads the manifest and its partitions, replays the log after it and
+//! wires them together; `main.rs` is a thin command-line shell around it.
 //!
-//! Not here yet: commissions, Parquet and Flight SQL.
+//! Not here yet: Flight SQL.
 
 mod admin;
 mod auth;
@@ -28,6 +29,7 @@ mod http;
 mod ingest;
 mod ledger;
 mod metrics;
+mod partition;
 mod query;
 mod snapshot;
 mod store;
@@ -51,6 +53,7 @@ pub use auth::{FLIGHT_TOKEN_LEN_MIN, FlightAuth, FlightAuthError};
 pub use catalog::CatalogError;
 pub use cert::CertError;
 pub use edges::{EDGE_TOKEN_LEN_MIN, EdgeTokens, EdgeTokensError};
+pub use partition::PartitionError;
 pub use snapshot::{DecodeError as SnapshotDecodeError, SnapshotError};
 pub use wal::WalError;
 #[doc(hidden)]
@@ -65,7 +68,9 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone)]
 pub struct Config {
     /// Where the generated QUIC certificate and key, the write-ahead log
-    /// (`wal/`) and the snapshot (`snapshot.bin`) live.
+    /// (`wal/`), the sealed partitions
+    /// (`parquet/<dataset>/day=YYYY-MM-DD/part-<generation>.parquet`) and
+    /// the manifest listing them (`snapshot.bin`) live.
     pub data_dir: PathBuf,
     pub quic_listen: SocketAddr,
     pub flight_listen: SocketAddr,
@@ -83,8 +88,13 @@ pub struct Config {
     /// survives a crash of the process, not a power loss or kernel crash.
     pub wal_fsync: bool,
     /// Once the log's live segments hold more than this many bytes, the
-    /// store is snapshotted and the segments it covers deleted.
+    /// store is checkpointed and the segments it covers deleted.
     pub snapshot_wal_bytes: u64,
+    /// UTC days kept before today: at each checkpoint, days before today
+    /// minus this many are dropped from memory and disk, and rows of them
+    /// that arrive later are dropped (counted). `None` keeps every day.
+    /// The command line's default is [`RETENTION_DAYS_DEFAULT`].
+    pub retention_days: Option<u32>,
     /// The edges allowed to ship and their tokens; `None` accepts every
     /// edge that trusts the certificate (logged as a warning at start).
     pub edge_tokens: Option<EdgeTokens>,
@@ -101,6 +111,13 @@ pub struct Config {
 /// snapshot (the whole store, compressed) is written at most once per
 /// 64 MiB of batches.
 pub const SNAPSHOT_WAL_BYTES_DEFAULT: u64 = 64 * 1024 * 1024;
+
+/// The default `retention_days` of the command line: 400 days, a little
+/// over 13 months, so finance can always compare a month with the same
+/// month a year before and settle disputes about it, while the store stays
+/// bounded. Payouts and chargebacks of affiliate networks settle within
+/// weeks, far inside it.
+pub const RETENTION_DAYS_DEFAULT: u32 = 400;
 
 /// Snapshot requests waiting: one pending is enough, since a snapshot
 /// covers everything logged before it starts.
@@ -130,6 +147,14 @@ pub struct Stats {
     pub wal_torn_tails: u64,
     /// Snapshots written since start (each truncates the log).
     pub snapshots_written: u64,
+    /// Parquet partition files the manifest lists, and their bytes.
+    pub partitions: u64,
+    pub partition_bytes: u64,
+    /// Distinct UTC days dropped by retention since start.
+    pub retention_days_dropped: u64,
+    /// Rows of applied batches (and of replay) that fell on days already
+    /// dropped by retention, and were dropped, since start.
+    pub retention_late_rows_dropped: u64,
     /// Bytes of the log's live segments.
     pub wal_bytes: u64,
     pub wal_fsyncs: u64,
@@ -222,6 +247,7 @@ pub struct Aggregator {
 /// What [`Stats`] is read from; shared with the metrics endpoint.
 pub(crate) struct StatsSource {
     ingest: Arc<ingest::Ingest>,
+    store: Arc<store::Store>,
     pub(crate) wal: Arc<wal::Wal>,
     checkpointer: Arc<snapshot::Checkpointer>,
     replay: ingest::Replay,
@@ -241,19 +267,25 @@ impl Aggregator {
         let identity = cert::load_or_generate(&config)?;
 
         let wal_dir = config.data_dir.join(WAL_DIR_NAME);
-        let (store, replay) = {
+        let (store, replay, partitions) = {
             let (data_dir, wal_dir) = (config.data_dir.clone(), wal_dir.clone());
             // Reading and decoding the snapshot and the log is blocking work.
             tokio::task::spawn_blocking(move || -> Result<_, Error> {
-                let (store, wal_from) = match snapshot::load(&data_dir)? {
+                let (store, wal_from, partitions) = match snapshot::load(&data_dir)? {
                     Some(snapshot) => {
-                        info!(wal_from = snapshot.wal_from, n_edges = snapshot.marks.len(), "Snapshot loaded.");
-                        (store::Store::restore(snapshot.tables, snapshot.marks), snapshot.wal_from)
+                        info!(
+                            wal_from = snapshot.wal_from,
+                            n_edges = snapshot.marks.len(),
+                            n_partitions = snapshot.partitions.len(),
+                            "Snapshot loaded."
+                        );
+                        let store = store::Store::restore(snapshot.tables, snapshot.marks);
+                        (store, snapshot.wal_from, snapshot.partitions)
                     }
-                    None => (store::Store::default(), wal::FIRST_SEGMENT),
+                    None => (store::Store::default(), wal::FIRST_SEGMENT, Vec::new()),
                 };
                 let replay = ingest::replay(&wal_dir, wal_from, &store)?;
-                Ok((Arc::new(store), replay))
+                Ok((Arc::new(store), replay, partitions))
             })
             .await??
         };
@@ -276,7 +308,13 @@ impl Aggregator {
             wal_config,
             snapshot_due,
         )?);
-        let checkpointer = Arc::new(snapshot::Checkpointer::new(config.data_dir.clone(), store.clone(), wal.clone()));
+        let checkpointer = Arc::new(snapshot::Checkpointer::new(
+            config.data_dir.clone(),
+            store.clone(),
+            wal.clone(),
+            config.retention_days,
+            partitions,
+        ));
         let (snapshot_stop, snapshot_stop_rx) = oneshot::channel();
         let snapshot_task = tokio::spawn(snapshot::run(checkpointer.clone(), snapshot_due_rx, snapshot_stop_rx));
 
@@ -328,6 +366,7 @@ impl Aggregator {
 
         let stats = Arc::new(StatsSource {
             ingest,
+            store: store.clone(),
             wal: wal.clone(),
             checkpointer: checkpointer.clone(),
             replay,
@@ -456,6 +495,7 @@ impl StatsSource {
     pub(crate) fn stats(&self) -> Stats {
         let counts = self.ingest.counts();
         let wal = self.wal.stats();
+        let (partitions, partition_bytes) = self.checkpointer.partitions_on_disk();
         Stats {
             batches_applied: counts.batches_applied,
             batches_skipped: counts.batches_skipped,
@@ -468,6 +508,10 @@ impl StatsSource {
             wal_torn_tails: self.replay.recovery.n_torn_tails,
             wal_bytes: wal.live_bytes,
             snapshots_written: self.checkpointer.snapshots_written(),
+            partitions,
+            partition_bytes,
+            retention_days_dropped: self.checkpointer.days_dropped(),
+            retention_late_rows_dropped: self.store.late_rows_dropped(),
             wal_fsyncs: wal.n_fsyncs,
             wal_fsync_p50_us: wal.fsync_p50_us,
             wal_fsync_p99_us: wal.fsync_p99_us,

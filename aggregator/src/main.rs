@@ -10,7 +10,9 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use edgetally_aggregator::{Aggregator, Config, EdgeTokens, FlightAuth, SNAPSHOT_WAL_BYTES_DEFAULT};
+use edgetally_aggregator::{
+    Aggregator, Config, EdgeTokens, FlightAuth, RETENTION_DAYS_DEFAULT, SNAPSHOT_WAL_BYTES_DEFAULT,
+};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::info;
 use tracing_subscriber::EnvFilter;
@@ -24,6 +26,7 @@ const ENV_TLS_KEY: &str = "EDGETALLY_AGGREGATOR_TLS_KEY";
 const ENV_TLS_NAME: &str = "EDGETALLY_AGGREGATOR_TLS_NAME";
 const ENV_WAL_FSYNC: &str = "EDGETALLY_AGGREGATOR_WAL_FSYNC";
 const ENV_SNAPSHOT_WAL_BYTES: &str = "EDGETALLY_AGGREGATOR_SNAPSHOT_WAL_BYTES";
+const ENV_RETENTION_DAYS: &str = "EDGETALLY_AGGREGATOR_RETENTION_DAYS";
 const ENV_FLIGHT_TOKENS: &str = "EDGETALLY_FLIGHT_TOKENS";
 
 /// Where the bound addresses are written, in the data directory. Tests and
@@ -36,7 +39,9 @@ const ADDRESS_FILE_NAME: &str = "aggregator.json";
 #[command(version)]
 struct Args {
     /// Directory for the generated QUIC certificate, aggregator.json, the
-    /// write-ahead log (wal/) and snapshot.bin.
+    /// write-ahead log (wal/), the sealed Parquet partitions
+    /// (parquet/<dataset>/day=YYYY-MM-DD/part-<generation>.parquet) and
+    /// snapshot.bin, the manifest that lists them.
     #[arg(long, env = ENV_DATA_DIR)]
     data_dir: PathBuf,
     /// UDP address for QUIC from collectors.
@@ -68,6 +73,10 @@ struct Args {
     /// segments hold more than this many bytes.
     #[arg(long, env = ENV_SNAPSHOT_WAL_BYTES, default_value_t = SNAPSHOT_WAL_BYTES_DEFAULT)]
     snapshot_wal_bytes: u64,
+    /// UTC days kept before today: each checkpoint drops older days from
+    /// memory and disk (400: a little over 13 months). 0 keeps every day.
+    #[arg(long, env = ENV_RETENTION_DAYS, default_value_t = RETENTION_DAYS_DEFAULT)]
+    retention_days: u32,
     /// JSON file of the edges allowed to ship and their tokens:
     /// `{"edges": [{"edge_id": 1, "token": "…"}]}`. Without it every edge
     /// that trusts the QUIC certificate is accepted.
@@ -124,6 +133,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         tls_names: args.tls_names,
         wal_fsync: args.wal_fsync,
         snapshot_wal_bytes: args.snapshot_wal_bytes,
+        retention_days: Some(args.retention_days).filter(|&n_days| n_days > 0),
         edge_tokens: args.edge_tokens.as_deref().map(EdgeTokens::load).transpose().context("edge tokens")?,
         campaigns: args.campaigns,
         flight_auth: args.flight_tokens.as_deref().map(FlightAuth::load).transpose().context("flight tokens")?,

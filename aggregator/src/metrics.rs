@@ -107,6 +107,16 @@ impl Collector for StatsCollector {
             ("wal_torn_tails", "Interrupted appends truncated from the write-ahead log at start", stats.wal_torn_tails),
             ("snapshots_written", "Snapshots of the store written, each truncating the log", stats.snapshots_written),
             (
+                "retention_days_dropped",
+                "Distinct UTC days dropped from memory and disk by retention",
+                stats.retention_days_dropped,
+            ),
+            (
+                "retention_late_rows_dropped",
+                "Rows of applied or replayed batches dropped because their UTC day was already dropped by retention",
+                stats.retention_late_rows_dropped,
+            ),
+            (
                 "followers_lagged",
                 "Flight follow streams cut off because they fell a whole queue of batches behind",
                 stats.followers_lagged,
@@ -119,6 +129,8 @@ impl Collector for StatsCollector {
         let gauges = [
             ("wal_bytes", "Bytes in the write-ahead log's live segments", stats.wal_bytes),
             ("followers", "Flight follow streams open", stats.followers),
+            ("partitions", "Parquet partition files the manifest lists", stats.partitions),
+            ("partition_bytes", "Bytes of the Parquet partition files the manifest lists", stats.partition_bytes),
         ];
         for (name, help, value) in gauges {
             let gauge = ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX));

@@ -5,8 +5,11 @@
 //! lock, so two copies of a batch arriving at once cannot both be applied.
 //! The lock is a `std` mutex and is never held across an `.await`.
 //!
-//! Everything here is rebuilt on start from the snapshot and the
-//! write-ahead log (`snapshot.rs`, `wal.rs`); the store itself does no I/O.
+//! Everything here is rebuilt on start from the manifest, the Parquet
+//! partitions it lists and the write-ahead log (`snapshot.rs`,
+//! `partition.rs`, `wal.rs`); the store itself does no I/O. It records
+//! which `(dataset, UTC day)` partitions changed since the last checkpoint
+//! (`Tables::dirty`), so a checkpoint rewrites only those days.
 //!
 //! Once [`Store::publish`] is called (after replay, so replay never
 //! publishes), every applied batch is also sent to the followers
@@ -20,10 +23,15 @@
 //! through the log like batches, so replay prices and reverses exactly as
 //! the live run did.
 //!
-//! Nothing in the tables is bounded yet: rollups grow with keys and conversions with
-//! rows until retention and Parquet partitions arrive.
+//! **Retention.** [`Store::drop_days_before`] removes every row of the days
+//! before a cutoff, and from then on [`Store::apply`] drops rows of those
+//! days as they arrive (counted in `Tables::late_rows_dropped`): a closed
+//! day never comes back, not even as a late copy of a conversion whose
+//! dedup key left with its day. The cutoff is in the manifest, so replay
+//! drops exactly what the live run dropped. Within retention nothing is
+//! bounded: rollups grow with keys and conversions with rows.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -34,6 +42,7 @@ use tokio::sync::broadcast;
 
 use crate::follow::{Applied, Feed};
 use crate::ledger::{Commission, Conversion, ConversionKey, Rules, Status};
+use crate::partition::{DAY_MS, Dataset, day_of};
 
 /// Where an edge is in its stream of batches.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -65,6 +74,17 @@ pub(crate) struct Batch {
 /// recent ones, and at about 1.3 KiB a row this bounds them to 1.3 GiB
 /// worst case (typical rows are a tenth of that).
 pub(crate) const QUARANTINE_ROWS_MAX: usize = 1_000_000;
+
+/// The quarantine: rows by UTC day of their time, each day in arrival
+/// order, at most [`QUARANTINE_ROWS_MAX`] in all. When full, the first
+/// arrived row of the oldest day goes. Kept by day because that is how the
+/// partitions keep it: a restart rebuilds the same days in the same order,
+/// so the row the bound drops next is the one the live run would drop.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(crate) struct Quarantine {
+    days: BTreeMap<i64, VecDeque<QuarantineRow>>,
+    n_rows: usize,
+}
 
 /// Money of the conversions of one rollup key in one currency that are
 /// not rejected. Sums are `i128`, which no number of `i64` amounts can
@@ -104,10 +124,17 @@ pub(crate) struct Tables {
     pub(crate) conversions_duplicate: u64,
     /// The commission rules new conversions are priced under.
     pub(crate) rules: Rules,
-    /// In arrival order.
-    pub(crate) quarantine: VecDeque<QuarantineRow>,
+    pub(crate) quarantine: Quarantine,
     /// Quarantine rows dropped to keep the bound.
     pub(crate) quarantine_dropped: u64,
+    /// The partitions changed since the last checkpoint took them.
+    pub(crate) dirty: BTreeSet<(Dataset, i64)>,
+    /// The first UTC day kept (retention); `None`: every day is kept.
+    pub(crate) retained_from_day: Option<i64>,
+    /// Rows (rollup, conversion, quarantine) of batches applied since
+    /// start that fell on days before `retained_from_day`, and were
+    /// dropped.
+    pub(crate) late_rows_dropped: u64,
 }
 
 #[derive(Debug, Default)]
@@ -167,22 +194,31 @@ impl Store {
                 (sender, Applied { applied_at_ms: now_ms(), batch, conversions: Vec::new(), money: Vec::new() })
             });
             for (key, counts) in batch.rollups {
-                tables.rollups.entry(key).or_default().merge(&counts);
+                let day = day_of(key.minute_ms);
+                if tables.retains(day) {
+                    tables.dirty.insert((Dataset::Rollups, day));
+                    tables.rollups.entry(key).or_default().merge(&counts);
+                }
             }
             let mut booked = Vec::new();
             for row in batch.conversions {
-                if let Some(conversion) = tables.book(row, batch.edge_id)
+                if tables.retains(day_of(row.time_ms))
+                    && let Some(conversion) = tables.book(row, batch.edge_id)
                     && published.is_some()
                 {
                     booked.push(conversion);
                 }
             }
             for row in batch.quarantine {
-                if tables.quarantine.len() == QUARANTINE_ROWS_MAX {
-                    tables.quarantine.pop_front();
+                let day = day_of(row.time_ms);
+                if !tables.retains(day) {
+                    continue;
+                }
+                tables.dirty.insert((Dataset::Quarantine, day));
+                if let Some(dropped_day) = tables.quarantine.push(row) {
+                    tables.dirty.insert((Dataset::Quarantine, dropped_day));
                     tables.quarantine_dropped += 1;
                 }
-                tables.quarantine.push_back(row);
             }
             if let Some((sender, mut applied)) = published {
                 applied.money = booked.iter().flat_map(|conversion| money_of(conversion, 1)).collect();
@@ -222,6 +258,10 @@ impl Store {
         if sign != 0 {
             let conversion = tables.conversions[conversion_idx].clone();
             tables.add_money(&conversion, sign);
+        }
+        if old != status {
+            let day = day_of(tables.conversions[conversion_idx].row.time_ms);
+            tables.dirty.insert((Dataset::Conversions, day));
         }
         tables.conversions[conversion_idx].status = status;
         let conversion = tables.conversions[conversion_idx].clone();
@@ -275,14 +315,62 @@ impl Store {
         Store { inner: Mutex::new(Inner { tables, edges: marks, followers: None }) }
     }
 
-    /// Runs `export` on the whole state under the lock, with the quarantine
-    /// made contiguous so it reads as one slice. `export` is synchronous and
-    /// holds up every apply; copy out what is needed and encode later.
-    pub(crate) fn export<R>(&self, export: impl FnOnce(&Tables, &HashMap<u32, EdgeMark>) -> R) -> R {
+    /// Runs `export` on the whole state under the lock. `export` is
+    /// synchronous and holds up every apply; copy out what is needed and
+    /// encode later. It may take `Tables::dirty`.
+    pub(crate) fn export<R>(&self, export: impl FnOnce(&mut Tables, &HashMap<u32, EdgeMark>) -> R) -> R {
         let mut inner = self.lock();
         let Inner { tables, edges, .. } = &mut *inner;
-        tables.quarantine.make_contiguous();
         export(tables, edges)
+    }
+
+    /// Marks `partitions` changed again: a checkpoint took them and then
+    /// failed before its manifest was durable.
+    pub(crate) fn mark_dirty(&self, partitions: impl IntoIterator<Item = (Dataset, i64)>) {
+        self.lock().tables.dirty.extend(partitions);
+    }
+
+    /// Retention: removes every row of the days before `cutoff_day` and
+    /// keeps them out from now on (a cutoff only moves forward). Money
+    /// totals and the conversion index are rebuilt for what stays. Answers
+    /// how many distinct days had rows and were dropped.
+    pub(crate) fn drop_days_before(&self, cutoff_day: i64) -> u64 {
+        let mut inner = self.lock();
+        let tables = &mut inner.tables;
+        let cutoff_day = tables.retained_from_day.map_or(cutoff_day, |day| day.max(cutoff_day));
+        tables.retained_from_day = Some(cutoff_day);
+        let mut days = BTreeSet::new();
+        let cutoff_minute = RollupKey {
+            minute_ms: cutoff_day.saturating_mul(DAY_MS),
+            affiliate_id: 0,
+            campaign_id: 0,
+            sub1: String::new(),
+        };
+        let kept = tables.rollups.split_off(&cutoff_minute);
+        days.extend(tables.rollups.keys().map(|key| day_of(key.minute_ms)));
+        tables.rollups = kept;
+        days.extend(tables.quarantine.drop_days_before(cutoff_day));
+        // Most checkpoints drop nothing: a scan, then the rebuild only when
+        // a conversion goes (its index positions move).
+        let dropped_days =
+            tables.conversions.iter().map(|conversion| day_of(conversion.row.time_ms)).filter(|&day| day < cutoff_day);
+        days.extend(dropped_days);
+        if tables.conversions.iter().any(|conversion| day_of(conversion.row.time_ms) < cutoff_day) {
+            let conversions = std::mem::take(&mut tables.conversions);
+            tables.money.clear();
+            tables.conversion_index.clear();
+            for conversion in conversions.into_iter().filter(|conversion| day_of(conversion.row.time_ms) >= cutoff_day)
+            {
+                tables.insert(conversion);
+            }
+        }
+        tables.dirty.retain(|&(_, day)| day >= cutoff_day);
+        days.len() as u64
+    }
+
+    /// See `Tables::late_rows_dropped`.
+    pub(crate) fn late_rows_dropped(&self) -> u64 {
+        self.lock().tables.late_rows_dropped
     }
 
     /// Runs `read` on the tables under the lock. `read` is synchronous, so
@@ -298,17 +386,73 @@ impl Store {
     }
 }
 
+// === impl Quarantine ===
+
+impl Quarantine {
+    /// Every row, by day, each day in arrival order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &QuarantineRow> {
+        self.days.values().flatten()
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.n_rows
+    }
+
+    /// The rows of `day`, made contiguous.
+    pub(crate) fn day(&mut self, day: i64) -> &[QuarantineRow] {
+        self.days.get_mut(&day).map_or(&[], |rows| rows.make_contiguous())
+    }
+
+    /// Adds `row`; when full, first drops the oldest (see the type) and
+    /// answers its day.
+    pub(crate) fn push(&mut self, row: QuarantineRow) -> Option<i64> {
+        let mut dropped_day = None;
+        if self.n_rows == QUARANTINE_ROWS_MAX
+            && let Some(mut oldest) = self.days.first_entry()
+        {
+            oldest.get_mut().pop_front();
+            dropped_day = Some(*oldest.key());
+            if oldest.get().is_empty() {
+                oldest.remove();
+            }
+            self.n_rows -= 1;
+        }
+        self.days.entry(day_of(row.time_ms)).or_default().push_back(row);
+        self.n_rows += 1;
+        dropped_day
+    }
+
+    /// Removes the days before `cutoff_day`; answers them.
+    fn drop_days_before(&mut self, cutoff_day: i64) -> Vec<i64> {
+        let kept = self.days.split_off(&cutoff_day);
+        let dropped = std::mem::replace(&mut self.days, kept);
+        self.n_rows -= dropped.values().map(VecDeque::len).sum::<usize>();
+        dropped.into_keys().collect()
+    }
+}
+
 // === impl Tables ===
 
 impl Tables {
+    /// Whether rows of `day` are kept (see "Retention" above).
+    fn retains(&mut self, day: i64) -> bool {
+        let retained = self.retained_from_day.is_none_or(|first_day| day >= first_day);
+        if !retained {
+            self.late_rows_dropped += 1;
+        }
+        retained
+    }
+
     /// Books `row` from `edge_id` unless a conversion with its key is
     /// booked already; a copy moves from its conversion counter to
     /// `duplicates` in its rollup. Answers the booked conversion.
     fn book(&mut self, row: ConversionRow, edge_id: u32) -> Option<Conversion> {
         let key = ConversionKey::of(&row);
+        let day = day_of(row.time_ms);
         if let Some(key) = &key
             && self.conversion_index.contains_key(key)
         {
+            self.dirty.insert((Dataset::Rollups, day));
             let counts = self.rollups.entry(rollup_key(&row)).or_default();
             let counter = match row.kind {
                 EventKind::Lead => &mut counts.leads,
@@ -325,6 +469,7 @@ impl Tables {
         }
         let commission = Commission::compute(&self.rules.campaigns, &row);
         let conversion = Conversion { row, edge_id, status: Status::Pending, commission };
+        self.dirty.insert((Dataset::Conversions, day));
         self.insert(conversion.clone());
         Some(conversion)
     }
@@ -341,10 +486,21 @@ impl Tables {
         self.conversions.push(conversion);
     }
 
-    /// Adds (`sign` 1) or removes (`sign` -1) `conversion`'s money.
+    /// Adds (`sign` 1) or removes (`sign` -1) `conversion`'s money. Totals
+    /// that come to zero are removed, so `money` holds the same entries
+    /// whether it was built live (where a rejection subtracts) or rebuilt
+    /// from the ledger at start (where a rejected conversion adds nothing).
     fn add_money(&mut self, conversion: &Conversion, sign: i128) {
         for (key, currency, delta) in money_of(conversion, sign) {
-            self.money.entry((key, currency)).or_default().add(&delta);
+            let entry = (key, currency);
+            self.money.entry(entry.clone()).or_default().add(&delta);
+            self.remove_if_zero(&entry);
+        }
+    }
+
+    fn remove_if_zero(&mut self, entry: &(RollupKey, Currency)) {
+        if self.money.get(entry) == Some(&MoneyTotals::default()) {
+            self.money.remove(entry);
         }
     }
 }

@@ -265,6 +265,7 @@ pub(crate) fn loopback_config(data_dir: &std::path::Path) -> Config {
         tls_names: Vec::new(),
         wal_fsync: true,
         snapshot_wal_bytes: SNAPSHOT_WAL_BYTES_DEFAULT,
+        retention_days: Some(RETENTION_DAYS_DEFAULT),
         edge_tokens: None,
         campaigns: None,
         flight_auth: None,
@@ -1033,4 +1034,357 @@ async fn flight_calls_need_a_role_inner() {
     connection.close(0u32.into(), b"done");
     endpoint.wait_idle().await;
     aggregator.shutdown().await;
+}
+
+/// Campaign 100 pays 10 % of the sale, campaign 200 a 2.50 USD CPA.
+const PARTITION_RULES: &str = r#"{"campaigns": [
+  {"id": 100, "landing_url": "https://a.example/", "payout": {"type": "revshare", "percent": "10"}},
+  {"id": 200, "landing_url": "https://b.example/", "payout": {"type": "cpa", "amount": "2.50", "currency": "USD"}}
+]}"#;
+
+/// Starts of UTC days: 2026-11-23, 2026-11-24, and 2025-01-01 (far
+/// enough back for a 30-day retention to drop).
+const DAY_1_MS: i64 = 1_795_392_000_000;
+const DAY_2_MS: i64 = 1_795_478_400_000;
+const OLD_DAY_MS: i64 = 1_735_689_600_000;
+
+/// Batch `sequence` of edge 3 on the day starting at `day_ms`: two rollup
+/// rows, a sale of `amount` USD per `(campaign_id, order_id)`, and a
+/// quarantine row.
+fn frame_on_day(sequence: u64, day_ms: i64, sales: &[(u32, &str, &str)]) -> Vec<u8> {
+    let minute_ms = day_ms + 600_000;
+    let rollups = [(7, 100, "fb"), (8, 200, "")].map(|(affiliate_id, campaign_id, sub1)| {
+        let key = RollupKey { minute_ms, affiliate_id, campaign_id, sub1: sub1.into() };
+        (key, RollupCounts { impressions: 10, clicks: 2, sales: 1, ..RollupCounts::default() })
+    });
+    let conversions: Vec<ConversionRow> = sales
+        .iter()
+        .enumerate()
+        .map(|(sale_idx, &(campaign_id, order_id, amount))| ConversionRow {
+            time_ms: minute_ms + sale_idx as i64,
+            kind: EventKind::Sale,
+            affiliate_id: if campaign_id == 100 { 7 } else { 8 },
+            campaign_id,
+            sub1: if campaign_id == 100 { "fb".into() } else { String::new() },
+            money: Some(
+                edgetally_protocol::Money::parse(amount, edgetally_protocol::Currency::parse("USD").unwrap()).unwrap(),
+            ),
+            order_id: Some(order_id.into()),
+            click_id: None,
+            event_id: None,
+        })
+        .collect();
+    let quarantine = [QuarantineRow::new(minute_ms, "pixel", "bad_id", "bad affiliate_id", &format!("seq={sequence}"))];
+    BatchFrame {
+        edge_id: 3,
+        epoch: 1,
+        sequence,
+        n_rollup_rows: 2,
+        n_conversion_rows: conversions.len() as u32,
+        n_quarantine_rows: 1,
+        rollups_ipc: encode_ipc(&rollups_to_batch(rollups.iter().map(|(key, counts)| (key, counts)))).unwrap().into(),
+        conversions_ipc: encode_ipc(&conversions_to_batch(&conversions)).unwrap().into(),
+        quarantine_ipc: encode_ipc(&quarantine_to_batch(&quarantine)).unwrap().into(),
+    }
+    .encode()
+    .unwrap()
+}
+
+/// Every answer a restart must reproduce: the three datasets over Flight,
+/// and the money totals behind the rollups.
+#[derive(Debug, PartialEq)]
+struct Answers {
+    rollups: Vec<arrow_array::RecordBatch>,
+    conversions: Vec<arrow_array::RecordBatch>,
+    quarantine: Vec<arrow_array::RecordBatch>,
+    money: std::collections::BTreeMap<(RollupKey, edgetally_protocol::Currency), store::MoneyTotals>,
+}
+
+async fn answers(aggregator: &Aggregator) -> Answers {
+    let mut flight = flight_client(aggregator).await;
+    Answers {
+        rollups: do_get(&mut flight, r#"{"dataset":"rollups"}"#).await,
+        conversions: do_get(&mut flight, r#"{"dataset":"conversions"}"#).await,
+        quarantine: do_get(&mut flight, r#"{"dataset":"quarantine"}"#).await,
+        money: aggregator.store.read(|tables| tables.money.clone()),
+    }
+}
+
+/// Rows of `answer`, all batches.
+fn n_rows(answer: &[arrow_array::RecordBatch]) -> usize {
+    answer.iter().map(arrow_array::RecordBatch::num_rows).sum()
+}
+
+async fn set_status(aggregator: &Aggregator, campaign_id: u32, order_id: &str, status: &str) {
+    let mut flight = flight_client(aggregator).await;
+    let body = serde_json::json!({"campaign_id": campaign_id, "order_id": order_id, "status": status}).to_string();
+    let results: Vec<Bytes> = flight
+        .do_action(arrow_flight::Action::new("set_conversion_status", body))
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    let result: serde_json::Value = serde_json::from_slice(&results[0]).unwrap();
+    assert_eq!(result["status"].as_str(), Some(status), "{result}");
+}
+
+/// Rows per `(dataset, day=…)` of every Parquet file under the data
+/// directory, read with the `parquet` crate's own reader (no code of ours).
+fn parquet_rows(data_dir: &std::path::Path) -> std::collections::BTreeMap<(String, String), usize> {
+    let mut rows = std::collections::BTreeMap::new();
+    let parquet_dir = data_dir.join(partition::PARQUET_DIR_NAME);
+    let Ok(datasets) = std::fs::read_dir(&parquet_dir) else { return rows };
+    for dataset in datasets {
+        let dataset = dataset.unwrap().path();
+        for day in std::fs::read_dir(&dataset).unwrap() {
+            let day = day.unwrap().path();
+            for file in std::fs::read_dir(&day).unwrap() {
+                let file = std::fs::File::open(file.unwrap().path()).unwrap();
+                let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+                    .unwrap()
+                    .build()
+                    .unwrap();
+                let n_rows: usize = reader.map(|batch| batch.unwrap().num_rows()).sum();
+                let name = |path: &std::path::Path| path.file_name().unwrap().to_str().unwrap().to_owned();
+                *rows.entry((name(&dataset), name(&day))).or_default() += n_rows;
+            }
+        }
+    }
+    rows
+}
+
+#[track_caller]
+fn check_parquet_rows(data_dir: &std::path::Path, expect: &[(&str, &str, usize)]) {
+    let expect: std::collections::BTreeMap<(String, String), usize> =
+        expect.iter().map(|&(dataset, day, n_rows)| ((dataset.to_owned(), format!("day={day}")), n_rows)).collect();
+    assert_eq!(parquet_rows(data_dir), expect);
+}
+
+/// Two UTC days of batches with commissions and status changes, a
+/// checkpoint, more batches and changes, then a crash with a leftover
+/// partition planted: the restart (Parquet, then the log) answers exactly
+/// as before, the files hold each day's rows, and the leftover is deleted
+/// unread.
+#[test]
+fn restart_from_parquet_and_wal() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let campaigns = data_dir.path().join("campaigns.json");
+    std::fs::write(&campaigns, PARTITION_RULES).unwrap();
+    let config = Config { campaigns: Some(campaigns), ..loopback_config(data_dir.path()) };
+    let runtime = || tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+
+    let crashed = runtime();
+    let (before, leftover) = crashed.block_on(async {
+        tokio::time::timeout(TEST_TIMEOUT, async {
+            let aggregator = Aggregator::start(config.clone()).await.unwrap();
+            let (endpoint, connection) = connect(&aggregator).await;
+            for (sequence, day_ms, sales) in [
+                (1, DAY_1_MS, &[(100, "a", "40.00"), (200, "b", "9.99")][..]),
+                (2, DAY_2_MS, &[(100, "c", "12.34")][..]),
+            ] {
+                assert_eq!(send(&connection, &frame_on_day(sequence, day_ms, sales)).await.status, AckStatus::Apply);
+            }
+            set_status(&aggregator, 100, "a", "rejected").await;
+            assert_eq!(aggregator.checkpointer.checkpoint().await.unwrap(), 2);
+            check_parquet_rows(
+                data_dir.path(),
+                &[
+                    ("conversions", "2026-11-23", 2),
+                    ("conversions", "2026-11-24", 1),
+                    ("quarantine", "2026-11-23", 1),
+                    ("quarantine", "2026-11-24", 1),
+                    ("rollups", "2026-11-23", 2),
+                    ("rollups", "2026-11-24", 2),
+                ],
+            );
+            // After the checkpoint: both days change again, only in the log.
+            assert_eq!(
+                send(&connection, &frame_on_day(3, DAY_2_MS, &[(200, "d", "1.00"), (100, "b", "5.00")])).await.status,
+                AckStatus::Apply
+            );
+            assert_eq!(send(&connection, &frame_on_day(4, DAY_1_MS, &[])).await.status, AckStatus::Apply);
+            set_status(&aggregator, 200, "b", "approved").await;
+            set_status(&aggregator, 100, "c", "rejected").await;
+            connection.close(0u32.into(), b"done");
+            endpoint.wait_idle().await;
+            let before = answers(&aggregator).await;
+            assert_eq!((n_rows(&before.rollups), n_rows(&before.conversions), n_rows(&before.quarantine)), (4, 5, 4));
+            // A checkpoint that wrote its files and crashed before its
+            // manifest: a copy of day 1's ledger under a later generation.
+            let manifest =
+                snapshot::decode(&std::fs::read(data_dir.path().join(snapshot::SNAPSHOT_FILE_NAME)).unwrap()).unwrap();
+            let conversions_day_1 = manifest
+                .partitions
+                .iter()
+                .find(|partition| partition.dataset == partition::Dataset::Conversions)
+                .unwrap();
+            let leftover = partition::Partition { generation: 3, ..*conversions_day_1 }.path(data_dir.path());
+            std::fs::copy(conversions_day_1.path(data_dir.path()), &leftover).unwrap();
+            drop(aggregator);
+            (before, leftover)
+        })
+        .await
+        .expect("test finishes in time")
+    });
+    drop(crashed);
+
+    runtime().block_on(async {
+        tokio::time::timeout(TEST_TIMEOUT, async {
+            let aggregator = Aggregator::start(config.clone()).await.unwrap();
+            assert!(!leftover.exists(), "the unlisted file is deleted");
+            let stats = aggregator.stats();
+            // Two batches and two status changes after the checkpoint.
+            assert_eq!(
+                (stats.wal_records_replayed, stats.wal_records_corrupt, stats.partitions),
+                (4, 0, 6),
+                "{stats:?}"
+            );
+            let after = answers(&aggregator).await;
+            assert_eq!(after.rollups, before.rollups);
+            assert_eq!(after.quarantine, before.quarantine);
+            assert_eq!(after.money, before.money);
+            assert_eq!(after.conversions, before.conversions);
+            assert_eq!(after, before);
+            // The ledger as served: commissions and statuses, by order.
+            assert_eq!(after.conversions.len(), 1);
+            let conversions = &after.conversions[0];
+            let orders = texts(conversions, "order_id");
+            let statuses = texts(conversions, "status");
+            let commissions =
+                conversions.column_by_name("commission_minor").unwrap().as_primitive::<arrow_array::types::Int64Type>();
+            let ledger: Vec<(String, String, i64)> = (0..conversions.num_rows())
+                .map(|row_idx| (orders[row_idx].clone(), statuses[row_idx].clone(), commissions.value(row_idx)))
+                .collect();
+            assert_eq!(
+                ledger,
+                [
+                    ("a".into(), "rejected".into(), 400),
+                    ("b".into(), "approved".into(), 250),
+                    ("c".into(), "rejected".into(), 123),
+                    ("d".into(), "pending".into(), 250),
+                    ("b".into(), "pending".into(), 50),
+                ]
+            );
+            // Edge 3's marks came back: its old batches are skipped.
+            send_all(&aggregator, 4..=4, AckStatus::Skip).await;
+            // The next checkpoint rewrites both days and the files agree.
+            aggregator.checkpointer.checkpoint().await.unwrap();
+            check_parquet_rows(
+                data_dir.path(),
+                &[
+                    ("conversions", "2026-11-23", 2),
+                    ("conversions", "2026-11-24", 3),
+                    ("quarantine", "2026-11-23", 2),
+                    ("quarantine", "2026-11-24", 2),
+                    ("rollups", "2026-11-23", 2),
+                    ("rollups", "2026-11-24", 2),
+                ],
+            );
+            aggregator.shutdown().await;
+        })
+        .await
+        .expect("test finishes in time");
+    });
+}
+
+/// Day 2025-01-01 is kept while retention is off; a restart with 30 days
+/// drops it from answers and disk at the next checkpoint, late rows of it
+/// are dropped and counted, and the cutoff survives a restart.
+#[tokio::test]
+async fn retention_drops_old_days() {
+    tokio::time::timeout(TEST_TIMEOUT, retention_drops_old_days_inner()).await.expect("test finishes in time");
+}
+
+async fn retention_drops_old_days_inner() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let forever = Config { retention_days: None, ..loopback_config(data_dir.path()) };
+    let aggregator = Aggregator::start(forever).await.unwrap();
+    let (endpoint, connection) = connect(&aggregator).await;
+    for (sequence, day_ms, order_id) in [(1, OLD_DAY_MS, "old"), (2, DAY_2_MS, "new")] {
+        let frame = frame_on_day(sequence, day_ms, &[(100, order_id, "10.00")]);
+        assert_eq!(send(&connection, &frame).await.status, AckStatus::Apply);
+    }
+    connection.close(0u32.into(), b"done");
+    endpoint.wait_idle().await;
+    let both_days = answers(&aggregator).await;
+    assert_eq!((n_rows(&both_days.rollups), n_rows(&both_days.conversions), n_rows(&both_days.quarantine)), (4, 2, 2));
+    aggregator.shutdown().await;
+    check_parquet_rows(
+        data_dir.path(),
+        &[
+            ("conversions", "2025-01-01", 1),
+            ("conversions", "2026-11-24", 1),
+            ("quarantine", "2025-01-01", 1),
+            ("quarantine", "2026-11-24", 1),
+            ("rollups", "2025-01-01", 2),
+            ("rollups", "2026-11-24", 2),
+        ],
+    );
+
+    let thirty_days = Config { retention_days: Some(30), ..loopback_config(data_dir.path()) };
+    let aggregator = Aggregator::start(thirty_days.clone()).await.unwrap();
+    // Retention acts at checkpoints, not at start.
+    assert_eq!(answers(&aggregator).await, both_days);
+    aggregator.checkpointer.checkpoint().await.unwrap();
+    let new_day = answers(&aggregator).await;
+    assert_eq!((n_rows(&new_day.rollups), n_rows(&new_day.conversions), n_rows(&new_day.quarantine)), (2, 1, 1));
+    assert_eq!(texts(&new_day.conversions[0], "order_id"), ["new"]);
+    check_parquet_rows(
+        data_dir.path(),
+        &[("conversions", "2026-11-24", 1), ("quarantine", "2026-11-24", 1), ("rollups", "2026-11-24", 2)],
+    );
+    assert!(!data_dir.path().join("parquet/rollups/day=2025-01-01").exists());
+    // A late batch of the dropped day: acknowledged, its rows dropped and
+    // counted, the answers unchanged.
+    send_all_frames(&aggregator, &[frame_on_day(3, OLD_DAY_MS, &[(100, "old", "10.00")])]).await;
+    assert_eq!(answers(&aggregator).await, new_day);
+    let stats = aggregator.stats();
+    let partition_bytes: u64 = walk_files(&data_dir.path().join(partition::PARQUET_DIR_NAME))
+        .iter()
+        .map(|path| std::fs::metadata(path).unwrap().len())
+        .sum();
+    assert_eq!(
+        (stats.retention_days_dropped, stats.retention_late_rows_dropped, stats.partitions, stats.partition_bytes),
+        (1, 4, 3, partition_bytes)
+    );
+    check_samples(
+        &scrape(&aggregator).await,
+        &[
+            ("edgetally_aggregator_retention_days_dropped_total", "1"),
+            ("edgetally_aggregator_retention_late_rows_dropped_total", "4"),
+            ("edgetally_aggregator_partitions", "3"),
+            ("edgetally_aggregator_partition_bytes", &partition_bytes.to_string()),
+        ],
+    );
+    aggregator.shutdown().await;
+
+    // The cutoff is in the manifest: even with retention off again, the
+    // dropped day stays closed.
+    let aggregator = Aggregator::start(Config { retention_days: None, ..thirty_days }).await.unwrap();
+    assert_eq!(answers(&aggregator).await, new_day);
+    send_all_frames(&aggregator, &[frame_on_day(4, OLD_DAY_MS, &[(100, "old", "10.00")])]).await;
+    assert_eq!(answers(&aggregator).await, new_day);
+    assert_eq!(aggregator.stats().retention_late_rows_dropped, 4);
+    aggregator.shutdown().await;
+}
+
+/// Sends `frames` of edge 3 on one connection, each applied.
+async fn send_all_frames(aggregator: &Aggregator, frames: &[Vec<u8>]) {
+    let (endpoint, connection) = connect(aggregator).await;
+    for frame in frames {
+        assert_eq!(send(&connection, frame).await.status, AckStatus::Apply);
+    }
+    connection.close(0u32.into(), b"done");
+    endpoint.wait_idle().await;
+}
+
+/// Every file under `dir`.
+fn walk_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() { files.extend(walk_files(&path)) } else { files.push(path) }
+    }
+    files
 }

@@ -91,6 +91,7 @@ pub(crate) async fn run(args: StackArgs) -> anyhow::Result<()> {
         tls_names: Vec::new(),
         wal_fsync: true,
         snapshot_wal_bytes: edgetally_aggregator::SNAPSHOT_WAL_BYTES_DEFAULT,
+        retention_days: Some(edgetally_aggregator::RETENTION_DAYS_DEFAULT),
         edge_tokens: Some(edge_tokens),
         campaigns: Some(campaigns_path.clone()),
         flight_auth: Some(flight_auth),
