@@ -259,6 +259,7 @@ pub(crate) fn loopback_config(data_dir: &std::path::Path) -> Config {
         data_dir: data_dir.to_owned(),
         quic_listen: "127.0.0.1:0".parse().unwrap(),
         flight_listen: "127.0.0.1:0".parse().unwrap(),
+        flight_sql_listen: "127.0.0.1:0".parse().unwrap(),
         http_listen: "127.0.0.1:0".parse().unwrap(),
         tls_cert: None,
         tls_key: None,
@@ -1019,3 +1020,5 @@ async fn flight_calls_need_a_role_inner() {
     endpoint.wait_idle().await;
     aggregator.shutdown().await;
 }
+
+mod flight_sql;
