@@ -241,8 +241,12 @@ pub(crate) async fn serve(
 /// The runtime every session shares: a memory pool of
 /// [`SQL_MEMORY_BYTES_MAX`], and no disk (nothing spills, no temp files).
 pub(crate) fn runtime_env() -> Result<Arc<RuntimeEnv>, DataFusionError> {
+    runtime_env_with(SQL_MEMORY_BYTES_MAX)
+}
+
+fn runtime_env_with(memory_bytes_max: usize) -> Result<Arc<RuntimeEnv>, DataFusionError> {
     RuntimeEnvBuilder::new()
-        .with_memory_limit(SQL_MEMORY_BYTES_MAX, 1.0)
+        .with_memory_limit(memory_bytes_max, 1.0)
         .with_disk_manager_builder(DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled))
         .build_arc()
 }
@@ -570,3 +574,6 @@ impl TableProvider for DatasetTable {
         Ok(MemorySourceConfig::try_new_exec(&[vec![batch]], self.schema(), projection.cloned())?)
     }
 }
+
+#[cfg(test)]
+mod tests;
