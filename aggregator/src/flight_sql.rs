@@ -22,6 +22,11 @@
 //! they run: the SQL port cannot change anything. A statement's ticket and a
 //! prepared statement's handle are the SQL text itself, planned again for
 //! whoever redeems them, so the server keeps no per-statement state.
+//! Prepared statements take no parameters. The metadata calls browsing
+//! tools make (`GetCatalogs`, `GetDbSchemas`, `GetTables`, `GetTableTypes`,
+//! `GetSqlInfo`) are answered from constants and the role's datasets; the
+//! rest of Flight SQL (updates, ingest, transactions, Substrait, cancel,
+//! keys, type info) is `UNIMPLEMENTED`.
 //!
 //! Bounds: [`SQL_QUERIES_MAX`] queries plan or run at once (more are
 //! refused with `RESOURCE_EXHAUSTED`, not queued), operators that buffer
@@ -33,16 +38,20 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
+use arrow_array::RecordBatch;
 use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::error::FlightError;
 use arrow_flight::flight_service_server::{FlightService, FlightServiceServer};
+use arrow_flight::sql::metadata::{GetCatalogsBuilder, SqlInfoData, SqlInfoDataBuilder};
 use arrow_flight::sql::server::FlightSqlService;
 use arrow_flight::sql::{
     ActionClosePreparedStatementRequest, ActionCreatePreparedStatementRequest, ActionCreatePreparedStatementResult,
-    CommandPreparedStatementQuery, CommandStatementQuery, ProstMessageExt, SqlInfo, TicketStatementQuery,
+    CommandGetCatalogs, CommandGetDbSchemas, CommandGetSqlInfo, CommandGetTableTypes, CommandGetTables,
+    CommandPreparedStatementQuery, CommandStatementQuery, ProstMessageExt, SqlInfo, SqlSupportedTransaction,
+    TicketStatementQuery,
 };
 use arrow_flight::{FlightDescriptor, FlightEndpoint, FlightInfo, IpcMessage, SchemaAsIpc, Ticket};
 use arrow_ipc::writer::IpcWriteOptions;
@@ -98,6 +107,26 @@ const SQL_MEMORY_BYTES_MAX: usize = 256 * 1024 * 1024;
 /// [`SQL_QUERIES_MAX`] forever.
 const SQL_QUERY_TIME_MAX: Duration = Duration::from_secs(60);
 
+/// The only table type: every table is a dataset.
+const TABLE_TYPE: &str = "TABLE";
+
+/// What `GetSqlInfo` answers: who we are, and that SQL here only reads,
+/// without Substrait, transactions or cancellation.
+static SQL_INFO: LazyLock<SqlInfoData> = LazyLock::new(|| {
+    let mut builder = SqlInfoDataBuilder::new();
+    builder.append(SqlInfo::FlightSqlServerName, "EdgeTally aggregator");
+    builder.append(SqlInfo::FlightSqlServerVersion, env!("CARGO_PKG_VERSION"));
+    builder.append(SqlInfo::FlightSqlServerArrowVersion, "59");
+    builder.append(SqlInfo::FlightSqlServerReadOnly, true);
+    builder.append(SqlInfo::FlightSqlServerSql, true);
+    builder.append(SqlInfo::FlightSqlServerSubstrait, false);
+    builder.append(SqlInfo::FlightSqlServerTransaction, SqlSupportedTransaction::None as i32);
+    builder.append(SqlInfo::FlightSqlServerCancel, false);
+    builder.append(SqlInfo::FlightSqlServerStatementTimeout, SQL_QUERY_TIME_MAX.as_millis() as i32);
+    // Every value above is a type SqlInfoData encodes.
+    builder.build().expect("sql info builds")
+});
+
 /// The catalog and schema every table is in; DataFusion's defaults, so
 /// `rollups`, `public.rollups` and `datafusion.public.rollups` all work.
 const CATALOG_NAME: &str = "datafusion";
@@ -121,6 +150,8 @@ pub(crate) enum FlightSqlError {
     Handle,
     #[error("build answer: {0}")]
     Arrow(#[from] ArrowError),
+    #[error("build metadata answer: {0}")]
+    Metadata(FlightError),
     #[error("no role on the request: the auth interceptor did not run")]
     NoRole,
 }
@@ -175,7 +206,7 @@ fn into_status(error: FlightSqlError) -> Status {
         FlightSqlError::Sql(error) => sql_status(&error, message),
         FlightSqlError::Busy => Status::resource_exhausted(message),
         FlightSqlError::TooSlow => Status::deadline_exceeded(message),
-        FlightSqlError::Arrow(_) | FlightSqlError::NoRole => Status::internal(message),
+        FlightSqlError::Arrow(_) | FlightSqlError::Metadata(_) | FlightSqlError::NoRole => Status::internal(message),
     }
 }
 
@@ -421,6 +452,43 @@ fn sql_of(handle: &Bytes) -> Result<&str, FlightSqlError> {
 
 type DoGetStream = Pin<Box<dyn futures::Stream<Item = Result<arrow_flight::FlightData, Status>> + Send + 'static>>;
 
+/// The flight of a metadata command: its answer's `schema`, and the
+/// command itself as the ticket.
+fn metadata_info(
+    command: &impl ProstMessageExt,
+    schema: &arrow_schema::Schema,
+    descriptor: FlightDescriptor,
+) -> Result<Response<FlightInfo>, Status> {
+    let endpoint = FlightEndpoint::new().with_ticket(Ticket::new(command.as_any().encode_to_vec()));
+    let info = FlightInfo::new().try_with_schema(schema).map_err(|error| into_status(error.into()))?;
+    Ok(Response::new(info.with_endpoint(endpoint).with_descriptor(descriptor)))
+}
+
+/// One metadata batch as a `DoGet` answer.
+fn metadata_answer(batch: Result<RecordBatch, FlightError>) -> Result<Response<DoGetStream>, Status> {
+    let batch = batch.map_err(|error| into_status(FlightSqlError::Metadata(error)))?;
+    let encoded = FlightDataEncoderBuilder::new()
+        .with_schema(batch.schema())
+        .build(stream::once(async { Ok(batch) }))
+        .map_err(|error| match error {
+            FlightError::Tonic(status) => *status,
+            other => Status::internal(other.to_string()),
+        });
+    Ok(Response::new(encoded.boxed()))
+}
+
+/// The tables `role` may read, as `GetTables` lists them.
+fn tables_of(role: Role, query: CommandGetTables) -> Result<RecordBatch, FlightError> {
+    let mut builder = query.into_builder();
+    for dataset in Dataset::ALL {
+        let mut table = Query::whole(dataset);
+        if scope(role, &mut table).is_ok() {
+            builder.append(CATALOG_NAME, SCHEMA_NAME, dataset.as_str(), TABLE_TYPE, &table.schema())?;
+        }
+    }
+    builder.build()
+}
+
 #[tonic::async_trait]
 impl FlightSqlService for AggregatorFlightSql {
     type FlightService = AggregatorFlightSql;
@@ -498,6 +566,99 @@ impl FlightSqlService for AggregatorFlightSql {
         Ok(())
     }
 
+    async fn get_flight_info_catalogs(
+        &self,
+        query: CommandGetCatalogs,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        metadata_info(&query, &GetCatalogsBuilder::new().schema(), request.into_inner())
+    }
+
+    async fn do_get_catalogs(
+        &self,
+        query: CommandGetCatalogs,
+        _request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        let mut builder = query.into_builder();
+        builder.append(CATALOG_NAME);
+        metadata_answer(builder.build())
+    }
+
+    async fn get_flight_info_schemas(
+        &self,
+        query: CommandGetDbSchemas,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let schema = query.clone().into_builder().schema();
+        metadata_info(&query, &schema, request.into_inner())
+    }
+
+    async fn do_get_schemas(
+        &self,
+        query: CommandGetDbSchemas,
+        _request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        let mut builder = query.into_builder();
+        builder.append(CATALOG_NAME, SCHEMA_NAME);
+        metadata_answer(builder.build())
+    }
+
+    async fn get_flight_info_tables(
+        &self,
+        query: CommandGetTables,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let schema = query.clone().into_builder().schema();
+        metadata_info(&query, &schema, request.into_inner())
+    }
+
+    /// The tables the caller's role may read: an affiliate's list has no
+    /// `quarantine`.
+    async fn do_get_tables(
+        &self,
+        query: CommandGetTables,
+        request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        let role = role_of(&request).map_err(into_status)?;
+        metadata_answer(tables_of(role, query))
+    }
+
+    async fn get_flight_info_table_types(
+        &self,
+        query: CommandGetTableTypes,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let schema = query.into_builder().schema();
+        metadata_info(&query, &schema, request.into_inner())
+    }
+
+    async fn do_get_table_types(
+        &self,
+        query: CommandGetTableTypes,
+        _request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        let mut builder = query.into_builder();
+        builder.append(TABLE_TYPE);
+        metadata_answer(builder.build())
+    }
+
+    async fn get_flight_info_sql_info(
+        &self,
+        query: CommandGetSqlInfo,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        metadata_info(&query, &SQL_INFO.schema(), request.into_inner())
+    }
+
+    async fn do_get_sql_info(
+        &self,
+        query: CommandGetSqlInfo,
+        _request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        metadata_answer(query.into_builder(&SQL_INFO).build())
+    }
+
+    /// The server's own [`SQL_INFO`] is fixed; nothing to register.
     async fn register_sql_info(&self, _id: i32, _result: &SqlInfo) {}
 }
 

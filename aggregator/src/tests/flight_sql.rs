@@ -2,6 +2,7 @@
 //! QUIC, then read back with arrow-flight's Flight SQL client, as an admin,
 //! as an affiliate (its own rows, whatever the SQL), and refused.
 
+use arrow_flight::FlightInfo;
 use arrow_flight::error::FlightError;
 use arrow_flight::sql::client::FlightSqlServiceClient;
 use edgetally_protocol::money::{Currency, Money};
@@ -71,6 +72,26 @@ async fn query(
     let batches: Vec<arrow_array::RecordBatch> =
         client.do_get(ticket).await.map_err(status)?.try_collect().await.map_err(status)?;
     Ok(rows(&batches))
+}
+
+/// The rows of the flight `info` describes.
+async fn fetch(client: &mut FlightSqlServiceClient<tonic::transport::Channel>, info: FlightInfo) -> Vec<Vec<String>> {
+    let ticket = info.endpoint[0].ticket.clone().expect("an endpoint has a ticket");
+    let batches: Vec<arrow_array::RecordBatch> = client.do_get(ticket).await.unwrap().try_collect().await.unwrap();
+    rows(&batches)
+}
+
+/// The tables a client is shown: catalog, schema, name and type.
+async fn tables(client: &mut FlightSqlServiceClient<tonic::transport::Channel>) -> Vec<Vec<String>> {
+    let command = arrow_flight::sql::CommandGetTables { include_schema: true, ..Default::default() };
+    let info = client.get_tables(command).await.unwrap();
+    let mut rows = fetch(client, info).await;
+    for row in &mut rows {
+        // The fifth column is the table's schema as Arrow IPC.
+        assert!(row.len() == 5 && !row[4].is_empty(), "{row:?}");
+        row.truncate(4);
+    }
+    rows
 }
 
 fn rows(batches: &[arrow_array::RecordBatch]) -> Vec<Vec<String>> {
@@ -163,6 +184,25 @@ async fn sql_sums_what_was_shipped_inner() {
     assert_eq!(rows(&batches), expect(&[&["7", "84", "8"], &["8", "18", "0"]]));
     prepared.close().await.unwrap();
 
+    // Metadata for tools that browse: one catalog, one schema, the three
+    // tables (sorted by name), and a server that says it only reads.
+    let info = client.get_catalogs().await.unwrap();
+    assert_eq!(fetch(&mut client, info).await, expect(&[&["datafusion"]]));
+    let info = client.get_db_schemas(Default::default()).await.unwrap();
+    assert_eq!(fetch(&mut client, info).await, expect(&[&["datafusion", "public"]]));
+    assert_eq!(
+        tables(&mut client).await,
+        expect(&[
+            &["datafusion", "public", "conversions", "TABLE"],
+            &["datafusion", "public", "quarantine", "TABLE"],
+            &["datafusion", "public", "rollups", "TABLE"],
+        ])
+    );
+    let info = client.get_table_types().await.unwrap();
+    assert_eq!(fetch(&mut client, info).await, expect(&[&["TABLE"]]));
+    let info = client.get_sql_info(vec![arrow_flight::sql::SqlInfo::FlightSqlServerReadOnly]).await.unwrap();
+    assert_eq!(fetch(&mut client, info).await, expect(&[&["3", "{bool_value=true}"]]));
+
     connection.close(0u32.into(), b"done");
     endpoint.wait_idle().await;
     aggregator.shutdown().await;
@@ -251,6 +291,10 @@ async fn sql_scopes_rows_by_role_inner() {
         quarantine,
     );
     check_refused(query(&mut affiliate, "DROP TABLE conversions").await, Code::InvalidArgument, "read-only");
+    assert_eq!(
+        tables(&mut affiliate).await,
+        expect(&[&["datafusion", "public", "conversions", "TABLE"], &["datafusion", "public", "rollups", "TABLE"]])
+    );
 
     // Edges may not use SQL; callers without a valid token learn nothing.
     let mut edge = sql_client(&aggregator, Some(FLIGHT_EDGE_TOKEN)).await;
