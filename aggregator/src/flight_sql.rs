@@ -32,7 +32,8 @@
 //! refused with `RESOURCE_EXHAUSTED`, not queued), operators that buffer
 //! (aggregation, sort, join) share [`SQL_MEMORY_BYTES_MAX`] and never spill
 //! to disk, a query's answer ends with `DEADLINE_EXCEEDED` after
-//! [`SQL_QUERY_TIME_MAX`], and the SQL text is at most
+//! [`SQL_QUERY_TIME_MAX`] (and frees its slot then, read or not), and the
+//! SQL text is at most
 //! [`REQUEST_BYTES_MAX`], like every Flight request.
 
 use std::fmt;
@@ -74,7 +75,7 @@ use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
 use prost::Message;
 use tokio::net::TcpListener;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
@@ -106,6 +107,11 @@ const SQL_MEMORY_BYTES_MAX: usize = 256 * 1024 * 1024;
 /// mistakes such as `generate_series(1, 1e12)` from holding a slot of
 /// [`SQL_QUERIES_MAX`] forever.
 const SQL_QUERY_TIME_MAX: Duration = Duration::from_secs(60);
+
+/// Batches of one answer computed ahead of its reader. Two keep the query
+/// busy while the previous batch is encoded and sent; each is at most
+/// DataFusion's batch size (8,192 rows).
+const ANSWER_QUEUE_BATCHES_MAX: usize = 2;
 
 /// The only table type: every table is a dataset.
 const TABLE_TYPE: &str = "TABLE";
@@ -424,25 +430,39 @@ impl AggregatorFlightSql {
     }
 }
 
-/// `batches`, ended by `DEADLINE_EXCEEDED` at `deadline`, holding `permit`
-/// until the stream is done or dropped. Dropping DataFusion's stream stops
-/// the query's tasks.
+/// `batches`, ended by `DEADLINE_EXCEEDED` at `deadline`. A task of its
+/// own runs the query into a queue of [`ANSWER_QUEUE_BATCHES_MAX`]
+/// batches, holding `permit` until the query ends, fails, its reader goes
+/// away or the deadline passes, whichever is first: a client that stops
+/// reading cannot keep a slot past the deadline. Dropping DataFusion's
+/// stream stops the query's own tasks.
 fn until(
     batches: SendableRecordBatchStream,
     deadline: tokio::time::Instant,
     permit: OwnedSemaphorePermit,
-) -> BoxStream<'static, Result<arrow_array::RecordBatch, FlightError>> {
+) -> BoxStream<'static, Result<RecordBatch, FlightError>> {
     let flight_error = |error: FlightSqlError| FlightError::Tonic(Box::new(into_status(error)));
-    stream::unfold(Some((batches, permit)), move |state| async move {
-        let (mut batches, permit) = state?;
-        match tokio::time::timeout_at(deadline, batches.next()).await {
-            Ok(Some(Ok(batch))) => Some((Ok(batch), Some((batches, permit)))),
-            Ok(Some(Err(error))) => Some((Err(flight_error(error.into())), None)),
-            Ok(None) => None,
-            Err(_) => Some((Err(flight_error(FlightSqlError::TooSlow)), None)),
+    let (queue, answer) = mpsc::channel(ANSWER_QUEUE_BATCHES_MAX);
+    tokio::spawn(async move {
+        let mut batches = batches;
+        let run = async {
+            while let Some(batch) = batches.next().await {
+                let failed = batch.is_err();
+                if queue.send(batch.map_err(|error| flight_error(error.into()))).await.is_err() || failed {
+                    return;
+                }
+            }
+        };
+        let in_time = tokio::time::timeout_at(deadline, run).await.is_ok();
+        drop(batches);
+        drop(permit);
+        if !in_time {
+            // Waits for room without holding a slot; ends if the reader
+            // is gone.
+            let _ = queue.send(Err(flight_error(FlightSqlError::TooSlow))).await;
         }
-    })
-    .boxed()
+    });
+    stream::unfold(answer, |mut answer| async move { answer.recv().await.map(|batch| (batch, answer)) }).boxed()
 }
 
 /// The SQL text of a statement handle or ticket.
