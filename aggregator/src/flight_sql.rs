@@ -39,6 +39,7 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
@@ -177,8 +178,16 @@ struct AggregatorFlightSql {
     /// Shared by every session: its memory pool is what
     /// [`SQL_MEMORY_BYTES_MAX`] bounds.
     runtime: Arc<RuntimeEnv>,
-    queries: Arc<Semaphore>,
+    queries: Arc<SqlSlots>,
     refusals: Arc<Refusals>,
+}
+
+/// The [`SQL_QUERIES_MAX`] slots queries plan and run in, and how often a
+/// query found none; read by the metrics.
+#[derive(Debug)]
+pub(crate) struct SqlSlots {
+    semaphore: Arc<Semaphore>,
+    n_refused: AtomicU64,
 }
 
 /// The tables one role sees: the datasets [`scope`] lets it read, each
@@ -251,22 +260,19 @@ fn read_only() -> SQLOptions {
 }
 
 /// Serves Flight SQL on `listener` until `shutdown` completes, with
-/// `runtime` from [`runtime_env`]. `auth: None` lets every caller in as an
+/// `runtime` from [`runtime_env`] and `queries` counted in `SqlSlots`.
+/// `auth: None` lets every caller in as an
 /// admin.
 pub(crate) async fn serve(
     listener: TcpListener,
     store: Arc<Store>,
     runtime: Arc<RuntimeEnv>,
+    queries: Arc<SqlSlots>,
     auth: Option<Arc<FlightAuth>>,
     refusals: Arc<Refusals>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
-    let service = AggregatorFlightSql {
-        store,
-        runtime,
-        queries: Arc::new(Semaphore::new(SQL_QUERIES_MAX)),
-        refusals: refusals.clone(),
-    };
+    let service = AggregatorFlightSql { store, runtime, queries, refusals: refusals.clone() };
     let server = FlightServiceServer::new(service).max_decoding_message_size(REQUEST_BYTES_MAX);
     tonic::transport::Server::builder()
         .max_concurrent_streams(STREAMS_PER_CONNECTION_MAX)
@@ -286,6 +292,24 @@ fn runtime_env_with(memory_bytes_max: usize) -> Result<Arc<RuntimeEnv>, DataFusi
         .with_memory_limit(memory_bytes_max, 1.0)
         .with_disk_manager_builder(DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled))
         .build_arc()
+}
+
+// === impl SqlSlots ===
+
+impl SqlSlots {
+    pub(crate) fn new() -> SqlSlots {
+        SqlSlots { semaphore: Arc::new(Semaphore::new(SQL_QUERIES_MAX)), n_refused: AtomicU64::new(0) }
+    }
+
+    /// Queries planning or running now.
+    pub(crate) fn n_running(&self) -> u64 {
+        (SQL_QUERIES_MAX - self.semaphore.available_permits()) as u64
+    }
+
+    /// Queries refused since start because every slot was taken.
+    pub(crate) fn n_refused(&self) -> u64 {
+        self.n_refused.load(Ordering::Relaxed)
+    }
 }
 
 // === impl Gate ===
@@ -352,7 +376,10 @@ impl From<DataFusionError> for FlightSqlError {
 impl AggregatorFlightSql {
     /// A slot of [`SQL_QUERIES_MAX`], or `Busy`.
     fn admit(&self) -> Result<OwnedSemaphorePermit, FlightSqlError> {
-        self.queries.clone().try_acquire_owned().map_err(|_| FlightSqlError::Busy)
+        self.queries.semaphore.clone().try_acquire_owned().map_err(|_| {
+            self.queries.n_refused.fetch_add(1, Ordering::Relaxed);
+            FlightSqlError::Busy
+        })
     }
 
     /// A session for `role`: fresh per query, so nothing one query sets or

@@ -150,6 +150,10 @@ pub struct Stats {
     /// a role that may not make the call or read what it asked for.
     pub flight_refused_unauthenticated: u64,
     pub flight_refused_permission_denied: u64,
+    /// Flight SQL queries planning or running now, and those refused since
+    /// start because the most allowed at once were.
+    pub flight_sql_queries: u64,
+    pub flight_sql_queries_refused: u64,
 }
 
 /// Why an aggregator could not start. Messages leave out their source,
@@ -240,6 +244,7 @@ pub(crate) struct StatsSource {
     replay: ingest::Replay,
     followers: Arc<follow::Followers>,
     flight_refusals: Arc<flight_service::Refusals>,
+    flight_sql_queries: Arc<flight_sql::SqlSlots>,
 }
 
 // === impl Aggregator ===
@@ -349,10 +354,12 @@ impl Aggregator {
             listener.local_addr().map_err(|source| Error::FlightSqlBind { addr: config.flight_sql_listen, source })?;
         let sql_runtime = flight_sql::runtime_env().map_err(|error| Error::FlightSqlEngine(Box::new(error)))?;
         let (flight_sql_shutdown, sql_shutdown_signal) = oneshot::channel();
+        let flight_sql_queries = Arc::new(flight_sql::SqlSlots::new());
         let flight_sql_task = tokio::spawn(flight_sql::serve(
             listener,
             store.clone(),
             sql_runtime,
+            flight_sql_queries.clone(),
             flight_auth,
             flight_refusals.clone(),
             async {
@@ -368,6 +375,7 @@ impl Aggregator {
             replay,
             followers,
             flight_refusals,
+            flight_sql_queries,
         });
         let listener = TcpListener::bind(config.http_listen)
             .await
@@ -532,6 +540,8 @@ impl StatsSource {
             followers_lagged: self.followers.n_lagged(),
             flight_refused_unauthenticated: self.flight_refusals.n_unauthenticated(),
             flight_refused_permission_denied: self.flight_refusals.n_permission_denied(),
+            flight_sql_queries: self.flight_sql_queries.n_running(),
+            flight_sql_queries_refused: self.flight_sql_queries.n_refused(),
         }
     }
 }

@@ -13,7 +13,7 @@ fn service(memory_bytes_max: usize) -> AggregatorFlightSql {
     AggregatorFlightSql {
         store: Arc::new(Store::default()),
         runtime: runtime_env_with(memory_bytes_max).unwrap(),
-        queries: Arc::new(Semaphore::new(SQL_QUERIES_MAX)),
+        queries: Arc::new(SqlSlots::new()),
         refusals: Arc::default(),
     }
 }
@@ -37,23 +37,24 @@ async fn queries_at_once_are_bounded() {
     for _ in 0..SQL_QUERIES_MAX {
         held.push(service.answer(Role::Admin, long).await.unwrap());
     }
-    assert_eq!(service.queries.available_permits(), 0);
+    assert_eq!(service.queries.n_running(), 4);
     assert_eq!(code(&service, "SELECT 1").await, Code::ResourceExhausted);
     let error = service.answer(Role::Admin, "SELECT 1").await.err().unwrap();
     assert_eq!(error.to_string(), "too many sql queries at once: the limit is 4, retry later");
     // Planning alone takes a slot too.
     assert!(matches!(service.schema(Role::Admin, "SELECT 1").await, Err(FlightSqlError::Busy)));
+    assert_eq!(service.queries.n_refused(), 3);
     // One answer read to the end and one dropped free their slots.
     let finished = held.pop().unwrap();
     finished.try_collect::<Vec<_>>().await.unwrap();
     drop(held.pop());
     for _ in 0..100 {
-        if service.queries.available_permits() == 2 {
+        if service.queries.n_running() == 2 {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
-    assert_eq!(service.queries.available_permits(), 2);
+    assert_eq!(service.queries.n_running(), 2);
     assert_eq!(code(&service, "SELECT 1").await, Code::Ok);
 }
 
@@ -100,5 +101,5 @@ async fn sql_that_cannot_run_is_invalid_argument() {
         assert_eq!(code(&service, sql).await, Code::InvalidArgument, "{sql}");
     }
     // Nothing leaked a slot.
-    assert_eq!(service.queries.available_permits(), SQL_QUERIES_MAX);
+    assert_eq!(service.queries.n_running(), 0);
 }

@@ -319,6 +319,16 @@ async fn sql_scopes_rows_by_role_inner() {
     // and 2 quarantine reads by the affiliate.
     let stats = aggregator.stats();
     assert_eq!((stats.flight_refused_unauthenticated, stats.flight_refused_permission_denied), (6, 3));
+    assert_eq!((stats.flight_sql_queries, stats.flight_sql_queries_refused), (0, 0));
+    check_samples(
+        &scrape(&aggregator).await,
+        &[
+            ("edgetally_aggregator_flight_refused_total{reason=\"unauthenticated\"}", "6"),
+            ("edgetally_aggregator_flight_refused_total{reason=\"permission_denied\"}", "3"),
+            ("edgetally_aggregator_flight_sql_queries", "0"),
+            ("edgetally_aggregator_flight_sql_queries_refused_total", "0"),
+        ],
+    );
     connection.close(0u32.into(), b"done");
     endpoint.wait_idle().await;
     aggregator.shutdown().await;
