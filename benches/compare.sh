@@ -116,7 +116,8 @@ fmt() { python3 -c 'import sys; print(format(float(sys.argv[2]), sys.argv[1]))' 
 # --- servers
 
 RUST_LOG=warn "$bin/edgetally-aggregator" --data-dir "$work/aggregator" \
-    --quic-listen 127.0.0.1:0 --flight-listen 127.0.0.1:0 --http-listen 127.0.0.1:0 & pids+=($!)
+    --quic-listen 127.0.0.1:0 --flight-listen 127.0.0.1:0 --flight-sql-listen 127.0.0.1:0 \
+    --http-listen 127.0.0.1:0 & pids+=($!)
 aggregator_pid=$!
 wait_for "$work/aggregator/aggregator.json"
 quic=$(json "$work/aggregator/aggregator.json" quic)

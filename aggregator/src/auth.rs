@@ -87,6 +87,8 @@ pub(crate) enum Call {
     DoAction,
     ListActions,
     DoExchange,
+    /// Any call on the Flight SQL port: every one of them reads.
+    FlightSql,
 }
 
 /// Why a tokens file was refused.
@@ -269,7 +271,7 @@ impl Role {
 
     /// Whether this role may make `call` at all. Admins may do everything;
     /// affiliates may read (actions are for admins, writes for nobody but
-    /// admins); edges only ship over QUIC.
+    /// admins; Flight SQL only reads); edges only ship over QUIC.
     pub(crate) fn admit(self, call: Call) -> Result<(), Denied> {
         let allowed = match self {
             Role::Admin => true,
@@ -279,7 +281,8 @@ impl Role {
                 | Call::GetFlightInfo
                 | Call::PollFlightInfo
                 | Call::GetSchema
-                | Call::DoGet => true,
+                | Call::DoGet
+                | Call::FlightSql => true,
                 Call::DoPut | Call::DoAction | Call::ListActions | Call::DoExchange => false,
             },
             Role::Edge => false,
@@ -314,6 +317,7 @@ impl Call {
             Call::DoAction => "do_action",
             Call::ListActions => "list_actions",
             Call::DoExchange => "do_exchange",
+            Call::FlightSql => "flight_sql",
         }
     }
 }

@@ -55,23 +55,23 @@ use crate::wal::Wal;
 /// Target size of one `FlightData` message. Arrow splits batches to stay
 /// near it, which keeps each message well under tonic's default 4 MiB
 /// decoding limit on the client side.
-const FLIGHT_DATA_BYTES_MAX: usize = 2 * 1024 * 1024;
+pub(crate) const FLIGHT_DATA_BYTES_MAX: usize = 2 * 1024 * 1024;
 
 /// Largest request message accepted. Requests are tickets and descriptors
 /// of a few hundred bytes; tonic's default of 4 MiB is far more than needed.
-const REQUEST_BYTES_MAX: usize = 64 * 1024;
+pub(crate) const REQUEST_BYTES_MAX: usize = 64 * 1024;
 
 /// Concurrent requests on one HTTP/2 connection. Each `DoGet` holds its
 /// whole answer in memory while it streams, so this bounds what one client
 /// can make the server hold at once.
-const STREAMS_PER_CONNECTION_MAX: u32 = 16;
+pub(crate) const STREAMS_PER_CONNECTION_MAX: u32 = 16;
 
 /// Longest error message sent to a client; a JSON parser's message can
 /// quote the input.
 const STATUS_MESSAGE_BYTES_MAX: usize = 512;
 
 /// The metadata key of the bearer token (gRPC metadata keys are lowercase).
-const AUTHORIZATION: &str = "authorization";
+pub(crate) const AUTHORIZATION: &str = "authorization";
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum FlightServiceError {
@@ -115,15 +115,7 @@ pub(crate) const SET_CONVERSION_STATUS: &str = "set_conversion_status";
 
 /// Maps an error to its gRPC status, truncating the message.
 pub(crate) fn into_status(error: FlightServiceError) -> Status {
-    let mut message = error.to_string();
-    if message.len() > STATUS_MESSAGE_BYTES_MAX {
-        let mut end = STATUS_MESSAGE_BYTES_MAX;
-        while !message.is_char_boundary(end) {
-            end -= 1;
-        }
-        message.truncate(end);
-        message.push('…');
-    }
+    let message = status_message(&error);
     match error {
         FlightServiceError::Ticket(_) | FlightServiceError::DescriptorPath => Status::invalid_argument(message),
         FlightServiceError::Arrow(_) | FlightServiceError::Task(_) => Status::internal(message),
@@ -141,6 +133,20 @@ pub(crate) fn into_status(error: FlightServiceError) -> Status {
         FlightServiceError::Unauthenticated(_) => Status::unauthenticated(message),
         FlightServiceError::PermissionDenied(_) => Status::permission_denied(message),
     }
+}
+
+/// `error`'s message, cut to [`STATUS_MESSAGE_BYTES_MAX`] bytes.
+pub(crate) fn status_message(error: &dyn std::error::Error) -> String {
+    let mut message = error.to_string();
+    if message.len() > STATUS_MESSAGE_BYTES_MAX {
+        let mut end = STATUS_MESSAGE_BYTES_MAX;
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.truncate(end);
+        message.push('…');
+    }
+    message
 }
 
 /// Serves Flight on `listener` until `shutdown` completes. Follow streams
@@ -182,6 +188,14 @@ impl Refusals {
     pub(crate) fn n_permission_denied(&self) -> u64 {
         self.permission_denied.load(Ordering::Relaxed)
     }
+
+    pub(crate) fn count_unauthenticated(&self) {
+        self.unauthenticated.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn count_permission_denied(&self) {
+        self.permission_denied.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 // === impl AggregatorFlight ===
@@ -203,15 +217,12 @@ impl AggregatorFlight {
 
     /// The status for `error`, counting refusals.
     fn status(&self, call: Call, error: FlightServiceError) -> Status {
-        let counter = match &error {
-            FlightServiceError::Unauthenticated(_) => Some(&self.refusals.unauthenticated),
-            FlightServiceError::PermissionDenied(_) => Some(&self.refusals.permission_denied),
-            _ => None,
-        };
-        if let Some(counter) = counter {
-            counter.fetch_add(1, Ordering::Relaxed);
-            debug!(%error, call = call.as_str(), "Flight call refused.");
+        match &error {
+            FlightServiceError::Unauthenticated(_) => self.refusals.count_unauthenticated(),
+            FlightServiceError::PermissionDenied(_) => self.refusals.count_permission_denied(),
+            _ => return into_status(error),
         }
+        debug!(%error, call = call.as_str(), "Flight call refused.");
         into_status(error)
     }
 

@@ -8,15 +8,16 @@
 //! (`snapshot`: a manifest of sealed Parquet partitions by UTC day,
 //! `partition`), the in-memory rollups and conversions (`store`),
 //! what a Flight ticket asks for (`ticket`, `query`), the Flight server
-//! that answers it (`flight_service`), who may call it and read what
-//! (`auth`), the follow streams of what is applied next (`follow`), the edges' tokens (`edges`, kept as hashes by
+//! that answers it (`flight_service`), the Flight SQL server on a port of
+//! its own (`flight_sql`, DataFusion over the same datasets), who may call
+//! them and read what (`auth`), the follow streams of what is applied next (`follow`), the edges' tokens (`edges`, kept as hashes by
 //! `token_hash`), the campaigns
 //! served to them (`catalog`), and the operations HTTP listener with
 //! `/metrics` and `/healthz` (`http`, `metrics`). [`Aggregator::start`]
 //! loads the manifest and its partitions, replays the log after it and
 //! wires them together; `main.rs` is a thin command-line shell around it.
 //!
-//! Not here yet: Flight SQL.
+//! Not here yet: the dashboard.
 
 mod admin;
 mod auth;
@@ -24,6 +25,7 @@ mod catalog;
 mod cert;
 mod edges;
 mod flight_service;
+mod flight_sql;
 mod follow;
 mod http;
 mod ingest;
@@ -59,7 +61,8 @@ pub use wal::WalError;
 #[doc(hidden)]
 pub use wal::recover_payloads as wal_recover_payloads;
 
-/// How long [`Aggregator::shutdown`] waits for each of QUIC and Flight to
+/// How long [`Aggregator::shutdown`] waits for each of QUIC, Flight and
+/// Flight SQL to
 /// drain before it drops what is left. Edges resend anything unacknowledged,
 /// and a Flight client retries, so waiting longer only delays a restart.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -74,6 +77,9 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub quic_listen: SocketAddr,
     pub flight_listen: SocketAddr,
+    /// TCP address for Flight SQL (read-only SQL over the same datasets,
+    /// with the same tokens as Flight).
+    pub flight_sql_listen: SocketAddr,
     /// TCP address for `/metrics` and `/healthz`.
     pub http_listen: SocketAddr,
     /// PEM certificate chain for QUIC; with `tls_key`, replaces the
@@ -169,6 +175,10 @@ pub struct Stats {
     /// a role that may not make the call or read what it asked for.
     pub flight_refused_unauthenticated: u64,
     pub flight_refused_permission_denied: u64,
+    /// Flight SQL queries planning or running now, and those refused since
+    /// start because the most allowed at once were.
+    pub flight_sql_queries: u64,
+    pub flight_sql_queries_refused: u64,
 }
 
 /// Why an aggregator could not start. Messages leave out their source,
@@ -187,6 +197,10 @@ pub enum Error {
     QuicBind { addr: SocketAddr, source: io::Error },
     #[error("bind flight on {addr}")]
     FlightBind { addr: SocketAddr, source: io::Error },
+    #[error("bind flight sql on {addr}")]
+    FlightSqlBind { addr: SocketAddr, source: io::Error },
+    #[error("flight sql query engine")]
+    FlightSqlEngine(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("bind http on {addr}")]
     HttpBind { addr: SocketAddr, source: io::Error },
     #[error("write-ahead log")]
@@ -226,6 +240,7 @@ async fn follow_rules(mut snapshots: catalog::SnapshotReceiver, wal: Arc<wal::Wa
 pub struct Aggregator {
     quic_addr: SocketAddr,
     flight_addr: SocketAddr,
+    flight_sql_addr: SocketAddr,
     http_addr: SocketAddr,
     quic_cert_path: PathBuf,
     endpoint: quinn::Endpoint,
@@ -242,6 +257,8 @@ pub struct Aggregator {
     rules_task: JoinHandle<()>,
     flight_shutdown: oneshot::Sender<()>,
     flight_task: JoinHandle<Result<(), tonic::transport::Error>>,
+    flight_sql_shutdown: oneshot::Sender<()>,
+    flight_sql_task: JoinHandle<Result<(), tonic::transport::Error>>,
 }
 
 /// What [`Stats`] is read from; shared with the metrics endpoint.
@@ -253,6 +270,7 @@ pub(crate) struct StatsSource {
     replay: ingest::Replay,
     followers: Arc<follow::Followers>,
     flight_refusals: Arc<flight_service::Refusals>,
+    flight_sql_queries: Arc<flight_sql::SqlSlots>,
 }
 
 // === impl Aggregator ===
@@ -351,16 +369,40 @@ impl Aggregator {
             None => warn!("No Flight tokens configured: anyone who reaches the Flight port may read every dataset."),
         }
         let flight_refusals = Arc::new(flight_service::Refusals::default());
+        let flight_auth = config.flight_auth.map(Arc::new);
         let flight_task = tokio::spawn(flight_service::serve(
             listener,
             store.clone(),
             wal.clone(),
             followers.clone(),
-            config.flight_auth.map(Arc::new),
+            flight_auth.clone(),
             flight_refusals.clone(),
             async {
                 // Either a send or a dropped sender means stop.
                 let _ = shutdown_signal.await;
+            },
+        ));
+
+        // Flight SQL: the same tokens, and its refusals counted with
+        // Flight's.
+        let listener = TcpListener::bind(config.flight_sql_listen)
+            .await
+            .map_err(|source| Error::FlightSqlBind { addr: config.flight_sql_listen, source })?;
+        let flight_sql_addr =
+            listener.local_addr().map_err(|source| Error::FlightSqlBind { addr: config.flight_sql_listen, source })?;
+        let sql_runtime = flight_sql::runtime_env().map_err(|error| Error::FlightSqlEngine(Box::new(error)))?;
+        let (flight_sql_shutdown, sql_shutdown_signal) = oneshot::channel();
+        let flight_sql_queries = Arc::new(flight_sql::SqlSlots::new());
+        let flight_sql_task = tokio::spawn(flight_sql::serve(
+            listener,
+            store.clone(),
+            sql_runtime,
+            flight_sql_queries.clone(),
+            flight_auth,
+            flight_refusals.clone(),
+            async {
+                // Either a send or a dropped sender means stop.
+                let _ = sql_shutdown_signal.await;
             },
         ));
 
@@ -372,6 +414,7 @@ impl Aggregator {
             replay,
             followers,
             flight_refusals,
+            flight_sql_queries,
         });
         let listener = TcpListener::bind(config.http_listen)
             .await
@@ -381,10 +424,11 @@ impl Aggregator {
         let http = Arc::new(http::Http { metrics: metrics::Metrics::new(stats.clone()), wal: wal.clone() });
         let http_task = tokio::spawn(http::serve(listener, http, http_shutdown_rx));
 
-        info!(quic = %quic_addr, flight = %flight_addr, http = %http_addr, quic_cert = %identity.cert_path.display(), "Aggregator started.");
+        info!(quic = %quic_addr, flight = %flight_addr, flight_sql = %flight_sql_addr, http = %http_addr, quic_cert = %identity.cert_path.display(), "Aggregator started.");
         Ok(Aggregator {
             quic_addr,
             flight_addr,
+            flight_sql_addr,
             http_addr,
             quic_cert_path: identity.cert_path,
             endpoint,
@@ -401,6 +445,8 @@ impl Aggregator {
             rules_task,
             flight_shutdown,
             flight_task,
+            flight_sql_shutdown,
+            flight_sql_task,
         })
     }
 
@@ -412,6 +458,11 @@ impl Aggregator {
     /// The bound Arrow Flight address.
     pub fn flight_addr(&self) -> SocketAddr {
         self.flight_addr
+    }
+
+    /// The bound Flight SQL address.
+    pub fn flight_sql_addr(&self) -> SocketAddr {
+        self.flight_sql_addr
     }
 
     /// The bound address of `/metrics` and `/healthz`.
@@ -430,7 +481,7 @@ impl Aggregator {
     }
 
     /// Stops accepting, closes every edge connection and stops the Flight
-    /// server. A batch applied whose ack was cut off is resent by its edge
+    /// and Flight SQL servers. A batch applied whose ack was cut off is resent by its edge
     /// and skipped then, so closing mid-stream loses nothing.
     pub async fn shutdown(self) {
         if let Some(task) = &self.catalog_task {
@@ -481,6 +532,19 @@ impl Aggregator {
                 flight_task.abort();
             }
         }
+        // SQL answers end by themselves (they are bounded in time), so the
+        // server drains like Flight's.
+        let _ = self.flight_sql_shutdown.send(());
+        let mut flight_sql_task = self.flight_sql_task;
+        match tokio::time::timeout(SHUTDOWN_GRACE, &mut flight_sql_task).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(error))) => warn!(%error, "Flight SQL server failed."),
+            Ok(Err(error)) => warn!(%error, "Flight SQL task failed."),
+            Err(_) => {
+                warn!(grace_ms = SHUTDOWN_GRACE.as_millis(), "Flight SQL server did not drain in time.");
+                flight_sql_task.abort();
+            }
+        }
         let _ = self.http_shutdown.send(());
         if let Err(error) = self.http_task.await {
             warn!(%error, "HTTP task failed.");
@@ -520,6 +584,8 @@ impl StatsSource {
             followers_lagged: self.followers.n_lagged(),
             flight_refused_unauthenticated: self.flight_refusals.n_unauthenticated(),
             flight_refused_permission_denied: self.flight_refusals.n_permission_denied(),
+            flight_sql_queries: self.flight_sql_queries.n_running(),
+            flight_sql_queries_refused: self.flight_sql_queries.n_refused(),
         }
     }
 }

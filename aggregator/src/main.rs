@@ -20,6 +20,7 @@ use tracing_subscriber::EnvFilter;
 const ENV_DATA_DIR: &str = "EDGETALLY_AGGREGATOR_DATA_DIR";
 const ENV_QUIC_LISTEN: &str = "EDGETALLY_AGGREGATOR_QUIC_LISTEN";
 const ENV_FLIGHT_LISTEN: &str = "EDGETALLY_AGGREGATOR_FLIGHT_LISTEN";
+const ENV_FLIGHT_SQL_LISTEN: &str = "EDGETALLY_AGGREGATOR_FLIGHT_SQL_LISTEN";
 const ENV_HTTP_LISTEN: &str = "EDGETALLY_AGGREGATOR_HTTP_LISTEN";
 const ENV_TLS_CERT: &str = "EDGETALLY_AGGREGATOR_TLS_CERT";
 const ENV_TLS_KEY: &str = "EDGETALLY_AGGREGATOR_TLS_KEY";
@@ -50,6 +51,10 @@ struct Args {
     /// TCP address for Arrow Flight.
     #[arg(long, env = ENV_FLIGHT_LISTEN, default_value = "127.0.0.1:8815")]
     flight_listen: SocketAddr,
+    /// TCP address for Flight SQL: read-only SQL over rollups, conversions
+    /// and quarantine, with the same tokens as Flight.
+    #[arg(long, env = ENV_FLIGHT_SQL_LISTEN, default_value = "127.0.0.1:8816")]
+    flight_sql_listen: SocketAddr,
     /// TCP address for /metrics and /healthz.
     #[arg(long, env = ENV_HTTP_LISTEN, default_value = "127.0.0.1:8090")]
     http_listen: SocketAddr,
@@ -127,6 +132,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         data_dir: args.data_dir,
         quic_listen: args.quic_listen,
         flight_listen: args.flight_listen,
+        flight_sql_listen: args.flight_sql_listen,
         http_listen: args.http_listen,
         tls_cert: args.tls_cert,
         tls_key: args.tls_key,
@@ -155,12 +161,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Writes `{"quic":…,"flight":…,"http":…,"quic_cert":…}` via a temp file and a
+/// Writes `{"quic":…,"flight":…,"flight_sql":…,"http":…,"quic_cert":…}` via a temp file and a
 /// rename, so a reader never sees half of it.
 fn write_address_file(path: &Path, aggregator: &Aggregator) -> anyhow::Result<()> {
     let addresses = serde_json::json!({
         "quic": aggregator.quic_addr().to_string(),
         "flight": aggregator.flight_addr().to_string(),
+        "flight_sql": aggregator.flight_sql_addr().to_string(),
         "http": aggregator.http_addr().to_string(),
         "quic_cert": aggregator.quic_cert_path(),
     });

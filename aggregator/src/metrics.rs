@@ -121,6 +121,11 @@ impl Collector for StatsCollector {
                 "Flight follow streams cut off because they fell a whole queue of batches behind",
                 stats.followers_lagged,
             ),
+            (
+                "flight_sql_queries_refused",
+                "Flight SQL queries refused with RESOURCE_EXHAUSTED because the most allowed at once were planning or running",
+                stats.flight_sql_queries_refused,
+            ),
         ];
         for (name, help, value) in counters {
             let counter = ConstCounter::new(value);
@@ -131,6 +136,7 @@ impl Collector for StatsCollector {
             ("followers", "Flight follow streams open", stats.followers),
             ("partitions", "Parquet partition files the manifest lists", stats.partitions),
             ("partition_bytes", "Bytes of the Parquet partition files the manifest lists", stats.partition_bytes),
+            ("flight_sql_queries", "Flight SQL queries planning or running now", stats.flight_sql_queries),
         ];
         for (name, help, value) in gauges {
             let gauge = ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX));

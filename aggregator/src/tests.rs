@@ -259,6 +259,7 @@ pub(crate) fn loopback_config(data_dir: &std::path::Path) -> Config {
         data_dir: data_dir.to_owned(),
         quic_listen: "127.0.0.1:0".parse().unwrap(),
         flight_listen: "127.0.0.1:0".parse().unwrap(),
+        flight_sql_listen: "127.0.0.1:0".parse().unwrap(),
         http_listen: "127.0.0.1:0".parse().unwrap(),
         tls_cert: None,
         tls_key: None,
@@ -1388,3 +1389,5 @@ fn walk_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     files
 }
+
+mod flight_sql;

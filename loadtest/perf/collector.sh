@@ -26,7 +26,8 @@ json() { python3 -c "import json,sys; print(json.load(open(sys.argv[1]))[sys.arg
 start_stack() {
     local dir="$work/$1"
     RUST_LOG=warn "$bin/edgetally-aggregator" --data-dir "$dir/aggregator" \
-        --quic-listen 127.0.0.1:0 --flight-listen 127.0.0.1:0 --http-listen 127.0.0.1:0 & pids+=($!)
+        --quic-listen 127.0.0.1:0 --flight-listen 127.0.0.1:0 --flight-sql-listen 127.0.0.1:0 \
+        --http-listen 127.0.0.1:0 & pids+=($!)
     wait_for "$dir/aggregator/aggregator.json"
     local quic cert
     quic=$(json "$dir/aggregator/aggregator.json" quic)

@@ -38,6 +38,9 @@ pub(crate) struct StackArgs {
     /// Arrow Flight address of the aggregator.
     #[arg(long, default_value = "127.0.0.1:8815")]
     flight_listen: SocketAddr,
+    /// Flight SQL address of the aggregator.
+    #[arg(long, default_value = "127.0.0.1:8816")]
+    flight_sql_listen: SocketAddr,
     /// HTTP address of the aggregator (`/metrics`, `/healthz`).
     #[arg(long, default_value = "127.0.0.1:8090")]
     aggregator_http_listen: SocketAddr,
@@ -85,6 +88,7 @@ pub(crate) async fn run(args: StackArgs) -> anyhow::Result<()> {
         data_dir: aggregator_dir,
         quic_listen: args.quic_listen,
         flight_listen: args.flight_listen,
+        flight_sql_listen: args.flight_sql_listen,
         http_listen: args.aggregator_http_listen,
         tls_cert: None,
         tls_key: None,
@@ -150,6 +154,10 @@ pub(crate) async fn run(args: StackArgs) -> anyhow::Result<()> {
     );
     println!(
         "            as affiliate 1: cargo run -p edgetally-loadtest -- query --flight http://{flight} --flight-token {affiliate_token} --ticket '{{\"dataset\":\"conversions\"}}'"
+    );
+    println!(
+        "  sql       grpc://{}   (Flight SQL, same tokens; tables rollups, conversions, quarantine)",
+        aggregator.flight_sql_addr()
     );
     println!("  quic      {} (certificate {})", aggregator.quic_addr(), aggregator.quic_cert_path().display());
     println!("  traffic   {} requests/s generated; Ctrl-C stops", args.rate);

@@ -73,6 +73,7 @@ fn killed_collectors_and_an_unreachable_aggregator_lose_and_double_nothing() {
         os(&["--data-dir"]),
         vec![aggregator_dir.clone().into()],
         os(&["--quic-listen", &quic, "--flight-listen", &flight, "--http-listen", "127.0.0.1:0"]),
+        os(&["--flight-sql-listen", "127.0.0.1:0"]),
         os(&["--edge-tokens", path(&tokens_path)]),
     ]
     .concat();

@@ -96,6 +96,8 @@ impl Stack {
             "127.0.0.1:0".as_ref(),
             "--flight-listen".as_ref(),
             "127.0.0.1:0".as_ref(),
+            "--flight-sql-listen".as_ref(),
+            "127.0.0.1:0".as_ref(),
             "--http-listen".as_ref(),
             "127.0.0.1:0".as_ref(),
             "--edge-tokens".as_ref(),
@@ -352,6 +354,7 @@ impl Node {
         let args = [
             os(&["--data-dir", path(&data_dir)]),
             os(&["--quic-listen", "127.0.0.1:0", "--flight-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"]),
+            os(&["--flight-sql-listen", "127.0.0.1:0"]),
             os(extra),
         ]
         .concat();
