@@ -302,14 +302,8 @@ fn decode(bytes: bytes::Bytes) -> Result<Vec<RecordBatch>, String> {
             .map_err(|error| error.to_string())?;
         reader.collect::<Result<Vec<_>, _>>().map_err(|error| error.to_string())
     };
-    std::panic::catch_unwind(decode).unwrap_or_else(|panic| {
-        let message = panic
-            .downcast_ref::<String>()
-            .map(String::as_str)
-            .or_else(|| panic.downcast_ref::<&str>().copied())
-            .unwrap_or("no message");
-        Err(format!("reader panicked: {}", message.chars().take(200).collect::<String>()))
-    })
+    std::panic::catch_unwind(decode)
+        .unwrap_or_else(|panic| Err(format!("reader panicked: {}", edgetally_protocol::batch::panic_message(&*panic))))
 }
 
 /// Deletes `partition`'s file; a file already gone is fine. Its day

@@ -702,10 +702,16 @@ fn frame_with_conversions(sequence: u64, conversions: &[(u32, &str)]) -> Vec<u8>
             event_id: None,
         })
         .collect();
+    frame_of_conversions(sequence, &rows)
+}
+
+/// Batch `sequence` of `frame()`'s edge with its rollups and quarantine,
+/// and `rows` as its conversions.
+fn frame_of_conversions(sequence: u64, rows: &[ConversionRow]) -> Vec<u8> {
     BatchFrame {
         sequence,
         n_conversion_rows: rows.len() as u32,
-        conversions_ipc: encode_ipc(&conversions_to_batch(&rows)).unwrap().into(),
+        conversions_ipc: encode_ipc(&conversions_to_batch(rows)).unwrap().into(),
         ..frame()
     }
     .encode()

@@ -470,14 +470,18 @@ pub fn decode_ipc(bytes: &[u8]) -> Result<Vec<RecordBatch>, BatchError> {
         let reader = StreamReader::try_new(Cursor::new(bytes), None)?;
         Ok(reader.collect::<Result<Vec<_>, _>>()?)
     };
-    std::panic::catch_unwind(decode).unwrap_or_else(|panic| {
-        let message = panic
-            .downcast_ref::<String>()
-            .map(String::as_str)
-            .or_else(|| panic.downcast_ref::<&str>().copied())
-            .unwrap_or("no message");
-        Err(BatchError::Malformed(message.chars().take(200).collect()))
-    })
+    std::panic::catch_unwind(decode).unwrap_or_else(|panic| Err(BatchError::Malformed(panic_message(&*panic))))
+}
+
+/// The message of a panic caught by `catch_unwind`, cut to 200 characters
+/// for an error that names it.
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    let message = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("no message");
+    message.chars().take(200).collect()
 }
 
 /// Walks the messages of an IPC stream (`[0xFFFFFFFF] len i32 | metadata |

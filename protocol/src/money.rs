@@ -96,24 +96,20 @@ impl Currency {
         CURRENCIES
             .iter()
             .find(|(known, _)| *known == code)
-            .map(|(known, _)| {
-                let bytes = known.as_bytes();
-                Currency([bytes[0], bytes[1], bytes[2]])
-            })
+            .map(|(known, _)| Currency::of_table(known))
             .ok_or_else(|| MoneyError::UnknownCurrency(code.chars().take(8).collect()))
     }
 
     /// The least accepted currency in `Ord` order: the lower bound of a
     /// range scan over keys that end in a currency.
     pub fn least() -> Currency {
-        CURRENCIES
-            .iter()
-            .map(|(code, _)| {
-                let bytes = code.as_bytes();
-                Currency([bytes[0], bytes[1], bytes[2]])
-            })
-            .min()
-            .expect("the currency table is not empty")
+        CURRENCIES.iter().map(|(code, _)| Currency::of_table(code)).min().expect("the currency table is not empty")
+    }
+
+    /// A code of the table, every one three ASCII letters.
+    fn of_table(code: &str) -> Currency {
+        let bytes = code.as_bytes();
+        Currency([bytes[0], bytes[1], bytes[2]])
     }
 
     pub fn code(&self) -> &str {

@@ -38,14 +38,7 @@ fn frame_with_sales(sequence: u64, sales: &[(i64, u32, u32, &str, &str, &str)]) 
             event_id: None,
         })
         .collect();
-    BatchFrame {
-        sequence,
-        n_conversion_rows: rows.len() as u32,
-        conversions_ipc: encode_ipc(&conversions_to_batch(&rows)).unwrap().into(),
-        ..frame()
-    }
-    .encode()
-    .unwrap()
+    frame_of_conversions(sequence, &rows)
 }
 
 async fn sql_client(aggregator: &Aggregator, token: Option<&str>) -> FlightSqlServiceClient<tonic::transport::Channel> {
