@@ -12,9 +12,10 @@ use std::path::{Path, PathBuf};
 
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tonic::transport::ServerTlsConfig;
 use tracing::info;
 
-use crate::Config;
+use crate::{Config, TlsFiles};
 
 pub(crate) const CERT_FILE_NAME: &str = "quic-cert.pem";
 pub(crate) const KEY_FILE_NAME: &str = "quic-key.pem";
@@ -39,6 +40,10 @@ pub enum CertError {
     Absolute { path: PathBuf, source: io::Error },
     #[error("write {}", path.display())]
     Write { path: PathBuf, source: io::Error },
+    #[error("read {}", path.display())]
+    ReadFile { path: PathBuf, source: io::Error },
+    #[error("{} and {} are not a usable certificate and key", cert_path.display(), key_path.display())]
+    Unusable { cert_path: PathBuf, key_path: PathBuf, source: rustls::Error },
 }
 
 /// A loaded server identity.
@@ -81,6 +86,23 @@ fn load(cert_path: PathBuf, key_path: &Path) -> Result<Identity, CertError> {
     let key = PrivateKeyDer::from_pem_file(key_path)
         .map_err(|source| CertError::Read { path: key_path.to_owned(), source })?;
     Ok(Identity { cert_path, cert_chain, key })
+}
+
+/// Loads the certificate chain and key that Flight and Flight SQL serve
+/// TLS with, and checks that rustls accepts the pair (the key matches the
+/// certificate, of a kind rustls signs with) so a bad pair stops the start
+/// instead of failing every handshake.
+pub(crate) fn flight_tls(files: &TlsFiles) -> Result<ServerTlsConfig, CertError> {
+    let identity = load(files.cert.clone(), &files.key)?;
+    // The provider is named, not taken from the process default, so this
+    // check never depends on which provider another crate installed.
+    rustls::ServerConfig::builder_with_provider(rustls::crypto::ring::default_provider().into())
+        .with_safe_default_protocol_versions()
+        .and_then(|builder| builder.with_no_client_auth().with_single_cert(identity.cert_chain, identity.key))
+        .map_err(|source| CertError::Unusable { cert_path: files.cert.clone(), key_path: files.key.clone(), source })?;
+    let read = |path: &Path| fs::read(path).map_err(|source| CertError::ReadFile { path: path.to_owned(), source });
+    let pem = tonic::transport::Identity::from_pem(read(&files.cert)?, read(&files.key)?);
+    Ok(ServerTlsConfig::new().identity(pem))
 }
 
 fn generate(cert_path: &Path, key_path: &Path, tls_names: &[String]) -> Result<(), CertError> {

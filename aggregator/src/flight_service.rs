@@ -40,6 +40,7 @@ use arrow_schema::ArrowError;
 use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Server, ServerTlsConfig};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::debug;
 
@@ -149,11 +150,11 @@ pub(crate) fn status_message(error: &dyn std::error::Error) -> String {
     message
 }
 
-/// Serves Flight on `listener` until `shutdown` completes. Follow streams
+/// Serves Flight on `port` until `shutdown` completes. Follow streams
 /// never end by themselves: call `Store::stop_publishing` first so they do.
 /// `auth: None` lets every caller in as an admin.
 pub(crate) async fn serve(
-    listener: TcpListener,
+    port: Port,
     store: Arc<Store>,
     wal: Arc<Wal>,
     followers: Arc<Followers>,
@@ -163,11 +164,26 @@ pub(crate) async fn serve(
 ) -> Result<(), tonic::transport::Error> {
     let flight = AggregatorFlight { store, wal, followers, auth, refusals };
     let service = FlightServiceServer::new(flight).max_decoding_message_size(REQUEST_BYTES_MAX);
-    tonic::transport::Server::builder()
-        .max_concurrent_streams(STREAMS_PER_CONNECTION_MAX)
-        .add_service(service)
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown)
-        .await
+    let (mut server, incoming) = port.server()?;
+    server.add_service(service).serve_with_incoming_shutdown(incoming, shutdown).await
+}
+
+/// A bound Flight or Flight SQL port and the TLS it serves, if any.
+pub(crate) struct Port {
+    pub(crate) listener: TcpListener,
+    pub(crate) tls: Option<ServerTlsConfig>,
+}
+
+impl Port {
+    /// The gRPC server both Flight services run on, with their bounds
+    /// and TLS, and the connections it accepts.
+    pub(crate) fn server(self) -> Result<(Server, TcpIncoming), tonic::transport::Error> {
+        let mut server = Server::builder().max_concurrent_streams(STREAMS_PER_CONNECTION_MAX);
+        if let Some(tls) = self.tls {
+            server = server.tls_config(tls)?;
+        }
+        Ok((server, TcpIncoming::from(self.listener).with_nodelay(Some(true))))
+    }
 }
 
 struct AggregatorFlight {

@@ -75,17 +75,14 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
 use prost::Message;
-use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 use tracing::debug;
 
 use crate::auth::{Call, Denied, FlightAuth, Role, Unauthenticated};
 use crate::flight_service::{
-    AUTHORIZATION, FLIGHT_DATA_BYTES_MAX, REQUEST_BYTES_MAX, Refusals, STREAMS_PER_CONNECTION_MAX, scope,
-    status_message,
+    AUTHORIZATION, FLIGHT_DATA_BYTES_MAX, Port, REQUEST_BYTES_MAX, Refusals, scope, status_message,
 };
 use crate::query::{Dataset, Query};
 use crate::store::Store;
@@ -259,12 +256,11 @@ fn read_only() -> SQLOptions {
     SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false)
 }
 
-/// Serves Flight SQL on `listener` until `shutdown` completes, with
-/// `runtime` from [`runtime_env`] and `queries` counted in `SqlSlots`.
-/// `auth: None` lets every caller in as an
-/// admin.
+/// Serves Flight SQL on `port` until `shutdown` completes, with `runtime`
+/// from [`runtime_env`] and `queries` counted in `SqlSlots`. `auth: None`
+/// lets every caller in as an admin.
 pub(crate) async fn serve(
-    listener: TcpListener,
+    port: Port,
     store: Arc<Store>,
     runtime: Arc<RuntimeEnv>,
     queries: Arc<SqlSlots>,
@@ -273,11 +269,11 @@ pub(crate) async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
     let service = AggregatorFlightSql { store, runtime, queries, refusals: refusals.clone() };
-    let server = FlightServiceServer::new(service).max_decoding_message_size(REQUEST_BYTES_MAX);
-    tonic::transport::Server::builder()
-        .max_concurrent_streams(STREAMS_PER_CONNECTION_MAX)
-        .add_service(InterceptedService::new(server, Gate { auth, refusals }))
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown)
+    let service = FlightServiceServer::new(service).max_decoding_message_size(REQUEST_BYTES_MAX);
+    let (mut server, incoming) = port.server()?;
+    server
+        .add_service(InterceptedService::new(service, Gate { auth, refusals }))
+        .serve_with_incoming_shutdown(incoming, shutdown)
         .await
 }
 

@@ -110,6 +110,17 @@ pub struct Config {
     /// Who may call Arrow Flight, and as what role; `None` lets every
     /// caller read everything (logged as a warning at start).
     pub flight_auth: Option<FlightAuth>,
+    /// The certificate and key Flight and Flight SQL serve TLS with
+    /// (TLS 1.2 and 1.3, ALPN `h2`); `None` serves them in plain text,
+    /// for a loopback or a private network only.
+    pub flight_tls: Option<TlsFiles>,
+}
+
+/// A PEM certificate chain and its PEM private key.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 /// The default `snapshot_wal_bytes`. Replay reads the log at start at a few
@@ -189,6 +200,8 @@ pub enum Error {
     DataDir { path: PathBuf, source: io::Error },
     #[error("quic certificate")]
     Cert(#[from] CertError),
+    #[error("flight tls")]
+    FlightTls(#[source] CertError),
     #[error("quic tls config")]
     Tls(#[from] rustls::Error),
     #[error("quic tls config")]
@@ -243,6 +256,7 @@ pub struct Aggregator {
     flight_sql_addr: SocketAddr,
     http_addr: SocketAddr,
     quic_cert_path: PathBuf,
+    flight_tls: bool,
     endpoint: quinn::Endpoint,
     stats: Arc<StatsSource>,
     store: Arc<store::Store>,
@@ -283,6 +297,7 @@ impl Aggregator {
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|source| Error::DataDir { path: config.data_dir.clone(), source })?;
         let identity = cert::load_or_generate(&config)?;
+        let flight_tls = config.flight_tls.as_ref().map(cert::flight_tls).transpose().map_err(Error::FlightTls)?;
 
         let wal_dir = config.data_dir.join(WAL_DIR_NAME);
         let (store, replay, partitions) = {
@@ -368,10 +383,18 @@ impl Aggregator {
             ),
             None => warn!("No Flight tokens configured: anyone who reaches the Flight port may read every dataset."),
         }
+        let off_loopback = !(config.flight_listen.ip().is_loopback() && config.flight_sql_listen.ip().is_loopback());
+        if flight_tls.is_none() && off_loopback {
+            warn!(
+                flight = %config.flight_listen,
+                flight_sql = %config.flight_sql_listen,
+                "Flight serves plain text off loopback: tokens and data cross the network unencrypted."
+            );
+        }
         let flight_refusals = Arc::new(flight_service::Refusals::default());
         let flight_auth = config.flight_auth.map(Arc::new);
         let flight_task = tokio::spawn(flight_service::serve(
-            listener,
+            flight_service::Port { listener, tls: flight_tls.clone() },
             store.clone(),
             wal.clone(),
             followers.clone(),
@@ -394,7 +417,7 @@ impl Aggregator {
         let (flight_sql_shutdown, sql_shutdown_signal) = oneshot::channel();
         let flight_sql_queries = Arc::new(flight_sql::SqlSlots::new());
         let flight_sql_task = tokio::spawn(flight_sql::serve(
-            listener,
+            flight_service::Port { listener, tls: flight_tls.clone() },
             store.clone(),
             sql_runtime,
             flight_sql_queries.clone(),
@@ -431,6 +454,7 @@ impl Aggregator {
             flight_sql_addr,
             http_addr,
             quic_cert_path: identity.cert_path,
+            flight_tls: flight_tls.is_some(),
             endpoint,
             stats,
             store,
@@ -473,6 +497,12 @@ impl Aggregator {
     /// The absolute path of the PEM certificate collectors must trust.
     pub fn quic_cert_path(&self) -> &Path {
         &self.quic_cert_path
+    }
+
+    /// Whether Flight and Flight SQL speak TLS (`grpc+tls://`) rather
+    /// than plain text (`grpc://`).
+    pub fn flight_tls(&self) -> bool {
+        self.flight_tls
     }
 
     /// Counters of what the aggregator did so far.

@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use edgetally_aggregator::{
-    Aggregator, Config, EdgeTokens, FlightAuth, RETENTION_DAYS_DEFAULT, SNAPSHOT_WAL_BYTES_DEFAULT,
+    Aggregator, Config, EdgeTokens, FlightAuth, RETENTION_DAYS_DEFAULT, SNAPSHOT_WAL_BYTES_DEFAULT, TlsFiles,
 };
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::info;
@@ -29,6 +29,8 @@ const ENV_WAL_FSYNC: &str = "EDGETALLY_AGGREGATOR_WAL_FSYNC";
 const ENV_SNAPSHOT_WAL_BYTES: &str = "EDGETALLY_AGGREGATOR_SNAPSHOT_WAL_BYTES";
 const ENV_RETENTION_DAYS: &str = "EDGETALLY_AGGREGATOR_RETENTION_DAYS";
 const ENV_FLIGHT_TOKENS: &str = "EDGETALLY_FLIGHT_TOKENS";
+const ENV_FLIGHT_TLS_CERT: &str = "EDGETALLY_AGGREGATOR_FLIGHT_TLS_CERT";
+const ENV_FLIGHT_TLS_KEY: &str = "EDGETALLY_AGGREGATOR_FLIGHT_TLS_KEY";
 
 /// Where the bound addresses are written, in the data directory. Tests and
 /// the local stack bind port 0 and read the real ports back from it.
@@ -99,6 +101,14 @@ struct Args {
     /// port may read every dataset.
     #[arg(long, env = ENV_FLIGHT_TOKENS)]
     flight_tokens: Option<PathBuf>,
+    /// PEM certificate chain for TLS on the Flight and Flight SQL ports
+    /// (with --flight-tls-key); clients then connect with `grpc+tls://`.
+    /// Without it both ports speak plain text.
+    #[arg(long, env = ENV_FLIGHT_TLS_CERT, requires = "flight_tls_key")]
+    flight_tls_cert: Option<PathBuf>,
+    /// PEM private key for --flight-tls-cert.
+    #[arg(long, env = ENV_FLIGHT_TLS_KEY, requires = "flight_tls_cert")]
+    flight_tls_key: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -143,6 +153,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         edge_tokens: args.edge_tokens.as_deref().map(EdgeTokens::load).transpose().context("edge tokens")?,
         campaigns: args.campaigns,
         flight_auth: args.flight_tokens.as_deref().map(FlightAuth::load).transpose().context("flight tokens")?,
+        flight_tls: args.flight_tls_cert.zip(args.flight_tls_key).map(|(cert, key)| TlsFiles { cert, key }),
     };
     // Installed before start so a signal during start is not lost.
     let mut sigterm = signal(SignalKind::terminate()).context("install SIGTERM handler")?;
@@ -161,13 +172,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Writes `{"quic":…,"flight":…,"flight_sql":…,"http":…,"quic_cert":…}` via a temp file and a
+/// Writes `{"quic":…,"flight":…,"flight_sql":…,"flight_tls":…,"http":…,"quic_cert":…}`
+/// via a temp file and a
 /// rename, so a reader never sees half of it.
 fn write_address_file(path: &Path, aggregator: &Aggregator) -> anyhow::Result<()> {
     let addresses = serde_json::json!({
         "quic": aggregator.quic_addr().to_string(),
         "flight": aggregator.flight_addr().to_string(),
         "flight_sql": aggregator.flight_sql_addr().to_string(),
+        "flight_tls": aggregator.flight_tls(),
         "http": aggregator.http_addr().to_string(),
         "quic_cert": aggregator.quic_cert_path(),
     });

@@ -270,6 +270,7 @@ pub(crate) fn loopback_config(data_dir: &std::path::Path) -> Config {
         edge_tokens: None,
         campaigns: None,
         flight_auth: None,
+        flight_tls: None,
     }
 }
 

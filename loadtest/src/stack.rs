@@ -99,6 +99,7 @@ pub(crate) async fn run(args: StackArgs) -> anyhow::Result<()> {
         edge_tokens: Some(edge_tokens),
         campaigns: Some(campaigns_path.clone()),
         flight_auth: Some(flight_auth),
+        flight_tls: None,
     })
     .await
     .context("starting the aggregator")?;

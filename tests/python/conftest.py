@@ -86,6 +86,9 @@ class Stack:
     admin_token: str
     affiliate_7_token: str
     edge_token: str
+    # The PEM certificate Flight and Flight SQL serve TLS with, or None
+    # when they speak plain text.
+    tls_root: bytes | None = None
     processes: list = field(default_factory=list)
 
     def options(self, token: str | None) -> flight.FlightCallOptions:
@@ -93,7 +96,9 @@ class Stack:
         return flight.FlightCallOptions(headers=headers, timeout=30)
 
     def client(self) -> flight.FlightClient:
-        return flight.FlightClient(self.flight_url)
+        if self.tls_root is None:
+            return flight.FlightClient(self.flight_url)
+        return flight.FlightClient(self.flight_url, tls_root_certs=self.tls_root)
 
     def read(self, ticket: dict, token: str | None = None):
         """The whole answer to `ticket` as a pyarrow Table."""
@@ -130,7 +135,45 @@ class Stack:
                 process.wait()
 
 
-def start_stack(dir: pathlib.Path) -> Stack:
+def write_self_signed(cert_path: pathlib.Path, key_path: pathlib.Path) -> bytes:
+    """A self-signed certificate for localhost and 127.0.0.1 (ECDSA P-256,
+    valid for a day) and its key; returns the certificate's PEM."""
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    names = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName(names), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_pem = cert.public_bytes(serialization.Encoding.PEM)
+    cert_path.write_bytes(cert_pem)
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return cert_pem
+
+
+def start_stack(dir: pathlib.Path, tls: bool = False) -> Stack:
+    """Starts an aggregator and a collector in `dir`; with `tls`, Flight
+    and Flight SQL serve TLS with a certificate made here."""
     binaries = bin_dir()
     campaigns = dir / "campaigns.json"
     campaigns.write_text(json.dumps(RULES))
@@ -151,6 +194,11 @@ def start_stack(dir: pathlib.Path) -> Stack:
             }
         )
     )
+    tls_root, tls_flags = None, []
+    if tls:
+        cert, key = dir / "flight-cert.pem", dir / "flight-key.pem"
+        tls_root = write_self_signed(cert, key)
+        tls_flags = ["--flight-tls-cert", str(cert), "--flight-tls-key", str(key)]
     logs = None if os.environ.get("TEST_LOG") else subprocess.DEVNULL
     processes = []
     try:
@@ -163,6 +211,7 @@ def start_stack(dir: pathlib.Path) -> Stack:
                 *("--flight-sql-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"),
                 *("--edge-tokens", str(edge_tokens), "--campaigns", str(campaigns)),
                 *("--flight-tokens", str(flight_tokens)),
+                *tls_flags,
             ],
             stdout=logs,
             stderr=logs,
@@ -188,14 +237,17 @@ def start_stack(dir: pathlib.Path) -> Stack:
             process.kill()
             process.wait()
         raise
+    assert addresses["flight_tls"] == tls
+    scheme = "grpc+tls" if tls else "grpc"
     return Stack(
         dir=dir,
         collector_url=f"http://{collector_addresses['http']}",
-        flight_url=f"grpc://{addresses['flight']}",
-        flight_sql_url=f"grpc://{addresses['flight_sql']}",
+        flight_url=f"{scheme}://{addresses['flight']}",
+        flight_sql_url=f"{scheme}://{addresses['flight_sql']}",
         admin_token=admin_token,
         affiliate_7_token=affiliate_7_token,
         edge_token=edge_role_token,
+        tls_root=tls_root,
         processes=processes,
     )
 

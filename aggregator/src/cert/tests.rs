@@ -54,3 +54,26 @@ fn operator_files() {
     config.tls_key = Some(dir.path().join("missing.pem"));
     assert!(matches!(load_or_generate(&config), Err(CertError::Read { .. })));
 }
+
+#[test]
+fn flight_tls_takes_a_matching_pair_and_refuses_a_mismatch() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    for name in [&a, &b] {
+        fs::create_dir(name).unwrap();
+        generate(&name.join(CERT_FILE_NAME), &name.join(KEY_FILE_NAME), &[]).unwrap();
+    }
+    let files = |cert: &Path, key: &Path| TlsFiles { cert: cert.join(CERT_FILE_NAME), key: key.join(KEY_FILE_NAME) };
+    flight_tls(&files(&a, &a)).unwrap();
+    match flight_tls(&files(&a, &b)) {
+        Err(CertError::Unusable { cert_path, key_path, .. }) => {
+            assert_eq!(cert_path, a.join(CERT_FILE_NAME));
+            assert_eq!(key_path, b.join(KEY_FILE_NAME));
+        }
+        other => panic!("a key of another certificate: {:?}", other.map(|_| ())),
+    }
+    match flight_tls(&files(&a, &dir.path().join("missing"))) {
+        Err(CertError::Read { path, .. }) => assert_eq!(path, dir.path().join("missing").join(KEY_FILE_NAME)),
+        other => panic!("a missing key: {:?}", other.map(|_| ())),
+    }
+}
