@@ -302,8 +302,8 @@ impl AggregatorFlight {
         // Aggregating holds the store lock; keep it off the async workers.
         let store = self.store.clone();
         let answer = tokio::task::spawn_blocking(move || query.execute(&store)).await??;
-        debug!(n_rows = answer.num_rows(), "DoGet answered.");
-        let batches = (answer.num_rows() > 0).then_some(Ok(answer));
+        debug!(n_rows = answer.iter().map(arrow_array::RecordBatch::num_rows).sum::<usize>(), "DoGet answered.");
+        let batches = answer.into_iter().map(Ok);
         let encoded = FlightDataEncoderBuilder::new()
             .with_schema(schema)
             .with_max_flight_data_size(FLIGHT_DATA_BYTES_MAX)

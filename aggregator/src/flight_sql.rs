@@ -759,23 +759,32 @@ impl TableProvider for DatasetTable {
         TableType::Base
     }
 
-    /// Reads the dataset, narrowed to the role, into one in-memory batch:
-    /// this copies the dataset (the role's part of it) for every query that
-    /// scans it. Filters and limits are left to DataFusion, which applies
-    /// them on top.
+    /// Reads the dataset, narrowed to the role, into in-memory batches
+    /// dealt round-robin over the session's partitions: this copies the
+    /// dataset (the role's part of it) for every query that scans it.
+    /// Filters and limits are left to DataFusion, which applies them on top.
     async fn scan(
         &self,
-        _state: &dyn Session,
+        state: &dyn Session,
         projection: Option<&Vec<usize>>,
         _filters: &[Expr],
         _limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>, DataFusionError> {
         let (query, store) = (self.query.clone(), self.store.clone());
         // Reading holds the store lock; keep it off the async workers.
-        let batch = tokio::task::spawn_blocking(move || query.execute(&store))
+        let batches = tokio::task::spawn_blocking(move || query.execute(&store))
             .await
             .map_err(|error| DataFusionError::ExecutionJoin(Box::new(error)))??;
-        Ok(MemorySourceConfig::try_new_exec(&[vec![batch]], self.schema(), projection.cloned())?)
+        // An empty dataset still scans as one empty batch, so expressions
+        // are checked (an unknown `date_trunc` unit is an error) whether or
+        // not there are rows yet.
+        let batches = if batches.is_empty() { vec![RecordBatch::new_empty(self.schema())] } else { batches };
+        let mut partitions = vec![Vec::new(); state.config().target_partitions().max(1)];
+        let n_partitions = partitions.len();
+        for (batch_idx, batch) in batches.into_iter().enumerate() {
+            partitions[batch_idx % n_partitions].push(batch);
+        }
+        Ok(MemorySourceConfig::try_new_exec(&partitions, self.schema(), projection.cloned())?)
     }
 }
 

@@ -56,6 +56,8 @@ pub use catalog::CatalogError;
 pub use cert::CertError;
 pub use edges::{EDGE_TOKEN_LEN_MIN, EdgeTokens, EdgeTokensError};
 pub use partition::PartitionError;
+#[doc(hidden)]
+pub use snapshot::seed as seed_data_dir;
 pub use snapshot::{DecodeError as SnapshotDecodeError, SnapshotError};
 pub use wal::WalError;
 #[doc(hidden)]

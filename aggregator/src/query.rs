@@ -136,6 +136,12 @@ pub(crate) struct Query {
 /// batch the row came in.
 pub(crate) const APPLIED_AT_COLUMN: &str = "applied_at";
 
+/// The most rows in one batch of an answer: 64 Ki rows (a few MiB), so a
+/// large answer streams as it is encoded, and a SQL scan of a large
+/// dataset is spread over DataFusion's partitions in pieces its memory
+/// pool can account for.
+pub(crate) const ANSWER_BATCH_ROWS: usize = 64 * 1024;
+
 /// A rollup key with the columns not grouped by left out, and the minute
 /// replaced by the start of its bucket.
 type GroupKey = (Option<i64>, Option<u32>, Option<u32>, Option<String>);
@@ -441,27 +447,25 @@ impl Query {
     }
 
     /// Answers the query from `store`, rows sorted by the group columns
-    /// (rollups) or by time (conversions). Ignores `follow`: the answer is
-    /// what the store holds now, in [`Query::rows_schema`].
-    pub(crate) fn execute(&self, store: &Store) -> Result<RecordBatch, ArrowError> {
+    /// (rollups) or by time (conversions), in batches of at most
+    /// [`ANSWER_BATCH_ROWS`] rows. Ignores `follow`: the answer is what the
+    /// store holds now, in [`Query::rows_schema`].
+    pub(crate) fn execute(&self, store: &Store) -> Result<Vec<RecordBatch>, ArrowError> {
         match self.dataset {
             Dataset::Rollups => {
                 let groups = store.read(|tables| self.group_rollups(tables))?;
-                self.rollups_to_batch(groups)
+                in_batches(groups, |chunk| self.rollups_to_batch(chunk))
             }
-            Dataset::Conversions => {
-                let mut rows = store.read(|tables| {
-                    tables
-                        .conversions
-                        .iter()
-                        .filter(|conversion| self.has_conversion(conversion))
-                        .cloned()
-                        .collect::<Vec<_>>()
-                });
+            // Built under the lock straight from the ledger: cloning the
+            // conversions out first would copy every string twice.
+            Dataset::Conversions => store.read(|tables| {
+                let ledger = &tables.conversions;
+                let mut rows: Vec<usize> =
+                    (0..ledger.len()).filter(|&row_idx| self.has_conversion(&ledger[row_idx])).collect();
                 // Stable, so rows of the same millisecond keep arrival order.
-                rows.sort_by_key(|conversion| conversion.row.time_ms);
-                Ok(ledger_to_batch(rows.iter()))
-            }
+                rows.sort_by_key(|&row_idx| ledger[row_idx].row.time_ms);
+                in_batches(rows, |chunk| Ok(ledger_to_batch(chunk.iter().map(|&row_idx| &ledger[row_idx]))))
+            }),
             Dataset::Quarantine => {
                 // Quarantined input has no trusted keys: the ticket parser
                 // refuses filters on it.
@@ -469,7 +473,7 @@ impl Query {
                     tables.quarantine.iter().filter(|row| self.in_range(row.time_ms)).cloned().collect::<Vec<_>>()
                 });
                 rows.sort_by_key(|row| row.time_ms);
-                Ok(quarantine_to_batch(&rows))
+                in_batches(rows, |chunk| Ok(quarantine_to_batch(&chunk)))
             }
         }
     }
@@ -495,7 +499,7 @@ impl Query {
                         totals.money.entry(*currency).or_default().add(delta);
                     }
                 }
-                (!groups.is_empty()).then(|| self.rollups_to_batch(groups)).transpose()?
+                (!groups.is_empty()).then(|| self.rollups_to_batch(groups.into_iter().collect())).transpose()?
             }
             Dataset::Conversions => {
                 let rows: Vec<&Conversion> =
@@ -582,9 +586,9 @@ impl Query {
     }
 
     /// One row per group and currency (see the module's documentation).
-    fn rollups_to_batch(&self, groups: BTreeMap<GroupKey, GroupTotals>) -> Result<RecordBatch, ArrowError> {
+    fn rollups_to_batch(&self, groups: Vec<(GroupKey, GroupTotals)>) -> Result<RecordBatch, ArrowError> {
         // At most; zero money rows are left out below.
-        let n_rows = groups.values().map(|group| group.money.len().max(1)).sum();
+        let n_rows = groups.iter().map(|(_, group)| group.money.len().max(1)).sum();
         let mut time = TimestampMillisecondBuilder::with_capacity(n_rows).with_timezone(self.buckets.zone_name());
         let mut affiliate_id = UInt32Builder::with_capacity(n_rows);
         let mut campaign_id = UInt32Builder::with_capacity(n_rows);
@@ -641,6 +645,22 @@ impl Query {
         columns.extend(money.iter_mut().map(|builder| Arc::new(builder.finish()) as ArrayRef));
         // Checks the columns against the schema (types, nullability) again.
         RecordBatch::try_new(self.rows_schema(), columns)
+    }
+}
+
+/// Builds one batch per [`ANSWER_BATCH_ROWS`] of `rows`, in order.
+fn in_batches<T>(
+    rows: impl IntoIterator<Item = T>,
+    mut build: impl FnMut(Vec<T>) -> Result<RecordBatch, ArrowError>,
+) -> Result<Vec<RecordBatch>, ArrowError> {
+    let mut rows = rows.into_iter();
+    let mut batches = Vec::new();
+    loop {
+        let chunk: Vec<T> = rows.by_ref().take(ANSWER_BATCH_ROWS).collect();
+        if chunk.is_empty() {
+            return Ok(batches);
+        }
+        batches.push(build(chunk)?);
     }
 }
 

@@ -687,3 +687,44 @@ fn now_ms() -> i64 {
 
 #[cfg(test)]
 mod tests;
+
+/// Writes into the empty `data_dir` a checkpoint that holds `conversions`,
+/// booked as one batch of edge `edge_id` under the commission rules of the
+/// campaigns file `rules` (with their leads and sales counted in the
+/// rollups), so that an aggregator started on it serves them from its
+/// sealed partitions. Answers the partition files written. For benchmarks
+/// that need a large ledger without shipping it through an edge first;
+/// not a way to import data.
+#[doc(hidden)]
+pub fn seed(
+    data_dir: &Path,
+    rules: bytes::Bytes,
+    edge_id: u32,
+    conversions: Vec<edgetally_protocol::batch::ConversionRow>,
+) -> Result<Vec<PathBuf>, crate::Error> {
+    use edgetally_protocol::{EventKind, RollupCounts};
+
+    fs::create_dir_all(data_dir).map_err(|source| crate::Error::DataDir { path: data_dir.to_owned(), source })?;
+    let store = Store::default();
+    store.set_rules(Rules::parse(rules).map_err(crate::Error::Rules)?);
+    let mut rollups: std::collections::BTreeMap<_, RollupCounts> = std::collections::BTreeMap::new();
+    for row in &conversions {
+        let counts = rollups.entry(crate::store::rollup_key(row)).or_default();
+        match row.kind {
+            EventKind::Lead => counts.leads += 1,
+            _ => counts.sales += 1,
+        }
+    }
+    let batch = crate::store::Batch {
+        edge_id,
+        epoch: 1,
+        sequence: 1,
+        rollups: rollups.into_iter().collect(),
+        conversions,
+        quarantine: Vec::new(),
+    };
+    store.apply(batch);
+    let export = store.export(|tables, edges| export(tables, edges, None));
+    let manifest = write_checkpoint(data_dir, wal::FIRST_SEGMENT, &[], export)?;
+    Ok(manifest.partitions.iter().map(|partition| partition.path(data_dir)).collect())
+}

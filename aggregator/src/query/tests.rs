@@ -150,10 +150,33 @@ fn check(ticket: &str, expect: &str) {
 #[track_caller]
 fn check_in(store: &Store, ticket: &str, expect: &str) {
     let query = ticket::parse(ticket.as_bytes()).unwrap();
-    let batch = query.execute(store).unwrap();
-    assert_eq!(batch.schema(), query.schema(), "{ticket}");
+    let batches = query.execute(store).unwrap();
+    for batch in &batches {
+        assert_eq!(batch.schema(), query.schema(), "{ticket}");
+    }
     let expect: Vec<&str> = expect.lines().map(str::trim).filter(|line| !line.is_empty()).collect();
-    assert_eq!(render(&batch), expect.join("\n"), "{ticket}");
+    let rendered: Vec<String> = batches.iter().map(render).collect();
+    assert_eq!(rendered.join("\n"), expect.join("\n"), "{ticket}");
+}
+
+#[test]
+fn large_answers_come_in_bounded_batches_in_order() {
+    let n_rows = 2 * ANSWER_BATCH_ROWS + 1;
+    let store = Store::default();
+    // Applied newest first, so the answer's time order is the sort's.
+    let conversions =
+        (0..n_rows).map(|row_idx| conversion(M0 + (n_rows - row_idx) as i64, 7, &format!("o{row_idx}"))).collect();
+    store.apply(Batch { edge_id: 1, epoch: 1, sequence: 1, conversions, ..Batch::default() });
+    let query = ticket::parse(br#"{"dataset":"conversions"}"#).unwrap();
+    let batches = query.execute(&store).unwrap();
+    let sizes: Vec<usize> = batches.iter().map(RecordBatch::num_rows).collect();
+    assert_eq!(sizes, [ANSWER_BATCH_ROWS, ANSWER_BATCH_ROWS, 1]);
+    let times: Vec<i64> = batches
+        .iter()
+        .flat_map(|batch| batch.column(0).as_primitive::<TimestampMillisecondType>().values().to_vec())
+        .collect();
+    let expect: Vec<i64> = (1..=n_rows as i64).map(|offset| M0 + offset).collect();
+    assert_eq!(times, expect);
 }
 
 #[test]
