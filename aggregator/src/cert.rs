@@ -10,7 +10,7 @@ use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::pem::{self, PemObject};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tonic::transport::ServerTlsConfig;
 use tracing::info;
@@ -40,8 +40,6 @@ pub enum CertError {
     Absolute { path: PathBuf, source: io::Error },
     #[error("write {}", path.display())]
     Write { path: PathBuf, source: io::Error },
-    #[error("read {}", path.display())]
-    ReadFile { path: PathBuf, source: io::Error },
     #[error("{} and {} are not a usable certificate and key", cert_path.display(), key_path.display())]
     Unusable { cert_path: PathBuf, key_path: PathBuf, source: rustls::Error },
 }
@@ -77,32 +75,49 @@ pub(crate) fn load_or_generate(config: &Config) -> Result<Identity, CertError> {
 }
 
 fn load(cert_path: PathBuf, key_path: &Path) -> Result<Identity, CertError> {
-    let cert_chain = CertificateDer::pem_file_iter(&cert_path)
-        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .map_err(|source| CertError::Read { path: cert_path.clone(), source })?;
-    if cert_chain.is_empty() {
-        return Err(CertError::Empty { path: cert_path });
-    }
-    let key = PrivateKeyDer::from_pem_file(key_path)
-        .map_err(|source| CertError::Read { path: key_path.to_owned(), source })?;
+    let (cert_pem, key_pem) = (read(&cert_path)?, read(key_path)?);
+    let (cert_chain, key) = parse(&cert_path, &cert_pem, key_path, &key_pem)?;
     Ok(Identity { cert_path, cert_chain, key })
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, CertError> {
+    fs::read(path).map_err(|source| CertError::Read { path: path.to_owned(), source: pem::Error::Io(source) })
+}
+
+/// The certificate chain in `cert_pem` (at least one) and the key in
+/// `key_pem`, read from the paths named in errors.
+fn parse(
+    cert_path: &Path,
+    cert_pem: &[u8],
+    key_path: &Path,
+    key_pem: &[u8],
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), CertError> {
+    let cert_chain = CertificateDer::pem_slice_iter(cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|source| CertError::Read { path: cert_path.to_owned(), source })?;
+    if cert_chain.is_empty() {
+        return Err(CertError::Empty { path: cert_path.to_owned() });
+    }
+    let key = PrivateKeyDer::from_pem_slice(key_pem)
+        .map_err(|source| CertError::Read { path: key_path.to_owned(), source })?;
+    Ok((cert_chain, key))
 }
 
 /// Loads the certificate chain and key that Flight and Flight SQL serve
 /// TLS with, and checks that rustls accepts the pair (the key matches the
 /// certificate, of a kind rustls signs with) so a bad pair stops the start
-/// instead of failing every handshake.
+/// instead of failing every handshake. Each file is read once, so what is
+/// checked is what is served.
 pub(crate) fn flight_tls(files: &TlsFiles) -> Result<ServerTlsConfig, CertError> {
-    let identity = load(files.cert.clone(), &files.key)?;
+    let (cert_pem, key_pem) = (read(&files.cert)?, read(&files.key)?);
+    let (cert_chain, key) = parse(&files.cert, &cert_pem, &files.key, &key_pem)?;
     // The provider is named, not taken from the process default, so this
     // check never depends on which provider another crate installed.
     rustls::ServerConfig::builder_with_provider(rustls::crypto::ring::default_provider().into())
         .with_safe_default_protocol_versions()
-        .and_then(|builder| builder.with_no_client_auth().with_single_cert(identity.cert_chain, identity.key))
+        .and_then(|builder| builder.with_no_client_auth().with_single_cert(cert_chain, key))
         .map_err(|source| CertError::Unusable { cert_path: files.cert.clone(), key_path: files.key.clone(), source })?;
-    let read = |path: &Path| fs::read(path).map_err(|source| CertError::ReadFile { path: path.to_owned(), source });
-    let pem = tonic::transport::Identity::from_pem(read(&files.cert)?, read(&files.key)?);
-    Ok(ServerTlsConfig::new().identity(pem))
+    Ok(ServerTlsConfig::new().identity(tonic::transport::Identity::from_pem(cert_pem, key_pem)))
 }
 
 fn generate(cert_path: &Path, key_path: &Path, tls_names: &[String]) -> Result<(), CertError> {
