@@ -221,6 +221,32 @@ enum KeyFile {
     ES256 { kid: String, public_key_pem_file: PathBuf },
 }
 
+/// The Flight tokens in force: each call reads the current set, and a
+/// reload (SIGHUP) replaces it whole, so a call sees the old set or the new
+/// one, never a mix. Streams already open keep going; a removed token is
+/// refused from its next call on.
+pub(crate) struct FlightTokens {
+    current: std::sync::RwLock<std::sync::Arc<FlightAuth>>,
+}
+
+// === impl FlightTokens ===
+
+impl FlightTokens {
+    pub(crate) fn new(auth: FlightAuth) -> FlightTokens {
+        FlightTokens { current: std::sync::RwLock::new(std::sync::Arc::new(auth)) }
+    }
+
+    pub(crate) fn current(&self) -> std::sync::Arc<FlightAuth> {
+        // Poisoned only by a panic during a pointer swap, which cannot leave
+        // a torn value.
+        self.current.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    pub(crate) fn replace(&self, auth: FlightAuth) {
+        *self.current.write().unwrap_or_else(std::sync::PoisonError::into_inner) = std::sync::Arc::new(auth);
+    }
+}
+
 /// The bearer tokens and JWT keys that may call Flight.
 #[derive(Clone)]
 pub struct FlightAuth {

@@ -35,7 +35,7 @@ pub enum CatalogError {
 pub(crate) type SnapshotReceiver = watch::Receiver<Option<Arc<ConfigSnapshot>>>;
 
 /// Reads and validates the campaigns file.
-fn read(path: &Path) -> Result<(ConfigSnapshot, usize), CatalogError> {
+pub(crate) fn read(path: &Path) -> Result<(ConfigSnapshot, usize), CatalogError> {
     let body = std::fs::read(path).map_err(|source| CatalogError::Read { path: path.to_owned(), source })?;
     let text = String::from_utf8_lossy(&body);
     let campaigns =

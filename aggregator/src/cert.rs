@@ -74,7 +74,7 @@ pub(crate) fn load_or_generate(config: &Config) -> Result<Identity, CertError> {
     load(cert_path, &key_path)
 }
 
-fn load(cert_path: PathBuf, key_path: &Path) -> Result<Identity, CertError> {
+pub(crate) fn load(cert_path: PathBuf, key_path: &Path) -> Result<Identity, CertError> {
     let (cert_pem, key_pem) = (read(&cert_path)?, read(key_path)?);
     let (cert_chain, key) = parse(&cert_path, &cert_pem, key_path, &key_pem)?;
     Ok(Identity { cert_path, cert_chain, key })

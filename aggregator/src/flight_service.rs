@@ -45,7 +45,7 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::debug;
 
 use crate::admin::{self, AdminError};
-use crate::auth::{Call, Denied, FlightAuth, Role, Unauthenticated};
+use crate::auth::{Call, Denied, FlightTokens, Role, Unauthenticated};
 use crate::follow::{self, FollowError, Followers};
 use crate::ledger::{Conversion, StatusChange, StatusChangeError};
 use crate::query::{Dataset, Query};
@@ -158,7 +158,7 @@ pub(crate) async fn serve(
     store: Arc<Store>,
     wal: Arc<Wal>,
     followers: Arc<Followers>,
-    auth: Option<Arc<FlightAuth>>,
+    auth: Option<Arc<FlightTokens>>,
     refusals: Arc<Refusals>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
@@ -190,7 +190,7 @@ struct AggregatorFlight {
     store: Arc<Store>,
     wal: Arc<Wal>,
     followers: Arc<Followers>,
-    auth: Option<Arc<FlightAuth>>,
+    auth: Option<Arc<FlightTokens>>,
     refusals: Arc<Refusals>,
 }
 
@@ -224,7 +224,7 @@ impl AggregatorFlight {
             None => Role::Admin,
             Some(auth) => {
                 let authorization = request.metadata().get(AUTHORIZATION).map(|value| value.as_bytes());
-                auth.authenticate(authorization)?
+                auth.current().authenticate(authorization)?
             }
         };
         role.admit(call)?;

@@ -80,7 +80,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status};
 use tracing::debug;
 
-use crate::auth::{Call, Denied, FlightAuth, Role, Unauthenticated};
+use crate::auth::{Call, Denied, FlightTokens, Role, Unauthenticated};
 use crate::flight_service::{
     AUTHORIZATION, FLIGHT_DATA_BYTES_MAX, Port, REQUEST_BYTES_MAX, Refusals, scope, status_message,
 };
@@ -165,7 +165,7 @@ pub(crate) enum FlightSqlError {
 /// SQL, and leaves the role in the request's extensions.
 #[derive(Clone)]
 struct Gate {
-    auth: Option<Arc<FlightAuth>>,
+    auth: Option<Arc<FlightTokens>>,
     refusals: Arc<Refusals>,
 }
 
@@ -264,7 +264,7 @@ pub(crate) async fn serve(
     store: Arc<Store>,
     runtime: Arc<RuntimeEnv>,
     queries: Arc<SqlSlots>,
-    auth: Option<Arc<FlightAuth>>,
+    auth: Option<Arc<FlightTokens>>,
     refusals: Arc<Refusals>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
@@ -316,7 +316,7 @@ impl Gate {
             None => Role::Admin,
             Some(auth) => {
                 let authorization = request.metadata().get(AUTHORIZATION).map(|value| value.as_bytes());
-                auth.authenticate(authorization)?
+                auth.current().authenticate(authorization)?
             }
         };
         role.admit(Call::FlightSql)?;

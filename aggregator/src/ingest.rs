@@ -162,8 +162,9 @@ pub(crate) struct Replay {
 /// What ingest shares between its tasks.
 pub(crate) struct Ingest {
     store: Arc<Store>,
-    /// `None`: every edge is accepted (no tokens configured).
-    edge_tokens: Option<EdgeTokens>,
+    /// `None`: every edge is accepted (no tokens configured). A reload
+    /// replaces the tokens; edges already connected stay connected.
+    edge_tokens: Option<std::sync::RwLock<EdgeTokens>>,
     /// The configuration every edge connection sends on its control stream.
     snapshots: SnapshotReceiver,
     pub(crate) edges_refused: AtomicU64,
@@ -334,7 +335,11 @@ async fn authenticate(connection: &Connection, ingest: &Ingest) -> Result<(u32, 
     let (hello, mut send) = tokio::time::timeout(HELLO_TIMEOUT, hello)
         .await
         .map_err(|_| format!("no hello within {} s", HELLO_TIMEOUT.as_secs()))??;
-    let accepted = ingest.edge_tokens.as_ref().is_none_or(|tokens| tokens.check(hello.edge_id, &hello.token));
+    let accepted = ingest.edge_tokens.as_ref().is_none_or(|tokens| {
+        // Poisoned only by a panic during a swap, which cannot leave a torn
+        // value.
+        tokens.read().unwrap_or_else(std::sync::PoisonError::into_inner).check(hello.edge_id, &hello.token)
+    });
     // A refused edge may not read the answer before the close; it sees the
     // close code either way.
     let _ = send.write_all(&HelloAck { accepted }.encode()).await;
@@ -482,6 +487,14 @@ async fn send_ack(send: &mut SendStream, ack: Ack) -> Result<(), IngestError> {
 // === impl Ingest ===
 
 impl Ingest {
+    /// Replaces the edge tokens; false when the aggregator runs without
+    /// any (accepting every edge), which only a restart changes.
+    pub(crate) fn replace_edge_tokens(&self, tokens: EdgeTokens) -> bool {
+        let Some(current) = &self.edge_tokens else { return false };
+        *current.write().unwrap_or_else(std::sync::PoisonError::into_inner) = tokens;
+        true
+    }
+
     pub(crate) fn new(
         store: Arc<Store>,
         wal: Arc<Wal>,
@@ -490,7 +503,7 @@ impl Ingest {
     ) -> Ingest {
         Ingest {
             store,
-            edge_tokens,
+            edge_tokens: edge_tokens.map(std::sync::RwLock::new),
             snapshots,
             edges_refused: AtomicU64::new(0),
             wal,

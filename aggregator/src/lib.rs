@@ -261,6 +261,8 @@ pub struct Aggregator {
     flight_tls: bool,
     endpoint: quinn::Endpoint,
     stats: Arc<StatsSource>,
+    /// `None` when Flight runs without tokens.
+    flight_auth: Option<Arc<auth::FlightTokens>>,
     store: Arc<store::Store>,
     wal: Arc<wal::Wal>,
     checkpointer: Arc<snapshot::Checkpointer>,
@@ -275,6 +277,28 @@ pub struct Aggregator {
     flight_task: JoinHandle<Result<(), tonic::transport::Error>>,
     flight_sql_shutdown: oneshot::Sender<()>,
     flight_sql_task: JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+// --- `--check-config`: each file as a start reads it, nothing bound or
+// written. ---
+
+/// Checks the campaigns file: the campaigns edges are sent and the
+/// commission rules. Returns the number of campaigns.
+pub fn check_campaigns(path: &Path) -> Result<usize, Error> {
+    let (snapshot, n_campaigns) = catalog::read(path)?;
+    ledger::Rules::parse(snapshot.body).map_err(Error::Rules)?;
+    Ok(n_campaigns)
+}
+
+/// Checks a QUIC certificate chain and key as the QUIC endpoint takes them.
+pub fn check_quic_tls(cert: &Path, key: &Path) -> Result<(), Error> {
+    let identity = cert::load(cert.to_owned(), key)?;
+    ingest::server_config(identity.cert_chain, identity.key).map(drop)
+}
+
+/// Checks the Flight TLS pair as the Flight ports take it.
+pub fn check_flight_tls(files: &TlsFiles) -> Result<(), Error> {
+    cert::flight_tls(files).map(drop).map_err(Error::FlightTls)
 }
 
 /// What [`Stats`] is read from; shared with the metrics endpoint.
@@ -394,7 +418,7 @@ impl Aggregator {
             );
         }
         let flight_refusals = Arc::new(flight_service::Refusals::default());
-        let flight_auth = config.flight_auth.map(Arc::new);
+        let flight_auth = config.flight_auth.map(|auth| Arc::new(auth::FlightTokens::new(auth)));
         let flight_task = tokio::spawn(flight_service::serve(
             flight_service::Port { listener, tls: flight_tls.clone() },
             store.clone(),
@@ -423,7 +447,7 @@ impl Aggregator {
             store.clone(),
             sql_runtime,
             flight_sql_queries.clone(),
-            flight_auth,
+            flight_auth.clone(),
             flight_refusals.clone(),
             async {
                 // Either a send or a dropped sender means stop.
@@ -431,6 +455,7 @@ impl Aggregator {
             },
         ));
 
+        let flight_auth_kept = flight_auth;
         let stats = Arc::new(StatsSource {
             ingest,
             store: store.clone(),
@@ -459,6 +484,7 @@ impl Aggregator {
             flight_tls: flight_tls.is_some(),
             endpoint,
             stats,
+            flight_auth: flight_auth_kept,
             store,
             wal,
             checkpointer,
@@ -474,6 +500,38 @@ impl Aggregator {
             flight_sql_shutdown,
             flight_sql_task,
         })
+    }
+
+    /// Reads the QUIC certificate chain and key again (SIGHUP) and presents
+    /// them to every later edge connection; connected edges keep theirs.
+    /// A pair that does not load is refused and the one in use stays.
+    pub fn reload_quic_tls(&self, cert: &Path, key: &Path) -> Result<(), Error> {
+        let identity = cert::load(cert.to_owned(), key)?;
+        self.endpoint.set_server_config(Some(ingest::server_config(identity.cert_chain, identity.key)?));
+        info!(cert = %cert.display(), "QUIC certificate reloaded.");
+        Ok(())
+    }
+
+    /// Replaces the Flight and Flight SQL tokens (SIGHUP): every later
+    /// call is checked against the new set. False when the aggregator runs
+    /// without tokens (open to every caller), which only a restart changes.
+    pub fn reload_flight_tokens(&self, auth: FlightAuth) -> bool {
+        let Some(tokens) = &self.flight_auth else { return false };
+        info!(n_tokens = auth.n_tokens(), n_jwt_keys = auth.n_jwt_keys(), "Flight tokens reloaded.");
+        tokens.replace(auth);
+        true
+    }
+
+    /// Replaces the edge tokens (SIGHUP): every later edge connection is
+    /// checked against the new set; connected edges stay connected. False
+    /// when the aggregator accepts every edge, which only a restart changes.
+    pub fn reload_edge_tokens(&self, tokens: EdgeTokens) -> bool {
+        let n_edges = tokens.len();
+        let replaced = self.stats.ingest.replace_edge_tokens(tokens);
+        if replaced {
+            info!(n_edges, "Edge tokens reloaded.");
+        }
+        replaced
     }
 
     /// The bound QUIC address (the real port when `quic_listen` had port 0).

@@ -1,21 +1,28 @@
-//! The `edgetally-aggregator` binary: parses flags, starts an
-//! [`Aggregator`], writes where it listens to `<data_dir>/aggregator.json`
-//! and runs until SIGINT or SIGTERM.
+//! The `edgetally-aggregator` binary: settings (flags, their
+//! `EDGETALLY_AGGREGATOR_*` variables and the TOML file), logs, signals and
+//! systemd's notifications around an [`Aggregator`]; writes where it
+//! listens to `<data_dir>/aggregator.json`.
 
+use std::ffi::OsString;
 use std::fs;
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use edgetally_aggregator::{
     Aggregator, Config, EdgeTokens, FlightAuth, RETENTION_DAYS_DEFAULT, SNAPSHOT_WAL_BYTES_DEFAULT, TlsFiles,
 };
-use tokio::signal::unix::{SignalKind, signal};
-use tracing::info;
-use tracing_subscriber::EnvFilter;
+use edgetally_service::logs::{self, LogFormat};
+use edgetally_service::process::{self, ServiceArgs};
+use edgetally_service::settings::{self, Loaded};
+use edgetally_service::signals::Signals;
+use tracing::{error, warn};
+
+const ENV_CONFIG: &str = "EDGETALLY_AGGREGATOR_CONFIG";
+const ENV_LOG_FORMAT: &str = "EDGETALLY_AGGREGATOR_LOG_FORMAT";
 
 const ENV_DATA_DIR: &str = "EDGETALLY_AGGREGATOR_DATA_DIR";
 const ENV_QUIC_LISTEN: &str = "EDGETALLY_AGGREGATOR_QUIC_LISTEN";
@@ -41,6 +48,20 @@ const ADDRESS_FILE_NAME: &str = "aggregator.json";
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
+    /// Settings file (TOML) whose keys are these flags in snake_case, for
+    /// example `retention_days = 400`; a flag or its variable wins over the
+    /// file, the file over the default. An unknown key is an error.
+    /// `aggregator/aggregator.example.toml` lists every key.
+    #[arg(long, env = ENV_CONFIG)]
+    config: Option<PathBuf>,
+    /// Check the settings and the files they name (tokens, certificates,
+    /// campaigns and commission rules), say what was checked and exit: 0
+    /// when all is well, 2 when not. Binds no port and writes nothing.
+    #[arg(long)]
+    check_config: bool,
+    /// Log lines as `text` or `json` (one object per line).
+    #[arg(long, env = ENV_LOG_FORMAT, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     /// Directory for the generated QUIC certificate, aggregator.json, the
     /// write-ahead log (wal/), the sealed Parquet partitions
     /// (parquet/<dataset>/day=YYYY-MM-DD/part-<generation>.parquet) and
@@ -111,65 +132,166 @@ struct Args {
     flight_tls_key: Option<PathBuf>,
 }
 
+/// Settings a SIGHUP applies to the running aggregator (each file read
+/// again: the token files, and the QUIC certificate and key when they are
+/// files of the operator's); the campaigns file is also re-read on its own
+/// every second. Any
+/// other changed setting is named in a warning and waits for the next
+/// start.
+const RELOADED: [&str; 5] = ["edge_tokens", "flight_tokens", "campaigns", "tls_cert", "tls_key"];
+
 fn main() -> ExitCode {
-    let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        // Colors only for a person at a terminal, not for journald or files.
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
-        .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("error: start tokio runtime: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run(args)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            // `{:#}` prints the whole chain: "bind quic on …: Address in use".
-            eprintln!("error: {error:#}");
-            ExitCode::FAILURE
-        }
+    process::main(check, |argv, started, throttle| async move { run(&argv, started, throttle).await })
+}
+
+impl ServiceArgs for Args {
+    fn log_format(&self) -> LogFormat {
+        self.log_format
+    }
+
+    fn check_config(&self) -> bool {
+        self.check_config
     }
 }
 
-async fn run(args: Args) -> anyhow::Result<()> {
+async fn run(argv: &[OsString], started: Loaded<Args>, throttle: logs::Throttle) -> anyhow::Result<()> {
+    tokio::spawn(throttle.report());
+    // Installed before start so a signal during start is not lost.
+    let signals = Signals::install().context("install signal handlers")?;
+    let args = &started.args;
     let data_dir = args.data_dir.clone();
     let config = Config {
-        data_dir: args.data_dir,
+        data_dir: args.data_dir.clone(),
         quic_listen: args.quic_listen,
         flight_listen: args.flight_listen,
         flight_sql_listen: args.flight_sql_listen,
         http_listen: args.http_listen,
-        tls_cert: args.tls_cert,
-        tls_key: args.tls_key,
-        tls_names: args.tls_names,
+        tls_cert: args.tls_cert.clone(),
+        tls_key: args.tls_key.clone(),
+        tls_names: args.tls_names.clone(),
         wal_fsync: args.wal_fsync,
         snapshot_wal_bytes: args.snapshot_wal_bytes,
         retention_days: Some(args.retention_days).filter(|&n_days| n_days > 0),
         edge_tokens: args.edge_tokens.as_deref().map(EdgeTokens::load).transpose().context("edge tokens")?,
-        campaigns: args.campaigns,
+        campaigns: args.campaigns.clone(),
         flight_auth: args.flight_tokens.as_deref().map(FlightAuth::load).transpose().context("flight tokens")?,
-        flight_tls: args.flight_tls_cert.zip(args.flight_tls_key).map(|(cert, key)| TlsFiles { cert, key }),
+        flight_tls: flight_tls_files(args),
     };
-    // Installed before start so a signal during start is not lost.
-    let mut sigterm = signal(SignalKind::terminate()).context("install SIGTERM handler")?;
-    let mut sigint = signal(SignalKind::interrupt()).context("install SIGINT handler")?;
     let aggregator = Aggregator::start(config).await.context("start aggregator")?;
     let address_file = data_dir.join(ADDRESS_FILE_NAME);
     if let Err(error) = write_address_file(&address_file, &aggregator) {
         aggregator.shutdown().await;
         return Err(error);
     }
-    tokio::select! {
-        _ = sigterm.recv() => info!(signal = "SIGTERM", "Shutting down."),
-        _ = sigint.recv() => info!(signal = "SIGINT", "Shutting down."),
-    }
+    let status = format!("serving Flight on {}, QUIC on {}", aggregator.flight_addr(), aggregator.quic_addr());
+    process::until_stopped(signals, &status, || reload(argv, &started, &aggregator)).await;
     aggregator.shutdown().await;
     Ok(())
+}
+
+fn flight_tls_files(args: &Args) -> Option<TlsFiles> {
+    args.flight_tls_cert.clone().zip(args.flight_tls_key.clone()).map(|(cert, key)| TlsFiles { cert, key })
+}
+
+/// Applies a SIGHUP: loads the settings again (the file may have changed),
+/// reads the token files again and names every other changed setting,
+/// which needs a restart. A file that does not load keeps what is in use.
+fn reload(argv: &[OsString], started: &Loaded<Args>, aggregator: &Aggregator) {
+    let newer = match settings::load::<Args>(argv) {
+        Ok(newer) => newer,
+        Err(error) => {
+            error!(%error, "Reload refused: the settings do not load; nothing changed.");
+            return;
+        }
+    };
+    for setting in started.changed(&newer, &Args::command()) {
+        if !RELOADED.contains(&setting.as_str()) {
+            warn!(%setting, "Setting changed; it takes effect at the next start.");
+        }
+    }
+    let args = &newer.args;
+    match (started.args.tls_cert.is_some(), args.tls_cert.as_deref().zip(args.tls_key.as_deref())) {
+        (true, Some((cert, key))) => {
+            if let Err(error) = aggregator.reload_quic_tls(cert, key) {
+                // The crate's errors leave their source to the chain.
+                let error = anyhow::Error::from(error);
+                error!(error = %format!("{error:#}"), "QUIC certificate not reloaded; keeping the one in use.");
+            }
+        }
+        (false, None) => {}
+        _ => warn!("Switching between a generated and a configured QUIC certificate takes effect at the next start."),
+    }
+    reload_tokens(
+        "Flight",
+        args.flight_tokens.as_deref().map(FlightAuth::load),
+        started.args.flight_tokens.is_some(),
+        |auth| aggregator.reload_flight_tokens(auth),
+    );
+    reload_tokens(
+        "Edge",
+        args.edge_tokens.as_deref().map(EdgeTokens::load),
+        started.args.edge_tokens.is_some(),
+        |tokens| aggregator.reload_edge_tokens(tokens),
+    );
+}
+
+/// Applies one token file on reload: `loaded` is the file read again
+/// (`None`: the settings name none now), `in_use` whether the aggregator
+/// started with one, `replace` swaps the tokens in and says whether it
+/// could. Turning tokens on or off waits for a restart; a file that does
+/// not load keeps the tokens in use.
+fn reload_tokens<T, E: std::fmt::Display>(
+    kind: &str,
+    loaded: Option<Result<T, E>>,
+    in_use: bool,
+    replace: impl FnOnce(T) -> bool,
+) {
+    match loaded {
+        Some(Ok(tokens)) => {
+            let replaced = replace(tokens);
+            if !replaced {
+                warn!(kind, "Tokens were off at start; turning them on takes effect at the next start.");
+            }
+        }
+        Some(Err(error)) => error!(kind, %error, "Tokens not reloaded; keeping the ones in use."),
+        None if in_use => warn!(kind, "Turning tokens off takes effect at the next start; keeping the ones in use."),
+        None => {}
+    }
+}
+
+/// What `--check-config` checks: every file the settings name, read and
+/// parsed as at start. Returns what it checked.
+fn check(args: &Args) -> anyhow::Result<Vec<String>> {
+    let mut checked = vec!["settings".to_owned()];
+    if let Some(path) = &args.edge_tokens {
+        let tokens = EdgeTokens::load(path).context("edge tokens")?;
+        checked.push(format!("edge tokens {} ({} edges)", path.display(), tokens.len()));
+    }
+    if let Some(path) = &args.flight_tokens {
+        let auth = FlightAuth::load(path).context("flight tokens")?;
+        checked.push(format!(
+            "flight tokens {} ({} tokens, {} JWT keys)",
+            path.display(),
+            auth.n_tokens(),
+            auth.n_jwt_keys()
+        ));
+    }
+    if let Some(path) = &args.campaigns {
+        let n_campaigns = edgetally_aggregator::check_campaigns(path).context("campaigns")?;
+        checked.push(format!("campaigns and commission rules {} ({n_campaigns} campaigns)", path.display()));
+    }
+    match args.tls_cert.as_deref().zip(args.tls_key.as_deref()) {
+        Some((cert, key)) => {
+            edgetally_aggregator::check_quic_tls(cert, key).context("QUIC TLS")?;
+            checked.push(format!("QUIC TLS pair {} {}", cert.display(), key.display()));
+        }
+        None => checked.push("QUIC certificate (the data directory's, generated at start if missing)".to_owned()),
+    }
+    if let Some(files) = flight_tls_files(args) {
+        edgetally_aggregator::check_flight_tls(&files).context("Flight TLS")?;
+        checked.push(format!("Flight TLS pair {} {}", files.cert.display(), files.key.display()));
+    }
+    Ok(checked)
 }
 
 /// Writes `{"quic":…,"flight":…,"flight_sql":…,"flight_tls":…,"http":…,"quic_cert":…}`

@@ -74,7 +74,10 @@ impl Catalog {
     /// Validates, keeps and swaps in a snapshot from the aggregator.
     /// Returns false when it is the one in use already.
     pub(crate) fn apply(&self, snapshot: &ConfigSnapshot) -> Result<bool, CatalogError> {
-        if *self.version.read().unwrap_or_else(|poisoned| poisoned.into_inner()) == Some(snapshot.version) {
+        // Held throughout, so a reload of the local file cannot swap its
+        // campaigns in between this swap and the version that marks it.
+        let mut version = self.version.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if *version == Some(snapshot.version) {
             return Ok(false);
         }
         let campaigns = Campaigns::parse(&String::from_utf8_lossy(&snapshot.body))
@@ -82,9 +85,23 @@ impl Catalog {
         self.keep(&snapshot.body)?;
         let n_campaigns = campaigns.len();
         *self.current.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(campaigns);
-        *self.version.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(snapshot.version);
+        *version = Some(snapshot.version);
         tracing::info!(version = snapshot.version, n_campaigns, "Campaigns updated from the aggregator.");
         Ok(true)
+    }
+
+    /// Swaps in campaigns from the local file, unless a snapshot from the
+    /// aggregator (kept or received) is in use. Returns whether it swapped.
+    pub(crate) fn replace_local(&self, campaigns: Campaigns) -> bool {
+        let version = self.version.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if version.is_some() {
+            return false;
+        }
+        // The version lock stays held so a snapshot from the aggregator
+        // cannot land between the check and the swap and be overwritten.
+        // Read-locked here, write-locked by `apply`: the two exclude each other.
+        *self.current.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(campaigns);
+        true
     }
 
     fn keep(&self, body: &[u8]) -> Result<(), CatalogError> {

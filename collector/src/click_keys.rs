@@ -53,6 +53,12 @@ pub fn load_or_create(path: &Path) -> Result<ClickKeys, ClickKeysError> {
             .map_err(|source| ClickKeysError::Write { path: shown(), source })?;
         tracing::info!(path = %path.display(), "Created a click-signing key.");
     }
+    load(path)
+}
+
+/// Loads the keys at `path`, which must exist.
+pub fn load(path: &Path) -> Result<ClickKeys, ClickKeysError> {
+    let shown = || path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|source| ClickKeysError::Read { path: shown(), source })?;
     let file: KeysFile =
         serde_json::from_str(&text).map_err(|source| ClickKeysError::Json { path: shown(), source })?;

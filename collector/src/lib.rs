@@ -186,13 +186,13 @@ const HTTP_BACKLOG: i32 = 4096;
 fn spawn_http_workers(
     listeners: Vec<std::net::TcpListener>,
     ingress: &Arc<http::Ingress>,
-    tls: Option<&tokio_rustls::TlsAcceptor>,
+    tls: Option<&tls::Tls>,
     shutdown: &watch::Receiver<bool>,
 ) -> std::io::Result<JoinHandle<()>> {
     let mut finished = Vec::with_capacity(listeners.len());
     for (worker_idx, listener) in listeners.into_iter().enumerate() {
         let (done, finished_rx) = tokio::sync::oneshot::channel::<()>();
-        let (ingress, tls, shutdown) = (ingress.clone(), tls.cloned(), shutdown.clone());
+        let (ingress, tls, shutdown) = (ingress.clone(), tls.map(|tls| tls.acceptor().clone()), shutdown.clone());
         std::thread::Builder::new().name(format!("http-{worker_idx}")).spawn(move || {
             let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                 Ok(runtime) => runtime,
@@ -218,6 +218,12 @@ fn spawn_http_workers(
             let _ = finished.await;
         }
     }))
+}
+
+/// Checks that the aggregator's certificate file holds certificates the
+/// uplink can trust (`--check-config`).
+pub fn check_aggregator_cert(path: &Path) -> Result<(), UplinkError> {
+    uplink::trust_roots(path).map(drop)
 }
 
 /// Unix time in milliseconds (0 for a clock before 1970).
@@ -282,6 +288,9 @@ pub struct Collector {
     shutdown: watch::Sender<bool>,
     http_task: JoinHandle<()>,
     uplink_task: JoinHandle<()>,
+    /// The HTTP listener's TLS, whose certificate a reload replaces.
+    tls: Option<tls::Tls>,
+    catalog: Arc<catalog::Catalog>,
 }
 
 // === impl Collector ===
@@ -332,7 +341,7 @@ impl Collector {
             batch_rows_max: config.tally_limits.batch_rows_max,
         })?;
         let tls = match &config.tls {
-            Some((cert, key)) => Some(tls::acceptor(cert, key)?),
+            Some((cert, key)) => Some(tls::Tls::load(cert, key)?),
             None => None,
         };
         let (shutdown, shutdown_rx) = watch::channel(false);
@@ -341,7 +350,7 @@ impl Collector {
             metrics: metrics.clone(),
             body_bytes_max: config.body_bytes_max,
             edge_id: config.edge_id,
-            campaigns: catalog,
+            campaigns: catalog.clone(),
             click_keys: config.click_keys,
             dedup: Dedup::new(config.dedup),
             uniques: Dedup::new(config.uniques),
@@ -360,18 +369,31 @@ impl Collector {
             let listener = listeners.pop().expect("one listener was bound");
             let listener =
                 TcpListener::from_std(listener).map_err(|source| Error::Bind { addr: config.http_listen, source })?;
-            tokio::spawn(http::serve(listener, ingress, tls, shutdown_rx.clone()))
+            let acceptor = tls.as_ref().map(|tls| tls.acceptor().clone());
+            tokio::spawn(http::serve(listener, ingress, acceptor, shutdown_rx.clone()))
         } else {
             spawn_http_workers(listeners, &ingress, tls.as_ref(), &shutdown_rx)
                 .map_err(|source| Error::Bind { addr: config.http_listen, source })?
         };
         let uplink_task = tokio::spawn(uplink.run(tally, metrics, shutdown_rx));
         tracing::info!(http = %http_addr, edge_id = config.edge_id, epoch, aggregator = %config.aggregator_addr, "Collector started.");
-        Ok(Collector { _data_dir_lock: data_dir_lock, http_addr, shutdown, http_task, uplink_task })
+        Ok(Collector { _data_dir_lock: data_dir_lock, http_addr, shutdown, http_task, uplink_task, tls, catalog })
     }
 
     pub fn http_addr(&self) -> SocketAddr {
         self.http_addr
+    }
+
+    /// The HTTP listener's TLS, when it serves HTTPS.
+    pub fn tls(&self) -> Option<&tls::Tls> {
+        self.tls.as_ref()
+    }
+
+    /// Puts the campaigns of the local `--campaigns` file in use, unless the
+    /// aggregator has sent a snapshot (which is the source of truth and
+    /// wins). Returns whether they were put in use.
+    pub fn reload_campaigns(&self, campaigns: Campaigns) -> bool {
+        self.catalog.replace_local(campaigns)
     }
 
     /// Stops accepting, lets in-flight requests finish, then ships what is

@@ -1,16 +1,31 @@
-//! The `edgetally-collector` binary: flags, logging, signals.
+//! The `edgetally-collector` binary: settings (flags, their
+//! `EDGETALLY_COLLECTOR_*` variables and the TOML file), logs, signals and
+//! systemd's notifications around a [`Collector`].
 
+use std::ffi::OsString;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use edgetally_collector::{
     BODY_BYTES_MAX_DEFAULT, CONNECTIONS_MAX_DEFAULT, Campaigns, Collector, Config, DedupConfig,
     JOURNAL_BYTES_MAX_DEFAULT, REQUESTS_IN_FLIGHT_MAX_DEFAULT, SPOOL_BYTES_MAX_DEFAULT, SpoolIo, TallyLimits,
     UPLINK_WINDOW_DEFAULT, URL_BYTES_MAX_DEFAULT, click_keys,
 };
+use edgetally_service::logs::{self, LogFormat};
+use edgetally_service::process::{self, ServiceArgs};
+use edgetally_service::settings::{self, Loaded};
+use edgetally_service::signals::Signals;
+
+const ENV_CONFIG: &str = "EDGETALLY_COLLECTOR_CONFIG";
+const ENV_LOG_FORMAT: &str = "EDGETALLY_COLLECTOR_LOG_FORMAT";
+
+/// Settings a SIGHUP applies to the running collector; any other changed
+/// setting is named in a warning and waits for the next start.
+const RELOADED: [&str; 3] = ["tls_cert", "tls_key", "campaigns"];
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 enum SpoolIoArg {
@@ -21,6 +36,20 @@ enum SpoolIoArg {
 #[derive(Debug, Parser)]
 #[command(name = "edgetally-collector", version, about = "EdgeTally edge collector")]
 struct Args {
+    /// Settings file (TOML) whose keys are these flags in snake_case, for
+    /// example `flush_interval_ms = 250`; a flag or its variable wins over
+    /// the file, the file over the default. An unknown key is an error.
+    /// `collector/collector.example.toml` lists every key.
+    #[arg(long, env = ENV_CONFIG)]
+    config: Option<PathBuf>,
+    /// Check the settings and the files they name (certificates, keys,
+    /// campaigns, token), say what was checked and exit: 0 when all is
+    /// well, 2 when not. Binds no port and writes nothing.
+    #[arg(long)]
+    check_config: bool,
+    /// Log lines as `text` or `json` (one object per line).
+    #[arg(long, env = ENV_LOG_FORMAT, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     /// Directory for the collector's state; `collector.json` with the bound
     /// addresses is written here once the collector is listening.
     #[arg(long, env = "EDGETALLY_COLLECTOR_DATA_DIR")]
@@ -135,38 +164,141 @@ struct Args {
     body_bytes_max: usize,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .init();
-    let args = Args::parse();
+fn main() -> ExitCode {
+    process::main(check, |argv, started, throttle| async move { run(&argv, started, throttle).await })
+}
+
+impl ServiceArgs for Args {
+    fn log_format(&self) -> LogFormat {
+        self.log_format
+    }
+
+    fn check_config(&self) -> bool {
+        self.check_config
+    }
+}
+
+async fn run(argv: &[OsString], started: Loaded<Args>, throttle: logs::Throttle) -> anyhow::Result<()> {
+    tokio::spawn(throttle.report());
+    // Installed before start so a signal during start is not lost.
+    let signals = Signals::install().context("installing signal handlers")?;
+    let args = &started.args;
     std::fs::create_dir_all(&args.data_dir).with_context(|| format!("creating {}", args.data_dir.display()))?;
+    let click_keys_path = args.click_keys.clone().unwrap_or_else(|| args.data_dir.join("click-keys.json"));
+    let click_keys = click_keys::load_or_create(&click_keys_path)?;
+    let config = config(args, click_keys)?;
+    let collector = Collector::start(config).await?;
+    let addrs = serde_json::json!({ "http": collector.http_addr().to_string() });
+    write_atomic(&args.data_dir.join("collector.json"), addrs.to_string().as_bytes())?;
+    let status = format!("serving HTTP on {}", collector.http_addr());
+    process::until_stopped(signals, &status, || reload(argv, &started, &collector)).await;
+    collector.shutdown().await;
+    Ok(())
+}
+
+/// Applies a SIGHUP: loads the settings again (the file may have changed),
+/// reads the TLS pair and the local campaigns file again, and names every
+/// other changed setting, which needs a restart. Any error keeps what is in
+/// use and says why.
+fn reload(argv: &[OsString], started: &Loaded<Args>, collector: &Collector) {
+    let newer = match settings::load::<Args>(argv) {
+        Ok(newer) => newer,
+        Err(error) => {
+            tracing::error!(%error, "Reload refused: the settings do not load; nothing changed.");
+            return;
+        }
+    };
+    for setting in started.changed(&newer, &Args::command()) {
+        if !RELOADED.contains(&setting.as_str()) {
+            tracing::warn!(%setting, "Setting changed; it takes effect at the next start.");
+        }
+    }
+    let args = &newer.args;
+    match (collector.tls(), args.tls_cert.as_deref().zip(args.tls_key.as_deref())) {
+        (Some(tls), Some((cert, key))) => match tls.reload(cert, key) {
+            Ok(()) => tracing::info!(cert = %cert.display(), "TLS certificate reloaded."),
+            Err(error) => tracing::error!(%error, "TLS certificate not reloaded; keeping the one in use."),
+        },
+        (None, None) => {}
+        _ => tracing::warn!("Turning TLS on or off takes effect at the next start."),
+    }
+    if let Some(path) = &args.campaigns {
+        match read_campaigns(path) {
+            Ok(campaigns) => {
+                let n_campaigns = campaigns.len();
+                if collector.reload_campaigns(campaigns) {
+                    tracing::info!(path = %path.display(), n_campaigns, "Campaigns reloaded.");
+                } else {
+                    tracing::info!(path = %path.display(), "Campaigns file not used: the aggregator's snapshot is in use.");
+                }
+            }
+            Err(error) => {
+                tracing::error!(error = %format!("{error:#}"), "Campaigns not reloaded; keeping the ones in use.")
+            }
+        }
+    }
+}
+
+/// What `--check-config` checks: every number the settings bound, and every
+/// file they name, read and parsed as at start. Returns what it checked.
+fn check(args: &Args) -> anyhow::Result<Vec<String>> {
+    let mut checked = vec!["settings".to_owned()];
+    check_bounds(args)?;
+    edgetally_collector::check_aggregator_cert(&args.aggregator_cert)?;
+    checked.push(format!("aggregator certificate {}", args.aggregator_cert.display()));
+    if let Some(path) = &args.campaigns {
+        read_campaigns(path)?;
+        checked.push(format!("campaigns {}", path.display()));
+    }
+    if let Some(path) = &args.edge_token_file {
+        read_edge_token(path)?;
+        checked.push(format!("edge token {}", path.display()));
+    }
+    let click_keys_path = args.click_keys.clone().unwrap_or_else(|| args.data_dir.join("click-keys.json"));
+    if click_keys_path.exists() {
+        click_keys::load(&click_keys_path)?;
+        checked.push(format!("click keys {}", click_keys_path.display()));
+    } else {
+        checked.push(format!("click keys {} (missing: created at start)", click_keys_path.display()));
+    }
+    if let Some((cert, key)) = args.tls_cert.as_deref().zip(args.tls_key.as_deref()) {
+        edgetally_collector::tls::check(cert, key)?;
+        checked.push(format!("TLS pair {} {}", cert.display(), key.display()));
+    }
+    Ok(checked)
+}
+
+fn check_bounds(args: &Args) -> anyhow::Result<()> {
     // Each key costs about 13 bytes allocated at start: a billion is 13 GB.
     anyhow::ensure!(
         (1..=1_000_000_000).contains(&args.dedup_keys_max),
         "--dedup-keys-max must be from 1 to 1000000000, got {}",
         args.dedup_keys_max
     );
+    Ok(())
+}
+
+fn read_campaigns(path: &Path) -> anyhow::Result<Campaigns> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    Campaigns::parse(&text).with_context(|| format!("campaigns in {}", path.display()))
+}
+
+fn read_edge_token(path: &Path) -> anyhow::Result<Vec<u8>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(text.trim().as_bytes().to_vec())
+}
+
+fn config(args: &Args, click_keys: edgetally_collector::ClickKeys) -> anyhow::Result<Config> {
+    check_bounds(args)?;
     let campaigns = match &args.campaigns {
-        Some(path) => {
-            Campaigns::parse(&std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?)
-                .with_context(|| format!("campaigns in {}", path.display()))?
-        }
+        Some(path) => read_campaigns(path)?,
         None => Campaigns::default(),
     };
-    let click_keys_path = args.click_keys.clone().unwrap_or_else(|| args.data_dir.join("click-keys.json"));
-    let click_keys = click_keys::load_or_create(&click_keys_path)?;
     let edge_token = match &args.edge_token_file {
-        Some(path) => std::fs::read_to_string(path)
-            .with_context(|| format!("reading {}", path.display()))?
-            .trim()
-            .as_bytes()
-            .to_vec(),
+        Some(path) => read_edge_token(path)?,
         None => Vec::new(),
     };
-    let config = Config {
+    Ok(Config {
         edge_token,
         data_dir: args.data_dir.clone(),
         spool_bytes_max: args.spool_bytes_max,
@@ -181,8 +313,8 @@ async fn main() -> anyhow::Result<()> {
             .http_workers
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)),
         aggregator_addr: args.aggregator_addr,
-        aggregator_cert: args.aggregator_cert,
-        aggregator_server_name: args.aggregator_server_name,
+        aggregator_cert: args.aggregator_cert.clone(),
+        aggregator_server_name: args.aggregator_server_name.clone(),
         edge_id: args.edge_id,
         flush_interval: Duration::from_millis(args.flush_interval_ms.max(1)),
         body_bytes_max: args.body_bytes_max,
@@ -207,29 +339,12 @@ async fn main() -> anyhow::Result<()> {
             window: Duration::from_secs(args.dedup_window_secs.max(1)),
             keys_max: args.dedup_keys_max,
         },
-    };
-    let collector = Collector::start(config).await?;
-    let addrs = serde_json::json!({ "http": collector.http_addr().to_string() });
-    write_atomic(&args.data_dir.join("collector.json"), addrs.to_string().as_bytes())?;
-    wait_for_signal().await?;
-    tracing::info!("Shutting down.");
-    collector.shutdown().await;
-    Ok(())
+    })
 }
 
 fn write_atomic(path: &std::path::Path, contents: &[u8]) -> anyhow::Result<()> {
     let temp = path.with_extension("tmp");
     std::fs::write(&temp, contents).with_context(|| format!("writing {}", temp.display()))?;
     std::fs::rename(&temp, path).with_context(|| format!("renaming to {}", path.display()))?;
-    Ok(())
-}
-
-async fn wait_for_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut terminate = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate.recv() => {}
-    }
     Ok(())
 }

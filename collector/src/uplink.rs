@@ -140,22 +140,27 @@ pub(crate) struct Uplink {
     retry_at: Instant,
 }
 
+/// The certificates in the PEM file the aggregator is trusted by: its own
+/// certificate or the CA that signed it.
+pub(crate) fn trust_roots(path: &Path) -> Result<rustls::RootCertStore, UplinkError> {
+    let certificate_error = |reason: String| UplinkError::Certificate { path: path.display().to_string(), reason };
+    let mut roots = rustls::RootCertStore::empty();
+    let certificates = CertificateDer::pem_file_iter(path).map_err(|error| certificate_error(error.to_string()))?;
+    for certificate in certificates {
+        let certificate = certificate.map_err(|error| certificate_error(error.to_string()))?;
+        roots.add(certificate).map_err(|error| certificate_error(error.to_string()))?;
+    }
+    if roots.is_empty() {
+        return Err(certificate_error("no certificate in file".into()));
+    }
+    Ok(roots)
+}
+
 // === impl Uplink ===
 
 impl Uplink {
     pub(crate) fn new(config: UplinkConfig<'_>) -> Result<Uplink, UplinkError> {
-        let certificate_error =
-            |reason: String| UplinkError::Certificate { path: config.aggregator_cert.display().to_string(), reason };
-        let mut roots = rustls::RootCertStore::empty();
-        let certificates = CertificateDer::pem_file_iter(config.aggregator_cert)
-            .map_err(|error| certificate_error(error.to_string()))?;
-        for certificate in certificates {
-            let certificate = certificate.map_err(|error| certificate_error(error.to_string()))?;
-            roots.add(certificate).map_err(|error| certificate_error(error.to_string()))?;
-        }
-        if roots.is_empty() {
-            return Err(certificate_error("no certificate in file".into()));
-        }
+        let roots = trust_roots(config.aggregator_cert)?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut tls = rustls::ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])
@@ -276,6 +281,11 @@ impl Uplink {
         if let Some(connected) = self.connection.take() {
             connected.connection.close(0u32.into(), b"shutdown");
         }
+        // Closing the endpoint also ends a connection attempt still waiting
+        // on an unreachable aggregator, which would otherwise hold
+        // `wait_idle` until its idle time-out (30 s) and a SIGTERM during an
+        // outage past systemd's stop time-out.
+        self.endpoint.close(0u32.into(), b"shutdown");
         self.endpoint.wait_idle().await;
         // The uplink owns the only other reference, in `self`; tasks that
         // borrowed it for I/O have all finished.

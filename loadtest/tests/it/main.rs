@@ -10,6 +10,7 @@ mod commissions;
 mod control;
 mod crash;
 mod flight_auth;
+mod lifecycle;
 mod loadgen;
 mod spine;
 mod support;

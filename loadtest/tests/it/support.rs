@@ -25,7 +25,7 @@ impl Drop for Process {
     }
 }
 
-fn binary(name: &str) -> PathBuf {
+pub(crate) fn binary(name: &str) -> PathBuf {
     // The test executable lives in target/<profile>/deps; the workspace's
     // binaries live one level up.
     let exe = std::env::current_exe().expect("test executable path");
@@ -35,10 +35,16 @@ fn binary(name: &str) -> PathBuf {
 }
 
 pub(crate) fn spawn(name: &str, args: &[&std::ffi::OsStr]) -> Process {
+    spawn_with(name, args, &[])
+}
+
+/// [`spawn`] with extra environment variables.
+fn spawn_with(name: &str, args: &[&std::ffi::OsStr], envs: &[(OsString, OsString)]) -> Process {
     let show_logs = std::env::var_os("TEST_LOG").is_some();
     let child = Command::new(binary(name))
         .env_clear()
         .env("RUST_LOG", if show_logs { "debug" } else { "warn" })
+        .envs(envs.iter().map(|(key, value)| (key, value)))
         .args(args)
         .stdout(Stdio::null())
         .stderr(if show_logs { Stdio::inherit() } else { Stdio::null() })
@@ -338,13 +344,15 @@ pub(crate) fn rollup_counts(batches: &[arrow_array::RecordBatch]) -> BTreeMap<Gr
 pub(crate) struct Node {
     name: &'static str,
     pub(crate) args: Vec<OsString>,
+    /// Environment variables besides `RUST_LOG` (the rest is cleared).
+    pub(crate) envs: Vec<(OsString, OsString)>,
     addresses: PathBuf,
     process: Option<Process>,
 }
 
 impl Node {
     pub(crate) fn new(name: &'static str, args: Vec<OsString>, addresses: PathBuf) -> Node {
-        Node { name, args, addresses, process: None }
+        Node { name, args, envs: Vec::new(), addresses, process: None }
     }
 
     /// An aggregator with its state in `dir/aggregator`, on ephemeral
@@ -386,8 +394,15 @@ impl Node {
     pub(crate) fn start(&mut self) -> serde_json::Value {
         let _ = std::fs::remove_file(&self.addresses);
         let args: Vec<&std::ffi::OsStr> = self.args.iter().map(OsString::as_os_str).collect();
-        self.process = Some(spawn(self.name, &args));
+        self.process = Some(spawn_with(self.name, &args, &self.envs));
         wait_for_json(&self.addresses)
+    }
+
+    /// Sends a signal (`HUP`, `TERM`, …) to the running process.
+    pub(crate) fn signal(&self, name: &str) {
+        let pid = self.process.as_ref().expect("the node is running").child.id().to_string();
+        let sent = Command::new("kill").args([&format!("-{name}"), &pid]).status().expect("kill");
+        assert!(sent.success(), "kill -{name} {pid}");
     }
 
     /// SIGKILL: no shutdown code runs.
@@ -397,14 +412,25 @@ impl Node {
 
     /// SIGTERM, then waits up to `limit` for the process to exit by itself.
     pub(crate) fn terminate(&mut self, limit: Duration) -> std::process::ExitStatus {
+        self.terminate_notified(limit, || ()).1
+    }
+
+    /// [`Node::terminate`], calling `between` after the signal is sent and
+    /// before waiting for the exit.
+    pub(crate) fn terminate_notified<T>(
+        &mut self,
+        limit: Duration,
+        between: impl FnOnce() -> T,
+    ) -> (T, std::process::ExitStatus) {
         let mut process = self.process.take().expect("the node is running");
         let pid = process.child.id().to_string();
         let sent = Command::new("kill").args(["-TERM", &pid]).status().expect("kill");
         assert!(sent.success(), "kill -TERM {pid}");
+        let seen = between();
         let deadline = Instant::now() + limit;
         loop {
             if let Some(status) = process.child.try_wait().expect("waiting for the process") {
-                return status;
+                return (seen, status);
             }
             assert!(Instant::now() < deadline, "{} did not exit within {limit:?} of SIGTERM", self.name);
             std::thread::sleep(Duration::from_millis(20));
