@@ -40,6 +40,8 @@ pub use edgetally_protocol::ClickKeys;
 pub use edgetally_protocol::campaigns::{self, Campaigns};
 pub use http::{OUTCOME_HEADER, PIXEL_GIF};
 pub use journal::{JOURNAL_BYTES_MAX_DEFAULT, JournalError};
+#[doc(hidden)]
+pub use journal::{fuzz_seed_segment as fuzz_journal_seed, fuzz_segment as fuzz_journal_segment};
 pub use spool::{SpoolError, SpoolIo};
 pub use tally::TallyLimits;
 pub use uplink::UplinkError;

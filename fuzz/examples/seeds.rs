@@ -58,6 +58,7 @@ fn main() {
     );
 
     write("campaigns", "two", CAMPAIGNS.as_bytes());
+    write("journal", "five-records", &edgetally_collector::fuzz_journal_seed());
 
     let rollups = encode_ipc(&rollups_to_batch(
         [

@@ -33,13 +33,7 @@ fn entries() -> Vec<Entry> {
 }
 
 fn append(journal: &mut Journal, entry: &Entry) -> bool {
-    journal.append(match entry {
-        Entry::Count { key, kind, unique, conversion } => {
-            EntryRef::Count { key, kind: *kind, unique: *unique, conversion: conversion.as_ref() }
-        }
-        Entry::Duplicate { key } => EntryRef::Duplicate { key },
-        Entry::Quarantine(row) => EntryRef::Quarantine(row),
-    })
+    journal.append(entry.as_entry_ref())
 }
 
 fn journal_files(dir: &Path) -> usize {
@@ -162,4 +156,55 @@ fn a_prepared_spare_is_used_in_order() {
     fs::remove_file(dir.path().join(segment_name(2))).unwrap();
     let (_, replay, _) = Journal::open(dir.path(), SEGMENT, u64::MAX, 0).unwrap();
     assert_eq!(replay, all[..2]);
+}
+
+#[test]
+fn the_fuzz_checks_hold_on_whole_torn_and_flipped_segments() {
+    let seed = fuzz_seed_segment();
+    let check = |bytes: &[u8]| fuzz_segment(tempfile::tempdir().unwrap().path(), bytes);
+    assert_eq!(check(&seed), 5);
+    // A torn tail ends the segment at the last whole record.
+    let records: Vec<usize> = {
+        let mut ends = Vec::new();
+        let mut at = 0;
+        while let Some(header) = seed.get(at..at + RECORD_HEADER_LEN) {
+            let len = u32::from_le_bytes(header[..4].try_into().unwrap()) as usize;
+            if len == 0 {
+                break;
+            }
+            at += RECORD_HEADER_LEN + len;
+            ends.push(at);
+        }
+        ends
+    };
+    assert_eq!(records.len(), 5);
+    assert_eq!(check(&seed[..records[2] + 3]), 3);
+    // A flipped byte in the fourth record's payload stops the reader there.
+    let mut flipped = seed.clone();
+    flipped[records[2] + RECORD_HEADER_LEN] ^= 0x40;
+    assert_eq!(check(&flipped), 3);
+    assert_eq!(check(&[]), 0);
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(200))]
+
+    /// The fuzz target's checks on damaged copies of a real segment: bytes
+    /// flipped, the tail cut, noise appended.
+    #[test]
+    fn the_fuzz_checks_hold_on_damaged_segments(
+        flips in proptest::collection::vec((0usize..400, 1u8..=255), 0..4),
+        cut in 0usize..400,
+        noise in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+    ) {
+        let mut bytes = fuzz_seed_segment();
+        for (at, mask) in flips {
+            let at = at % bytes.len();
+            bytes[at] ^= mask;
+        }
+        bytes.truncate(cut.min(bytes.len()));
+        bytes.extend_from_slice(&noise);
+        let n_entries = fuzz_segment(tempfile::tempdir().unwrap().path(), &bytes);
+        proptest::prop_assert!(n_entries <= 5 + noise.len() / RECORD_HEADER_LEN);
+    }
 }
