@@ -137,6 +137,17 @@ with flightsql.connect(args.flight_sql, db_kwargs=db_kwargs, autocommit=True) as
 print(minor_to_major(payable, "currency", ["commission_minor", "parent_commission_minor"]))
 
 # %% [markdown]
+# ## Data-quality findings
+#
+# The `alerts` dataset: edges gone silent, duplicates by affiliate and
+# campaign, quarantined input by reason, derived when asked for.
+
+# %%
+alerts = read({"dataset": "alerts"})
+for row in alerts.to_pylist()[-20:]:
+    print(f"  {row['time']:%Y-%m-%d %H:%M} {row['severity']:8} {row['kind']:12} {row['message']}")
+
+# %% [markdown]
 # ## What arrives now
 #
 # A `follow` ticket keeps the stream open and sends each new conversion as

@@ -364,7 +364,9 @@ pub(crate) fn scope(role: Role, query: &mut Query) -> Result<(), Denied> {
         Role::Admin => Ok(()),
         Role::Edge => Err(Denied::Dataset { role, dataset: query.dataset.as_str() }),
         Role::Affiliate(own_id) => match query.dataset {
-            Dataset::Rollups | Dataset::Conversions => match query.affiliate_id {
+            // An affiliate's alerts are the findings on its own keys: the
+            // filter leaves out every finding without an affiliate.
+            Dataset::Rollups | Dataset::Conversions | Dataset::Alerts => match query.affiliate_id {
                 None => {
                     query.affiliate_id = Some(own_id);
                     Ok(())

@@ -20,6 +20,8 @@
 //! Not here yet: the dashboard.
 
 mod admin;
+mod alerts;
+pub use alerts::EDGE_SILENT_SECS_DEFAULT;
 mod auth;
 mod catalog;
 mod cert;
@@ -103,6 +105,9 @@ pub struct Config {
     /// that arrive later are dropped (counted). `None` keeps every day.
     /// The command line's default is [`RETENTION_DAYS_DEFAULT`].
     pub retention_days: Option<u32>,
+    /// How long an edge that has shipped may send nothing before the
+    /// `alerts` dataset reports it silent; `None` reports no edge.
+    pub edge_silent: Option<Duration>,
     /// The edges allowed to ship and their tokens; `None` accepts every
     /// edge that trusts the certificate (logged as a warning at start).
     pub edge_tokens: Option<EdgeTokens>,
@@ -358,6 +363,8 @@ impl Aggregator {
         );
         // Only now: what replay applied is history, not news.
         store.publish(follow::FOLLOW_QUEUE_MAX);
+        // After replay: edges known from the log are measured from here.
+        store.watch_edges(config.edge_silent);
         let (snapshot_due, snapshot_due_rx) = mpsc::channel(SNAPSHOT_DUE_QUEUE_MAX);
         let wal_config = wal::WalConfig { fsync: config.wal_fsync, snapshot_wal_bytes: config.snapshot_wal_bytes };
         let wal = Arc::new(wal::Wal::start(

@@ -13,7 +13,8 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{CommandFactory, Parser};
 use edgetally_aggregator::{
-    Aggregator, Config, EdgeTokens, FlightAuth, RETENTION_DAYS_DEFAULT, SNAPSHOT_WAL_BYTES_DEFAULT, TlsFiles,
+    Aggregator, Config, EDGE_SILENT_SECS_DEFAULT, EdgeTokens, FlightAuth, RETENTION_DAYS_DEFAULT,
+    SNAPSHOT_WAL_BYTES_DEFAULT, TlsFiles,
 };
 use edgetally_service::logs::{self, LogFormat};
 use edgetally_service::process::{self, ServiceArgs};
@@ -105,6 +106,10 @@ struct Args {
     /// memory and disk (400: a little over 13 months). 0 keeps every day.
     #[arg(long, env = ENV_RETENTION_DAYS, default_value_t = RETENTION_DAYS_DEFAULT)]
     retention_days: u32,
+    /// Seconds an edge that has shipped may send nothing before the
+    /// `alerts` dataset reports it silent (`edge_silent`). 0 reports none.
+    #[arg(long, env = "EDGETALLY_AGGREGATOR_EDGE_SILENT_SECS", default_value_t = EDGE_SILENT_SECS_DEFAULT)]
+    edge_silent_secs: u64,
     /// JSON file of the edges allowed to ship and their tokens:
     /// `{"edges": [{"edge_id": 1, "token": "…"}]}`. Without it every edge
     /// that trusts the QUIC certificate is accepted.
@@ -172,6 +177,7 @@ async fn run(argv: &[OsString], started: Loaded<Args>, throttle: logs::Throttle)
         wal_fsync: args.wal_fsync,
         snapshot_wal_bytes: args.snapshot_wal_bytes,
         retention_days: Some(args.retention_days).filter(|&n_days| n_days > 0),
+        edge_silent: Some(args.edge_silent_secs).filter(|&secs| secs > 0).map(std::time::Duration::from_secs),
         edge_tokens: args.edge_tokens.as_deref().map(EdgeTokens::load).transpose().context("edge tokens")?,
         campaigns: args.campaigns.clone(),
         flight_auth: args.flight_tokens.as_deref().map(FlightAuth::load).transpose().context("flight tokens")?,

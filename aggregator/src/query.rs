@@ -44,6 +44,7 @@ use edgetally_protocol::event::MINUTE_MS;
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
 
+use crate::alerts::{ALERTS_SCHEMA, alerts_to_batch};
 use crate::follow::Applied;
 use crate::ledger::{Conversion, LEDGER_SCHEMA, ledger_to_batch};
 use crate::store::{MoneyTotals, Store, Tables};
@@ -54,6 +55,9 @@ pub(crate) enum Dataset {
     Rollups,
     Conversions,
     Quarantine,
+    /// Findings derived from the others at the moment of the query
+    /// (`alerts.rs`).
+    Alerts,
 }
 
 /// A rollup column that can be grouped by, in canonical (schema) order.
@@ -172,7 +176,7 @@ const HOUR_MS: i64 = 60 * MINUTE_MS;
 // === impl Dataset ===
 
 impl Dataset {
-    pub(crate) const ALL: [Dataset; 3] = [Dataset::Rollups, Dataset::Conversions, Dataset::Quarantine];
+    pub(crate) const ALL: [Dataset; 4] = [Dataset::Rollups, Dataset::Conversions, Dataset::Quarantine, Dataset::Alerts];
 
     pub(crate) fn parse(name: &str) -> Option<Dataset> {
         Dataset::ALL.into_iter().find(|dataset| dataset.as_str() == name)
@@ -183,6 +187,7 @@ impl Dataset {
             Dataset::Rollups => "rollups",
             Dataset::Conversions => "conversions",
             Dataset::Quarantine => "quarantine",
+            Dataset::Alerts => "alerts",
         }
     }
 }
@@ -433,6 +438,7 @@ impl Query {
         match self.dataset {
             Dataset::Conversions => LEDGER_SCHEMA.clone(),
             Dataset::Quarantine => QUARANTINE_SCHEMA.clone(),
+            Dataset::Alerts => ALERTS_SCHEMA.clone(),
             Dataset::Rollups => {
                 let group_fields = self.group_by.columns().map(|column| match column {
                     GroupColumn::Minute => self.buckets.field(),
@@ -475,6 +481,18 @@ impl Query {
                 rows.sort_by_key(|row| row.time_ms);
                 in_batches(rows, |chunk| Ok(quarantine_to_batch(&chunk)))
             }
+            Dataset::Alerts => {
+                // A finding without keys (an edge, quarantined input)
+                // passes only a ticket that filters on no key.
+                let unfiltered = self.affiliate_id.is_none() && self.campaign_id.is_none() && self.sub1.is_none();
+                let keep = |time_ms: i64, keys: Option<(u32, u32, &str)>| {
+                    self.in_range(time_ms)
+                        && keys.map_or(unfiltered, |(affiliate_id, campaign_id, sub1)| {
+                            self.matches(affiliate_id, campaign_id, sub1)
+                        })
+                };
+                in_batches(store.alerts(crate::store::now_ms(), &keep), |chunk| Ok(alerts_to_batch(&chunk)))
+            }
         }
     }
 
@@ -511,6 +529,9 @@ impl Query {
                 let rows: Vec<_> = batch.quarantine.iter().filter(|row| self.in_range(row.time_ms)).cloned().collect();
                 (!rows.is_empty()).then(|| quarantine_to_batch(&rows))
             }
+            // Findings are derived, not applied: the ticket parser refuses
+            // to follow them.
+            Dataset::Alerts => None,
         };
         let Some(rows) = rows else { return Ok(None) };
         let applied_at =

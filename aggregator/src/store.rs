@@ -40,6 +40,7 @@ use edgetally_protocol::batch::{ConversionRow, QuarantineRow, RollupCounts, Roll
 use edgetally_protocol::event::{EventKind, MINUTE_MS};
 use tokio::sync::broadcast;
 
+use crate::alerts::{self, Alert, EdgeWatch};
 use crate::follow::{Applied, Feed};
 use crate::ledger::{Commission, Conversion, ConversionKey, Rules, Status};
 use crate::partition::{DAY_MS, Dataset, day_of};
@@ -146,6 +147,8 @@ pub(crate) struct Store {
 struct Inner {
     tables: Tables,
     edges: HashMap<u32, EdgeMark>,
+    /// When each edge last shipped, for the `edge_silent` finding.
+    watch: EdgeWatch,
     /// Where applied batches go for followers; `None` before
     /// [`Store::publish`] (during replay) and after
     /// [`Store::stop_publishing`].
@@ -174,7 +177,9 @@ impl Store {
     /// before. An applied batch is published to the followers, if any.
     pub(crate) fn apply(&self, batch: Batch) -> Admission {
         let mut inner = self.lock();
-        let Inner { tables, edges, followers } = &mut *inner;
+        let Inner { tables, edges, watch, followers } = &mut *inner;
+        // A resend of an applied batch shows the edge alive too.
+        watch.last_batch_ms.insert(batch.edge_id, now_ms());
         let mark = edges.entry(batch.edge_id).or_default();
         let admission = mark.admit(batch.epoch, batch.sequence);
         if admission == Admission::Apply {
@@ -312,7 +317,7 @@ impl Store {
     /// A store holding `tables` with the edges at `marks`, as a snapshot
     /// left them.
     pub(crate) fn restore(tables: Tables, marks: HashMap<u32, EdgeMark>) -> Store {
-        Store { inner: Mutex::new(Inner { tables, edges: marks, followers: None }) }
+        Store { inner: Mutex::new(Inner { tables, edges: marks, watch: EdgeWatch::default(), followers: None }) }
     }
 
     /// Runs `export` on the whole state under the lock. `export` is
@@ -366,6 +371,21 @@ impl Store {
         }
         tables.dirty.retain(|&(_, day)| day >= cutoff_day);
         days.len() as u64
+    }
+
+    /// Starts watching edges for silence: an edge quiet for `silent` is a
+    /// finding, and one known from the log but not heard from since is
+    /// measured from now. `None` watches no edge.
+    pub(crate) fn watch_edges(&self, silent: Option<std::time::Duration>) {
+        let mut inner = self.lock();
+        inner.watch.since_ms = now_ms();
+        inner.watch.silent_ms = silent.map(|silent| i64::try_from(silent.as_millis()).unwrap_or(i64::MAX));
+    }
+
+    /// The findings at `now_ms` that `keep` wants (see `alerts::findings`).
+    pub(crate) fn alerts(&self, now_ms: i64, keep: &alerts::Keep<'_>) -> Vec<Alert> {
+        let inner = self.lock();
+        alerts::findings(&inner.tables, inner.edges.keys().copied(), &inner.watch, now_ms, keep)
     }
 
     /// See `Tables::late_rows_dropped`.
@@ -540,7 +560,7 @@ pub(crate) fn rollup_key(row: &ConversionRow) -> RollupKey {
 }
 
 /// The wall clock in Unix ms; a clock before 1970 reads as 0.
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     let since_epoch = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
     i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX)
 }

@@ -271,6 +271,7 @@ pub(crate) fn loopback_config(data_dir: &std::path::Path) -> Config {
         campaigns: None,
         flight_auth: None,
         flight_tls: None,
+        edge_silent: Some(std::time::Duration::from_secs(crate::EDGE_SILENT_SECS_DEFAULT)),
     }
 }
 
@@ -370,7 +371,8 @@ async fn batch_over_quic_then_flight_inner() {
         [
             Bytes::from(r#"{"dataset":"rollups"}"#),
             Bytes::from(r#"{"dataset":"conversions"}"#),
-            Bytes::from(r#"{"dataset":"quarantine"}"#)
+            Bytes::from(r#"{"dataset":"quarantine"}"#),
+            Bytes::from(r#"{"dataset":"alerts"}"#),
         ]
     );
 
@@ -1015,7 +1017,8 @@ async fn flight_calls_need_a_role_inner() {
         tickets,
         [
             Bytes::from(r#"{"affiliate_id":7,"dataset":"rollups"}"#),
-            Bytes::from(r#"{"affiliate_id":7,"dataset":"conversions"}"#)
+            Bytes::from(r#"{"affiliate_id":7,"dataset":"conversions"}"#),
+            Bytes::from(r#"{"affiliate_id":7,"dataset":"alerts"}"#),
         ]
     );
     // A refusal never repeats the token.

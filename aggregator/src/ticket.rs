@@ -15,10 +15,11 @@
 //!
 //! - `from` and `to`: instants, RFC 3339 strings (any offset) or integer
 //!   Unix milliseconds; the range `[from, to)` selects rollup minutes and
-//!   conversion and quarantine times. They do not snap to buckets: a day
+//!   conversion, quarantine and finding times. They do not snap to buckets: a day
 //!   bucket that `from` cuts holds only the minutes from `from` on.
 //! - `affiliate_id`, `campaign_id` (integers) and `sub1` (exact, `""` for
-//!   rows without one): filters on `rollups` and `conversions`, refused on
+//!   rows without one): filters on `rollups`, `conversions` and `alerts`
+//!   (a finding without those keys passes no such filter), refused on
 //!   `quarantine`, whose rejected input has no trusted keys.
 //! - `group_by` (rollups only): any of `minute`, `affiliate_id`,
 //!   `campaign_id`, `sub1`; all four by default, `[]` for one grand total.
@@ -43,7 +44,8 @@
 //! negative for a rejection, with zero counters), each filtered by `from`,
 //! `to` and the key filters as usual, with an `applied_at` column (ms,
 //! UTC) last.
-//! `group_by`, `granularity` and `tz` are refused with `follow`. Only
+//! `group_by`, `granularity` and `tz` are refused with `follow`, and
+//! `alerts` cannot be followed: its findings are derived when asked for. Only
 //! changes applied after the follow starts are sent: a client reads the
 //! dataset with a normal ticket, then follows (a batch applied between the
 //! two is in neither; following first and reading second gives overlap
@@ -66,7 +68,7 @@ pub(crate) enum TicketError {
     TooLarge { len: usize },
     #[error("bad ticket json: {0}")]
     Json(#[from] serde_json::Error),
-    #[error("unknown dataset {0:?}: expected rollups, conversions or quarantine")]
+    #[error("unknown dataset {0:?}: expected rollups, conversions, quarantine or alerts")]
     UnknownDataset(String),
     #[error("bad {field} time {text:?}: expected RFC 3339 or Unix milliseconds")]
     BadTime { field: &'static str, text: String },
@@ -86,6 +88,8 @@ pub(crate) enum TicketError {
     BadSub1(EventError),
     #[error("{key} cannot be combined with follow: follow streams each applied batch's rollup rows, ungrouped")]
     FollowGrouping { key: &'static str },
+    #[error("alerts cannot be followed: findings are derived when asked for, so ask again")]
+    FollowAlerts,
     #[error("unknown granularity {0:?}: expected minute, hour or day")]
     UnknownGranularity(String),
     #[error("unknown time zone {0:?}: expected an IANA name such as UTC or America/New_York")]
@@ -131,6 +135,9 @@ pub(crate) fn parse(ticket: &[u8]) -> Result<Query, TicketError> {
         return Err(TicketError::EmptyRange { from_ms, to_ms });
     }
     let follow = json.follow.unwrap_or(false);
+    if follow && dataset == Dataset::Alerts {
+        return Err(TicketError::FollowAlerts);
+    }
     // Keys that shape a grouped answer, which follow and the ungrouped
     // datasets do not have.
     let grouping_keys =

@@ -50,6 +50,7 @@ fn config(data_dir: std::path::PathBuf) -> Config {
         campaigns: None,
         flight_auth: None,
         flight_tls: None,
+        edge_silent: None,
     }
 }
 

@@ -100,6 +100,7 @@ pub(crate) async fn run(args: StackArgs) -> anyhow::Result<()> {
         campaigns: Some(campaigns_path.clone()),
         flight_auth: Some(flight_auth),
         flight_tls: None,
+        edge_silent: Some(std::time::Duration::from_secs(edgetally_aggregator::EDGE_SILENT_SECS_DEFAULT)),
     })
     .await
     .context("starting the aggregator")?;

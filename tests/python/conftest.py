@@ -327,13 +327,23 @@ def stack():
                 stack.pixel(9, 2)
             bad = stack.post({"kind": "sale", "affiliate_id": 7, "campaign_id": 1, "amount": "1.00", "currency": "XXX"})
             assert bad["rejected"] == 1, bad
+            # The edge answers a repeat of order py-A as a duplicate: a
+            # finding in `alerts`, and nothing booked twice.
+            again = stack.post(SALES[0])
+            assert again["duplicates"] == 1, again
 
             def landed():
                 rollups = stack.read({"dataset": "rollups", "group_by": []})
                 conversions = stack.read({"dataset": "conversions"})
                 quarantine = stack.read({"dataset": "quarantine"})
                 impressions = sum(rollups.column("impressions").to_pylist())
-                return conversions.num_rows == len(SALES) and impressions == 5 and quarantine.num_rows == 1
+                duplicates = sum(rollups.column("duplicates").to_pylist())
+                return (
+                    conversions.num_rows == len(SALES)
+                    and impressions == 5
+                    and duplicates == 1
+                    and quarantine.num_rows == 1
+                )
 
             stack.wait_until("the known traffic lands at the aggregator", landed)
             yield stack

@@ -30,7 +30,7 @@ def test_list_flights_names_every_dataset_and_its_schema(stack):
     client = stack.client()
     infos = list(client.list_flights(options=stack.options(stack.admin_token)))
     datasets = [json.loads(info.descriptor.command)["dataset"] for info in infos]
-    assert datasets == ["rollups", "conversions", "quarantine"]
+    assert datasets == ["rollups", "conversions", "quarantine", "alerts"]
     for info in infos:
         # Each endpoint's ticket reads the dataset, in the schema announced.
         ticket = info.endpoints[0].ticket
@@ -77,6 +77,28 @@ def test_conversions_carry_their_commission(stack):
 def test_quarantine_keeps_the_reason(stack):
     rows = stack.read({"dataset": "quarantine"}).to_pylist()
     assert [(row["source"], row["reason"]) for row in rows] == [("events", "bad_currency")]
+
+
+def data_findings(table):
+    """The findings about the data, leaving out `edge_silent` (the shared
+    stack's edge may go quiet while the tests read)."""
+    return [
+        (row["kind"], row["severity"], row["affiliate_id"], row["campaign_id"], row["count"], row["message"])
+        for row in table.to_pylist()
+        if row["kind"] != "edge_silent"
+    ]
+
+
+def test_alerts_name_the_duplicate_and_the_quarantined_input(stack):
+    table = stack.read({"dataset": "alerts"})
+    assert table.schema.field("time").type == pa.timestamp("ms", tz="UTC")
+    assert sorted(data_findings(table)) == [
+        ("duplicates", "warning", 7, 1, 1, "1 duplicate event for affiliate 7 on campaign 1"),
+        ("quarantined", "warning", None, None, 1, "1 input quarantined: bad_currency"),
+    ]
+    # Affiliate 7 sees its own finding; affiliate 9 has none.
+    own = stack.read({"dataset": "alerts"}, stack.affiliate_7_token)
+    assert [(row["kind"], row["affiliate_id"]) for row in own.to_pylist()] == [("duplicates", 7)]
 
 
 def test_affiliate_token_sees_only_its_rows(stack):

@@ -62,6 +62,14 @@ def test_rollups_in_sql(stack):
     assert rows == COUNTS
 
 
+def test_alerts_in_sql(stack):
+    sql = "SELECT affiliate_id, SUM(count) AS n FROM alerts WHERE kind = 'duplicates' GROUP BY affiliate_id"
+    assert query(stack, stack.admin_token, sql).to_pylist() == [{"affiliate_id": 7, "n": 1}]
+    # An affiliate's SQL reads only the findings on its own rows.
+    table = query(stack, stack.affiliate_7_token, "SELECT kind, affiliate_id FROM alerts")
+    assert table.to_pylist() == [{"kind": "duplicates", "affiliate_id": 7}]
+
+
 def test_affiliate_token_sees_only_its_rows(stack):
     token = stack.affiliate_7_token
     table = query(stack, token, COMMISSION_PER_AFFILIATE_PER_DAY)

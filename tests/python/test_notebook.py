@@ -26,5 +26,7 @@ def test_notebook_runs_against_the_stack(stack):
     out = result.stdout
     # Money per currency in major units (USD revenue 100.00 + 30.00, BHD
     # 12.345 with commission 1.234), and the SQL's commission per row.
-    for text in ["revenue_minor_sum", "130.00", "25.00", "12.345", "1.234", "8.00", "12.50", "0 conversions arrived"]:
+    # And the findings: the duplicate of py-A, the quarantined sale.
+    findings = ["1 duplicate event for affiliate 7 on campaign 1", "1 input quarantined: bad_currency"]
+    for text in ["revenue_minor_sum", "130.00", "25.00", "12.345", "1.234", "8.00", "12.50", "0 conversions arrived", *findings]:
         assert text in out, f"{text!r} missing from:\n{out}"

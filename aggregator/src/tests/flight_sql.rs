@@ -188,6 +188,7 @@ async fn sql_sums_what_was_shipped_inner() {
     assert_eq!(
         tables(&mut client).await,
         expect(&[
+            &["datafusion", "public", "alerts", "TABLE"],
             &["datafusion", "public", "conversions", "TABLE"],
             &["datafusion", "public", "quarantine", "TABLE"],
             &["datafusion", "public", "rollups", "TABLE"],
@@ -288,7 +289,11 @@ async fn sql_scopes_rows_by_role_inner() {
     check_refused(query(&mut affiliate, "DROP TABLE conversions").await, Code::InvalidArgument, "read-only");
     assert_eq!(
         tables(&mut affiliate).await,
-        expect(&[&["datafusion", "public", "conversions", "TABLE"], &["datafusion", "public", "rollups", "TABLE"]])
+        expect(&[
+            &["datafusion", "public", "alerts", "TABLE"],
+            &["datafusion", "public", "conversions", "TABLE"],
+            &["datafusion", "public", "rollups", "TABLE"],
+        ])
     );
 
     // Edges may not use SQL; callers without a valid token learn nothing.

@@ -188,6 +188,8 @@ fn bad_tickets() {
     check_error(br#"["rollups"]"#, "bad ticket json");
     check_error(br#"{}"#, "missing field `dataset`");
     check_error(br#"{"dataset":"clicks"}"#, "unknown dataset \"clicks\"");
+    check_error(br#"{"dataset":"alerts","follow":true}"#, "alerts cannot be followed");
+    check_error(br#"{"dataset":"alerts","group_by":["minute"]}"#, "group_by applies to rollups only, not to alerts");
     check_error(br#"{"dataset":"rollups","form":0}"#, "unknown field `form`");
     check_error(br#"{"dataset":"rollups","from":"yesterday"}"#, "bad from time \"yesterday\"");
     check_error(br#"{"dataset":"rollups","to":"2026-11-24"}"#, "bad to time \"2026-11-24\"");

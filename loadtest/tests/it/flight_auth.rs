@@ -186,8 +186,8 @@ async fn roles_read_what_they_may() {
         "edge token",
     );
 
-    // ListFlights: the affiliate is offered its two datasets, each ticket
-    // naming it; the edge gets nothing.
+    // ListFlights: the affiliate is offered its three datasets, each
+    // ticket naming it; the edge gets nothing.
     let mut client = flight_client(flight, affiliate_7).await;
     let infos: Vec<_> = client.list_flights("").await.unwrap().try_collect().await.unwrap();
     let tickets: Vec<Bytes> = infos.iter().map(|info| info.endpoint[0].ticket.clone().unwrap().ticket).collect();
@@ -195,7 +195,8 @@ async fn roles_read_what_they_may() {
         tickets,
         [
             Bytes::from(r#"{"affiliate_id":7,"dataset":"rollups"}"#),
-            Bytes::from(r#"{"affiliate_id":7,"dataset":"conversions"}"#)
+            Bytes::from(r#"{"affiliate_id":7,"dataset":"conversions"}"#),
+            Bytes::from(r#"{"affiliate_id":7,"dataset":"alerts"}"#),
         ]
     );
     let mut client = flight_client(flight, Some(EDGE_TOKEN)).await;

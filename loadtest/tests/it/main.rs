@@ -5,6 +5,7 @@
 //! These tests run the binaries that `cargo build --workspace --bins` put
 //! next to this test executable; the README's test command builds them first.
 
+mod alerts;
 mod buckets;
 mod commissions;
 mod control;

@@ -75,10 +75,16 @@ pub(crate) struct Stack {
     /// but its data dir, listen address, edge id and token).
     pub(crate) collector_args: Vec<String>,
     pub(crate) dir: tempfile::TempDir,
-    _processes: Vec<Process>,
+    /// The aggregator first, then each collector.
+    processes: Vec<Process>,
 }
 
 impl Stack {
+    /// Kills every collector (no shutdown code runs); the aggregator goes on.
+    pub(crate) fn stop_collectors(&mut self) {
+        self.processes.truncate(1);
+    }
+
     pub(crate) fn start(n_collectors: u32) -> Stack {
         Stack::start_with(n_collectors, &[])
     }
@@ -169,14 +175,7 @@ impl Stack {
         ]
         .map(str::to_owned)
         .to_vec();
-        Stack {
-            collectors,
-            flight_url: format!("http://{flight}"),
-            aggregator_http,
-            collector_args,
-            dir,
-            _processes: processes,
-        }
+        Stack { collectors, flight_url: format!("http://{flight}"), aggregator_http, collector_args, dir, processes }
     }
 }
 
