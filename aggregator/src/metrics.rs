@@ -122,6 +122,11 @@ impl Collector for StatsCollector {
                 stats.followers_lagged,
             ),
             (
+                "log_lines_suppressed",
+                "Warning and error log lines held back by the per-call-site rate limit",
+                edgetally_service::logs::suppressed_total(),
+            ),
+            (
                 "flight_sql_queries_refused",
                 "Flight SQL queries refused with RESOURCE_EXHAUSTED because the most allowed at once were planning or running",
                 stats.flight_sql_queries_refused,

@@ -292,6 +292,7 @@ impl Ingress {
             "/metrics" if readable => {
                 self.metrics.observe_dedup(&self.dedup);
                 self.metrics.observe_journal(self.tally.journal_state());
+                self.metrics.observe_logs();
                 let n_open = self.connections_max - self.connections.available_permits();
                 self.metrics.connections_open.set(n_open as i64);
                 let mut response = Response::new(Full::new(Bytes::from(self.metrics.render())));

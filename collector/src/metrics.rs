@@ -86,6 +86,10 @@ pub(crate) struct Metrics {
     pub(crate) conversions_pending: Gauge,
     pub(crate) quarantine_pending: Gauge,
     pub(crate) quarantine_discarded: Counter,
+    /// Warnings and errors the log's rate limit held back.
+    log_lines_suppressed: Counter,
+    /// `edgetally_service::logs::suppressed_total` at the last scrape.
+    log_lines_suppressed_seen: AtomicU64,
 }
 
 // === impl Metrics ===
@@ -130,6 +134,8 @@ impl Metrics {
             conversions_pending: Gauge::default(),
             quarantine_pending: Gauge::default(),
             quarantine_discarded: Counter::default(),
+            log_lines_suppressed: Counter::default(),
+            log_lines_suppressed_seen: AtomicU64::new(0),
             registry: Registry::default(),
         };
         registry.register("events_accepted", "Events accepted, by kind", metrics.events_accepted.clone());
@@ -263,6 +269,11 @@ impl Metrics {
             "Rejected inputs not kept because the quarantine was full (still counted by reason)",
             metrics.quarantine_discarded.clone(),
         );
+        registry.register(
+            "log_lines_suppressed",
+            "Warning and error log lines held back by the per-call-site rate limit",
+            metrics.log_lines_suppressed.clone(),
+        );
         Metrics { registry, accepted_by_kind, ..metrics }
     }
 
@@ -297,6 +308,13 @@ impl Metrics {
         self.journal_bytes.set(state.bytes as i64);
         let seen = self.journal_unjournaled_seen.swap(state.n_unjournaled, Ordering::Relaxed);
         self.journal_unjournaled.inc_by(state.n_unjournaled.saturating_sub(seen));
+    }
+
+    /// Brings the log metrics up to date; called per scrape.
+    pub(crate) fn observe_logs(&self) {
+        let total = edgetally_service::logs::suppressed_total();
+        let seen = self.log_lines_suppressed_seen.swap(total, Ordering::Relaxed);
+        self.log_lines_suppressed.inc_by(total.saturating_sub(seen));
     }
 
     pub(crate) fn render(&self) -> String {

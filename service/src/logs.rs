@@ -6,12 +6,14 @@
 //! [`LINES_PER_WINDOW`] lines from one site in each [`WINDOW`]. A flood of
 //! refused connections or bad frames, which an attacker controls, then
 //! costs a few lines, not a full disk; [`Throttle::report`] says every
-//! window how many lines were held back and where. Info and below are not
+//! window how many lines were held back and where, and
+//! [`suppressed_total`] counts them for `/metrics`. Info and below are not
 //! limited: nothing an outside client sends logs at those levels by
 //! default.
 
 use std::collections::HashMap;
 use std::io::IsTerminal;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -30,6 +32,15 @@ pub const LINES_PER_WINDOW: u32 = 10;
 
 /// The rate limit's window, and how often held-back lines are reported.
 pub const WINDOW: Duration = Duration::from_secs(10);
+
+/// Lines held back by every [`Throttle`] of the process since it started:
+/// the `log_lines_suppressed_total` counter of both binaries' `/metrics`.
+static SUPPRESSED_TOTAL: AtomicU64 = AtomicU64::new(0);
+
+/// See [`SUPPRESSED_TOTAL`].
+pub fn suppressed_total() -> u64 {
+    SUPPRESSED_TOTAL.load(Ordering::Relaxed)
+}
 
 /// How logs are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -115,6 +126,7 @@ impl Throttle {
             true
         } else {
             site.n_suppressed += 1;
+            SUPPRESSED_TOTAL.fetch_add(1, Ordering::Relaxed);
             false
         }
     }
