@@ -81,6 +81,8 @@ class Stack:
 
     dir: pathlib.Path
     collector_url: str
+    # The aggregator's /metrics and /healthz.
+    aggregator_http_url: str
     flight_url: str
     flight_sql_url: str
     admin_token: str
@@ -242,6 +244,7 @@ def start_stack(dir: pathlib.Path, tls: bool = False) -> Stack:
     return Stack(
         dir=dir,
         collector_url=f"http://{collector_addresses['http']}",
+        aggregator_http_url=f"http://{addresses['http']}",
         flight_url=f"{scheme}://{addresses['flight']}",
         flight_sql_url=f"{scheme}://{addresses['flight_sql']}",
         admin_token=admin_token,
