@@ -297,8 +297,13 @@ pub fn check_campaigns(path: &Path) -> Result<usize, Error> {
 
 /// Checks a QUIC certificate chain and key as the QUIC endpoint takes them.
 pub fn check_quic_tls(cert: &Path, key: &Path) -> Result<(), Error> {
+    quic_server_config(cert, key).map(drop)
+}
+
+/// The QUIC endpoint's configuration for a PEM chain and key on disk.
+fn quic_server_config(cert: &Path, key: &Path) -> Result<quinn::ServerConfig, Error> {
     let identity = cert::load(cert.to_owned(), key)?;
-    ingest::server_config(identity.cert_chain, identity.key).map(drop)
+    ingest::server_config(identity.cert_chain, identity.key)
 }
 
 /// Checks the Flight TLS pair as the Flight ports take it.
@@ -462,7 +467,6 @@ impl Aggregator {
             },
         ));
 
-        let flight_auth_kept = flight_auth;
         let stats = Arc::new(StatsSource {
             ingest,
             store: store.clone(),
@@ -491,7 +495,7 @@ impl Aggregator {
             flight_tls: flight_tls.is_some(),
             endpoint,
             stats,
-            flight_auth: flight_auth_kept,
+            flight_auth,
             store,
             wal,
             checkpointer,
@@ -513,8 +517,7 @@ impl Aggregator {
     /// them to every later edge connection; connected edges keep theirs.
     /// A pair that does not load is refused and the one in use stays.
     pub fn reload_quic_tls(&self, cert: &Path, key: &Path) -> Result<(), Error> {
-        let identity = cert::load(cert.to_owned(), key)?;
-        self.endpoint.set_server_config(Some(ingest::server_config(identity.cert_chain, identity.key)?));
+        self.endpoint.set_server_config(Some(quic_server_config(cert, key)?));
         info!(cert = %cert.display(), "QUIC certificate reloaded.");
         Ok(())
     }

@@ -11,14 +11,14 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{CommandFactory, Parser};
+use clap::Parser;
 use edgetally_aggregator::{
     Aggregator, Config, EDGE_SILENT_SECS_DEFAULT, EdgeTokens, FlightAuth, RETENTION_DAYS_DEFAULT,
     SNAPSHOT_WAL_BYTES_DEFAULT, TlsFiles,
 };
 use edgetally_service::logs::{self, LogFormat};
 use edgetally_service::process::{self, ServiceArgs};
-use edgetally_service::settings::{self, Loaded};
+use edgetally_service::settings::Loaded;
 use edgetally_service::signals::Signals;
 use tracing::{error, warn};
 
@@ -146,7 +146,7 @@ struct Args {
 const RELOADED: [&str; 5] = ["edge_tokens", "flight_tokens", "campaigns", "tls_cert", "tls_key"];
 
 fn main() -> ExitCode {
-    process::main(check, |argv, started, throttle| async move { run(&argv, started, throttle).await })
+    process::main(check, run)
 }
 
 impl ServiceArgs for Args {
@@ -159,7 +159,7 @@ impl ServiceArgs for Args {
     }
 }
 
-async fn run(argv: &[OsString], started: Loaded<Args>, throttle: logs::Throttle) -> anyhow::Result<()> {
+async fn run(argv: Vec<OsString>, started: Loaded<Args>, throttle: logs::Throttle) -> anyhow::Result<()> {
     tokio::spawn(throttle.report());
     // Installed before start so a signal during start is not lost.
     let signals = Signals::install().context("install signal handlers")?;
@@ -190,7 +190,7 @@ async fn run(argv: &[OsString], started: Loaded<Args>, throttle: logs::Throttle)
         return Err(error);
     }
     let status = format!("serving Flight on {}, QUIC on {}", aggregator.flight_addr(), aggregator.quic_addr());
-    process::until_stopped(signals, &status, || reload(argv, &started, &aggregator)).await;
+    process::until_stopped(signals, &status, || reload(&argv, &started, &aggregator)).await;
     aggregator.shutdown().await;
     Ok(())
 }
@@ -203,18 +203,7 @@ fn flight_tls_files(args: &Args) -> Option<TlsFiles> {
 /// reads the token files again and names every other changed setting,
 /// which needs a restart. A file that does not load keeps what is in use.
 fn reload(argv: &[OsString], started: &Loaded<Args>, aggregator: &Aggregator) {
-    let newer = match settings::load::<Args>(argv) {
-        Ok(newer) => newer,
-        Err(error) => {
-            error!(%error, "Reload refused: the settings do not load; nothing changed.");
-            return;
-        }
-    };
-    for setting in started.changed(&newer, &Args::command()) {
-        if !RELOADED.contains(&setting.as_str()) {
-            warn!(%setting, "Setting changed; it takes effect at the next start.");
-        }
-    }
+    let Some(newer) = process::reload_settings(argv, started, &RELOADED) else { return };
     let args = &newer.args;
     match (started.args.tls_cert.is_some(), args.tls_cert.as_deref().zip(args.tls_key.as_deref())) {
         (true, Some((cert, key))) => {

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{CommandFactory, Parser};
+use clap::Parser;
 use edgetally_collector::{
     BODY_BYTES_MAX_DEFAULT, CONNECTIONS_MAX_DEFAULT, Campaigns, Collector, Config, DedupConfig,
     JOURNAL_BYTES_MAX_DEFAULT, REQUESTS_IN_FLIGHT_MAX_DEFAULT, SPOOL_BYTES_MAX_DEFAULT, SpoolIo, TallyLimits,
@@ -17,7 +17,7 @@ use edgetally_collector::{
 };
 use edgetally_service::logs::{self, LogFormat};
 use edgetally_service::process::{self, ServiceArgs};
-use edgetally_service::settings::{self, Loaded};
+use edgetally_service::settings::Loaded;
 use edgetally_service::signals::Signals;
 
 const ENV_CONFIG: &str = "EDGETALLY_COLLECTOR_CONFIG";
@@ -165,7 +165,7 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    process::main(check, |argv, started, throttle| async move { run(&argv, started, throttle).await })
+    process::main(check, run)
 }
 
 impl ServiceArgs for Args {
@@ -178,20 +178,19 @@ impl ServiceArgs for Args {
     }
 }
 
-async fn run(argv: &[OsString], started: Loaded<Args>, throttle: logs::Throttle) -> anyhow::Result<()> {
+async fn run(argv: Vec<OsString>, started: Loaded<Args>, throttle: logs::Throttle) -> anyhow::Result<()> {
     tokio::spawn(throttle.report());
     // Installed before start so a signal during start is not lost.
     let signals = Signals::install().context("installing signal handlers")?;
     let args = &started.args;
     std::fs::create_dir_all(&args.data_dir).with_context(|| format!("creating {}", args.data_dir.display()))?;
-    let click_keys_path = args.click_keys.clone().unwrap_or_else(|| args.data_dir.join("click-keys.json"));
-    let click_keys = click_keys::load_or_create(&click_keys_path)?;
+    let click_keys = click_keys::load_or_create(&click_keys_path(args))?;
     let config = config(args, click_keys)?;
     let collector = Collector::start(config).await?;
     let addrs = serde_json::json!({ "http": collector.http_addr().to_string() });
     write_atomic(&args.data_dir.join("collector.json"), addrs.to_string().as_bytes())?;
     let status = format!("serving HTTP on {}", collector.http_addr());
-    process::until_stopped(signals, &status, || reload(argv, &started, &collector)).await;
+    process::until_stopped(signals, &status, || reload(&argv, &started, &collector)).await;
     collector.shutdown().await;
     Ok(())
 }
@@ -201,18 +200,7 @@ async fn run(argv: &[OsString], started: Loaded<Args>, throttle: logs::Throttle)
 /// other changed setting, which needs a restart. Any error keeps what is in
 /// use and says why.
 fn reload(argv: &[OsString], started: &Loaded<Args>, collector: &Collector) {
-    let newer = match settings::load::<Args>(argv) {
-        Ok(newer) => newer,
-        Err(error) => {
-            tracing::error!(%error, "Reload refused: the settings do not load; nothing changed.");
-            return;
-        }
-    };
-    for setting in started.changed(&newer, &Args::command()) {
-        if !RELOADED.contains(&setting.as_str()) {
-            tracing::warn!(%setting, "Setting changed; it takes effect at the next start.");
-        }
-    }
+    let Some(newer) = process::reload_settings(argv, started, &RELOADED) else { return };
     let args = &newer.args;
     match (collector.tls(), args.tls_cert.as_deref().zip(args.tls_key.as_deref())) {
         (Some(tls), Some((cert, key))) => match tls.reload(cert, key) {
@@ -254,7 +242,7 @@ fn check(args: &Args) -> anyhow::Result<Vec<String>> {
         read_edge_token(path)?;
         checked.push(format!("edge token {}", path.display()));
     }
-    let click_keys_path = args.click_keys.clone().unwrap_or_else(|| args.data_dir.join("click-keys.json"));
+    let click_keys_path = click_keys_path(args);
     if click_keys_path.exists() {
         click_keys::load(&click_keys_path)?;
         checked.push(format!("click keys {}", click_keys_path.display()));
@@ -266,6 +254,11 @@ fn check(args: &Args) -> anyhow::Result<Vec<String>> {
         checked.push(format!("TLS pair {} {}", cert.display(), key.display()));
     }
     Ok(checked)
+}
+
+/// `--click-keys`, by default `click-keys.json` in the data directory.
+fn click_keys_path(args: &Args) -> PathBuf {
+    args.click_keys.clone().unwrap_or_else(|| args.data_dir.join("click-keys.json"))
 }
 
 fn check_bounds(args: &Args) -> anyhow::Result<()> {

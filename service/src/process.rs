@@ -67,6 +67,30 @@ where
     }
 }
 
+/// Loads the settings again for a reload (the file may have changed) and
+/// warns of each changed setting not in `reloaded`, which waits for the
+/// next start. `None` when they do not load: that is logged, and nothing
+/// changes.
+pub fn reload_settings<A: CommandFactory + FromArgMatches>(
+    argv: &[OsString],
+    started: &Loaded<A>,
+    reloaded: &[&str],
+) -> Option<Loaded<A>> {
+    let newer = match settings::load::<A>(argv) {
+        Ok(newer) => newer,
+        Err(error) => {
+            tracing::error!(%error, "Reload refused: the settings do not load; nothing changed.");
+            return None;
+        }
+    };
+    for setting in started.changed(&newer) {
+        if !reloaded.contains(&setting.as_str()) {
+            tracing::warn!(%setting, "Setting changed; it takes effect at the next start.");
+        }
+    }
+    Some(newer)
+}
+
 /// Serves until a stop: tells systemd the service is ready (with `status`),
 /// pings its watchdog, and on each SIGHUP runs `reload` between
 /// `RELOADING=1` and `READY=1`. Returns on SIGTERM or SIGINT, once

@@ -67,10 +67,10 @@ pub struct Loaded<A> {
 
 // === impl Loaded ===
 
-impl<A> Loaded<A> {
+impl<A: CommandFactory> Loaded<A> {
     /// The keys of the settings whose value differs between `self` and
     /// `newer` (the same binary's arguments loaded again), sorted.
-    pub fn changed(&self, newer: &Loaded<A>, command: &Command) -> Vec<String> {
+    pub fn changed(&self, newer: &Loaded<A>) -> Vec<String> {
         let raw = |matches: &ArgMatches, id: &str| -> Vec<OsString> {
             matches
                 .try_get_raw(id)
@@ -79,7 +79,7 @@ impl<A> Loaded<A> {
                 .map(|values| values.map(OsStr::to_owned).collect())
                 .unwrap_or_default()
         };
-        let mut changed: Vec<String> = command
+        let mut changed: Vec<String> = A::command()
             .get_arguments()
             .filter(|arg| raw(&self.matches, arg.get_id().as_str()) != raw(&newer.matches, arg.get_id().as_str()))
             .filter_map(key_of)
