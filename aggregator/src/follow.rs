@@ -55,6 +55,8 @@ pub(crate) const FOLLOWERS_MAX: usize = 256;
 /// One applied batch as followers see it.
 #[derive(Debug)]
 pub(crate) struct Applied {
+    /// The store's data version once it was applied.
+    pub(crate) version: u64,
     /// When the store applied it, Unix ms.
     pub(crate) applied_at_ms: i64,
     /// The batch's rollups and quarantine rows; its conversions are in

@@ -1,5 +1,5 @@
-//! The operations HTTP listener: `GET /metrics` (Prometheus text) and
-//! `GET /healthz`; anything else is 404.
+//! The HTTP listener: `GET /metrics` (Prometheus text), `GET /healthz`,
+//! and the dashboard's page and API (`dashboard.rs`); anything else is 404.
 //!
 //! `/healthz` answers 503 once the write-ahead log has stopped after a failed
 //! write or fsync: the aggregator then acknowledges nothing, and only a
@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::header::{CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
@@ -20,13 +20,15 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, oneshot};
 use tracing::{debug, warn};
 
+use crate::dashboard::{Body, Dashboard};
 use crate::metrics::{self, Metrics};
 use crate::wal::Wal;
 
 /// Open connections at once; past it a new one is closed at once. Scrapers
-/// and probes hold one or two each, so 64 is plenty and bounds the memory a
-/// misbehaving client can take.
-const CONNECTIONS_MAX: usize = 64;
+/// and probes hold one or two each, a dashboard viewer two to six (its
+/// live stream and its fetches): 1024 serves a few hundred viewers and
+/// bounds the memory a misbehaving client can take.
+const CONNECTIONS_MAX: usize = 1024;
 
 /// How long a client may take to send a request head.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -37,9 +39,10 @@ const SHUTDOWN_DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 pub(crate) struct Http {
     pub(crate) metrics: Metrics,
     pub(crate) wal: Arc<Wal>,
+    pub(crate) dashboard: Arc<Dashboard>,
 }
 
-type HttpResponse = Response<Full<Bytes>>;
+type HttpResponse = Response<Body>;
 
 /// Serves until `shutdown` fires (or its sender is dropped).
 pub(crate) async fn serve(listener: TcpListener, http: Arc<Http>, mut shutdown: oneshot::Receiver<()>) {
@@ -67,7 +70,7 @@ pub(crate) async fn serve(listener: TcpListener, http: Arc<Http>, mut shutdown: 
         let http = http.clone();
         let service = hyper::service::service_fn(move |request| {
             let http = http.clone();
-            async move { Ok::<_, Infallible>(http.handle(&request)) }
+            async move { Ok::<_, Infallible>(http.handle(request).await) }
         });
         let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
         tokio::spawn(async move {
@@ -77,6 +80,8 @@ pub(crate) async fn serve(listener: TcpListener, http: Arc<Http>, mut shutdown: 
         });
     }
     drop(listener);
+    // Live streams end, so their connections can drain.
+    http.dashboard.stop();
     if tokio::time::timeout(SHUTDOWN_DRAIN_TIMEOUT, graceful.shutdown()).await.is_err() {
         warn!("Some HTTP connections did not finish within the drain time-out.");
     }
@@ -85,10 +90,13 @@ pub(crate) async fn serve(listener: TcpListener, http: Arc<Http>, mut shutdown: 
 // === impl Http ===
 
 impl Http {
-    fn handle(&self, request: &Request<Incoming>) -> HttpResponse {
+    async fn handle(&self, request: Request<Incoming>) -> HttpResponse {
+        if Dashboard::serves(request.uri().path()) {
+            return self.dashboard.handle(request).await;
+        }
         match (request.method(), request.uri().path()) {
             (&Method::GET, "/metrics") => {
-                let mut response = Response::new(Full::new(Bytes::from(self.metrics.render())));
+                let mut response = Response::new(Full::new(Bytes::from(self.metrics.render())).boxed_unsync());
                 response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(metrics::CONTENT_TYPE));
                 response
             }
@@ -102,7 +110,7 @@ impl Http {
 }
 
 fn text(status: StatusCode, body: &'static str) -> HttpResponse {
-    let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())).boxed_unsync());
     *response.status_mut() = status;
     response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
     response

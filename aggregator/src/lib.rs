@@ -13,11 +13,10 @@
 //! them and read what (`auth`), the follow streams of what is applied next (`follow`), the edges' tokens (`edges`, kept as hashes by
 //! `token_hash`), the campaigns
 //! served to them (`catalog`), and the operations HTTP listener with
-//! `/metrics` and `/healthz` (`http`, `metrics`). [`Aggregator::start`]
+//! `/metrics` and `/healthz` (`http`, `metrics`), and the live web
+//! dashboard on that listener (`dashboard`). [`Aggregator::start`]
 //! loads the manifest and its partitions, replays the log after it and
 //! wires them together; `main.rs` is a thin command-line shell around it.
-//!
-//! Not here yet: the dashboard.
 
 mod admin;
 mod alerts;
@@ -25,6 +24,8 @@ pub use alerts::EDGE_SILENT_SECS_DEFAULT;
 mod auth;
 mod catalog;
 mod cert;
+mod dashboard;
+pub use dashboard::{DashboardConfig, ExchangeRates, REPORT_TZ_DEFAULT, RatesError};
 mod edges;
 mod flight_service;
 mod flight_sql;
@@ -121,6 +122,8 @@ pub struct Config {
     /// (TLS 1.2 and 1.3, ALPN `h2`); `None` serves them in plain text,
     /// for a loopback or a private network only.
     pub flight_tls: Option<TlsFiles>,
+    /// The web dashboard's time zone and reporting currency.
+    pub dashboard: DashboardConfig,
 }
 
 /// A PEM certificate chain and its PEM private key.
@@ -197,6 +200,19 @@ pub struct Stats {
     /// start because the most allowed at once were.
     pub flight_sql_queries: u64,
     pub flight_sql_queries_refused: u64,
+    /// Dashboard answers computed, and served again from one computed
+    /// at the same data version, since start; answers kept now.
+    pub dashboard_answers_computed: u64,
+    pub dashboard_answers_shared: u64,
+    pub dashboard_cache_entries: u64,
+    /// Dashboard live streams open now, and told to resync since start.
+    pub dashboard_streams: u64,
+    pub dashboard_streams_resynced: u64,
+    /// Dashboard calls refused since start: not logged in, not allowed,
+    /// and malformed (bad parameter, unknown call).
+    pub dashboard_refused_unauthenticated: u64,
+    pub dashboard_refused_permission_denied: u64,
+    pub dashboard_bad_requests: u64,
 }
 
 /// Why an aggregator could not start. Messages leave out their source,
@@ -235,6 +251,8 @@ pub enum Error {
     Rules(#[source] edgetally_protocol::CampaignsError),
     #[error("log the commission rules")]
     Admin(#[from] admin::AdminError),
+    #[error("dashboard: {0}")]
+    Dashboard(String),
 }
 
 /// Logs and applies every change of the campaigns file as the commission
@@ -273,6 +291,7 @@ pub struct Aggregator {
     checkpointer: Arc<snapshot::Checkpointer>,
     http_shutdown: oneshot::Sender<()>,
     http_task: JoinHandle<()>,
+    dashboard_hub_task: JoinHandle<()>,
     snapshot_stop: oneshot::Sender<()>,
     snapshot_task: JoinHandle<()>,
     ingest_task: JoinHandle<()>,
@@ -306,6 +325,13 @@ fn quic_server_config(cert: &Path, key: &Path) -> Result<quinn::ServerConfig, Er
     ingest::server_config(identity.cert_chain, identity.key)
 }
 
+/// Checks that the dashboard's time zone is in the bundled database.
+pub fn check_report_tz(name: &str) -> Result<(), Error> {
+    query::TimeBuckets::new(query::Granularity::Day, name)
+        .map(drop)
+        .ok_or_else(|| Error::Dashboard(format!("unknown time zone {name:?}: give an IANA name such as Europe/Berlin")))
+}
+
 /// Checks the Flight TLS pair as the Flight ports take it.
 pub fn check_flight_tls(files: &TlsFiles) -> Result<(), Error> {
     cert::flight_tls(files).map(drop).map_err(Error::FlightTls)
@@ -321,6 +347,7 @@ pub(crate) struct StatsSource {
     followers: Arc<follow::Followers>,
     flight_refusals: Arc<flight_service::Refusals>,
     flight_sql_queries: Arc<flight_sql::SqlSlots>,
+    dashboard: Arc<dashboard::Dashboard>,
 }
 
 // === impl Aggregator ===
@@ -467,6 +494,10 @@ impl Aggregator {
             },
         ));
 
+        // Its hub follows the store from here, before HTTP serves anyone.
+        let (dashboard, dashboard_hub_task) =
+            dashboard::Dashboard::start(store.clone(), flight_auth.clone(), config.dashboard, config.edge_silent)
+                .map_err(Error::Dashboard)?;
         let stats = Arc::new(StatsSource {
             ingest,
             store: store.clone(),
@@ -476,13 +507,14 @@ impl Aggregator {
             followers,
             flight_refusals,
             flight_sql_queries,
+            dashboard: dashboard.clone(),
         });
         let listener = TcpListener::bind(config.http_listen)
             .await
             .map_err(|source| Error::HttpBind { addr: config.http_listen, source })?;
         let http_addr = listener.local_addr().map_err(|source| Error::HttpBind { addr: config.http_listen, source })?;
         let (http_shutdown, http_shutdown_rx) = oneshot::channel();
-        let http = Arc::new(http::Http { metrics: metrics::Metrics::new(stats.clone()), wal: wal.clone() });
+        let http = Arc::new(http::Http { metrics: metrics::Metrics::new(stats.clone()), wal: wal.clone(), dashboard });
         let http_task = tokio::spawn(http::serve(listener, http, http_shutdown_rx));
 
         info!(quic = %quic_addr, flight = %flight_addr, flight_sql = %flight_sql_addr, http = %http_addr, quic_cert = %identity.cert_path.display(), "Aggregator started.");
@@ -501,6 +533,7 @@ impl Aggregator {
             checkpointer,
             http_shutdown,
             http_task,
+            dashboard_hub_task,
             snapshot_stop,
             snapshot_task,
             ingest_task,
@@ -649,6 +682,10 @@ impl Aggregator {
         if let Err(error) = self.http_task.await {
             warn!(%error, "HTTP task failed.");
         }
+        // Stopped with the HTTP listener; its feed ended with publishing.
+        if let Err(error) = self.dashboard_hub_task.await {
+            warn!(%error, "Dashboard hub task failed.");
+        }
         info!("Aggregator stopped.");
     }
 }
@@ -660,6 +697,7 @@ impl StatsSource {
         let counts = self.ingest.counts();
         let wal = self.wal.stats();
         let (partitions, partition_bytes) = self.checkpointer.partitions_on_disk();
+        let dashboard = self.dashboard.stats();
         Stats {
             batches_applied: counts.batches_applied,
             batches_skipped: counts.batches_skipped,
@@ -686,6 +724,14 @@ impl StatsSource {
             flight_refused_permission_denied: self.flight_refusals.n_permission_denied(),
             flight_sql_queries: self.flight_sql_queries.n_running(),
             flight_sql_queries_refused: self.flight_sql_queries.n_refused(),
+            dashboard_answers_computed: dashboard.answers_computed,
+            dashboard_answers_shared: dashboard.answers_shared,
+            dashboard_cache_entries: dashboard.cache_entries,
+            dashboard_streams: dashboard.streams,
+            dashboard_streams_resynced: dashboard.streams_resynced,
+            dashboard_refused_unauthenticated: dashboard.refused_unauthenticated,
+            dashboard_refused_permission_denied: dashboard.refused_permission_denied,
+            dashboard_bad_requests: dashboard.bad_requests,
         }
     }
 }

@@ -13,8 +13,8 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use edgetally_aggregator::{
-    Aggregator, Config, EDGE_SILENT_SECS_DEFAULT, EdgeTokens, FlightAuth, RETENTION_DAYS_DEFAULT,
-    SNAPSHOT_WAL_BYTES_DEFAULT, TlsFiles,
+    Aggregator, Config, DashboardConfig, EDGE_SILENT_SECS_DEFAULT, EdgeTokens, ExchangeRates, FlightAuth,
+    REPORT_TZ_DEFAULT, RETENTION_DAYS_DEFAULT, SNAPSHOT_WAL_BYTES_DEFAULT, TlsFiles,
 };
 use edgetally_service::logs::{self, LogFormat};
 use edgetally_service::process::{self, ServiceArgs};
@@ -79,7 +79,7 @@ struct Args {
     /// and quarantine, with the same tokens as Flight.
     #[arg(long, env = ENV_FLIGHT_SQL_LISTEN, default_value = "127.0.0.1:8816")]
     flight_sql_listen: SocketAddr,
-    /// TCP address for /metrics and /healthz.
+    /// TCP address for /metrics, /healthz and the web dashboard (at /).
     #[arg(long, env = ENV_HTTP_LISTEN, default_value = "127.0.0.1:8090")]
     http_listen: SocketAddr,
     /// PEM certificate chain for QUIC (with --tls-key); default: a
@@ -135,6 +135,15 @@ struct Args {
     /// PEM private key for --flight-tls-cert.
     #[arg(long, env = ENV_FLIGHT_TLS_KEY, requires = "flight_tls_cert")]
     flight_tls_key: Option<PathBuf>,
+    /// Time zone (IANA) the dashboard's days start in, unless a viewer
+    /// picks another on the page.
+    #[arg(long, env = "EDGETALLY_AGGREGATOR_REPORT_TZ", default_value = REPORT_TZ_DEFAULT)]
+    report_tz: String,
+    /// JSON file of exchange rates into a reporting currency, for the
+    /// dashboard: `{"reporting_currency":"EUR","rates":{"USD":"0.92"}}`.
+    /// Without it money is shown per currency only.
+    #[arg(long, env = "EDGETALLY_AGGREGATOR_EXCHANGE_RATES")]
+    exchange_rates: Option<PathBuf>,
 }
 
 /// Settings a SIGHUP applies to the running aggregator (each file read
@@ -182,6 +191,15 @@ async fn run(argv: Vec<OsString>, started: Loaded<Args>, throttle: logs::Throttl
         campaigns: args.campaigns.clone(),
         flight_auth: args.flight_tokens.as_deref().map(FlightAuth::load).transpose().context("flight tokens")?,
         flight_tls: flight_tls_files(args),
+        dashboard: DashboardConfig {
+            report_tz: args.report_tz.clone(),
+            exchange_rates: args
+                .exchange_rates
+                .as_deref()
+                .map(ExchangeRates::load)
+                .transpose()
+                .context("exchange rates")?,
+        },
     };
     let aggregator = Aggregator::start(config).await.context("start aggregator")?;
     let address_file = data_dir.join(ADDRESS_FILE_NAME);
@@ -285,6 +303,12 @@ fn check(args: &Args) -> anyhow::Result<Vec<String>> {
     if let Some(files) = flight_tls_files(args) {
         edgetally_aggregator::check_flight_tls(&files).context("Flight TLS")?;
         checked.push(format!("Flight TLS pair {} {}", files.cert.display(), files.key.display()));
+    }
+    edgetally_aggregator::check_report_tz(&args.report_tz).context("report time zone")?;
+    checked.push(format!("report time zone {}", args.report_tz));
+    if let Some(path) = &args.exchange_rates {
+        ExchangeRates::load(path).context("exchange rates")?;
+        checked.push(format!("exchange rates {}", path.display()));
     }
     Ok(checked)
 }

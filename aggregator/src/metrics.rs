@@ -26,8 +26,37 @@ use crate::{Stats, StatsSource};
 const FSYNC_BUCKETS_US: [u64; 13] =
     [50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000];
 
+/// Upper bounds of the conversion freshness buckets, in ms: a live
+/// pipeline applies a conversion within a flush or two (250 ms each);
+/// seconds mean a backlog, minutes an outage being caught up, hours late
+/// postbacks.
+const FRESHNESS_BUCKETS_MS: [u64; 12] =
+    [250, 500, 1_000, 2_000, 5_000, 10_000, 30_000, 60_000, 300_000, 3_600_000, 86_400_000, 604_800_000];
+
 pub(crate) struct Metrics {
     registry: Registry,
+}
+
+/// The counts of `histogram` per bucket ending at each of `bounds` (a
+/// bucket's own count, not cumulative), then past the last as `u64::MAX`.
+pub(crate) fn histogram_buckets(histogram: &hdrhistogram::Histogram<u64>, bounds: &[u64]) -> Vec<(u64, u64)> {
+    let mut buckets = Vec::with_capacity(bounds.len() + 1);
+    let mut low = 0;
+    for &bound in bounds {
+        buckets.push((bound, histogram.count_between(low, bound)));
+        low = bound + 1;
+    }
+    let n_below: u64 = buckets.iter().map(|(_, count)| count).sum();
+    buckets.push((u64::MAX, histogram.len() - n_below));
+    buckets
+}
+
+/// Buckets in `unit`s per second (`1e6` for µs), `u64::MAX` as +Inf.
+fn in_seconds(buckets: Vec<(u64, u64)>, units_per_second: f64) -> Vec<(f64, u64)> {
+    buckets
+        .into_iter()
+        .map(|(bound, count)| (if bound == u64::MAX { f64::INFINITY } else { bound as f64 / units_per_second }, count))
+        .collect()
 }
 
 /// Reads everything per scrape.
@@ -90,6 +119,18 @@ impl Collector for StatsCollector {
         ] {
             ConstCounter::new(n_calls).encode(flight_refused.encode_family(&[("reason", reason)])?)?;
         }
+        let mut dashboard_refused = encoder.encode_descriptor(
+            "dashboard_refused",
+            "Dashboard calls refused, by reason: unauthenticated (no, wrong or expired token), permission_denied (an edge token, or an affiliate asking for another's rows)",
+            None,
+            MetricType::Counter,
+        )?;
+        for (reason, n_calls) in [
+            ("unauthenticated", stats.dashboard_refused_unauthenticated),
+            ("permission_denied", stats.dashboard_refused_permission_denied),
+        ] {
+            ConstCounter::new(n_calls).encode(dashboard_refused.encode_family(&[("reason", reason)])?)?;
+        }
         let counters = [
             ("edges_refused", "Edge connections refused: unknown edge, wrong token or no hello", stats.edges_refused),
             ("rollup_rows_applied", "Rollup rows of applied batches", stats.rollup_rows_applied),
@@ -127,6 +168,26 @@ impl Collector for StatsCollector {
                 edgetally_service::logs::suppressed_total(),
             ),
             (
+                "dashboard_answers_computed",
+                "Dashboard answers computed (once per call, parameters and data version)",
+                stats.dashboard_answers_computed,
+            ),
+            (
+                "dashboard_answers_shared",
+                "Dashboard answers served from one computed before at the same data version",
+                stats.dashboard_answers_shared,
+            ),
+            (
+                "dashboard_streams_resynced",
+                "Dashboard live streams told to fetch everything again because they fell behind",
+                stats.dashboard_streams_resynced,
+            ),
+            (
+                "dashboard_bad_requests",
+                "Dashboard calls refused as malformed: an unknown call or parameter, a bad value",
+                stats.dashboard_bad_requests,
+            ),
+            (
                 "flight_sql_queries_refused",
                 "Flight SQL queries refused with RESOURCE_EXHAUSTED because the most allowed at once were planning or running",
                 stats.flight_sql_queries_refused,
@@ -142,6 +203,12 @@ impl Collector for StatsCollector {
             ("partitions", "Parquet partition files the manifest lists", stats.partitions),
             ("partition_bytes", "Bytes of the Parquet partition files the manifest lists", stats.partition_bytes),
             ("flight_sql_queries", "Flight SQL queries planning or running now", stats.flight_sql_queries),
+            ("dashboard_streams", "Dashboard live streams (Server-Sent Events) open", stats.dashboard_streams),
+            (
+                "dashboard_cache_entries",
+                "Dashboard answers kept for the data version they were computed at",
+                stats.dashboard_cache_entries,
+            ),
         ];
         for (name, help, value) in gauges {
             let gauge = ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX));
@@ -149,13 +216,7 @@ impl Collector for StatsCollector {
         }
 
         let (buckets_us, sum_us, count) = self.source.wal.fsync_buckets(&FSYNC_BUCKETS_US);
-        let buckets: Vec<(f64, u64)> = buckets_us
-            .into_iter()
-            .map(|(bound_us, n_fsyncs)| {
-                let bound_seconds = if bound_us == u64::MAX { f64::INFINITY } else { bound_us as f64 / 1e6 };
-                (bound_seconds, n_fsyncs)
-            })
-            .collect();
+        let buckets = in_seconds(buckets_us, 1e6);
         let mut fsync = encoder.encode_descriptor(
             "wal_fsync_duration_seconds",
             "Time one group commit of the write-ahead log spent in fsync",
@@ -163,6 +224,15 @@ impl Collector for StatsCollector {
             MetricType::Histogram,
         )?;
         fsync.encode_histogram::<NoLabelSet>(sum_us as f64 / 1e6, count, &buckets, None)?;
+
+        let (buckets_ms, sum_ms, count) = self.source.store.freshness_buckets(&FRESHNESS_BUCKETS_MS);
+        let mut freshness = encoder.encode_descriptor(
+            "conversion_freshness_seconds",
+            "Event time to the moment it was applied here, of conversions booked live (not replayed): how far behind the numbers are",
+            None,
+            MetricType::Histogram,
+        )?;
+        freshness.encode_histogram::<NoLabelSet>(sum_ms as f64 / 1e3, count, &in_seconds(buckets_ms, 1e3), None)?;
         Ok(())
     }
 }

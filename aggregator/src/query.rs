@@ -148,7 +148,7 @@ pub(crate) const ANSWER_BATCH_ROWS: usize = 64 * 1024;
 
 /// A rollup key with the columns not grouped by left out, and the minute
 /// replaced by the start of its bucket.
-type GroupKey = (Option<i64>, Option<u32>, Option<u32>, Option<String>);
+pub(crate) type GroupKey = (Option<i64>, Option<u32>, Option<u32>, Option<String>);
 
 /// The counter columns every rollup answer ends with, in ROLLUP_SCHEMA.
 const ROLLUP_COUNTER_COLUMNS: std::ops::Range<usize> = 4..4 + N_COUNTERS;
@@ -165,9 +165,9 @@ static MONEY_FIELDS: LazyLock<[Field; 4]> = LazyLock::new(|| {
 
 /// What a rollups group sums to: its counters and its money by currency.
 #[derive(Debug, Default)]
-struct GroupTotals {
-    counts: RollupCounts,
-    money: BTreeMap<Currency, MoneyTotals>,
+pub(crate) struct GroupTotals {
+    pub(crate) counts: RollupCounts,
+    pub(crate) money: BTreeMap<Currency, MoneyTotals>,
 }
 
 /// Milliseconds in an hour.
@@ -279,6 +279,10 @@ impl TimeBuckets {
     /// stored minutes themselves.
     pub(crate) fn utc(granularity: Granularity) -> TimeBuckets {
         TimeBuckets { granularity, zone: TimeZone::UTC, zone_name: "UTC".into() }
+    }
+
+    pub(crate) fn zone(&self) -> &TimeZone {
+        &self.zone
     }
 
     pub(crate) fn zone_name(&self) -> &str {
@@ -505,18 +509,7 @@ impl Query {
         let batch = &applied.batch;
         let rows = match self.dataset {
             Dataset::Rollups => {
-                let mut groups: BTreeMap<GroupKey, GroupTotals> = BTreeMap::new();
-                for (key, counts) in &batch.rollups {
-                    if self.has_rollup(key) {
-                        groups.entry(self.group_by.key(key)).or_default().counts.merge(counts);
-                    }
-                }
-                for (key, currency, delta) in &applied.money {
-                    if self.has_rollup(key) {
-                        let totals = groups.entry(self.group_by.key(key)).or_default();
-                        totals.money.entry(*currency).or_default().add(delta);
-                    }
-                }
+                let groups = self.follow_groups(applied);
                 (!groups.is_empty()).then(|| self.rollups_to_batch(groups.into_iter().collect())).transpose()?
             }
             Dataset::Conversions => {
@@ -542,6 +535,24 @@ impl Query {
         RecordBatch::try_new(self.schema(), columns).map(Some)
     }
 
+    /// The rollup deltas of `applied` that pass the filters, grouped (time
+    /// as stored: UTC minutes, whatever the buckets).
+    pub(crate) fn follow_groups(&self, applied: &Applied) -> BTreeMap<GroupKey, GroupTotals> {
+        let mut groups: BTreeMap<GroupKey, GroupTotals> = BTreeMap::new();
+        for (key, counts) in &applied.batch.rollups {
+            if self.has_rollup(key) {
+                groups.entry(self.group_by.key(key)).or_default().counts.merge(counts);
+            }
+        }
+        for (key, currency, delta) in &applied.money {
+            if self.has_rollup(key) {
+                let totals = groups.entry(self.group_by.key(key)).or_default();
+                totals.money.entry(*currency).or_default().add(delta);
+            }
+        }
+        groups
+    }
+
     fn in_range(&self, time_ms: i64) -> bool {
         self.from_ms.is_none_or(|from_ms| time_ms >= from_ms) && self.to_ms.is_none_or(|to_ms| time_ms < to_ms)
     }
@@ -562,7 +573,9 @@ impl Query {
             && self.sub1.as_deref().is_none_or(|wanted| wanted == sub1)
     }
 
-    fn group_rollups(&self, tables: &Tables) -> Result<BTreeMap<GroupKey, GroupTotals>, ArrowError> {
+    /// The rollups and money of `tables` that pass the filters, summed by
+    /// group, time as the start of its bucket.
+    pub(crate) fn group_rollups(&self, tables: &Tables) -> Result<BTreeMap<GroupKey, GroupTotals>, ArrowError> {
         // Rollups and money are ordered by minute first, so the time range
         // is a range scan rather than a filter over everything.
         let lower = RollupKey {

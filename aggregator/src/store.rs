@@ -111,6 +111,34 @@ impl MoneyTotals {
     }
 }
 
+/// The most freshness recorded exactly: a week; later ones count as a week.
+const FRESHNESS_MAX_MS: u64 = 7 * 24 * 3_600 * 1_000;
+
+/// Event time to apply time of live conversions, in ms (three significant
+/// digits; a fixed few KiB).
+#[derive(Debug)]
+struct Freshness {
+    histogram_ms: hdrhistogram::Histogram<u64>,
+    sum_ms: u64,
+}
+
+impl Default for Freshness {
+    fn default() -> Freshness {
+        let histogram_ms = hdrhistogram::Histogram::new_with_bounds(1, FRESHNESS_MAX_MS, 3)
+            .expect("static histogram bounds are valid");
+        Freshness { histogram_ms, sum_ms: 0 }
+    }
+}
+
+impl Freshness {
+    fn record(&mut self, age_ms: i64) {
+        // A clock ahead at the edge is fresh, not negative.
+        let age_ms = (age_ms.max(0) as u64).min(FRESHNESS_MAX_MS);
+        self.histogram_ms.saturating_record(age_ms);
+        self.sum_ms = self.sum_ms.saturating_add(age_ms);
+    }
+}
+
 /// The data a query reads.
 #[derive(Debug, Default)]
 pub(crate) struct Tables {
@@ -149,6 +177,16 @@ struct Inner {
     edges: HashMap<u32, EdgeMark>,
     /// When each edge last shipped, for the `edge_silent` finding.
     watch: EdgeWatch,
+    /// The data version: raised by every change a reader could see (a
+    /// batch applied, a status changed, days dropped). Answers computed at
+    /// one version stay true until it moves (`dashboard.rs` caches them
+    /// by it). In memory only: it starts at 0 with every run.
+    version: u64,
+    /// When the last batch was applied since start, Unix ms.
+    last_applied_ms: Option<i64>,
+    /// How long booked conversions took from their event time to being
+    /// applied here, live (not replayed), since start.
+    freshness: Freshness,
     /// Where applied batches go for followers; `None` before
     /// [`Store::publish`] (during replay) and after
     /// [`Store::stop_publishing`].
@@ -177,13 +215,17 @@ impl Store {
     /// before. An applied batch is published to the followers, if any.
     pub(crate) fn apply(&self, batch: Batch) -> Admission {
         let mut inner = self.lock();
-        let Inner { tables, edges, watch, followers } = &mut *inner;
+        let Inner { tables, edges, watch, followers, version, last_applied_ms, freshness } = &mut *inner;
+        let live = followers.is_some();
         // A resend of an applied batch shows the edge alive too.
         watch.last_batch_ms.insert(batch.edge_id, now_ms());
         let mark = edges.entry(batch.edge_id).or_default();
         let admission = mark.admit(batch.epoch, batch.sequence);
         if admission == Admission::Apply {
             *mark = EdgeMark { epoch: batch.epoch, high_water: batch.sequence };
+            *version += 1;
+            let applied_at_ms = now_ms();
+            *last_applied_ms = Some(applied_at_ms);
             // Copied before its rows move into the tables, and only for
             // someone to read.
             let published = followers.as_ref().filter(|sender| sender.receiver_count() > 0).map(|sender| {
@@ -196,7 +238,10 @@ impl Store {
                     conversions: Vec::new(),
                     quarantine: batch.quarantine.clone(),
                 };
-                (sender, Applied { applied_at_ms: now_ms(), batch, conversions: Vec::new(), money: Vec::new() })
+                (
+                    sender,
+                    Applied { version: *version, applied_at_ms, batch, conversions: Vec::new(), money: Vec::new() },
+                )
             });
             for (key, counts) in batch.rollups {
                 let day = day_of(key.minute_ms);
@@ -209,9 +254,13 @@ impl Store {
             for row in batch.conversions {
                 if tables.retains(day_of(row.time_ms))
                     && let Some(conversion) = tables.book(row, batch.edge_id)
-                    && published.is_some()
                 {
-                    booked.push(conversion);
+                    if live {
+                        freshness.record(applied_at_ms - conversion.row.time_ms);
+                    }
+                    if published.is_some() {
+                        booked.push(conversion);
+                    }
                 }
             }
             for row in batch.quarantine {
@@ -252,7 +301,7 @@ impl Store {
     /// followers of `conversions` like a new row.
     pub(crate) fn set_status(&self, key: &ConversionKey, status: Status) -> Option<Conversion> {
         let mut inner = self.lock();
-        let Inner { tables, followers, .. } = &mut *inner;
+        let Inner { tables, followers, version, .. } = &mut *inner;
         let &conversion_idx = tables.conversion_index.get(key)?;
         let old = tables.conversions[conversion_idx].status;
         let sign = match (old == Status::Rejected, status == Status::Rejected) {
@@ -267,6 +316,7 @@ impl Store {
         if old != status {
             let day = day_of(tables.conversions[conversion_idx].row.time_ms);
             tables.dirty.insert((Dataset::Conversions, day));
+            *version += 1;
         }
         tables.conversions[conversion_idx].status = status;
         let conversion = tables.conversions[conversion_idx].clone();
@@ -275,6 +325,7 @@ impl Store {
         {
             let money = if sign == 0 { Vec::new() } else { money_of(&conversion, sign).collect() };
             let applied = Applied {
+                version: *version,
                 applied_at_ms: now_ms(),
                 batch: Batch::default(),
                 conversions: vec![conversion.clone()],
@@ -317,7 +368,17 @@ impl Store {
     /// A store holding `tables` with the edges at `marks`, as a snapshot
     /// left them.
     pub(crate) fn restore(tables: Tables, marks: HashMap<u32, EdgeMark>) -> Store {
-        Store { inner: Mutex::new(Inner { tables, edges: marks, watch: EdgeWatch::default(), followers: None }) }
+        Store {
+            inner: Mutex::new(Inner {
+                tables,
+                edges: marks,
+                watch: EdgeWatch::default(),
+                followers: None,
+                version: 0,
+                last_applied_ms: None,
+                freshness: Freshness::default(),
+            }),
+        }
     }
 
     /// Runs `export` on the whole state under the lock. `export` is
@@ -370,6 +431,9 @@ impl Store {
             }
         }
         tables.dirty.retain(|&(_, day)| day >= cutoff_day);
+        if !days.is_empty() {
+            inner.version += 1;
+        }
         days.len() as u64
     }
 
@@ -391,6 +455,44 @@ impl Store {
     /// See `Tables::late_rows_dropped`.
     pub(crate) fn late_rows_dropped(&self) -> u64 {
         self.lock().tables.late_rows_dropped
+    }
+
+    /// The data version (see `Inner::version`) and when the last batch was
+    /// applied since start.
+    pub(crate) fn version(&self) -> (u64, Option<i64>) {
+        let inner = self.lock();
+        (inner.version, inner.last_applied_ms)
+    }
+
+    /// The freshness histogram's buckets below `bounds_ms` (and past the
+    /// last), its sum in ms and its count.
+    pub(crate) fn freshness_buckets(&self, bounds_ms: &[u64]) -> (Vec<(u64, u64)>, u64, u64) {
+        let inner = self.lock();
+        let freshness = &inner.freshness;
+        (
+            crate::metrics::histogram_buckets(&freshness.histogram_ms, bounds_ms),
+            freshness.sum_ms,
+            freshness.histogram_ms.len(),
+        )
+    }
+
+    /// Like [`Store::read`], with the data version `read` saw.
+    pub(crate) fn read_versioned<R>(&self, read: impl FnOnce(&Tables) -> R) -> (u64, R) {
+        let inner = self.lock();
+        (inner.version, read(&inner.tables))
+    }
+
+    /// Every edge known (from the log or since start) and when it last
+    /// shipped, Unix ms, by edge id; an edge not heard from since start
+    /// is measured from when watching began, as `edge_silent` measures it.
+    pub(crate) fn edges_last_batch(&self) -> Vec<(u32, i64)> {
+        let inner = self.lock();
+        let watch = &inner.watch;
+        let known = inner.edges.keys().chain(watch.last_batch_ms.keys()).copied().collect::<BTreeSet<u32>>();
+        known
+            .into_iter()
+            .map(|edge| (edge, watch.last_batch_ms.get(&edge).copied().unwrap_or(watch.since_ms)))
+            .collect()
     }
 
     /// Runs `read` on the tables under the lock. `read` is synchronous, so

@@ -271,6 +271,7 @@ pub(crate) fn loopback_config(data_dir: &std::path::Path) -> Config {
         campaigns: None,
         flight_auth: None,
         flight_tls: None,
+        dashboard: crate::DashboardConfig { report_tz: crate::REPORT_TZ_DEFAULT.into(), exchange_rates: None },
         edge_silent: Some(std::time::Duration::from_secs(crate::EDGE_SILENT_SECS_DEFAULT)),
     }
 }

@@ -418,15 +418,7 @@ impl Wal {
     pub(crate) fn fsync_buckets(&self, bounds_us: &[u64]) -> (Vec<(u64, u64)>, u64, u64) {
         let latency = self.shared.lock_fsync_latency();
         let histogram = &latency.histogram_us;
-        let mut buckets = Vec::with_capacity(bounds_us.len() + 1);
-        let mut low = 0;
-        for &bound in bounds_us {
-            buckets.push((bound, histogram.count_between(low, bound)));
-            low = bound + 1;
-        }
-        let n_below: u64 = buckets.iter().map(|(_, count)| count).sum();
-        buckets.push((u64::MAX, histogram.len() - n_below));
-        (buckets, latency.sum_us, histogram.len())
+        (crate::metrics::histogram_buckets(histogram, bounds_us), latency.sum_us, histogram.len())
     }
 }
 

@@ -50,6 +50,10 @@ fn config(data_dir: std::path::PathBuf) -> Config {
         campaigns: None,
         flight_auth: None,
         flight_tls: None,
+        dashboard: edgetally_aggregator::DashboardConfig {
+            report_tz: edgetally_aggregator::REPORT_TZ_DEFAULT.into(),
+            exchange_rates: None,
+        },
         edge_silent: None,
     }
 }

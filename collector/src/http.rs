@@ -392,7 +392,7 @@ impl Ingress {
             .record_unless(&event, unique, || self.is_duplicate(&event, now_ms))
             .map_err(|error| Rejection { reason: "shed_full", detail: error.to_string() })?;
         match recorded {
-            Recorded::Counted => self.metrics.accepted(event.kind),
+            Recorded::Counted => self.metrics.accepted(&event, now_ms),
             Recorded::Duplicate => self.metrics.duplicate(source.as_str()),
         }
         Ok((event, recorded))

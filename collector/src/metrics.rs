@@ -6,11 +6,12 @@
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use edgetally_protocol::EventKind;
+use edgetally_protocol::{Event, EventKind};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use crate::dedup::{Dedup, DedupStats};
@@ -39,6 +40,16 @@ pub(crate) struct ReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct FieldLabels {
+    pub(crate) field: &'static str,
+}
+
+/// Upper bounds of the lateness buckets, in seconds: on time (a pixel
+/// without `ts` is received when it happens), a retry, a postback queued
+/// for minutes, an hour, a batch upload of a day, a week.
+const LATENESS_BUCKETS_SECS: [f64; 9] = [1.0, 10.0, 60.0, 300.0, 3_600.0, 21_600.0, 86_400.0, 259_200.0, 604_800.0];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct StatusLabels {
     pub(crate) status: &'static str,
 }
@@ -49,6 +60,12 @@ pub(crate) struct Metrics {
     /// The counters of `events_accepted` per kind, resolved once: counting
     /// an accepted event is then one atomic add, with no label lookup.
     accepted_by_kind: [Counter; 4],
+    /// Receive time minus event time of accepted events.
+    events_lateness: Histogram,
+    /// Accepted conversions without a field that makes them traceable.
+    conversions_missing: Family<FieldLabels, Counter>,
+    /// Its counters per field, resolved once: order_id, click_id.
+    missing_by_field: [Counter; 2],
     pub(crate) events_rejected: Family<RejectLabels, Counter>,
     events_duplicate: Family<SourceLabels, Counter>,
     dedup_memory_bytes: Gauge,
@@ -100,6 +117,9 @@ impl Metrics {
         let metrics = Metrics {
             events_accepted: Family::default(),
             accepted_by_kind: Default::default(),
+            events_lateness: Histogram::new(LATENESS_BUCKETS_SECS),
+            conversions_missing: Family::default(),
+            missing_by_field: Default::default(),
             events_rejected: Family::default(),
             events_duplicate: Family::default(),
             dedup_memory_bytes: Gauge::default(),
@@ -274,11 +294,38 @@ impl Metrics {
             "Warning and error log lines held back by the per-call-site rate limit",
             metrics.log_lines_suppressed.clone(),
         );
-        Metrics { registry, accepted_by_kind, ..metrics }
+        registry.register(
+            "events_lateness_seconds",
+            "Receive time minus event time of accepted events (0 for events in the future)",
+            metrics.events_lateness.clone(),
+        );
+        registry.register(
+            "conversions_missing",
+            "Accepted conversions without order_id (no dedup by order, across edges or in time) or click_id (not attributed to a click)",
+            metrics.conversions_missing.clone(),
+        );
+        let missing_by_field = ["order_id", "click_id"]
+            .map(|field| metrics.conversions_missing.get_or_create(&FieldLabels { field }).clone());
+        Metrics { registry, accepted_by_kind, missing_by_field, ..metrics }
     }
 
-    pub(crate) fn accepted(&self, kind: EventKind) {
-        self.accepted_by_kind[kind as usize].inc();
+    /// Counts an accepted event: its kind, how late it came, and for a
+    /// conversion the traceability fields it lacks.
+    pub(crate) fn accepted(&self, event: &Event, now_ms: i64) {
+        self.accepted_by_kind[event.kind as usize].inc();
+        self.events_lateness.observe(now_ms.saturating_sub(event.time_ms).max(0) as f64 / 1_000.0);
+        if event.kind.is_conversion() {
+            let missing = [
+                event.order_id.is_none(),
+                event.click_id.is_none(),
+                event.kind == EventKind::Sale && event.money.is_none(),
+            ];
+            for (counter, missing) in self.missing_by_field.iter().zip(missing) {
+                if missing {
+                    counter.inc();
+                }
+            }
+        }
     }
 
     pub(crate) fn duplicate(&self, source: &'static str) {

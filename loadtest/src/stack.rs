@@ -62,16 +62,28 @@ pub(crate) async fn run(args: StackArgs) -> anyhow::Result<()> {
     let aggregator_dir = data_dir.join("aggregator");
     std::fs::create_dir_all(&aggregator_dir).with_context(|| format!("creating {}", aggregator_dir.display()))?;
     // Campaigns 1..=N, as many as the mix draws from, each landing on a
-    // placeholder shop page that carries the click ID.
+    // placeholder shop page that carries the click ID. Odd campaigns pay a
+    // 10 % revenue share, even ones 2.00 USD per conversion, so the
+    // dashboard has commissions to show.
     let campaigns_path = data_dir.join("campaigns.json");
     let campaigns: Vec<serde_json::Value> = (1..=args.mix.campaigns)
         .map(|id| {
+            let payout = if id % 2 == 1 {
+                serde_json::json!({"type": "revshare", "percent": "10"})
+            } else {
+                serde_json::json!({"type": "cpa", "amount": "2.00", "currency": "USD"})
+            };
             serde_json::json!({
                 "id": id,
                 "landing_url": format!("https://shop.example/landing/{id}?click_id={{click_id}}&sub1={{sub1}}"),
+                "payout": payout,
             })
         })
         .collect();
+    // Illustrative rates for the dashboard's reporting currency.
+    let rates_path = data_dir.join("exchange-rates.json");
+    let rates = r#"{"reporting_currency":"EUR","rates":{"USD":"0.92","GBP":"1.17","JPY":"0.0061","BHD":"2.44"}}"#;
+    std::fs::write(&rates_path, rates).with_context(|| format!("writing {}", rates_path.display()))?;
     let snapshot = serde_json::json!({ "campaigns": campaigns }).to_string();
     std::fs::write(&campaigns_path, &snapshot).with_context(|| format!("writing {}", campaigns_path.display()))?;
     // One edge, with a fresh random token each start.
@@ -100,6 +112,10 @@ pub(crate) async fn run(args: StackArgs) -> anyhow::Result<()> {
         campaigns: Some(campaigns_path.clone()),
         flight_auth: Some(flight_auth),
         flight_tls: None,
+        dashboard: edgetally_aggregator::DashboardConfig {
+            report_tz: edgetally_aggregator::REPORT_TZ_DEFAULT.into(),
+            exchange_rates: Some(edgetally_aggregator::ExchangeRates::load(&rates_path)?),
+        },
         edge_silent: Some(std::time::Duration::from_secs(edgetally_aggregator::EDGE_SILENT_SECS_DEFAULT)),
     })
     .await
@@ -141,6 +157,7 @@ pub(crate) async fn run(args: StackArgs) -> anyhow::Result<()> {
     let http = collector.http_addr();
     let flight = aggregator.flight_addr();
     println!("EdgeTally local stack is running (state in {}).", data_dir.display());
+    println!("  dashboard http://{}/   (log in with the admin or the affiliate:1 token below)", aggregator.http_addr());
     println!("  pixel     http://{http}/p.gif?aff=1&cmp=1&sub1=demo");
     println!(
         "  events    POST http://{http}/v1/events   e.g. {{\"kind\":\"sale\",\"affiliate_id\":1,\"campaign_id\":1,\"amount\":\"12.34\",\"currency\":\"USD\"}}"

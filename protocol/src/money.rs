@@ -106,6 +106,11 @@ impl Currency {
         CURRENCIES.iter().map(|(code, _)| Currency::of_table(code)).min().expect("the currency table is not empty")
     }
 
+    /// Every accepted currency, in code order.
+    pub fn all() -> impl Iterator<Item = Currency> {
+        CURRENCIES.iter().map(|(code, _)| Currency::of_table(code))
+    }
+
     /// A code of the table, every one three ASCII letters.
     fn of_table(code: &str) -> Currency {
         let bytes = code.as_bytes();

@@ -412,7 +412,7 @@ fn check_follow(ticket: &str, expect: [Option<&str>; 2]) {
     let query = ticket::parse(ticket.as_bytes()).unwrap();
     for (batch_idx, (batch, expect)) in batches().into_iter().zip(expect).enumerate() {
         let conversions = batch.conversions.iter().map(|row| booked(row, batch.edge_id)).collect();
-        let applied = Applied { applied_at_ms: M2 + 1_000, batch, conversions, money: Vec::new() };
+        let applied = Applied { version: 1, applied_at_ms: M2 + 1_000, batch, conversions, money: Vec::new() };
         let actual = query.follow_batch(&applied).unwrap();
         if let Some(actual) = &actual {
             assert_eq!(actual.schema(), query.schema(), "{ticket}");

@@ -6,4 +6,5 @@ mod dedup;
 mod lifecycle;
 mod limits;
 mod malformed;
+mod quality;
 mod support;

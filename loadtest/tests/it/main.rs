@@ -10,6 +10,7 @@ mod buckets;
 mod commissions;
 mod control;
 mod crash;
+mod dashboard;
 mod flight_auth;
 mod lifecycle;
 mod loadgen;
