@@ -814,7 +814,7 @@ class TableView {
     this.count.textContent = !table
       ? ''
       : this.rows.length === total
-        ? `${model.formatCount(total)} rows`
+        ? `${model.formatCount(total)} ${total === 1 ? 'row' : 'rows'}`
         : `${model.formatCount(this.rows.length)} of ${model.formatCount(total)} rows`;
     this.renderWindow();
   }
@@ -1036,7 +1036,7 @@ function chartElements(series, metric, widthPx) {
 function renderAlerts() {
   const rows = data.alerts?.rows ?? [];
   const body = $('table-alerts').tBodies[0];
-  $('count-alerts').textContent = data.alerts ? `${model.formatCount(rows.length)} rows` : '';
+  $('count-alerts').textContent = data.alerts ? `${model.formatCount(rows.length)} ${rows.length === 1 ? 'row' : 'rows'}` : '';
   if (rows.length === 0) {
     const text = !session ? '' : data.alerts ? 'No alerts' : 'Loading…';
     body.replaceChildren(el('tr', { class: 'empty' }, el('td', { colspan: 9 }, text)));

@@ -6,6 +6,8 @@
 //! | `edge_silent` | `critical` | edge | an edge that has shipped before sent no batch for `edge_silent_ms` (its `time` is its last batch) |
 //! | `duplicates` | `warning` | minute × affiliate × campaign × sub1 | events answered or booked as duplicates: repeated event IDs, order IDs or click IDs, and copies of a conversion from another edge |
 //! | `quarantined` | `warning` | UTC minute × reason | input refused and quarantined, by reason |
+//! | `click_volume` | `warning` | affiliate (last complete UTC hour) | clicks far from the affiliate's trailing day, by a robust z-score (`anomaly.rs`) |
+//! | `conversion_rate` | `warning` | affiliate (last complete UTC hour) | conversions per click far from the trailing day's |
 //!
 //! Derived rather than stored, the findings need no log records of their
 //! own and are the same after a restart as before it, except `edge_silent`:
@@ -14,9 +16,11 @@
 //! view of the data, not an event: it goes away when what caused it does
 //! (retention, an edge shipping again).
 //!
-//! Rows sort by time, then kind. Only `duplicates` rows carry an affiliate,
-//! so an affiliate's scoped query (which always names its affiliate) sees
-//! its own duplicates and nothing about edges or quarantined input.
+//! Rows sort by time, then kind. Only `duplicates` and the anomaly rows
+//! carry an affiliate, so an affiliate's scoped query (which always names
+//! its affiliate) sees its own and nothing about edges or quarantined
+//! input. Anomaly rows have no campaign: a query filtered on a campaign
+//! leaves them out.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, LazyLock};
@@ -27,6 +31,8 @@ use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use edgetally_protocol::event::MINUTE_MS;
 
 use crate::store::Tables;
+
+mod anomaly;
 
 /// How long an edge may send nothing before it is reported silent: a
 /// collector seals four times a second and keeps its connection alive, so
@@ -53,6 +59,8 @@ pub(crate) enum AlertKind {
     EdgeSilent,
     Duplicates,
     Quarantined,
+    ClickVolume,
+    ConversionRate,
 }
 
 /// One finding.
@@ -90,13 +98,17 @@ impl AlertKind {
             AlertKind::EdgeSilent => "edge_silent",
             AlertKind::Duplicates => "duplicates",
             AlertKind::Quarantined => "quarantined",
+            AlertKind::ClickVolume => "click_volume",
+            AlertKind::ConversionRate => "conversion_rate",
         }
     }
 
     pub(crate) fn severity(self) -> &'static str {
         match self {
             AlertKind::EdgeSilent => "critical",
-            AlertKind::Duplicates | AlertKind::Quarantined => "warning",
+            AlertKind::Duplicates | AlertKind::Quarantined | AlertKind::ClickVolume | AlertKind::ConversionRate => {
+                "warning"
+            }
         }
     }
 }
@@ -184,6 +196,11 @@ pub(crate) fn findings(
         sub1: None,
         count: n_rows,
         message: format!("{n_rows} {} quarantined: {reason}", plural(n_rows, "input", "inputs")),
+    }));
+    alerts.extend(anomaly::anomalies(tables, now_ms).into_iter().filter(|alert| {
+        let affiliate_id = alert.affiliate_id.expect("anomalies are per affiliate");
+        // No campaign: campaign id 0 matches no campaign filter.
+        keep(alert.time_ms, Some((affiliate_id, 0, "")))
     }));
     // Stable: within one time and kind, rows keep the order built above.
     alerts.sort_by_key(|alert| (alert.time_ms, alert.kind));

@@ -1,3 +1,5 @@
+//! Periods, metrics and CSV of the dashboard's answers, from hand-built totals.
+
 use super::*;
 
 fn zone(name: &str) -> TimeBuckets {
