@@ -20,6 +20,7 @@ import subprocess
 import tempfile
 import time
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import pyarrow.flight as flight
@@ -173,9 +174,11 @@ def write_self_signed(cert_path: pathlib.Path, key_path: pathlib.Path) -> bytes:
     return cert_pem
 
 
-def start_stack(dir: pathlib.Path, tls: bool = False) -> Stack:
+def start_stack(dir: pathlib.Path, tls: bool = False, aggregator_args: Sequence[str] = ()) -> Stack:
     """Starts an aggregator and a collector in `dir`; with `tls`, Flight
-    and Flight SQL serve TLS with a certificate made here."""
+    and Flight SQL serve TLS with a certificate made here. The aggregator
+    gets `aggregator_args` after its own flags (`--exchange-rates <file>`,
+    say)."""
     binaries = bin_dir()
     campaigns = dir / "campaigns.json"
     campaigns.write_text(json.dumps(RULES))
@@ -214,6 +217,7 @@ def start_stack(dir: pathlib.Path, tls: bool = False) -> Stack:
                 *("--edge-tokens", str(edge_tokens), "--campaigns", str(campaigns)),
                 *("--flight-tokens", str(flight_tokens)),
                 *tls_flags,
+                *aggregator_args,
             ],
             stdout=logs,
             stderr=logs,
