@@ -273,5 +273,9 @@ fn the_dashboard_api_answers_exactly_and_streams_deltas() {
     let (status, _) = http(&["-b", jar, "-c", jar, "-X", "POST", &format!("{base}/api/logout")]);
     assert_eq!(status, 204);
     assert_eq!(http(&["-b", jar, &format!("{base}/api/session")]).0, 401);
-    assert!(metric(&base, "edgetally_aggregator_dashboard_refused_total{reason=\"unauthenticated\"}") >= 2.0);
+    // No token, a wrong one at login, the cleared cookie; an edge token
+    // and affiliate 7 asking for affiliate 9.
+    let refused =
+        |reason: &str| metric(&base, &format!("edgetally_aggregator_dashboard_refused_total{{reason=\"{reason}\"}}"));
+    assert_eq!((refused("unauthenticated"), refused("permission_denied")), (3.0, 2.0));
 }
