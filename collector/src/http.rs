@@ -214,6 +214,8 @@ enum Source {
     Postback,
     ConversionPixel,
     Events,
+    /// A request refused before any event was read from it.
+    Request,
 }
 
 impl Source {
@@ -224,6 +226,7 @@ impl Source {
             Source::Postback => "postback",
             Source::ConversionPixel => "conversion_pixel",
             Source::Events => "events",
+            Source::Request => "request",
         }
     }
 }
@@ -240,7 +243,7 @@ impl Ingress {
         if target_len > self.url_bytes_max {
             let limit = self.url_bytes_max;
             let message = format!("url too long: {target_len} bytes, limit is {limit}");
-            return self.refuse("url_too_long", StatusCode::URI_TOO_LONG, message);
+            return self.refuse("url_too_long", StatusCode::URI_TOO_LONG, message, &request_line(&request));
         }
         let readable = matches!(method, &Method::GET | &Method::HEAD);
         let probe = matches!(path, "/healthz" | "/readyz" | "/metrics");
@@ -310,20 +313,28 @@ impl Ingress {
                 "method_not_allowed",
                 StatusCode::METHOD_NOT_ALLOWED,
                 format!("method {method} not allowed on {path}, use GET"),
+                &request_line(&request),
             ),
             "/v1/events" => self.refuse(
                 "method_not_allowed",
                 StatusCode::METHOD_NOT_ALLOWED,
                 format!("method {method} not allowed on {path}, use POST"),
+                &request_line(&request),
             ),
             _ if path.starts_with("/c/") => self.refuse(
                 "method_not_allowed",
                 StatusCode::METHOD_NOT_ALLOWED,
                 format!("method {method} not allowed on clicks, use GET"),
+                &request_line(&request),
             ),
             _ => {
                 let shown: String = path.chars().take(64).collect();
-                self.refuse("not_found", StatusCode::NOT_FOUND, format!("unknown route: {shown}"))
+                self.refuse(
+                    "not_found",
+                    StatusCode::NOT_FOUND,
+                    format!("unknown route: {shown}"),
+                    &request_line(&request),
+                )
             }
         }
     }
@@ -584,6 +595,9 @@ impl Ingress {
 
     async fn events(&self, request: Request<Incoming>) -> HttpResponse {
         let limit = self.body_bytes_max;
+        // Kept for the quarantine row of a refused body; the body itself is
+        // not kept (it may be large, and its text is consumed by parsing).
+        let line = request_line(&request);
         let ndjson =
             request.headers().get(CONTENT_TYPE).and_then(|value| value.to_str().ok()).is_some_and(|value| {
                 value.starts_with("application/x-ndjson") || value.starts_with("application/jsonl")
@@ -595,16 +609,18 @@ impl Ingress {
                     "body_too_large",
                     StatusCode::PAYLOAD_TOO_LARGE,
                     format!("body too large: limit is {limit} bytes"),
+                    &line,
                 );
             }
             Err(BodyRead::Failed(error)) => {
-                return self.refuse("body_read", StatusCode::BAD_REQUEST, format!("reading the body failed: {error}"));
+                let message = format!("reading the body failed: {error}");
+                return self.refuse("body_read", StatusCode::BAD_REQUEST, message, &line);
             }
         };
         self.metrics.request_received_bytes.inc_by(body.len() as u64);
         let items = match parse_body(&mut body, ndjson) {
             Ok(items) => items,
-            Err(error) => return self.refuse("bad_body", StatusCode::BAD_REQUEST, error.to_string()),
+            Err(error) => return self.refuse("bad_body", StatusCode::BAD_REQUEST, error.to_string(), &line),
         };
         let now_ms = now_ms();
         let mut results = Vec::with_capacity(items.len());
@@ -658,10 +674,26 @@ impl Ingress {
         text(StatusCode::OK, "ready\n")
     }
 
-    fn refuse(&self, reason: &'static str, status: StatusCode, message: String) -> HttpResponse {
+    /// Answers a request refused for what the client sent (a route, a
+    /// method, a size or a body), counts it and quarantines it with its
+    /// request line for review. Requests shed for load or a client's rate
+    /// are counted only: they are not bad input, and keeping each would
+    /// cost work exactly when there is none to spare.
+    fn refuse(&self, reason: &'static str, status: StatusCode, message: String, request_line: &str) -> HttpResponse {
         self.metrics.requests_refused.get_or_create(&ReasonLabels { reason }).inc();
+        let row = QuarantineRow::new(now_ms(), Source::Request.as_str(), reason, &message, request_line);
+        if !self.tally.quarantine(row) {
+            self.metrics.quarantine_discarded.inc();
+        }
         json_response(status, &json!({"error": message, "reason": reason}))
     }
+}
+
+/// `METHOD target` of a request, as a quarantine row keeps it (truncated
+/// there to the row's input limit).
+fn request_line<B>(request: &Request<B>) -> String {
+    let target = request.uri().path_and_query().map_or("", |target| target.as_str());
+    format!("{} {target}", request.method())
 }
 
 /// The size of the request head as HTTP/1.1 puts it on the wire: request

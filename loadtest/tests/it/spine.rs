@@ -121,6 +121,24 @@ async fn pixels_and_events_are_counted_exactly() {
         assert_eq!(response.status(), 200);
     }
 
+    // Requests refused before any event is read: each gets its status, and
+    // its request line lands in the quarantine with the reason.
+    let refused = [
+        (http::Method::GET, "/no/such/route?x=1", String::new(), 404),
+        (http::Method::DELETE, "/p.gif?aff=1&cmp=10", String::new(), 405),
+        (http::Method::POST, "/v1/events", "x".repeat(2 * 1024 * 1024), 413),
+        (http::Method::POST, "/v1/events?batch=7", r#"{"kind":"click","#.to_owned(), 400),
+    ];
+    for (method, target, body, status) in refused {
+        let request = http::Request::builder()
+            .method(method)
+            .uri(format!("{collector}{target}"))
+            .body(Full::new(Bytes::from(body)))
+            .unwrap();
+        let response = client.request(request).await.expect("refused request");
+        assert_eq!(response.status(), status, "{target}");
+    }
+
     let by_key_ticket = json!({"dataset": "rollups", "group_by": ["affiliate_id", "campaign_id", "sub1"]});
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -175,6 +193,10 @@ async fn pixels_and_events_are_counted_exactly() {
         ("pixel", "bad_charset", "aff=1&cmp=10&sub1=%00"),
         ("pixel", "bad_id", "aff=0&cmp=10"),
         ("pixel", "missing_field", "aff=1"),
+        ("request", "bad_body", "POST /v1/events?batch=7"),
+        ("request", "body_too_large", "POST /v1/events"),
+        ("request", "method_not_allowed", "DELETE /p.gif?aff=1&cmp=10"),
+        ("request", "not_found", "GET /no/such/route?x=1"),
     ]
     .iter()
     .map(|(source, reason, input)| ((*source).to_owned(), (*reason).to_owned(), (*input).to_owned()))
