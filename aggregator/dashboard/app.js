@@ -61,11 +61,12 @@ const TILES = [
   { metric: 'payable', label: 'Payable' },
   { metric: 'margin', label: 'Margin' },
   { metric: 'epc', label: 'EPC' },
+  { metric: 'flagged', label: 'Flagged (held)' },
 ];
 
 const COLUMN_LABELS = {
   impressions: 'Impressions', clicks: 'Clicks', conversions: 'Conversions', conversion_rate: 'Conv. rate',
-  revenue: 'Revenue', payable: 'Payable', margin: 'Margin', epc: 'EPC',
+  revenue: 'Revenue', payable: 'Payable', margin: 'Margin', epc: 'EPC', flagged: 'Flagged',
 };
 
 // === State ===

@@ -90,7 +90,7 @@ export function makeContext(session) {
 // === Metrics ===
 
 /** The counters a Metrics carries and a delta row adds to. */
-const COUNT_FIELDS = ['impressions', 'clicks', 'unique_clicks', 'leads', 'sales', 'duplicates'];
+const COUNT_FIELDS = ['impressions', 'clicks', 'unique_clicks', 'leads', 'sales', 'duplicates', 'flagged'];
 
 /**
  * The page's own form of an API `Metrics`: counters as Numbers, money per
@@ -166,6 +166,7 @@ export function derive(metrics, ctx) {
     impressions: metrics.impressions,
     clicks,
     conversions,
+    flagged: metrics.flagged,
     conversion_rate: clicks > 0 ? conversions / clicks : null,
     money,
     reporting: ctx.reporting ? reportingOf(money, clicks, ctx.reporting) : null,
@@ -335,9 +336,10 @@ export function applyDeltaToSeries(series, delta, ctx) {
 // === Tables: columns, sorting, filtering ===
 
 export const TABLE_COLUMNS = [
-  'id', 'impressions', 'clicks', 'conversions', 'conversion_rate', 'revenue', 'payable', 'margin', 'epc',
+  'id', 'impressions', 'clicks', 'conversions', 'conversion_rate', 'revenue', 'payable', 'margin', 'epc', 'flagged',
 ];
-export const COUNT_METRICS = ['impressions', 'clicks', 'conversions'];
+/** Counts; `flagged` is the events fraud rules set apart (in no other count). */
+export const COUNT_METRICS = ['impressions', 'clicks', 'conversions', 'flagged'];
 export const MONEY_METRICS = ['revenue', 'payable', 'margin'];
 
 /**

@@ -6,6 +6,7 @@
 //! | `edge_silent` | `critical` | edge | an edge that has shipped before sent no batch for `edge_silent_ms` (its `time` is its last batch) |
 //! | `duplicates` | `warning` | minute × affiliate × campaign × sub1 | events answered or booked as duplicates: repeated event IDs, order IDs or click IDs, and copies of a conversion from another edge |
 //! | `quarantined` | `warning` | UTC minute × reason | input refused and quarantined, by reason |
+//! | `bot_user_agent`, `click_flood`, `fast_conversion`, `no_click_id`, `over_daily_cap` | `warning` | minute × affiliate × campaign × sub1 | accepted events an edge's fraud rule of that name counted apart (`flagged_<rule>` in `rollups`; flagged conversions are `held` in `conversions`) |
 //! | `click_volume` | `warning` | affiliate (last complete UTC hour) | clicks far from the affiliate's trailing day, by a robust z-score (`anomaly.rs`) |
 //! | `conversion_rate` | `warning` | affiliate (last complete UTC hour) | conversions per click far from the trailing day's |
 //!
@@ -16,8 +17,8 @@
 //! view of the data, not an event: it goes away when what caused it does
 //! (retention, an edge shipping again).
 //!
-//! Rows sort by time, then kind. Only `duplicates` and the anomaly rows
-//! carry an affiliate, so an affiliate's scoped query (which always names
+//! Rows sort by time, then kind. Only `duplicates`, the fraud rows and the
+//! anomaly rows carry an affiliate, so an affiliate's scoped query (which always names
 //! its affiliate) sees its own and nothing about edges or quarantined
 //! input. Anomaly rows have no campaign: a query filtered on a campaign
 //! leaves them out.
@@ -28,6 +29,7 @@ use std::sync::{Arc, LazyLock};
 use arrow_array::builder::{StringBuilder, TimestampMillisecondBuilder, UInt32Builder, UInt64Builder};
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use edgetally_protocol::Flag;
 use edgetally_protocol::event::MINUTE_MS;
 
 use crate::store::Tables;
@@ -58,6 +60,8 @@ pub(crate) static ALERTS_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
 pub(crate) enum AlertKind {
     EdgeSilent,
     Duplicates,
+    /// Events an edge's fraud rule flagged.
+    Flagged(Flag),
     Quarantined,
     ClickVolume,
     ConversionRate,
@@ -97,6 +101,7 @@ impl AlertKind {
         match self {
             AlertKind::EdgeSilent => "edge_silent",
             AlertKind::Duplicates => "duplicates",
+            AlertKind::Flagged(flag) => flag.as_str(),
             AlertKind::Quarantined => "quarantined",
             AlertKind::ClickVolume => "click_volume",
             AlertKind::ConversionRate => "conversion_rate",
@@ -106,9 +111,11 @@ impl AlertKind {
     pub(crate) fn severity(self) -> &'static str {
         match self {
             AlertKind::EdgeSilent => "critical",
-            AlertKind::Duplicates | AlertKind::Quarantined | AlertKind::ClickVolume | AlertKind::ConversionRate => {
-                "warning"
-            }
+            AlertKind::Duplicates
+            | AlertKind::Flagged(_)
+            | AlertKind::Quarantined
+            | AlertKind::ClickVolume
+            | AlertKind::ConversionRate => "warning",
         }
     }
 }
@@ -160,7 +167,33 @@ pub(crate) fn findings(
     let mut alerts: Vec<Alert> =
         watch.silent(edges, now_ms).into_iter().filter(|alert| keep(alert.time_ms, None)).collect();
     for (key, counts) in &tables.rollups {
-        if counts.duplicates == 0 || !keep(key.minute_ms, Some((key.affiliate_id, key.campaign_id, &key.sub1))) {
+        if (counts.duplicates == 0 && counts.n_flagged() == 0)
+            || !keep(key.minute_ms, Some((key.affiliate_id, key.campaign_id, &key.sub1)))
+        {
+            continue;
+        }
+        for (flag, n_flagged) in Flag::ALL.into_iter().zip(counts.flagged) {
+            if n_flagged == 0 {
+                continue;
+            }
+            alerts.push(Alert {
+                time_ms: key.minute_ms,
+                kind: AlertKind::Flagged(flag),
+                edge_id: None,
+                affiliate_id: Some(key.affiliate_id),
+                campaign_id: Some(key.campaign_id),
+                sub1: Some(key.sub1.clone()),
+                count: n_flagged,
+                message: format!(
+                    "{n_flagged} {} flagged {} for affiliate {} on campaign {}",
+                    plural(n_flagged, "event", "events"),
+                    flag.as_str(),
+                    key.affiliate_id,
+                    key.campaign_id
+                ),
+            });
+        }
+        if counts.duplicates == 0 {
             continue;
         }
         alerts.push(Alert {

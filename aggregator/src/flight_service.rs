@@ -344,6 +344,7 @@ fn conversion_json(conversion: &Conversion) -> Vec<u8> {
         "amount_minor": row.money.map(|money| money.minor_units),
         "currency": row.money.map(|money| money.currency.code().to_owned()),
         "status": conversion.status.as_str(),
+        "flag": row.flag.map(|flag| flag.as_str()),
         "commission_minor": commission.amount_minor,
         "commission_currency": commission.currency.map(|currency| currency.code().to_owned()),
         "rule": commission.rule.as_str(),

@@ -20,9 +20,12 @@
 //! to `duplicates`). Conversions without any key cannot be deduplicated
 //! and are all booked.
 //!
-//! **Status.** A conversion is booked `pending`; an admin changes it to
-//! `approved` or `rejected` (a refunded sale is reversed by rejecting it).
-//! A rejected conversion stays in the ledger and leaves the money rollups.
+//! **Status.** A conversion is booked `pending`, or `held` when an edge's
+//! fraud rule flagged it (its `flag` column says which); an admin changes
+//! it to `approved` or `rejected` (a refunded sale is reversed by
+//! rejecting it, a held one released by approving it). Only `pending` and
+//! `approved` conversions are payable: a held or rejected one stays in the
+//! ledger, with its commission computed, and out of the money rollups.
 
 use std::sync::{Arc, LazyLock};
 
@@ -40,6 +43,8 @@ pub(crate) enum Status {
     Pending,
     Approved,
     Rejected,
+    /// Flagged by an edge's fraud rule; waiting for review.
+    Held,
 }
 
 /// What rule priced a conversion: which setting, and which kind of payout.
@@ -115,7 +120,17 @@ pub(crate) static LEDGER_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
 // === impl Status ===
 
 impl Status {
-    pub(crate) const ALL: [Status; 3] = [Status::Pending, Status::Approved, Status::Rejected];
+    pub(crate) const ALL: [Status; 4] = [Status::Pending, Status::Approved, Status::Rejected, Status::Held];
+
+    /// What a conversion is booked as when it arrives.
+    pub(crate) fn booked(row: &ConversionRow) -> Status {
+        if row.flag.is_some() { Status::Held } else { Status::Pending }
+    }
+
+    /// Whether its money counts in the money rollups (what is owed).
+    pub(crate) fn is_payable(self) -> bool {
+        matches!(self, Status::Pending | Status::Approved)
+    }
 
     pub(crate) fn parse(text: &str) -> Option<Status> {
         Status::ALL.into_iter().find(|status| status.as_str() == text)
@@ -126,6 +141,7 @@ impl Status {
             Status::Pending => "pending",
             Status::Approved => "approved",
             Status::Rejected => "rejected",
+            Status::Held => "held",
         }
     }
 }
@@ -270,7 +286,7 @@ pub(crate) enum StatusChangeError {
     TooLarge { len: usize },
     #[error("bad status change json: {0}")]
     Json(#[from] serde_json::Error),
-    #[error("unknown status {0:?}: expected pending, approved or rejected")]
+    #[error("unknown status {0:?}: expected pending, approved, rejected or held")]
     Status(String),
     #[error("unknown kind {0:?}: expected lead or sale")]
     Kind(String),

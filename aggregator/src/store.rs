@@ -296,17 +296,17 @@ impl Store {
     }
 
     /// Sets the status of the conversion with `key`; its money leaves the
-    /// rollups when it is rejected and comes back when it is approved or
-    /// pending again. Answers the conversion as it now stands, published to
+    /// rollups when it is rejected or held and comes back when it is
+    /// approved or pending again. Answers the conversion as it now stands, published to
     /// followers of `conversions` like a new row.
     pub(crate) fn set_status(&self, key: &ConversionKey, status: Status) -> Option<Conversion> {
         let mut inner = self.lock();
         let Inner { tables, followers, version, .. } = &mut *inner;
         let &conversion_idx = tables.conversion_index.get(key)?;
         let old = tables.conversions[conversion_idx].status;
-        let sign = match (old == Status::Rejected, status == Status::Rejected) {
-            (false, true) => -1,
-            (true, false) => 1,
+        let sign = match (old.is_payable(), status.is_payable()) {
+            (true, false) => -1,
+            (false, true) => 1,
             _ => 0,
         };
         if sign != 0 {
@@ -576,11 +576,13 @@ impl Tables {
         {
             self.dirty.insert((Dataset::Rollups, day));
             let counts = self.rollups.entry(rollup_key(&row)).or_default();
-            let counter = match row.kind {
-                EventKind::Lead => &mut counts.leads,
-                EventKind::Sale => &mut counts.sales,
+            let counter = match (row.flag, row.kind) {
+                // A flagged copy was counted in its flag's counter.
+                (Some(flag), _) => &mut counts.flagged[flag.index()],
+                (None, EventKind::Lead) => &mut counts.leads,
+                (None, EventKind::Sale) => &mut counts.sales,
                 // Edges ship only leads and sales as conversion rows.
-                EventKind::Impression | EventKind::Click => return None,
+                (None, EventKind::Impression | EventKind::Click) => return None,
             };
             // The edge counted the copy in this batch's own rollups, which
             // were merged above, so the counter is at least 1.
@@ -590,16 +592,16 @@ impl Tables {
             return None;
         }
         let commission = Commission::compute(&self.rules.campaigns, &row);
-        let conversion = Conversion { row, edge_id, status: Status::Pending, commission };
+        let conversion = Conversion { status: Status::booked(&row), row, edge_id, commission };
         self.dirty.insert((Dataset::Conversions, day));
         self.insert(conversion.clone());
         Some(conversion)
     }
 
-    /// Adds a conversion to the ledger, its index and, unless rejected, the
+    /// Adds a conversion to the ledger, its index and, when payable, the
     /// money rollups.
     pub(crate) fn insert(&mut self, conversion: Conversion) {
-        if conversion.status != Status::Rejected {
+        if conversion.status.is_payable() {
             self.add_money(&conversion, 1);
         }
         if let Some(key) = ConversionKey::of(&conversion.row) {

@@ -40,7 +40,7 @@ fn frame() -> BatchFrame {
         ),
     ]
     .map(|(key, [impressions, clicks, leads, sales])| {
-        (key, RollupCounts { impressions, clicks, unique_clicks: 0, leads, sales, duplicates: 0 })
+        (key, RollupCounts { impressions, clicks, unique_clicks: 0, leads, sales, duplicates: 0, flagged: [0; 5] })
     });
     let conversions = [ConversionRow {
         time_ms: 1_795_514_401_000,
@@ -52,6 +52,7 @@ fn frame() -> BatchFrame {
         order_id: Some("o-1".into()),
         click_id: None,
         event_id: None,
+        flag: None,
     }];
     BatchFrame {
         edge_id: 3,
@@ -88,6 +89,7 @@ fn frame_at(sequence: u64) -> Vec<u8> {
         order_id: Some(format!("o-{sequence}")),
         click_id: None,
         event_id: None,
+        flag: None,
     };
     let conversions_ipc = encode_ipc(&conversions_to_batch(&[conversion])).unwrap().into();
     BatchFrame { sequence, conversions_ipc, ..frame() }.encode().unwrap()
@@ -333,6 +335,11 @@ async fn batch_over_quic_then_flight_inner() {
             "leads",
             "sales",
             "duplicates",
+            "flagged_bot_user_agent",
+            "flagged_click_flood",
+            "flagged_fast_conversion",
+            "flagged_no_click_id",
+            "flagged_over_daily_cap",
             "currency",
             "revenue_minor",
             "commission_minor",
@@ -360,7 +367,7 @@ async fn batch_over_quic_then_flight_inner() {
     // An empty answer still has its schema.
     let mut stream = flight.do_get(Ticket::new(r#"{"dataset":"rollups","affiliate_id":99}"#)).await.unwrap();
     assert!(stream.try_next().await.unwrap().is_none());
-    assert_eq!(stream.schema().unwrap().fields().len(), 14);
+    assert_eq!(stream.schema().unwrap().fields().len(), 19);
 
     let error = flight.do_get(Ticket::new(r#"{"dataset":"clicks"}"#)).await.unwrap_err();
     assert!(error.to_string().contains("unknown dataset"), "{error}");
@@ -704,6 +711,7 @@ fn frame_with_conversions(sequence: u64, conversions: &[(u32, &str)]) -> Vec<u8>
             order_id: Some(order_id.to_owned()),
             click_id: None,
             event_id: None,
+            flag: None,
         })
         .collect();
     frame_of_conversions(sequence, &rows)
@@ -1084,6 +1092,7 @@ fn frame_on_day(sequence: u64, day_ms: i64, sales: &[(u32, &str, &str)]) -> Vec<
             order_id: Some(order_id.into()),
             click_id: None,
             event_id: None,
+            flag: None,
         })
         .collect();
     let quarantine = [QuarantineRow::new(minute_ms, "pixel", "bad_id", "bad affiliate_id", &format!("seq={sequence}"))];

@@ -21,6 +21,8 @@ fn rows(n_rows: u32) -> Vec<(RollupKey, RollupCounts)> {
                 clicks: u64::from(row_idx % 7),
                 leads: 0,
                 sales: 1,
+                // One row in a hundred has a flagged event.
+                flagged: [u64::from(row_idx % 100 == 0), 0, 0, 0, 0],
             };
             (key, counts)
         })

@@ -1,5 +1,5 @@
-//! Parsing and validating what the collector receives: pixel query strings
-//! and `POST /v1/events` bodies.
+//! Parsing and validating what the collector receives: pixel query strings,
+//! `POST /v1/events` bodies, and the bot user-agent rule.
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use edgetally_collector::ingest::{Item, parse_body, parse_query};
@@ -14,6 +14,19 @@ fn ingest(criterion: &mut Criterion) {
     group.bench_function("pixel_query", |bench| {
         bench.iter(|| Event::validate(&parse_query(query), Some(EventKind::Impression), NOW_MS).unwrap())
     });
+    // The bot rule runs on every browser request: a browser's user agent
+    // is scanned to its end (no marker), a crawler's stops at its marker.
+    for (name, user_agent) in [
+        (
+            "browser",
+            "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36",
+        ),
+        ("crawler", "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)"),
+    ] {
+        group.bench_with_input(BenchmarkId::new("bot_user_agent", name), user_agent, |bench, user_agent| {
+            bench.iter(|| edgetally_protocol::fraud::is_bot_user_agent(std::hint::black_box(user_agent.as_bytes())))
+        });
+    }
     for n_items in [1usize, 100] {
         let item = r#"{"kind":"sale","affiliate_id":1234,"campaign_id":56,"sub1":"newsletter","amount":"49.90","currency":"EUR","order_id":"o-81723","time":1789999990000}"#;
         let body = vec![item; n_items].join("\n");

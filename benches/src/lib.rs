@@ -86,6 +86,7 @@ pub fn synthetic_ledger(n_rows: usize, day_start_ms: i64) -> Vec<ConversionRow> 
                 order_id: Some(format!("ord-{i:010}")),
                 click_id: Some(click_id),
                 event_id: None,
+                flag: None,
             }
         })
         .collect()

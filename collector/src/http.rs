@@ -29,6 +29,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::catalog::Catalog;
 use crate::dedup::{Dedup, Verdict};
+use crate::fraud::{Rules, Signals};
 use crate::ingest::{Item, parse_body, parse_event, parse_query, pixel_payload};
 use crate::metrics::{Metrics, ReasonLabels, RejectLabels};
 use crate::tally::{Recorded, Tally};
@@ -87,6 +88,8 @@ pub(crate) struct Ingress {
     /// The window in which a visitor's repeated clicks are not unique.
     pub(crate) uniques: Dedup,
     pub(crate) visitors: VisitorHasher,
+    /// The fraud rules that set accepted events apart.
+    pub(crate) rules: Rules,
     /// Header carrying the client IP when a trusted load balancer is in
     /// front (for example `x-forwarded-for`); the peer address otherwise.
     pub(crate) client_ip_header: Option<HeaderName>,
@@ -286,15 +289,18 @@ impl Ingress {
             }
         }
         match path {
-            "/p.gif" if readable => self.pixel(query),
-            "/cv.gif" if readable => self.conversion(Source::ConversionPixel, query),
-            "/pb" if readable => self.conversion(Source::Postback, query),
+            "/p.gif" if readable => self.pixel(query, is_bot(&request)),
+            "/cv.gif" if readable => self.conversion(Source::ConversionPixel, query, is_bot(&request)),
+            // Postbacks come from servers, whose user agents are HTTP
+            // libraries by nature: the bot rule does not apply.
+            "/pb" if readable => self.conversion(Source::Postback, query, false),
             "/v1/events" if method == Method::POST => self.events(request).await,
             "/healthz" if readable => text(StatusCode::OK, "ok\n"),
             "/readyz" if readable => self.readiness(),
             "/metrics" if readable => {
                 self.metrics.observe_dedup(&self.dedup);
                 self.metrics.observe_journal(self.tally.journal_state());
+                self.metrics.observe_rules(self.rules.state());
                 self.metrics.observe_logs();
                 let n_open = self.connections_max - self.connections.available_permits();
                 self.metrics.connections_open.set(n_open as i64);
@@ -307,7 +313,7 @@ impl Ingress {
             }
             _ if readable && path.starts_with("/c/") => {
                 let visitor = self.visitor(&request, peer_ip);
-                self.click(&path[3..], query, visitor)
+                self.click(&path[3..], query, visitor, is_bot(&request))
             }
             "/p.gif" | "/cv.gif" | "/pb" | "/healthz" | "/readyz" | "/metrics" => self.refuse(
                 "method_not_allowed",
@@ -347,7 +353,7 @@ impl Ingress {
         source: Source,
         raw: &mut RawEvent<'_>,
         default_kind: Option<EventKind>,
-        visitor: Option<u64>,
+        signals: Signals<'_>,
         now_ms: i64,
     ) -> Result<(Event, Recorded), Rejection> {
         let click = match raw.click_id.as_deref().filter(|text| !text.is_empty()) {
@@ -375,19 +381,23 @@ impl Ingress {
             }
         }
         let event = Event::validate(raw, default_kind, now_ms)?;
+        // Conversions need the campaigns (attribution window, fraud
+        // settings); pixels and clicks do not fetch them.
+        let campaigns = event.kind.is_conversion().then(|| self.campaigns.get());
         if let Some(click) = &click {
-            let campaigns = self.campaigns.get();
-            let campaign = campaigns.campaign(click.campaign_id).ok_or_else(|| Rejection {
+            let campaign = campaigns.as_ref().and_then(|campaigns| campaigns.campaign(click.campaign_id));
+            let campaign = campaign.ok_or_else(|| Rejection {
                 reason: "unknown_campaign",
                 detail: format!("unknown campaign {}", click.campaign_id),
             })?;
             click.check_window(event.time_ms, campaign.attribution_window_ms)?;
         }
+        let signals = Signals { click: click.as_ref(), ..signals };
         // A click is unique unless the same visitor clicked the same
         // affiliate's campaign within the uniqueness window. Clicks without
         // a visitor (posted by servers) cannot be told apart and count as
         // unique.
-        let unique = match visitor {
+        let unique = match signals.visitor {
             Some(visitor) if event.kind == EventKind::Click => {
                 let mut key = [0u8; 17];
                 key[0] = b'v';
@@ -400,10 +410,19 @@ impl Ingress {
         };
         let recorded = self
             .tally
-            .record_unless(&event, unique, || self.is_duplicate(&event, now_ms))
+            .record_unless(
+                &event,
+                unique,
+                || self.rules.flag(&event, signals, campaigns.as_deref(), now_ms),
+                || self.is_duplicate(&event, now_ms),
+            )
             .map_err(|error| Rejection { reason: "shed_full", detail: error.to_string() })?;
         match recorded {
             Recorded::Counted => self.metrics.accepted(&event, now_ms),
+            Recorded::Flagged(flag) => {
+                self.metrics.accepted(&event, now_ms);
+                self.metrics.flagged(flag);
+            }
             Recorded::Duplicate => self.metrics.duplicate(source.as_str()),
         }
         Ok((event, recorded))
@@ -467,12 +486,14 @@ impl Ingress {
         self.metrics.events_rejected.get_or_create(&labels).inc();
     }
 
-    fn pixel(&self, query: &str) -> HttpResponse {
+    fn pixel(&self, query: &str, bot_user_agent: bool) -> HttpResponse {
         let now_ms = now_ms();
+        let signals = Signals { bot_user_agent, ..Signals::default() };
+        let impression = Some(EventKind::Impression);
         let outcome = match pixel_payload(query) {
-            None => self.accept(Source::Pixel, &mut parse_query(query), Some(EventKind::Impression), None, now_ms),
+            None => self.accept(Source::Pixel, &mut parse_query(query), impression, signals, now_ms),
             Some(Ok(mut bytes)) => match parse_event(&mut bytes) {
-                Item::Event(mut raw) => self.accept(Source::Pixel, &mut raw, Some(EventKind::Impression), None, now_ms),
+                Item::Event(mut raw) => self.accept(Source::Pixel, &mut raw, impression, signals, now_ms),
                 Item::Invalid { reason, detail } => Err(Rejection { reason, detail }),
             },
             Some(Err(reason)) => Err(Rejection { reason, detail: "bad payload: d is not base64url".into() }),
@@ -500,7 +521,7 @@ impl Ingress {
 
     /// `GET /c/{campaign_id}?aff=&sub1..5=`: counts the click, mints its
     /// signed click ID and redirects to the campaign's landing URL.
-    fn click(&self, campaign_text: &str, query: &str, visitor: u64) -> HttpResponse {
+    fn click(&self, campaign_text: &str, query: &str, visitor: u64, bot_user_agent: bool) -> HttpResponse {
         let mut raw = parse_query(query);
         raw.kind = None;
         raw.click_id = None;
@@ -513,7 +534,10 @@ impl Ingress {
                 reason: "unknown_campaign",
                 detail: format!("unknown campaign: {}", campaign_text.chars().take(16).collect::<String>()),
             }),
-            Some(_) => self.accept(Source::Click, &mut raw, Some(EventKind::Click), Some(visitor), now_ms),
+            Some(_) => {
+                let signals = Signals { bot_user_agent, visitor: Some(visitor), click: None };
+                self.accept(Source::Click, &mut raw, Some(EventKind::Click), signals, now_ms)
+            }
         };
         // A repeated click (same event ID) still gets its redirect: a visitor
         // is never stranded; it is counted as a duplicate, not a click.
@@ -569,10 +593,11 @@ impl Ingress {
 
     /// `GET /pb` (server-to-server, JSON answer) and `GET /cv.gif` (browser,
     /// GIF answer): a conversion attributed by its click ID.
-    fn conversion(&self, source: Source, query: &str) -> HttpResponse {
+    fn conversion(&self, source: Source, query: &str, bot_user_agent: bool) -> HttpResponse {
         let mut raw = parse_query(query);
+        let signals = Signals { bot_user_agent, ..Signals::default() };
         let outcome =
-            self.accept(source, &mut raw, Some(EventKind::Sale), None, now_ms()).map(|(_, recorded)| recorded);
+            self.accept(source, &mut raw, Some(EventKind::Sale), signals, now_ms()).map(|(_, recorded)| recorded);
         if source == Source::ConversionPixel {
             return self.gif(source, outcome, query);
         }
@@ -624,19 +649,23 @@ impl Ingress {
         };
         let now_ms = now_ms();
         let mut results = Vec::with_capacity(items.len());
-        let (mut n_accepted, mut n_duplicates, mut n_rejected) = (0u64, 0u64, 0u64);
+        let (mut n_accepted, mut n_flagged, mut n_duplicates, mut n_rejected) = (0u64, 0u64, 0u64, 0u64);
         let mut shed = false;
         for item in items {
             let outcome = match item {
-                Item::Event(mut raw) => {
-                    self.accept(Source::Events, &mut raw, None, None, now_ms).map(|(_, recorded)| recorded)
-                }
+                Item::Event(mut raw) => self
+                    .accept(Source::Events, &mut raw, None, Signals::default(), now_ms)
+                    .map(|(_, recorded)| recorded),
                 Item::Invalid { reason, detail } => Err(Rejection { reason, detail }),
             };
             results.push(match outcome {
                 Ok(Recorded::Counted) => {
                     n_accepted += 1;
                     json!({"status": "accepted"})
+                }
+                Ok(Recorded::Flagged(flag)) => {
+                    n_flagged += 1;
+                    json!({"status": "flagged", "flag": flag.as_str()})
                 }
                 Ok(Recorded::Duplicate) => {
                     n_duplicates += 1;
@@ -650,8 +679,7 @@ impl Ingress {
                 }
             });
         }
-        let body =
-            json!({"accepted": n_accepted, "duplicates": n_duplicates, "rejected": n_rejected, "results": results});
+        let body = json!({"accepted": n_accepted, "flagged": n_flagged, "duplicates": n_duplicates, "rejected": n_rejected, "results": results});
         let mut response = json_response(StatusCode::OK, &body);
         if shed {
             // Items refused for capacity can be retried; say when.
@@ -687,6 +715,12 @@ impl Ingress {
         }
         json_response(status, &json!({"error": message, "reason": reason}))
     }
+}
+
+/// Whether a request to a browser endpoint came with a bot's user agent.
+fn is_bot(request: &Request<Incoming>) -> bool {
+    let user_agent = request.headers().get(USER_AGENT).map_or(&b""[..], |value| value.as_bytes());
+    edgetally_protocol::fraud::is_bot_user_agent(user_agent)
 }
 
 /// `METHOD target` of a request, as a quarantine row keeps it (truncated
@@ -743,6 +777,7 @@ async fn drain(body: &mut Incoming, mut n_read: usize) {
 fn label(recorded: Recorded) -> &'static str {
     match recorded {
         Recorded::Counted => "accepted",
+        Recorded::Flagged(_) => "flagged",
         Recorded::Duplicate => "duplicate",
     }
 }

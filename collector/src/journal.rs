@@ -44,7 +44,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use bytes::{Buf, BufMut};
-use edgetally_protocol::{ConversionRow, Currency, EventKind, Money, QuarantineRow, RollupKey};
+use edgetally_protocol::{ConversionRow, Currency, EventKind, Flag, Money, QuarantineRow, RollupKey};
 use memmap2::MmapMut;
 
 const RECORD_HEADER_LEN: usize = 8;
@@ -67,11 +67,13 @@ pub enum JournalError {
 /// One change to the tally.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Entry {
-    /// An event counted under `key`; a conversion also adds its row.
+    /// An event counted under `key`, as clean or, with a `flag`, set
+    /// apart; a conversion also adds its row (which carries the same flag).
     Count {
         key: RollupKey,
         kind: EventKind,
         unique: bool,
+        flag: Option<Flag>,
         conversion: Option<ConversionRow>,
     },
     /// A repeat counted only as a duplicate of `key`.
@@ -87,8 +89,8 @@ impl Entry {
     /// The entry as the tally would have written it.
     pub(crate) fn as_entry_ref(&self) -> EntryRef<'_> {
         match self {
-            Entry::Count { key, kind, unique, conversion } => {
-                EntryRef::Count { key, kind: *kind, unique: *unique, conversion: conversion.as_ref() }
+            Entry::Count { key, kind, unique, flag, conversion } => {
+                EntryRef::Count { key, kind: *kind, unique: *unique, flag: *flag, conversion: conversion.as_ref() }
             }
             Entry::Duplicate { key } => EntryRef::Duplicate { key },
             Entry::Quarantine(row) => EntryRef::Quarantine(row),
@@ -98,8 +100,16 @@ impl Entry {
 
 /// An [`Entry`] by reference, as the tally writes it.
 pub(crate) enum EntryRef<'a> {
-    Count { key: &'a RollupKey, kind: EventKind, unique: bool, conversion: Option<&'a ConversionRow> },
-    Duplicate { key: &'a RollupKey },
+    Count {
+        key: &'a RollupKey,
+        kind: EventKind,
+        unique: bool,
+        flag: Option<Flag>,
+        conversion: Option<&'a ConversionRow>,
+    },
+    Duplicate {
+        key: &'a RollupKey,
+    },
     Quarantine(&'a QuarantineRow),
 }
 
@@ -400,14 +410,24 @@ pub fn fuzz_seed_segment() -> Vec<u8> {
         order_id: Some("o-1".into()),
         click_id: None,
         event_id: Some("e-1".into()),
+        flag: None,
     };
+    let held = ConversionRow { order_id: Some("o-2".into()), flag: Some(Flag::NoClickId), ..sale.clone() };
     let quarantine = QuarantineRow::new(1_795_514_400_000, "pixel", "bad_id", "bad affiliate_id", "aff=x");
     let mut segment = Vec::new();
     let mut payload = Vec::new();
     for entry in [
-        EntryRef::Count { key: &key, kind: EventKind::Impression, unique: false, conversion: None },
-        EntryRef::Count { key: &key, kind: EventKind::Click, unique: true, conversion: None },
-        EntryRef::Count { key: &key, kind: EventKind::Sale, unique: false, conversion: Some(&sale) },
+        EntryRef::Count { key: &key, kind: EventKind::Impression, unique: false, flag: None, conversion: None },
+        EntryRef::Count { key: &key, kind: EventKind::Click, unique: true, flag: None, conversion: None },
+        EntryRef::Count { key: &key, kind: EventKind::Sale, unique: false, flag: None, conversion: Some(&sale) },
+        EntryRef::Count {
+            key: &key,
+            kind: EventKind::Click,
+            unique: false,
+            flag: Some(Flag::BotUserAgent),
+            conversion: None,
+        },
+        EntryRef::Count { key: &key, kind: EventKind::Sale, unique: false, flag: held.flag, conversion: Some(&held) },
         EntryRef::Duplicate { key: &key },
         EntryRef::Quarantine(&quarantine),
     ] {
@@ -448,14 +468,21 @@ fn records(bytes: &[u8]) -> impl Iterator<Item = &[u8]> {
 const TAG_COUNT: u8 = 1;
 const TAG_DUPLICATE: u8 = 2;
 const TAG_QUARANTINE: u8 = 3;
+/// A count with a fraud flag: the same as [`TAG_COUNT`] with the flag's
+/// index after `unique`. Unflagged counts keep the older tag, so a journal
+/// written before flags existed still replays.
+const TAG_COUNT_FLAGGED: u8 = 4;
 
 fn encode_entry(out: &mut Vec<u8>, entry: &EntryRef<'_>) {
     match entry {
-        EntryRef::Count { key, kind, unique, conversion } => {
-            out.put_u8(TAG_COUNT);
+        EntryRef::Count { key, kind, unique, flag, conversion } => {
+            out.put_u8(if flag.is_some() { TAG_COUNT_FLAGGED } else { TAG_COUNT });
             put_key(out, key);
             out.put_u8(*kind as u8);
             out.put_u8(u8::from(*unique));
+            if let Some(flag) = flag {
+                out.put_u8(flag.index() as u8);
+            }
             match conversion {
                 None => out.put_u8(0),
                 Some(row) => {
@@ -480,16 +507,20 @@ fn encode_entry(out: &mut Vec<u8>, entry: &EntryRef<'_>) {
 
 fn decode_entry(mut bytes: &[u8]) -> Option<Entry> {
     let entry = match get_u8(&mut bytes)? {
-        TAG_COUNT => {
+        tag @ (TAG_COUNT | TAG_COUNT_FLAGGED) => {
             let key = get_key(&mut bytes)?;
             let kind = *EventKind::ALL.get(get_u8(&mut bytes)? as usize)?;
             let unique = get_u8(&mut bytes)? == 1;
+            let flag = match tag {
+                TAG_COUNT_FLAGGED => Some(*Flag::ALL.get(get_u8(&mut bytes)? as usize)?),
+                _ => None,
+            };
             let conversion = match get_u8(&mut bytes)? {
                 0 => None,
-                1 => Some(get_conversion(&mut bytes)?),
+                1 => Some(ConversionRow { flag, ..get_conversion(&mut bytes)? }),
                 _ => return None,
             };
-            Entry::Count { key, kind, unique, conversion }
+            Entry::Count { key, kind, unique, flag, conversion }
         }
         TAG_DUPLICATE => Entry::Duplicate { key: get_key(&mut bytes)? },
         TAG_QUARANTINE => {
@@ -573,7 +604,18 @@ fn get_conversion(bytes: &mut &[u8]) -> Option<ConversionRow> {
     let order_id = optional()?;
     let click_id = optional()?;
     let event_id = optional()?;
-    Some(ConversionRow { time_ms, kind, affiliate_id, campaign_id, sub1, money, order_id, click_id, event_id })
+    Some(ConversionRow {
+        time_ms,
+        kind,
+        affiliate_id,
+        campaign_id,
+        sub1,
+        money,
+        order_id,
+        click_id,
+        event_id,
+        flag: None,
+    })
 }
 
 fn put_str(out: &mut Vec<u8>, text: &str) {

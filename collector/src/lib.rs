@@ -23,6 +23,7 @@ use tokio::task::JoinHandle;
 mod catalog;
 pub mod click_keys;
 pub mod dedup;
+mod fraud;
 mod http;
 pub mod ingest;
 mod journal;
@@ -36,8 +37,9 @@ mod visitor;
 
 use dedup::Dedup;
 pub use dedup::DedupConfig;
-pub use edgetally_protocol::ClickKeys;
 pub use edgetally_protocol::campaigns::{self, Campaigns};
+pub use edgetally_protocol::{ClickKeys, Flag};
+pub use fraud::{CLICK_FLOOD_PER_MINUTE_DEFAULT, FRAUD_RULES_DEFAULT};
 pub use http::{OUTCOME_HEADER, PIXEL_GIF};
 pub use journal::{JOURNAL_BYTES_MAX_DEFAULT, JournalError};
 #[doc(hidden)]
@@ -123,6 +125,11 @@ pub struct Config {
     /// The window in which a visitor's repeated clicks on one affiliate's
     /// campaign are not unique.
     pub uniques: DedupConfig,
+    /// The fraud rules in force (see `fraud.rs`).
+    pub fraud_rules: Vec<Flag>,
+    /// Clicks a visitor may make in a UTC minute before the rest are
+    /// flagged `click_flood`; 0 for no limit.
+    pub click_flood_per_minute: u32,
     /// Header with the client IP set by a trusted load balancer in front.
     pub client_ip_header: Option<::http::HeaderName>,
     /// Requests per second and burst allowed per client IP; `None` for no
@@ -357,6 +364,7 @@ impl Collector {
             dedup: Dedup::new(config.dedup),
             uniques: Dedup::new(config.uniques),
             visitors: visitor::VisitorHasher::new(),
+            rules: fraud::Rules::new(&config.fraud_rules, config.click_flood_per_minute),
             client_ip_header: config.client_ip_header,
             throttle: config
                 .ip_rate

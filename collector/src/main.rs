@@ -11,9 +11,9 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use edgetally_collector::{
-    BODY_BYTES_MAX_DEFAULT, CONNECTIONS_MAX_DEFAULT, Campaigns, Collector, Config, DedupConfig,
-    JOURNAL_BYTES_MAX_DEFAULT, REQUESTS_IN_FLIGHT_MAX_DEFAULT, SPOOL_BYTES_MAX_DEFAULT, SpoolIo, TallyLimits,
-    UPLINK_WINDOW_DEFAULT, URL_BYTES_MAX_DEFAULT, click_keys,
+    BODY_BYTES_MAX_DEFAULT, CLICK_FLOOD_PER_MINUTE_DEFAULT, CONNECTIONS_MAX_DEFAULT, Campaigns, Collector, Config,
+    DedupConfig, FRAUD_RULES_DEFAULT, Flag, JOURNAL_BYTES_MAX_DEFAULT, REQUESTS_IN_FLIGHT_MAX_DEFAULT,
+    SPOOL_BYTES_MAX_DEFAULT, SpoolIo, TallyLimits, UPLINK_WINDOW_DEFAULT, URL_BYTES_MAX_DEFAULT, click_keys,
 };
 use edgetally_service::logs::{self, LogFormat};
 use edgetally_service::process::{self, ServiceArgs};
@@ -159,9 +159,43 @@ struct Args {
     /// Burst allowed per client IP above the rate (default: twice the rate).
     #[arg(long, env = "EDGETALLY_COLLECTOR_IP_RATE_BURST")]
     ip_rate_burst: Option<u32>,
+    /// Fraud rules that count accepted events apart (flagged, held from
+    /// payouts until reviewed), by name: bot_user_agent, click_flood,
+    /// fast_conversion, no_click_id, over_daily_cap; an empty value (`""`
+    /// in the settings file) turns them all off. no_click_id is off by
+    /// default: only posted events can lack a click ID, and those come
+    /// from merchants' own servers, which often report conversions that no
+    /// click led to (a coupon code, a phone order).
+    #[arg(
+        long,
+        env = "EDGETALLY_COLLECTOR_FRAUD_RULES",
+        value_delimiter = ',',
+        default_value = FRAUD_RULES_DEFAULT,
+        value_parser = parse_flag
+    )]
+    fraud_rules: Vec<FlagArg>,
+    /// Clicks one visitor (client IP and user agent) may make in a UTC
+    /// minute before the rest are flagged click_flood (0: no limit).
+    #[arg(long, env = "EDGETALLY_COLLECTOR_CLICK_FLOOD_PER_MINUTE", default_value_t = CLICK_FLOOD_PER_MINUTE_DEFAULT)]
+    click_flood_per_minute: u32,
     /// Largest accepted `POST /v1/events` body, in bytes.
     #[arg(long, env = "EDGETALLY_COLLECTOR_BODY_BYTES_MAX", default_value_t = BODY_BYTES_MAX_DEFAULT)]
     body_bytes_max: usize,
+}
+
+/// A fraud rule's name, or nothing (the empty value that turns every rule
+/// off).
+#[derive(Debug, Clone, Copy)]
+struct FlagArg(Option<Flag>);
+
+fn parse_flag(text: &str) -> Result<FlagArg, String> {
+    if text.is_empty() {
+        return Ok(FlagArg(None));
+    }
+    Flag::parse(text).map(|flag| FlagArg(Some(flag))).ok_or_else(|| {
+        let names: Vec<&str> = Flag::ALL.iter().map(|flag| flag.as_str()).collect();
+        format!("unknown fraud rule {text:?}: expected one of {}", names.join(", "))
+    })
 }
 
 fn main() -> ExitCode {
@@ -332,6 +366,8 @@ fn config(args: &Args, click_keys: edgetally_collector::ClickKeys) -> anyhow::Re
             window: Duration::from_secs(args.dedup_window_secs.max(1)),
             keys_max: args.dedup_keys_max,
         },
+        fraud_rules: args.fraud_rules.iter().filter_map(|rule| rule.0).collect(),
+        click_flood_per_minute: args.click_flood_per_minute,
     })
 }
 

@@ -6,7 +6,8 @@
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use edgetally_protocol::{Event, EventKind};
+use edgetally_protocol::fraud::N_FLAGS;
+use edgetally_protocol::{Event, EventKind, Flag};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -15,6 +16,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use crate::dedup::{Dedup, DedupStats};
+use crate::fraud::RulesState;
 use crate::tally::JournalState;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -37,6 +39,11 @@ pub(crate) struct SourceLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct ReasonLabels {
     pub(crate) reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct RuleLabels {
+    pub(crate) rule: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -68,6 +75,14 @@ pub(crate) struct Metrics {
     missing_by_field: [Counter; 2],
     pub(crate) events_rejected: Family<RejectLabels, Counter>,
     events_duplicate: Family<SourceLabels, Counter>,
+    /// Accepted events a fraud rule set apart, by rule.
+    events_flagged: Family<RuleLabels, Counter>,
+    /// Its counters in [`Flag::ALL`] order, resolved once.
+    flagged_by_rule: [Counter; N_FLAGS],
+    fraud_flood_visitors: Gauge,
+    fraud_flood_untracked: Counter,
+    /// `fraud_flood_untracked` at the last scrape.
+    fraud_flood_untracked_seen: AtomicU64,
     dedup_memory_bytes: Gauge,
     dedup_keys: Gauge,
     dedup_checks: Counter,
@@ -122,6 +137,11 @@ impl Metrics {
             missing_by_field: Default::default(),
             events_rejected: Family::default(),
             events_duplicate: Family::default(),
+            events_flagged: Family::default(),
+            flagged_by_rule: Default::default(),
+            fraud_flood_visitors: Gauge::default(),
+            fraud_flood_untracked: Counter::default(),
+            fraud_flood_untracked_seen: AtomicU64::new(0),
             dedup_memory_bytes: Gauge::default(),
             dedup_keys: Gauge::default(),
             dedup_checks: Counter::default(),
@@ -168,6 +188,21 @@ impl Metrics {
             "events_duplicate",
             "Events answered as repeats of one already counted, by source",
             metrics.events_duplicate.clone(),
+        );
+        registry.register(
+            "events_flagged",
+            "Accepted events a fraud rule counted apart from clean ones, by rule (also in events_accepted)",
+            metrics.events_flagged.clone(),
+        );
+        registry.register(
+            "fraud_flood_visitors",
+            "Visitors whose clicks this minute the click flood rule counts",
+            metrics.fraud_flood_visitors.clone(),
+        );
+        registry.register(
+            "fraud_flood_untracked",
+            "Clicks the click flood rule could not count because its visitor map was full",
+            metrics.fraud_flood_untracked.clone(),
         );
         registry.register(
             "dedup_memory_bytes",
@@ -306,7 +341,9 @@ impl Metrics {
         );
         let missing_by_field = ["order_id", "click_id"]
             .map(|field| metrics.conversions_missing.get_or_create(&FieldLabels { field }).clone());
-        Metrics { registry, accepted_by_kind, missing_by_field, ..metrics }
+        let flagged_by_rule =
+            Flag::ALL.map(|flag| metrics.events_flagged.get_or_create(&RuleLabels { rule: flag.as_str() }).clone());
+        Metrics { registry, accepted_by_kind, missing_by_field, flagged_by_rule, ..metrics }
     }
 
     /// Counts an accepted event: its kind, how late it came, and for a
@@ -326,6 +363,18 @@ impl Metrics {
                 }
             }
         }
+    }
+
+    /// Counts an accepted event a fraud rule set apart.
+    pub(crate) fn flagged(&self, flag: Flag) {
+        self.flagged_by_rule[flag.index()].inc();
+    }
+
+    /// Brings the fraud rules' metrics up to date; called per scrape.
+    pub(crate) fn observe_rules(&self, state: RulesState) {
+        self.fraud_flood_visitors.set(state.flood_visitors as i64);
+        let seen = self.fraud_flood_untracked_seen.swap(state.n_flood_untracked, Ordering::Relaxed);
+        self.fraud_flood_untracked.inc_by(state.n_flood_untracked.saturating_sub(seen));
     }
 
     pub(crate) fn duplicate(&self, source: &'static str) {

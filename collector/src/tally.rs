@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::sync::Mutex;
 
-use edgetally_protocol::{ConversionRow, Event, EventKind, QuarantineRow, RollupCounts, RollupKey};
+use edgetally_protocol::{ConversionRow, Event, EventKind, Flag, QuarantineRow, RollupCounts, RollupKey};
 
 use crate::journal::{Entry as JournalEntry, EntryRef, Journal};
 
@@ -59,7 +59,22 @@ pub enum TallyError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Recorded {
     Counted,
+    /// Counted apart, in the rollup's counter for this flag.
+    Flagged(Flag),
     Duplicate,
+}
+
+/// Counts one accepted event into its rollup, the same live and on
+/// journal replay.
+fn count(counts: &mut RollupCounts, kind: EventKind, unique: bool, flag: Option<Flag>) {
+    if let Some(flag) = flag {
+        counts.count_flagged(flag);
+        return;
+    }
+    counts.count(kind);
+    if unique {
+        counts.unique_clicks = counts.unique_clicks.saturating_add(1);
+    }
 }
 
 #[derive(Default)]
@@ -130,19 +145,26 @@ impl Tally {
 
     /// Counts one validated event.
     pub fn record(&self, event: &Event) -> Result<(), TallyError> {
-        self.record_unless(event, true, || false).map(|_| ())
+        self.record_unless(event, true, || None, || false).map(|_| ())
     }
 
     /// Counts one validated event unless `is_duplicate` says it repeats
     /// one already counted, in which case only its rollup's `duplicates`
-    /// grows. A click counted with `unique` also counts as a unique click. `is_duplicate` runs only once the tally is known to have room,
-    /// under the tally's lock: a dedup window that records the key it is
-    /// asked about then never holds the key of an event refused for room,
-    /// so a client's retry of that event is not mistaken for a repeat.
+    /// grows. A click counted with `unique` also counts as a unique click.
+    /// An event `flag_of` flags is counted in its rollup's flagged counter
+    /// instead of its kind's (and never as a unique click), and a flagged
+    /// conversion's row carries the flag.
+    ///
+    /// `is_duplicate`, then `flag_of`, run only once the tally is known to
+    /// have room, under the tally's lock: a dedup window or a rule's
+    /// counter that records what it is asked about then never holds an
+    /// event refused for room, so a client's retry of that event is not
+    /// mistaken for a repeat, and a repeat is not counted by the rules.
     pub fn record_unless(
         &self,
         event: &Event,
         unique: bool,
+        flag_of: impl FnOnce() -> Option<Flag>,
         is_duplicate: impl FnOnce() -> bool,
     ) -> Result<Recorded, TallyError> {
         let key = RollupKey {
@@ -165,14 +187,15 @@ impl Tally {
             return Err(TallyError::KeysFull(self.limits.rollup_keys_max));
         }
         let duplicate = is_duplicate();
-        let unique = unique && event.kind == EventKind::Click;
-        let conversion = is_conversion.then(|| ConversionRow::from_event(event));
+        let flag = if duplicate { None } else { flag_of() };
+        let unique = unique && event.kind == EventKind::Click && flag.is_none();
+        let conversion = is_conversion.then(|| ConversionRow { flag, ..ConversionRow::from_event(event) });
         if let Some(journal) = journal {
             let key = entry.key();
             let written = if duplicate {
                 journal.append(EntryRef::Duplicate { key })
             } else {
-                journal.append(EntryRef::Count { key, kind: event.kind, unique, conversion: conversion.as_ref() })
+                journal.append(EntryRef::Count { key, kind: event.kind, unique, flag, conversion: conversion.as_ref() })
             };
             *n_unjournaled += u64::from(!written);
             *journal_failing = !written;
@@ -182,12 +205,12 @@ impl Tally {
             counts.duplicates = counts.duplicates.saturating_add(1);
             return Ok(Recorded::Duplicate);
         }
-        counts.count(event.kind);
-        if unique {
-            counts.unique_clicks = counts.unique_clicks.saturating_add(1);
-        }
+        count(counts, event.kind, unique, flag);
         conversions.extend(conversion);
-        Ok(Recorded::Counted)
+        Ok(match flag {
+            None => Recorded::Counted,
+            Some(flag) => Recorded::Flagged(flag),
+        })
     }
 
     /// Takes everything out of the tally and rotates the journal, under one
@@ -297,12 +320,8 @@ impl Unsealed {
     /// before the restart.
     fn apply(&mut self, entry: JournalEntry) {
         match entry {
-            JournalEntry::Count { key, kind, unique, conversion } => {
-                let counts = self.rollups.entry(key).or_default();
-                counts.count(kind);
-                if unique {
-                    counts.unique_clicks = counts.unique_clicks.saturating_add(1);
-                }
+            JournalEntry::Count { key, kind, unique, flag, conversion } => {
+                count(self.rollups.entry(key).or_default(), kind, unique, flag);
                 self.conversions.extend(conversion);
             }
             JournalEntry::Duplicate { key } => {

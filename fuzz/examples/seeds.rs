@@ -64,11 +64,11 @@ fn main() {
         [
             (
                 RollupKey { minute_ms: NOW_MS, affiliate_id: 7, campaign_id: 3, sub1: "news".into() },
-                RollupCounts::from_values([5, 2, 1, 0, 1, 0]),
+                RollupCounts::from_values([5, 2, 1, 0, 1, 0, 1, 0, 0, 0, 0]),
             ),
             (
                 RollupKey { minute_ms: NOW_MS - 60_000, affiliate_id: 8, campaign_id: 3, sub1: String::new() },
-                RollupCounts::from_values([1, 0, 0, 0, 0, 0]),
+                RollupCounts::from_values([1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2]),
             ),
         ]
         .iter()
@@ -86,6 +86,7 @@ fn main() {
             order_id: Some("o-1".into()),
             click_id: Some(click_id.clone()),
             event_id: None,
+            flag: None,
         },
         ConversionRow {
             time_ms: NOW_MS,
@@ -97,6 +98,7 @@ fn main() {
             order_id: None,
             click_id: None,
             event_id: Some("e-1".into()),
+            flag: None,
         },
     ]))
     .expect("conversions encode");

@@ -20,7 +20,7 @@ enum Case {
     Ack { edge_id: u32, epoch: u64, sequence: u64, status: u8, accepted: bool },
     Snapshot { body: Vec<u8> },
     Click { key_id: bool, edge_id: u32, time_ms: u64, affiliate_id: u32, campaign_id: u32, nonce: u32 },
-    Rollups(Vec<(i64, u32, u32, String, [u64; 6])>),
+    Rollups(Vec<(i64, u32, u32, String, [u64; edgetally_protocol::batch::N_COUNTERS])>),
     Quarantine(Vec<(i64, String, String, String, String)>),
 }
 

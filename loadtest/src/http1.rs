@@ -55,6 +55,8 @@ pub(crate) struct Request<'a> {
     pub(crate) path_and_query: &'a str,
     pub(crate) host: &'a str,
     pub(crate) user_agent: &'a str,
+    /// Sent as `x-forwarded-for`, as a load balancer in front would.
+    pub(crate) forwarded_for: Option<std::net::Ipv4Addr>,
     pub(crate) content_type: &'a str,
     pub(crate) body: &'a [u8],
 }
@@ -87,6 +89,11 @@ impl Connection {
         self.write.extend_from_slice(request.host.as_bytes());
         self.write.extend_from_slice(b"\r\nuser-agent: ");
         self.write.extend_from_slice(request.user_agent.as_bytes());
+        if let Some(address) = request.forwarded_for {
+            use std::io::Write;
+            // Writing into a Vec cannot fail.
+            let _ = write!(self.write, "\r\nx-forwarded-for: {address}");
+        }
         if request.post {
             self.write.extend_from_slice(b"\r\ncontent-type: ");
             self.write.extend_from_slice(request.content_type.as_bytes());

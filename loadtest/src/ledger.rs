@@ -2,8 +2,9 @@
 //! affiliate and campaign, with money per currency.
 //!
 //! The ledger follows the collectors' answers, not the generator's intent: a
-//! pixel counts when its outcome header says `accepted`, a posted item when
-//! its result line does. `verify` then checks that the aggregator counted
+//! pixel counts when its outcome header says `accepted` (or `flagged`, in
+//! the flagged count instead of its kind's), a posted item when its result
+//! line does. `verify` then checks that the aggregator counted
 //! exactly that, so a loss or a double count anywhere between shows up as a
 //! difference.
 
@@ -14,7 +15,9 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
 /// Counts of one `(affiliate_id, campaign_id)`. `duplicates` are events a
-/// collector answered as repeats: counted apart, never paid.
+/// collector answered as repeats: counted apart, never paid. `flagged` are
+/// events a collector accepted but a fraud rule set apart, of any kind and
+/// rule: in no other counter.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Counts {
@@ -23,6 +26,9 @@ pub(crate) struct Counts {
     pub(crate) leads: u64,
     pub(crate) sales: u64,
     pub(crate) duplicates: u64,
+    /// Absent from ledgers written before fraud flags: none then.
+    #[serde(default)]
+    pub(crate) flagged: u64,
 }
 
 // === impl Counts ===
@@ -34,10 +40,12 @@ impl Counts {
         self.leads += other.leads;
         self.sales += other.sales;
         self.duplicates += other.duplicates;
+        self.flagged += other.flagged;
     }
 
+    /// Accepted events, flagged ones included.
     pub(crate) fn total(&self) -> u64 {
-        self.impressions + self.clicks + self.leads + self.sales
+        self.impressions + self.clicks + self.leads + self.sales + self.flagged
     }
 }
 
@@ -107,9 +115,13 @@ struct LedgerFile {
 // === impl Ledger ===
 
 impl Ledger {
-    pub(crate) fn accept(&mut self, truth: &Truth) {
+    /// Books an accepted event: in its kind's count, or with `flagged` in
+    /// the flagged count. A flagged sale's money is booked all the same:
+    /// the aggregator keeps its row (held, not paid).
+    pub(crate) fn accept(&mut self, truth: &Truth, flagged: bool) {
         let counts = self.counts.entry((truth.affiliate_id, truth.campaign_id)).or_default();
         match truth.kind {
+            _ if flagged => counts.flagged += 1,
             Kind::Impression => counts.impressions += 1,
             Kind::Click => counts.clicks += 1,
             Kind::Lead => counts.leads += 1,
@@ -192,7 +204,7 @@ impl Ledger {
             if expected != found {
                 lines.push(format!(
                     "affiliate/campaign {}/{}: expected impressions {} clicks {} leads {} sales {} \
-                     duplicates {}, aggregator has {} {} {} {} {}",
+                     duplicates {} flagged {}, aggregator has {} {} {} {} {} {}",
                     pair.0,
                     pair.1,
                     expected.impressions,
@@ -200,11 +212,13 @@ impl Ledger {
                     expected.leads,
                     expected.sales,
                     expected.duplicates,
+                    expected.flagged,
                     found.impressions,
                     found.clicks,
                     found.leads,
                     found.sales,
-                    found.duplicates
+                    found.duplicates,
+                    found.flagged
                 ));
             }
         }

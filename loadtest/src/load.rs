@@ -183,6 +183,7 @@ impl Link {
                     path_and_query: &plan.path_and_query,
                     host: target,
                     user_agent: plan.user_agent,
+                    forwarded_for: Some(plan.visitor_ip),
                     content_type: "application/json",
                     body: &plan.body,
                 };
@@ -440,7 +441,8 @@ fn build_request(target: &str, plan: &Plan) -> http::Request<Full<Bytes>> {
         .method(if plan.is_post { http::Method::POST } else { http::Method::GET })
         .uri(uri)
         .header(HOST, target)
-        .header(USER_AGENT, plan.user_agent);
+        .header(USER_AGENT, plan.user_agent)
+        .header("x-forwarded-for", plan.visitor_ip.to_string());
     let builder = if plan.is_post { builder.header(CONTENT_TYPE, "application/json") } else { builder };
     // Every part comes from the mix, which only produces valid URIs and
     // header values.
@@ -461,12 +463,13 @@ fn settle<'plan>(
     match (plan.is_post, answer.status) {
         // A click: the redirect carries the click ID for later conversions.
         (false, 302) => {
-            let Some(truth) = plan.truths.first().filter(|_| verdict() == Some("accepted")) else {
+            let flagged = verdict() == Some("flagged");
+            let Some(truth) = plan.truths.first().filter(|_| verdict() == Some("accepted") || flagged) else {
                 outcome.answer(plan.label, verdict().unwrap_or("no_outcome"));
                 return 0;
             };
-            outcome.answer(plan.label, "accepted");
-            outcome.ledger.accept(truth);
+            outcome.answer(plan.label, if flagged { "flagged" } else { "accepted" });
+            outcome.ledger.accept(truth, flagged);
             on_accept(truth);
             match answer.location.as_deref().and_then(click_id_in) {
                 Some(click_id) => mix.remember_click(click_id, truth.affiliate_id, truth.campaign_id),
@@ -477,12 +480,16 @@ fn settle<'plan>(
         // A pixel or postback answered 200 carries its outcome in a header
         // (pixels) or its body (postbacks).
         (false, 200) => {
-            let accepted = match verdict() {
-                Some(verdict) => verdict == "accepted",
+            let status = match verdict() {
+                Some(verdict) => verdict.to_owned(),
                 None => serde_json::from_slice::<serde_json::Value>(&answer.body)
-                    .is_ok_and(|body| body["status"] == "accepted"),
+                    .ok()
+                    .and_then(|body| body["status"].as_str().map(str::to_owned))
+                    .unwrap_or_else(|| "no_outcome".to_owned()),
             };
-            let label = if accepted { "accepted" } else { verdict().unwrap_or("no_outcome") };
+            let flagged = status == "flagged";
+            let accepted = status == "accepted" || flagged;
+            let label = status.as_str();
             outcome.answer(plan.label, label);
             if label == "duplicate"
                 && let Some(truth) = plan.truths.first()
@@ -491,7 +498,7 @@ fn settle<'plan>(
             }
             match plan.truths.first().filter(|_| accepted) {
                 Some(truth) => {
-                    outcome.ledger.accept(truth);
+                    outcome.ledger.accept(truth, flagged);
                     on_accept(truth);
                     1
                 }
@@ -517,10 +524,11 @@ fn settle<'plan>(
             }
             let mut n_accepted = 0;
             for (truth, result) in plan.truths.iter().zip(results) {
-                if result["status"] == "accepted" {
-                    outcome.ledger.accept(truth);
+                if result["status"] == "accepted" || result["status"] == "flagged" {
+                    let flagged = result["status"] == "flagged";
+                    outcome.ledger.accept(truth, flagged);
                     on_accept(truth);
-                    outcome.answer(plan.label, "accepted");
+                    outcome.answer(plan.label, if flagged { "flagged" } else { "accepted" });
                     n_accepted += 1;
                 } else if result["status"] == "duplicate" {
                     outcome.ledger.duplicate(truth);

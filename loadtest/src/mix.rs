@@ -7,6 +7,7 @@
 //! says it accepted.
 
 use std::collections::VecDeque;
+use std::net::Ipv4Addr;
 
 use bytes::Bytes;
 use rand::Rng;
@@ -35,6 +36,10 @@ pub(crate) struct MixArgs {
     /// Distinct sub1 values (Zipf-distributed); a third of events carry none.
     #[arg(long, default_value_t = 50)]
     pub(crate) subs: u32,
+    /// Distinct visitors (client addresses, uniform): at the default a
+    /// visitor clicks far less than the collectors' click flood limit.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub(crate) visitors: u32,
     /// Zipf exponent of the affiliate, campaign and sub distributions.
     #[arg(long, default_value_t = 1.1)]
     pub(crate) zipf_exponent: f64,
@@ -120,6 +125,10 @@ pub(crate) struct Plan {
     pub(crate) path_and_query: String,
     pub(crate) body: Bytes,
     pub(crate) user_agent: &'static str,
+    /// The visitor's address, sent in `x-forwarded-for` as a load
+    /// balancer would (a collector started with `--client-ip-header
+    /// x-forwarded-for` tells visitors apart by it).
+    pub(crate) visitor_ip: Ipv4Addr,
     /// For a pixel, its one event; for a post, one per item in order.
     pub(crate) truths: Vec<Truth>,
 }
@@ -171,8 +180,20 @@ impl Mix {
         })
     }
 
-    /// Draws the next request; `previous` is this connection's last plan.
+    /// Draws the next request, from a visitor drawn uniformly from
+    /// `visitors`; `previous` is this connection's last plan (a duplicate
+    /// repeats it whole, visitor included).
     pub(crate) fn next(&mut self, rng: &mut StdRng, previous: Option<&Plan>) -> Plan {
+        let mut plan = self.draw(rng, previous);
+        if plan.label != Label::Duplicate {
+            // 10.0.0.0/8 holds 2^24 visitors, more than `visitors` allows.
+            let visitor_idx = rng.random_range(0..self.args.visitors.clamp(1, 1 << 24));
+            plan.visitor_ip = Ipv4Addr::from(0x0a00_0000 | visitor_idx);
+        }
+        plan
+    }
+
+    fn draw(&mut self, rng: &mut StdRng, previous: Option<&Plan>) -> Plan {
         if self.args.pixels_only {
             return self.pixel(rng, BROWSER_AGENT, Label::Pixel);
         }
@@ -227,6 +248,7 @@ impl Mix {
             path_and_query: format!("/p.gif?aff={affiliate_id}&cmp={campaign_id}&sub1={sub1}&cb={cache_buster}"),
             body: Bytes::new(),
             user_agent,
+            visitor_ip: Ipv4Addr::LOCALHOST,
             truths: vec![Truth { kind: Kind::Impression, affiliate_id, campaign_id, money: None, order_id: None }],
         }
     }
@@ -247,6 +269,7 @@ impl Mix {
             path_and_query: format!("/c/{campaign_id}?aff={affiliate_id}&sub1={sub1}"),
             body: Bytes::new(),
             user_agent: BROWSER_AGENT,
+            visitor_ip: Ipv4Addr::LOCALHOST,
             truths: vec![Truth { kind: Kind::Click, affiliate_id, campaign_id, money: None, order_id: None }],
         }
     }
@@ -276,6 +299,7 @@ impl Mix {
             path_and_query,
             body: Bytes::new(),
             user_agent: BROWSER_AGENT,
+            visitor_ip: Ipv4Addr::LOCALHOST,
             truths: vec![Truth { kind, affiliate_id, campaign_id, money, order_id: Some(order_id) }],
         })
     }
@@ -323,6 +347,7 @@ impl Mix {
             path_and_query: "/v1/events".into(),
             body: Bytes::from(lines.join("\n")),
             user_agent: BROWSER_AGENT,
+            visitor_ip: Ipv4Addr::LOCALHOST,
             truths,
         }
     }
@@ -334,6 +359,7 @@ impl Mix {
             path_and_query: "/v1/events".into(),
             body: Bytes::from(body),
             user_agent: BROWSER_AGENT,
+            visitor_ip: Ipv4Addr::LOCALHOST,
             truths,
         };
         match rng.random_range(0..6) {
@@ -360,6 +386,7 @@ impl Mix {
                     path_and_query,
                     body: Bytes::new(),
                     user_agent: BROWSER_AGENT,
+                    visitor_ip: Ipv4Addr::LOCALHOST,
                     truths: Vec::new(),
                 }
             }
@@ -369,6 +396,7 @@ impl Mix {
                 path_and_query: "/no/such/route".into(),
                 body: Bytes::new(),
                 user_agent: BROWSER_AGENT,
+                visitor_ip: Ipv4Addr::LOCALHOST,
                 truths: Vec::new(),
             },
         }

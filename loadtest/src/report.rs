@@ -38,6 +38,7 @@ pub(crate) async fn scrape(targets: &[String], tls: Option<&TlsConnector>) -> an
                 path_and_query: "/metrics",
                 host,
                 user_agent: "edgetally-loadtest",
+                forwarded_for: None,
                 content_type: "",
                 body: &[],
             };

@@ -143,8 +143,15 @@ pub(crate) async fn run(args: StackArgs) -> anyhow::Result<()> {
             window: std::time::Duration::from_secs(3_600),
             keys_max: 1_000_000,
         },
-        client_ip_header: None,
+        // The traffic below comes from the load generator, which names
+        // its visitors in x-forwarded-for as a load balancer would.
+        client_ip_header: Some(http::HeaderName::from_static("x-forwarded-for")),
         ip_rate: None,
+        fraud_rules: edgetally_collector::FRAUD_RULES_DEFAULT
+            .split(',')
+            .filter_map(edgetally_collector::Flag::parse)
+            .collect(),
+        click_flood_per_minute: edgetally_collector::CLICK_FLOOD_PER_MINUTE_DEFAULT,
         tls: None,
         connections_max: edgetally_collector::CONNECTIONS_MAX_DEFAULT,
         url_bytes_max: edgetally_collector::URL_BYTES_MAX_DEFAULT,

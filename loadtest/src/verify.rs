@@ -8,6 +8,7 @@ use anyhow::Context;
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Int64Type, UInt32Type, UInt64Type};
 use arrow_array::{Array, RecordBatch};
+use edgetally_protocol::Flag;
 use serde_json::json;
 
 use crate::ledger::{Counts, Ledger};
@@ -80,6 +81,7 @@ async fn read_back(flight_url: &str, token: Option<&str>, expected: &Ledger) -> 
             |name: &str| -> anyhow::Result<_> { Ok(column(&batch, name)?.as_primitive::<UInt64Type>().clone()) };
         let (impressions, clicks, leads, sales, duplicates) =
             (counter("impressions")?, counter("clicks")?, counter("leads")?, counter("sales")?, counter("duplicates")?);
+        let flagged = Flag::COLUMNS.into_iter().map(counter).collect::<anyhow::Result<Vec<_>>>()?;
         for row_idx in 0..batch.num_rows() {
             let counts = Counts {
                 impressions: impressions.value(row_idx),
@@ -87,6 +89,7 @@ async fn read_back(flight_url: &str, token: Option<&str>, expected: &Ledger) -> 
                 leads: leads.value(row_idx),
                 sales: sales.value(row_idx),
                 duplicates: duplicates.value(row_idx),
+                flagged: flagged.iter().map(|counter| counter.value(row_idx)).sum(),
             };
             actual.counts.entry((affiliate_id.value(row_idx), campaign_id.value(row_idx))).or_default().add(&counts);
         }

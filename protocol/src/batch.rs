@@ -18,6 +18,7 @@ use arrow_ipc::writer::{IpcWriteOptions, StreamWriter};
 use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef, TimeUnit};
 
 use crate::event::{Event, EventKind};
+use crate::fraud::{Flag, N_FLAGS};
 use crate::money::{Currency, Money};
 
 /// The key of a rollup row.
@@ -36,7 +37,9 @@ pub struct RollupKey {
 /// counts events refused as repeats of one already counted, so they can be
 /// watched without being paid. `unique_clicks` counts the clicks that were
 /// not a repeat of the same visitor on the same affiliate and campaign
-/// within the edge's uniqueness window.
+/// within the edge's uniqueness window. `flagged` counts, per [`Flag`],
+/// accepted events a fraud rule flagged; they are in no other counter, so
+/// the kind counters are clean traffic only (see `fraud.rs`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RollupCounts {
     pub impressions: u64,
@@ -45,26 +48,61 @@ pub struct RollupCounts {
     pub leads: u64,
     pub sales: u64,
     pub duplicates: u64,
+    /// In [`Flag::ALL`] order.
+    pub flagged: [u64; N_FLAGS],
 }
 
-/// How many counters a rollup row has.
-pub const N_COUNTERS: usize = 6;
+/// How many counters a rollup row has: six, then one per flag.
+pub const N_COUNTERS: usize = 6 + N_FLAGS;
 
 // === impl RollupCounts ===
 
 impl RollupCounts {
     /// Counter column names, in schema order and in the order of
-    /// [`RollupCounts::values`].
-    pub const COLUMNS: [&'static str; N_COUNTERS] =
-        ["impressions", "clicks", "unique_clicks", "leads", "sales", "duplicates"];
+    /// [`RollupCounts::values`]; the flagged ones are [`Flag::COLUMNS`].
+    pub const COLUMNS: [&'static str; N_COUNTERS] = [
+        "impressions",
+        "clicks",
+        "unique_clicks",
+        "leads",
+        "sales",
+        "duplicates",
+        "flagged_bot_user_agent",
+        "flagged_click_flood",
+        "flagged_fast_conversion",
+        "flagged_no_click_id",
+        "flagged_over_daily_cap",
+    ];
 
     pub fn values(&self) -> [u64; N_COUNTERS] {
-        [self.impressions, self.clicks, self.unique_clicks, self.leads, self.sales, self.duplicates]
+        let [bot, flood, fast, no_click, over_cap] = self.flagged;
+        [
+            self.impressions,
+            self.clicks,
+            self.unique_clicks,
+            self.leads,
+            self.sales,
+            self.duplicates,
+            bot,
+            flood,
+            fast,
+            no_click,
+            over_cap,
+        ]
     }
 
     pub fn from_values(values: [u64; N_COUNTERS]) -> RollupCounts {
-        let [impressions, clicks, unique_clicks, leads, sales, duplicates] = values;
-        RollupCounts { impressions, clicks, unique_clicks, leads, sales, duplicates }
+        let [impressions, clicks, unique_clicks, leads, sales, duplicates, bot, flood, fast, no_click, over_cap] =
+            values;
+        RollupCounts {
+            impressions,
+            clicks,
+            unique_clicks,
+            leads,
+            sales,
+            duplicates,
+            flagged: [bot, flood, fast, no_click, over_cap],
+        }
     }
 
     pub fn count(&mut self, kind: EventKind) {
@@ -74,6 +112,17 @@ impl RollupCounts {
             EventKind::Lead => self.leads += 1,
             EventKind::Sale => self.sales += 1,
         }
+    }
+
+    /// Counts an event `flag` set apart, whatever its kind.
+    pub fn count_flagged(&mut self, flag: Flag) {
+        let counter = &mut self.flagged[flag.index()];
+        *counter = counter.saturating_add(1);
+    }
+
+    /// Events flagged by any rule.
+    pub fn n_flagged(&self) -> u64 {
+        self.flagged.iter().fold(0u64, |sum, n| sum.saturating_add(*n))
     }
 
     /// Adds another row's counters. Counters are u64 and saturate: reaching
@@ -94,7 +143,8 @@ pub struct QuarantineRow {
     /// Receive time, Unix milliseconds UTC.
     pub time_ms: i64,
     /// Where it came in: `pixel`, `click`, `postback`, `conversion_pixel`,
-    /// `events`.
+    /// `events`, or `request` for a request refused before any event was
+    /// read from it (its input is `METHOD target`).
     pub source: String,
     /// The bounded rejection reason, as in the edge's metrics.
     pub reason: String,
@@ -149,6 +199,8 @@ pub struct ConversionRow {
     pub order_id: Option<String>,
     pub click_id: Option<String>,
     pub event_id: Option<String>,
+    /// The fraud rule that flagged it, if one did.
+    pub flag: Option<Flag>,
 }
 
 // === impl ConversionRow ===
@@ -165,6 +217,7 @@ impl ConversionRow {
             order_id: event.order_id.as_ref().map(|id| id.as_str().to_owned()),
             click_id: event.click_id.as_ref().map(|id| id.as_str().to_owned()),
             event_id: event.event_id.as_ref().map(|id| id.as_str().to_owned()),
+            flag: None,
         }
     }
 }
@@ -213,6 +266,7 @@ pub static CONVERSION_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
         Field::new("order_id", DataType::Utf8, true),
         Field::new("click_id", DataType::Utf8, true),
         Field::new("event_id", DataType::Utf8, true),
+        Field::new("flag", DataType::Utf8, true),
     ]))
 });
 
@@ -327,21 +381,22 @@ where
     let mut affiliate_id = UInt32Builder::with_capacity(n_rows);
     let mut campaign_id = UInt32Builder::with_capacity(n_rows);
     let mut amount_minor = Int64Builder::with_capacity(n_rows);
-    let mut strings: [StringBuilder; 5] = std::array::from_fn(|_| StringBuilder::with_capacity(n_rows, n_rows * 16));
+    let mut strings: [StringBuilder; 6] = std::array::from_fn(|_| StringBuilder::with_capacity(n_rows, n_rows * 16));
     for row in rows {
         time.append_value(row.time_ms);
         kind.append_value(row.kind.as_str());
         affiliate_id.append_value(row.affiliate_id);
         campaign_id.append_value(row.campaign_id);
         amount_minor.append_option(row.money.map(|money| money.minor_units));
-        let [sub1, currency, order_id, click_id, event_id] = &mut strings;
+        let [sub1, currency, order_id, click_id, event_id, flag] = &mut strings;
         sub1.append_value(&row.sub1);
         currency.append_option(row.money.map(|money| money.currency.code().to_owned()));
         order_id.append_option(row.order_id.as_deref());
         click_id.append_option(row.click_id.as_deref());
         event_id.append_option(row.event_id.as_deref());
+        flag.append_option(row.flag.map(Flag::as_str));
     }
-    let [sub1, currency, order_id, click_id, event_id] = &mut strings;
+    let [sub1, currency, order_id, click_id, event_id, flag] = &mut strings;
     let columns: Vec<ArrayRef> = vec![
         Arc::new(time.finish()),
         Arc::new(kind.finish()),
@@ -353,6 +408,7 @@ where
         Arc::new(order_id.finish()),
         Arc::new(click_id.finish()),
         Arc::new(event_id.finish()),
+        Arc::new(flag.finish()),
     ];
     // The columns are built above in schema order with matching types.
     RecordBatch::try_new(CONVERSION_SCHEMA.clone(), columns).expect("columns follow CONVERSION_SCHEMA")
@@ -399,6 +455,13 @@ pub fn conversions_from_batch(batch: &RecordBatch) -> Result<Vec<ConversionRow>,
                 });
             }
         };
+        let flag = match optional(10, row_idx) {
+            None => None,
+            Some(text) => Some(
+                Flag::parse(&text)
+                    .ok_or_else(|| BatchError::Value { column: "flag", reason: format!("unknown flag {text:?}") })?,
+            ),
+        };
         rows.push(ConversionRow {
             time_ms: time.value(row_idx),
             kind,
@@ -409,6 +472,7 @@ pub fn conversions_from_batch(batch: &RecordBatch) -> Result<Vec<ConversionRow>,
             order_id: optional(7, row_idx),
             click_id: optional(8, row_idx),
             event_id: optional(9, row_idx),
+            flag,
         });
     }
     Ok(rows)

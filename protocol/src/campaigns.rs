@@ -25,6 +25,12 @@
 //! affiliates whose `parent_id` names it (one tier: a parent's parent earns
 //! nothing from the grandchild).
 //!
+//! Fraud rules (applied by edges, see `fraud.rs`): a campaign's
+//! `click_to_conversion_min_secs` flags a conversion that comes sooner than
+//! that after its click (no human reads a landing page and checks out in
+//! two seconds); an affiliate's `daily_conversion_cap` flags its
+//! conversions past that many in one UTC day at one edge.
+//!
 //! A landing URL may use the macros `{click_id}`, `{affiliate_id}`,
 //! `{campaign_id}` and `{sub1}`..`{sub5}`; an absent sub becomes empty.
 //! Every substituted value is URL-safe by construction (digits, base64url,
@@ -73,6 +79,8 @@ struct CampaignFile {
     #[serde(default = "default_window")]
     attribution_window_secs: u64,
     payout: Option<PayoutFile>,
+    #[serde(default)]
+    click_to_conversion_min_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -90,6 +98,7 @@ struct AffiliateFile {
     override_percent: Option<String>,
     #[serde(default)]
     payouts: Vec<AffiliatePayoutFile>,
+    daily_conversion_cap: Option<u64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -119,6 +128,9 @@ pub struct Affiliate {
     /// Overrides of the campaign default: per campaign, and for all
     /// campaigns under `None`.
     pub payouts: HashMap<Option<u32>, Payout>,
+    /// Conversions per UTC day past which an edge flags this affiliate's
+    /// conversions `over_daily_cap`; `None` for no cap.
+    pub daily_conversion_cap: Option<u64>,
 }
 
 fn default_window() -> u64 {
@@ -132,6 +144,9 @@ pub struct Campaign {
     pub attribution_window_ms: i64,
     /// The default commission rule; none pays no commission.
     pub payout: Option<Payout>,
+    /// A conversion sooner than this after its click is flagged
+    /// `fast_conversion`; 0 turns the rule off for the campaign.
+    pub click_to_conversion_min_ms: i64,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -161,12 +176,17 @@ impl Campaigns {
             if !(1..=ATTRIBUTION_WINDOW_SECS_MAX).contains(&campaign.attribution_window_secs) {
                 return Err(invalid("attribution_window_secs must be from 1 to 31536000"));
             }
+            if campaign.click_to_conversion_min_secs > campaign.attribution_window_secs {
+                return Err(invalid("click_to_conversion_min_secs must not exceed attribution_window_secs"));
+            }
             let payout = campaign.payout.map(PayoutFile::parse).transpose().map_err(|reason| invalid(&reason))?;
             let entry = Campaign {
                 id: campaign.id,
                 landing_url: campaign.landing_url,
                 attribution_window_ms: campaign.attribution_window_secs as i64 * 1000,
                 payout,
+                // At most the window, so at most a year in ms.
+                click_to_conversion_min_ms: campaign.click_to_conversion_min_secs as i64 * 1000,
             };
             if by_id.insert(campaign.id, entry).is_some() {
                 return Err(CampaignsError::Duplicate(campaign.id));
@@ -178,6 +198,11 @@ impl Campaigns {
 
     pub fn campaign(&self, id: u32) -> Option<&Campaign> {
         self.by_id.get(&id)
+    }
+
+    /// Every affiliate with settings.
+    pub fn affiliates(&self) -> impl Iterator<Item = &Affiliate> {
+        self.affiliates.values()
     }
 
     /// The commission settings of affiliate `id`, if it has any.
@@ -235,7 +260,16 @@ fn parse_affiliates(
                 return Err(invalid(format!("two payouts for {scope}")));
             }
         }
-        let parsed = Affiliate { id, parent_id: affiliate.parent_id, override_percent, payouts };
+        if affiliate.daily_conversion_cap == Some(0) {
+            return Err(invalid("daily_conversion_cap must be at least 1 (leave it out for no cap)".into()));
+        }
+        let parsed = Affiliate {
+            id,
+            parent_id: affiliate.parent_id,
+            override_percent,
+            payouts,
+            daily_conversion_cap: affiliate.daily_conversion_cap,
+        };
         if affiliates.insert(id, parsed).is_some() {
             return Err(CampaignsError::DuplicateAffiliate(id));
         }

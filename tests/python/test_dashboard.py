@@ -90,11 +90,14 @@ class Totals:
     leads: int = 0
     sales: int = 0
     duplicates: int = 0
+    # Accepted events a fraud rule counted apart (the load generator's
+    # crawler pixels).
+    flagged: int = 0
     # currency -> [revenue, commission, parent commission], minor units.
     money: dict = field(default_factory=lambda: defaultdict(lambda: [0, 0, 0]))
 
     def add(self, other: Totals) -> None:
-        for name in ("impressions", "clicks", "unique_clicks", "leads", "sales", "duplicates"):
+        for name in ("impressions", "clicks", "unique_clicks", "leads", "sales", "duplicates", "flagged"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         for currency, amounts in other.money.items():
             mine = self.money[currency]
@@ -188,6 +191,7 @@ def expected_metrics(totals: Totals) -> dict:
         "sales": totals.sales,
         "conversions": conversions,
         "duplicates": totals.duplicates,
+        "flagged": totals.flagged,
         "conversion_rate": conversions / clicks if clicks else None,
         "money_order": list(money),
         "money": money,
@@ -229,7 +233,10 @@ def api_metrics(metrics: dict) -> dict:
             "epc": reporting["epc_minor"],
             "unconverted": reporting["unconverted"],
         }
-    keys = ("impressions", "clicks", "unique_clicks", "leads", "sales", "conversions", "duplicates", "conversion_rate")
+    keys = (
+        *("impressions", "clicks", "unique_clicks", "leads", "sales"),
+        *("conversions", "duplicates", "flagged", "conversion_rate"),
+    )
     return {
         **{key: metrics[key] for key in keys},
         "money_order": [line["currency"] for line in metrics["money"]],
@@ -252,7 +259,7 @@ def expected_csv(truth: Truth, by: str, q: str | None) -> list[list[str]]:
     on the id's first line only, money in major units."""
     id_column = "affiliate_id" if by == "affiliate" else "campaign_id"
     rows = [
-        [id_column, "impressions", "clicks", "unique_clicks", "leads", "sales", "conversions", "duplicates"]
+        [id_column, "impressions", "clicks", "unique_clicks", "leads", "sales", "conversions", "duplicates", "flagged"]
         + ["currency", "revenue", "commission", "parent_commission", "payable", "margin"]
     ]
     for id in truth.ids(by):
@@ -260,7 +267,7 @@ def expected_csv(truth: Truth, by: str, q: str | None) -> list[list[str]]:
             continue
         metrics = expected_metrics(truth.by(by, id))
         counters = [str(metrics[key]) for key in ("impressions", "clicks", "unique_clicks", "leads", "sales")]
-        counters += [str(metrics["conversions"]), str(metrics["duplicates"])]
+        counters += [str(metrics["conversions"]), str(metrics["duplicates"]), str(metrics["flagged"])]
         if not metrics["money"]:
             rows.append([str(id), *counters, *[""] * 6])
         for line_idx, (currency, line) in enumerate(metrics["money"].items()):
@@ -376,6 +383,8 @@ def run_load_generator(stack, truth: Truth, dir: pathlib.Path) -> dict:
         # agent): the first on each affiliate and campaign is unique.
         pair.unique_clicks += 1 if counts["clicks"] else 0
         pair.duplicates += counts["duplicates"]
+        # Its crawler pixels, counted apart by the bot rule.
+        pair.flagged += counts["flagged"]
         for _ in range(counts["leads"]):
             truth.conversion(aff, cmp, "lead")
         # Sales' revenue comes from the ledger's money; a CPA pays the same
@@ -515,7 +524,7 @@ def expect_number(locator, value: float | None) -> None:
 def expect_overview(page: Page, metrics: dict) -> None:
     """Every tile's exact value: counts, the conversion rate, and each
     money metric per currency and in the reporting currency."""
-    for metric in ("impressions", "clicks", "conversions"):
+    for metric in ("impressions", "clicks", "conversions", "flagged"):
         tile = page.locator(f'[data-testid="tile-{metric}"]')
         expect(tile).to_have_attribute("data-value", str(metrics[metric]), timeout=WAIT_MS)
     expect_number(page.locator('[data-testid="tile-conversion_rate"]'), metrics["conversion_rate"])
@@ -619,6 +628,8 @@ def test_admin_overview_equals_the_ground_truth(run, page):
     # The run has every currency of the load generator; GBP has no rate.
     assert set(metrics["money"]) == set(EXPONENTS), metrics["money_order"]
     assert metrics["reporting"]["unconverted"] == ["GBP"]
+    # The load generator's crawler pixels are counted apart, on their tile.
+    assert metrics["flagged"] > 0, metrics
     expect_overview(page, metrics)
     expect(page.locator('[data-testid="tile-revenue"] .tile-note')).to_have_text(
         f"Not in {REPORTING} (no rate): GBP", timeout=WAIT_MS

@@ -41,18 +41,18 @@ function money(currency, exponent, revenue, commission, parent = '0') {
 }
 
 /** An API `Metrics`. */
-function metrics({ impressions = 0, clicks = 0, leads = 0, sales = 0, money: lines = [] } = {}) {
+function metrics({ impressions = 0, clicks = 0, leads = 0, sales = 0, flagged = 0, money: lines = [] } = {}) {
   return {
-    impressions, clicks, unique_clicks: clicks, leads, sales, conversions: leads + sales, duplicates: 0,
+    impressions, clicks, unique_clicks: clicks, leads, sales, conversions: leads + sales, duplicates: 0, flagged,
     conversion_rate: null, money: lines, reporting: null,
   };
 }
 
 /** A delta row of the stream. */
-function row(minuteMs, { affiliate = 7, campaign = 1, clicks = 0, leads = 0, sales = 0, impressions = 0, money: lines = [] } = {}) {
+function row(minuteMs, { affiliate = 7, campaign = 1, clicks = 0, leads = 0, sales = 0, impressions = 0, flagged = 0, money: lines = [] } = {}) {
   return {
     minute_ms: minuteMs, affiliate_id: affiliate, campaign_id: campaign,
-    impressions, clicks, unique_clicks: clicks, leads, sales, duplicates: 0, money: lines,
+    impressions, clicks, unique_clicks: clicks, leads, sales, duplicates: 0, flagged, money: lines,
   };
 }
 
@@ -64,6 +64,18 @@ const MINUTE = 60_000;
 const DAY = 86_400_000;
 const PERIOD = { name: 'today', from_ms: DAY, to_ms: 2 * DAY, tz: 'UTC' };
 const PREVIOUS = { name: 'previous', from_ms: 0, to_ms: DAY, tz: 'UTC' };
+
+describe('flagged events', () => {
+  test('are counted apart, added by deltas, and a table column of their own', () => {
+    const totals = model.metricsFromApi(metrics({ clicks: 10, sales: 1, flagged: 3 }));
+    model.addDeltaRow(totals, row(0, { clicks: 2, flagged: 4 }), plainCtx);
+    const derived = model.derive(totals, plainCtx);
+    // Flagged events are in no other count: clicks and conversions stay clean.
+    assert.deepEqual([derived.clicks, derived.conversions, derived.flagged], [12, 1, 7]);
+    assert.ok(model.TABLE_COLUMNS.includes('flagged') && model.COUNT_METRICS.includes('flagged'));
+    assert.equal(model.sortValue({ id: 1, metrics: totals }, 'flagged', plainCtx), 7);
+  });
+});
 
 describe('money arithmetic', () => {
   test('parses minor units as BigInt, beyond Number precision', () => {

@@ -126,3 +126,29 @@ fn the_batch_has_the_schema_and_nulls_where_a_row_has_no_key() {
     assert_eq!(severity.value(0), "critical");
     assert_eq!(severity.value(1), "warning");
 }
+
+#[test]
+fn fraud_flags_are_findings_per_rule_and_key() {
+    let mut tables = Tables::default();
+    let mut flagged = [0; edgetally_protocol::fraud::N_FLAGS];
+    flagged[Flag::BotUserAgent.index()] = 3;
+    flagged[Flag::OverDailyCap.index()] = 1;
+    tables.rollups.insert(key(1, 7, 3, "fb"), RollupCounts { clicks: 9, duplicates: 1, flagged, ..Default::default() });
+    tables.rollups.insert(key(1, 8, 3, ""), RollupCounts { clicks: 9, ..Default::default() });
+    let all = |_: i64, _: Option<(u32, u32, &str)>| true;
+    let alerts = findings(&tables, std::iter::empty(), &EdgeWatch::default(), T0 + 180_000, &all);
+    assert_eq!(
+        summary(&alerts),
+        [
+            (60_000, "duplicates", None, Some(7), 1),
+            (60_000, "bot_user_agent", None, Some(7), 3),
+            (60_000, "over_daily_cap", None, Some(7), 1),
+        ]
+    );
+    assert_eq!(alerts[1].message, "3 events flagged bot_user_agent for affiliate 7 on campaign 3");
+    assert_eq!(alerts[2].message, "1 event flagged over_daily_cap for affiliate 7 on campaign 3");
+    assert!(alerts[1..].iter().all(|alert| alert.kind.severity() == "warning" && alert.campaign_id == Some(3)));
+    // An affiliate's scope keeps its own findings only.
+    let affiliate_8 = |_: i64, key: Option<(u32, u32, &str)>| key.is_some_and(|(affiliate_id, _, _)| affiliate_id == 8);
+    assert!(findings(&tables, std::iter::empty(), &EdgeWatch::default(), T0 + 180_000, &affiliate_8).is_empty());
+}

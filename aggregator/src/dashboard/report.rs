@@ -85,6 +85,8 @@ pub(crate) struct Metrics {
     sales: u64,
     conversions: u64,
     duplicates: u64,
+    /// Accepted events an edge's fraud rule set apart (in no other count).
+    flagged: u64,
     conversion_rate: Option<f64>,
     money: Vec<MoneyJson>,
     reporting: Option<ReportingJson>,
@@ -241,6 +243,7 @@ impl Metrics {
             sales: counts.sales,
             conversions,
             duplicates: counts.duplicates,
+            flagged: counts.n_flagged(),
             conversion_rate: (clicks > 0).then(|| conversions as f64 / clicks as f64),
             money: money_json,
             reporting,
@@ -440,6 +443,7 @@ pub(crate) fn table_csv(by: GroupColumn, rows: &[(u32, GroupTotals)], q: Option<
         "sales",
         "conversions",
         "duplicates",
+        "flagged",
         "currency",
         "revenue",
         "commission",
@@ -457,6 +461,7 @@ pub(crate) fn table_csv(by: GroupColumn, rows: &[(u32, GroupTotals)], q: Option<
             counts.sales,
             counts.leads + counts.sales,
             counts.duplicates,
+            counts.n_flagged(),
         ]
         .map(|value| value.to_string());
         let money: Vec<(&Currency, &MoneyTotals)> =

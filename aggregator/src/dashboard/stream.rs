@@ -84,6 +84,8 @@ struct DeltaRow {
     leads: u64,
     sales: u64,
     duplicates: u64,
+    /// Events a fraud rule flagged, every rule together.
+    flagged: u64,
     money: Vec<DeltaMoney>,
 }
 
@@ -123,7 +125,8 @@ impl Delta {
             .follow_groups(applied)
             .into_iter()
             .map(|((minute_ms, affiliate_id, campaign_id, _), totals)| {
-                let RollupCounts { impressions, clicks, unique_clicks, leads, sales, duplicates } = totals.counts;
+                let RollupCounts { impressions, clicks, unique_clicks, leads, sales, duplicates, .. } = totals.counts;
+                let flagged = totals.counts.n_flagged();
                 let money = totals
                     .money
                     .iter()
@@ -145,6 +148,7 @@ impl Delta {
                     leads,
                     sales,
                     duplicates,
+                    flagged,
                     money,
                 }
             })

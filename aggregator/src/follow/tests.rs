@@ -30,6 +30,7 @@ fn batch(sequence: u64) -> Batch {
         order_id: Some(format!("o-{sequence}")),
         click_id: None,
         event_id: None,
+        flag: None,
     };
     Batch { edge_id: 1, epoch: 1, sequence, conversions: vec![conversion], ..Batch::default() }
 }

@@ -37,6 +37,7 @@ fn row(affiliate_id: u32, campaign_id: u32, kind: EventKind, amount: Option<(&st
         order_id: Some("o-1".into()),
         click_id: None,
         event_id: None,
+        flag: None,
     }
 }
 

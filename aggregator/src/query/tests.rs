@@ -34,7 +34,7 @@ fn rollup(
         RollupKey { minute_ms, affiliate_id, campaign_id, sub1: sub1.to_owned() },
         // Duplicates mirror leads and unique clicks mirror sales, so their sums
         // are checked against known ones.
-        RollupCounts { impressions, clicks, unique_clicks: sales, leads, sales, duplicates: leads },
+        RollupCounts { impressions, clicks, unique_clicks: sales, leads, sales, duplicates: leads, flagged: [0; 5] },
     )
 }
 
@@ -49,6 +49,7 @@ fn conversion(time_ms: i64, affiliate_id: u32, order_id: &str) -> ConversionRow 
         order_id: Some(order_id.to_owned()),
         click_id: None,
         event_id: None,
+        flag: None,
     }
 }
 
@@ -93,7 +94,9 @@ fn store() -> Store {
     store
 }
 
-/// One line per row, `name=value` per column.
+/// One line per row, `name=value` per column, leaving out the flagged
+/// counters (and the conversions' flag) where nothing was flagged, as in
+/// most rows here.
 fn render(batch: &RecordBatch) -> String {
     let schema = batch.schema();
     let mut lines = Vec::new();
@@ -102,7 +105,7 @@ fn render(batch: &RecordBatch) -> String {
             .fields()
             .iter()
             .zip(batch.columns())
-            .map(|(field, column)| {
+            .filter_map(|(field, column)| {
                 let value = if column.is_null(row_idx) {
                     "null".to_owned()
                 } else {
@@ -123,7 +126,8 @@ fn render(batch: &RecordBatch) -> String {
                         other => panic!("unexpected type {other}"),
                     }
                 };
-                format!("{}={value}", field.name())
+                let unflagged = field.name().starts_with("flag") && matches!(value.as_str(), "0" | "null");
+                (!unflagged).then(|| format!("{}={value}", field.name()))
             })
             .collect();
         lines.push(cells.join(" "));
@@ -324,6 +328,11 @@ fn schemas() {
             "leads",
             "sales",
             "duplicates",
+            "flagged_bot_user_agent",
+            "flagged_click_flood",
+            "flagged_fast_conversion",
+            "flagged_no_click_id",
+            "flagged_over_daily_cap",
             "currency",
             "revenue_minor",
             "commission_minor",
@@ -364,6 +373,11 @@ fn schemas() {
             "leads",
             "sales",
             "duplicates",
+            "flagged_bot_user_agent",
+            "flagged_click_flood",
+            "flagged_fast_conversion",
+            "flagged_no_click_id",
+            "flagged_over_daily_cap",
             "currency",
             "revenue_minor",
             "commission_minor",

@@ -24,6 +24,7 @@ fn conversion(time_ms: i64, order_id: &str) -> ConversionRow {
         order_id: Some(order_id.into()),
         click_id: None,
         event_id: None,
+        flag: None,
     }
 }
 

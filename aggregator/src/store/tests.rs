@@ -84,6 +84,7 @@ fn sale(edge_id: u32, sequence: u64, order_id: &str, sub1: &str) -> Batch {
         order_id: Some(order_id.into()),
         click_id: None,
         event_id: None,
+        flag: None,
     };
     let counts = RollupCounts { sales: 1, ..RollupCounts::default() };
     Batch {

@@ -36,6 +36,7 @@ fn frame_with_sales(sequence: u64, sales: &[(i64, u32, u32, &str, &str, &str)]) 
             order_id: Some(order_id.to_owned()),
             click_id: None,
             event_id: None,
+            flag: None,
         })
         .collect();
     frame_of_conversions(sequence, &rows)

@@ -19,14 +19,29 @@ fn sale() -> ConversionRow {
         order_id: Some("o-1".into()),
         click_id: None,
         event_id: Some("e-1".into()),
+        flag: None,
     }
 }
 
 fn entries() -> Vec<Entry> {
     vec![
-        Entry::Count { key: key(7, "fb"), kind: EventKind::Impression, unique: false, conversion: None },
-        Entry::Count { key: key(7, ""), kind: EventKind::Click, unique: true, conversion: None },
-        Entry::Count { key: key(7, "fb"), kind: EventKind::Sale, unique: false, conversion: Some(sale()) },
+        Entry::Count { key: key(7, "fb"), kind: EventKind::Impression, unique: false, flag: None, conversion: None },
+        Entry::Count { key: key(7, ""), kind: EventKind::Click, unique: true, flag: None, conversion: None },
+        Entry::Count { key: key(7, "fb"), kind: EventKind::Sale, unique: false, flag: None, conversion: Some(sale()) },
+        Entry::Count {
+            key: key(7, ""),
+            kind: EventKind::Click,
+            unique: false,
+            flag: Some(Flag::ClickFlood),
+            conversion: None,
+        },
+        Entry::Count {
+            key: key(7, "fb"),
+            kind: EventKind::Sale,
+            unique: false,
+            flag: Some(Flag::OverDailyCap),
+            conversion: Some(ConversionRow { order_id: Some("o-2".into()), flag: Some(Flag::OverDailyCap), ..sale() }),
+        },
         Entry::Duplicate { key: key(8, "x") },
         Entry::Quarantine(QuarantineRow::new(1_795_514_400_000, "pixel", "bad_id", "bad affiliate_id", "aff=x")),
     ]
@@ -52,7 +67,7 @@ fn entries_survive_the_process_and_replay_in_order() {
     drop(journal);
     let (_, replay, recovery) = Journal::open(dir.path(), SEGMENT, u64::MAX, 0).unwrap();
     assert_eq!(replay, entries());
-    assert_eq!(recovery, JournalRecovery { replayed: 5, unreadable: 0, released: 0 });
+    assert_eq!(recovery, JournalRecovery { replayed: 7, unreadable: 0, released: 0 });
 }
 
 #[test]
@@ -162,7 +177,7 @@ fn a_prepared_spare_is_used_in_order() {
 fn the_fuzz_checks_hold_on_whole_torn_and_flipped_segments() {
     let seed = fuzz_seed_segment();
     let check = |bytes: &[u8]| fuzz_segment(tempfile::tempdir().unwrap().path(), bytes);
-    assert_eq!(check(&seed), 5);
+    assert_eq!(check(&seed), 7);
     // A torn tail ends the segment at the last whole record.
     let records: Vec<usize> = {
         let mut ends = Vec::new();
@@ -177,7 +192,7 @@ fn the_fuzz_checks_hold_on_whole_torn_and_flipped_segments() {
         }
         ends
     };
-    assert_eq!(records.len(), 5);
+    assert_eq!(records.len(), 7);
     assert_eq!(check(&seed[..records[2] + 3]), 3);
     // A flipped byte in the fourth record's payload stops the reader there.
     let mut flipped = seed.clone();
@@ -205,6 +220,6 @@ proptest::proptest! {
         bytes.truncate(cut.min(bytes.len()));
         bytes.extend_from_slice(&noise);
         let n_entries = fuzz_segment(tempfile::tempdir().unwrap().path(), &bytes);
-        proptest::prop_assert!(n_entries <= 5 + noise.len() / RECORD_HEADER_LEN);
+        proptest::prop_assert!(n_entries <= 7 + noise.len() / RECORD_HEADER_LEN);
     }
 }

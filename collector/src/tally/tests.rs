@@ -106,10 +106,14 @@ fn a_journaled_tally_comes_back_after_a_crash() {
         Tally::with_journal(TallyLimits::default(), journal, replay)
     };
     let record_some = |tally: &Tally, affiliate: &str| {
-        tally.record_unless(&event("click", affiliate, "fb", NOW_MS), true, || false).unwrap();
-        tally.record_unless(&event("click", affiliate, "fb", NOW_MS), false, || false).unwrap();
-        tally.record_unless(&event("sale", affiliate, "", NOW_MS), false, || false).unwrap();
-        tally.record_unless(&event("sale", affiliate, "", NOW_MS), false, || true).unwrap();
+        tally.record_unless(&event("click", affiliate, "fb", NOW_MS), true, || None, || false).unwrap();
+        tally.record_unless(&event("click", affiliate, "fb", NOW_MS), false, || None, || false).unwrap();
+        tally.record_unless(&event("sale", affiliate, "", NOW_MS), false, || None, || false).unwrap();
+        tally.record_unless(&event("sale", affiliate, "", NOW_MS), false, || None, || true).unwrap();
+        tally
+            .record_unless(&event("click", affiliate, "fb", NOW_MS), true, || Some(Flag::ClickFlood), || false)
+            .unwrap();
+        tally.record_unless(&event("lead", affiliate, "", NOW_MS), false, || Some(Flag::NoClickId), || false).unwrap();
         assert!(tally.quarantine(QuarantineRow::new(NOW_MS, "pixel", "bad_id", "bad", "aff=x")));
     };
 
@@ -145,16 +149,21 @@ fn duplicates_count_apart_from_events() {
     let tally =
         Tally::new(TallyLimits { rollup_keys_max: 1, conversions_max: 10, batch_rows_max: 10, quarantine_max: 2 });
     let sale = event("sale", "1", "", NOW_MS);
-    assert_eq!(tally.record_unless(&sale, true, || false), Ok(Recorded::Counted));
-    assert_eq!(tally.record_unless(&sale, true, || true), Ok(Recorded::Duplicate));
-    assert_eq!(tally.record_unless(&sale, true, || true), Ok(Recorded::Duplicate));
+    assert_eq!(tally.record_unless(&sale, true, || None, || false), Ok(Recorded::Counted));
+    assert_eq!(tally.record_unless(&sale, true, || None, || true), Ok(Recorded::Duplicate));
+    assert_eq!(tally.record_unless(&sale, true, || None, || true), Ok(Recorded::Duplicate));
     // No room for a new key: the dedup check is not even asked, so it
     // records nothing for an event that was refused.
     let mut asked = false;
-    let refused = tally.record_unless(&event("sale", "2", "", NOW_MS), true, || {
-        asked = true;
-        false
-    });
+    let refused = tally.record_unless(
+        &event("sale", "2", "", NOW_MS),
+        true,
+        || None,
+        || {
+            asked = true;
+            false
+        },
+    );
     assert_eq!((refused, asked), (Err(TallyError::KeysFull(1)), false));
     let sealed = tally.seal();
     assert_eq!(sealed.rollups.len(), 1);
@@ -163,12 +172,34 @@ fn duplicates_count_apart_from_events() {
 }
 
 #[test]
+fn flagged_events_count_apart_and_their_conversions_carry_the_flag() {
+    let tally = Tally::new(TallyLimits::default());
+    let click = event("click", "1", "", NOW_MS);
+    let lead = event("lead", "1", "", NOW_MS);
+    assert_eq!(tally.record_unless(&click, true, || None, || false), Ok(Recorded::Counted));
+    let bot = tally.record_unless(&click, true, || Some(Flag::BotUserAgent), || false);
+    assert_eq!(bot, Ok(Recorded::Flagged(Flag::BotUserAgent)));
+    let held = tally.record_unless(&lead, false, || Some(Flag::FastConversion), || false);
+    assert_eq!(held, Ok(Recorded::Flagged(Flag::FastConversion)));
+    // A repeat is a duplicate, and the rules are not asked about it.
+    let repeat = tally.record_unless(&lead, false, || panic!("rules asked about a duplicate"), || true);
+    assert_eq!(repeat, Ok(Recorded::Duplicate));
+    let sealed = tally.seal();
+    let mut flagged = [0; edgetally_protocol::fraud::N_FLAGS];
+    flagged[Flag::BotUserAgent.index()] = 1;
+    flagged[Flag::FastConversion.index()] = 1;
+    let expect = RollupCounts { clicks: 1, unique_clicks: 1, duplicates: 1, flagged, ..Default::default() };
+    assert_eq!(sealed.rollups[0].1, expect);
+    assert_eq!(sealed.conversions.iter().map(|row| row.flag).collect::<Vec<_>>(), [Some(Flag::FastConversion)]);
+}
+
+#[test]
 fn only_unique_clicks_count_as_unique() {
     let tally = Tally::new(TallyLimits::default());
     let click = event("click", "1", "", NOW_MS);
-    tally.record_unless(&click, true, || false).unwrap();
-    tally.record_unless(&click, false, || false).unwrap();
-    tally.record_unless(&event("impression", "1", "", NOW_MS), true, || false).unwrap();
+    tally.record_unless(&click, true, || None, || false).unwrap();
+    tally.record_unless(&click, false, || None, || false).unwrap();
+    tally.record_unless(&event("impression", "1", "", NOW_MS), true, || None, || false).unwrap();
     let sealed = tally.seal();
     assert_eq!(sealed.rollups[0].1, RollupCounts { impressions: 1, clicks: 2, unique_clicks: 1, ..Default::default() });
 }

@@ -41,6 +41,7 @@ async fn exchanges_keep_alive_answers() {
         path_and_query: "/p.gif?aff=1",
         host: "edge",
         user_agent: "ua",
+        forwarded_for: Some(std::net::Ipv4Addr::new(10, 0, 0, 7)),
         content_type: "",
         body: b"",
     };
@@ -49,14 +50,20 @@ async fn exchanges_keep_alive_answers() {
         (answer.status, answer.outcome.as_deref(), &answer.body[..], answer.closing),
         (200, Some(&b"bad_id"[..]), &b""[..], false)
     );
-    let post =
-        Request { post: true, path_and_query: "/v1/events", body: b"{}", content_type: "application/json", ..pixel };
+    let post = Request {
+        post: true,
+        path_and_query: "/v1/events",
+        body: b"{}",
+        content_type: "application/json",
+        forwarded_for: None,
+        ..pixel
+    };
     let answer = connection.exchange(&post, true).await.unwrap();
     assert_eq!((answer.status, answer.outcome, &answer.body[..], answer.closing), (413, None, &b"large"[..], true));
     let received = String::from_utf8(server.await.unwrap()).unwrap();
     assert_eq!(
         received,
-        "GET /p.gif?aff=1 HTTP/1.1\r\nhost: edge\r\nuser-agent: ua\r\n\r\n\
+        "GET /p.gif?aff=1 HTTP/1.1\r\nhost: edge\r\nuser-agent: ua\r\nx-forwarded-for: 10.0.0.7\r\n\r\n\
          POST /v1/events HTTP/1.1\r\nhost: edge\r\nuser-agent: ua\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}"
     );
 }
@@ -65,7 +72,15 @@ async fn exchanges_keep_alive_answers() {
 async fn refuses_answers_it_cannot_frame() {
     let (addr, _server) = scripted(vec![b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n"]).await;
     let mut connection = Connection::new(Box::new(tokio::net::TcpStream::connect(&addr).await.unwrap()));
-    let request = Request { post: false, path_and_query: "/", host: "h", user_agent: "u", content_type: "", body: b"" };
+    let request = Request {
+        post: false,
+        path_and_query: "/",
+        host: "h",
+        user_agent: "u",
+        forwarded_for: None,
+        content_type: "",
+        body: b"",
+    };
     assert!(matches!(connection.exchange(&request, false).await, Err(Http1Error::NoLength)));
 
     let (addr, _server) = scripted(vec![b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nshort"]).await;

@@ -9,6 +9,7 @@ fn args() -> MixArgs {
         affiliates: 100,
         campaigns: 10,
         subs: 5,
+        visitors: 50,
         zipf_exponent: 1.1,
         click_share: 0.1,
         lead_share: 0.05,
@@ -36,6 +37,7 @@ fn shares_are_respected() {
     let mut rng = StdRng::seed_from_u64(3);
     let mut previous: Option<Plan> = None;
     let mut by_label = std::collections::BTreeMap::new();
+    let mut visitors = std::collections::BTreeSet::new();
     let n_plans = 20_000;
     for _ in 0..n_plans {
         let plan = mix.next(&mut rng, previous.as_ref());
@@ -50,8 +52,17 @@ fn shares_are_respected() {
         for truth in &plan.truths {
             assert!((1..=100).contains(&truth.affiliate_id) && (1..=10).contains(&truth.campaign_id));
         }
+        // Visitors come from 10.0.0.0/8, one of `visitors`; a duplicate
+        // repeats its original's visitor.
+        let visitor_idx = u32::from(plan.visitor_ip) - 0x0a00_0000;
+        assert!(visitor_idx < 50, "{}", plan.visitor_ip);
+        visitors.insert(visitor_idx);
+        if plan.label == Label::Duplicate {
+            assert_eq!(Some(plan.visitor_ip), previous.as_ref().map(|previous| previous.visitor_ip));
+        }
         previous = Some(plan);
     }
+    assert_eq!(visitors.len(), 50);
     let share = |labels: &[Label]| {
         labels.iter().map(|label| by_label.get(label).copied().unwrap_or(0)).sum::<u32>() as f64 / n_plans as f64
     };

@@ -195,7 +195,8 @@ async fn edges_with_a_wrong_token_or_unknown_id_are_refused() {
     let pixel = |base: &str, n: u32| {
         for _ in 0..n {
             let url = format!("{base}/p.gif?aff=5&cmp=6");
-            let status = std::process::Command::new("curl").args(["-sf", "-o", "/dev/null", &url]).status();
+            let status =
+                std::process::Command::new("curl").args(["-sf", "-A", "Mozilla/5.0", "-o", "/dev/null", &url]).status();
             assert!(status.expect("curl").success());
         }
     };

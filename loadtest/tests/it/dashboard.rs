@@ -184,8 +184,8 @@ fn the_dashboard_api_answers_exactly_and_streams_deltas() {
     assert_eq!(status, 200, "{csv}");
     assert_eq!(
         csv,
-        "campaign_id,impressions,clicks,unique_clicks,leads,sales,conversions,duplicates,currency,revenue,commission,parent_commission,payable,margin\n\
-         2,0,0,0,0,1,1,0,EUR,80.00,8.00,0.40,8.40,71.60\n"
+        "campaign_id,impressions,clicks,unique_clicks,leads,sales,conversions,duplicates,flagged,currency,revenue,commission,parent_commission,payable,margin\n\
+         2,0,0,0,0,1,1,0,0,EUR,80.00,8.00,0.40,8.40,71.60\n"
     );
 
     // Two viewers of one version cost one computation.

@@ -47,7 +47,7 @@ fn expected_rollups(affiliate_ids: &[u32]) -> BTreeMap<String, Counts> {
         .filter(|(affiliate_id, _)| affiliate_ids.contains(affiliate_id))
         .map(|&(affiliate_id, [impressions, clicks, leads, sales])| {
             // Posted clicks carry no visitor, so each is unique.
-            let counts = Counts { impressions, clicks, unique_clicks: clicks, leads, sales, duplicates: 0 };
+            let counts = Counts { impressions, clicks, unique_clicks: clicks, leads, sales, ..Counts::default() };
             (affiliate_id.to_string(), counts)
         })
         .collect()

@@ -100,7 +100,8 @@ async fn sighup_reloads_flight_and_edge_tokens() {
     let collector_http = std::fs::read_to_string(dir.path().join("edge-2/collector.json")).expect("collector.json");
     let collector_http: serde_json::Value = serde_json::from_str(&collector_http).expect("JSON");
     let pixel = format!("http://{}/p.gif?aff=41&cmp=5", collector_http["http"].as_str().expect("http"));
-    let sent = Command::new("curl").args(["-sf", "-o", "/dev/null", &pixel]).status().expect("curl");
+    let sent =
+        Command::new("curl").args(["-sf", "-A", "Mozilla/5.0", "-o", "/dev/null", &pixel]).status().expect("curl");
     assert!(sent.success());
     let batch = tokio::time::timeout(Duration::from_secs(60), async {
         loop {
@@ -156,7 +157,8 @@ async fn sighup_reloads_the_quic_certificate_while_edges_stay_connected() {
     let old_http = old_edge.start()["http"].as_str().expect("http").to_owned();
     let pixel = |http: &str, affiliate_id: u32| {
         let url = format!("http://{http}/p.gif?aff={affiliate_id}&cmp=5");
-        assert!(Command::new("curl").args(["-sf", "-o", "/dev/null", &url]).status().expect("curl").success());
+        let status = Command::new("curl").args(["-sf", "-A", "Mozilla/5.0", "-o", "/dev/null", &url]).status();
+        assert!(status.expect("curl").success());
     };
     let impressions = async |affiliate_id: u32| -> u64 {
         let ticket = json!({"dataset": "rollups", "affiliate_id": affiliate_id});

@@ -6,9 +6,13 @@ use std::collections::BTreeMap;
 
 use crate::support::{Stack, loadtest};
 
+/// The load generator names its visitors in x-forwarded-for; collectors
+/// told to trust it tell them apart, so clicks are not one visitor's flood.
+const BEHIND_LOAD_BALANCER: &[&str] = &["--client-ip-header", "x-forwarded-for"];
+
 #[test]
 fn generated_run_verifies_exactly_and_corruption_is_caught() {
-    let stack = Stack::start(2);
+    let stack = Stack::start_with(2, BEHIND_LOAD_BALANCER);
     let ledger = stack.dir.path().join("ledger.json");
     let ledger_arg = ledger.to_str().expect("utf-8 path");
     let targets = stack.collectors.join(",");
@@ -58,6 +62,8 @@ fn generated_run_verifies_exactly_and_corruption_is_caught() {
     only("malformed_click_id", "http_400_click_id_forged");
     only("pixel", "accepted");
     only("click", "accepted");
+    // Crawlers' pixels are counted apart, every one.
+    only("bot_pixel", "flagged");
     only("postback", "accepted");
     only("conversion_pixel", "accepted");
     only("events", "accepted");
@@ -69,7 +75,9 @@ fn generated_run_verifies_exactly_and_corruption_is_caught() {
         .as_object()
         .unwrap()
         .values()
-        .flat_map(|counts| ["impressions", "clicks", "leads", "sales"].map(|kind| counts[kind].as_u64().unwrap()))
+        .flat_map(|counts| {
+            ["impressions", "clicks", "leads", "sales", "flagged"].map(|kind| counts[kind].as_u64().unwrap())
+        })
         .sum();
     assert_eq!(report["events_accepted"].as_u64(), Some(total));
     assert!(!written["money"].as_object().unwrap().is_empty(), "no sales in the ledger");
@@ -106,7 +114,7 @@ fn generated_run_verifies_exactly_and_corruption_is_caught() {
 /// Also the end-to-end test of the spool's io_uring path.
 #[test]
 fn closed_loop_over_http2_stops_at_the_request_cap() {
-    let stack = Stack::start_with(1, &["--spool-io", "uring"]);
+    let stack = Stack::start_with(1, &[BEHIND_LOAD_BALANCER, &["--spool-io", "uring"]].concat());
     let ledger = stack.dir.path().join("ledger.json");
     let ledger_arg = ledger.to_str().expect("utf-8 path");
     let (status, stdout) = loadtest(&[
@@ -143,7 +151,10 @@ fn runs_against_tls_collectors_over_http1_and_http2() {
     let key = pem_dir.path().join("edge-key.pem");
     std::fs::write(&cert, certified.cert.pem()).unwrap();
     std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
-    let stack = Stack::start_with(1, &["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()]);
+    let stack = Stack::start_with(
+        1,
+        &[BEHIND_LOAD_BALANCER, &["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()]].concat(),
+    );
     let port = stack.collectors[0].rsplit(':').next().unwrap();
     let target = format!("https://localhost:{port}");
     let mut expected_total = 0;
@@ -191,7 +202,7 @@ fn runs_against_tls_collectors_over_http1_and_http2() {
     loop {
         let totals = runtime.block_on(crate::support::rollups(&stack.flight_url, ticket.clone()));
         let counts = totals.values().next().copied().unwrap_or_default();
-        let counted = counts.impressions + counts.clicks + counts.leads + counts.sales;
+        let counted = counts.impressions + counts.clicks + counts.leads + counts.sales + counts.flagged;
         if counted == expected_total {
             break;
         }
@@ -204,7 +215,7 @@ fn runs_against_tls_collectors_over_http1_and_http2() {
 /// aggregator's follow stream, once, and timed.
 #[test]
 fn freshness_counts_every_accepted_conversion() {
-    let stack = Stack::start(1);
+    let stack = Stack::start_with(1, BEHIND_LOAD_BALANCER);
     let ledger = stack.dir.path().join("ledger.json");
     let (status, stdout) = loadtest(&[
         "run",

@@ -12,6 +12,7 @@ mod control;
 mod crash;
 mod dashboard;
 mod flight_auth;
+mod fraud;
 mod lifecycle;
 mod loadgen;
 mod spine;

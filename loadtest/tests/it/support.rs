@@ -244,6 +244,8 @@ pub(crate) struct Counts {
     pub(crate) leads: u64,
     pub(crate) sales: u64,
     pub(crate) duplicates: u64,
+    /// Every fraud rule's counter together.
+    pub(crate) flagged: u64,
 }
 
 /// A group key as text: the group-by columns that are present, joined by `|`
@@ -303,6 +305,7 @@ pub(crate) fn rollup_counts(batches: &[arrow_array::RecordBatch]) -> BTreeMap<Gr
         let sub1 = column("sub1");
         let counter = |name: &str| column(name).unwrap_or_else(|| panic!("column {name} missing in {schema:?}"));
         let counters = ["impressions", "clicks", "unique_clicks", "leads", "sales", "duplicates"].map(counter);
+        let flagged = edgetally_protocol::Flag::COLUMNS.map(counter);
         for row_idx in 0..batch.num_rows() {
             let mut parts = Vec::new();
             if let Some(minute) = &minute {
@@ -322,6 +325,7 @@ pub(crate) fn rollup_counts(batches: &[arrow_array::RecordBatch]) -> BTreeMap<Gr
                 leads: value(3),
                 sales: value(4),
                 duplicates: value(5),
+                flagged: flagged.iter().map(|column| column.as_primitive::<UInt64Type>().value(row_idx)).sum(),
             };
             // A group with money in several currencies has a row per
             // currency; its counters are on the first row only.

@@ -11,7 +11,15 @@ fn rollups_round_trip() {
     let rows = vec![
         (
             key(60_000, 1, ""),
-            RollupCounts { impressions: 5, clicks: 2, unique_clicks: 1, leads: 1, sales: 0, duplicates: 3 },
+            RollupCounts {
+                impressions: 5,
+                clicks: 2,
+                unique_clicks: 1,
+                leads: 1,
+                sales: 0,
+                duplicates: 3,
+                flagged: [1, 0, 7, 0, 2],
+            },
         ),
         (key(120_000, 2, "fb"), RollupCounts { sales: u64::MAX, ..RollupCounts::default() }),
     ];
@@ -35,6 +43,7 @@ fn conversions_round_trip() {
             order_id: Some("o-1".into()),
             click_id: None,
             event_id: Some("e1".into()),
+            flag: None,
         },
         ConversionRow {
             time_ms: 62_000,
@@ -46,6 +55,7 @@ fn conversions_round_trip() {
             order_id: None,
             click_id: Some("c".into()),
             event_id: None,
+            flag: Some(Flag::FastConversion),
         },
     ];
     let bytes = encode_ipc(&conversions_to_batch(&rows)).unwrap();

@@ -28,6 +28,28 @@ fn parses_and_validates() {
 }
 
 #[test]
+fn parses_fraud_settings() {
+    let campaigns = Campaigns::parse(
+        r#"{"campaigns":[{"id":3,"landing_url":"https://a.example/","click_to_conversion_min_secs":5},
+                         {"id":4,"landing_url":"https://b.example/"}],
+            "affiliates":[{"id":7,"daily_conversion_cap":100},{"id":8}]}"#,
+    )
+    .unwrap();
+    assert_eq!(campaigns.campaign(3).unwrap().click_to_conversion_min_ms, 5_000);
+    assert_eq!(campaigns.campaign(4).unwrap().click_to_conversion_min_ms, 0);
+    assert_eq!(campaigns.affiliate(7).unwrap().daily_conversion_cap, Some(100));
+    assert_eq!(campaigns.affiliate(8).unwrap().daily_conversion_cap, None);
+    check_error(
+        r#"{"campaigns":[{"id":1,"landing_url":"https://a","attribution_window_secs":60,"click_to_conversion_min_secs":61}]}"#,
+        "must not exceed attribution_window_secs",
+    );
+    check_error(
+        r#"{"campaigns":[{"id":1,"landing_url":"https://a"}],"affiliates":[{"id":7,"daily_conversion_cap":0}]}"#,
+        "daily_conversion_cap must be at least 1",
+    );
+}
+
+#[test]
 fn landing_macros() {
     let campaign = Campaign {
         id: 42,
@@ -36,12 +58,19 @@ fn landing_macros() {
                 .into(),
         attribution_window_ms: 1,
         payout: None,
+        click_to_conversion_min_ms: 0,
     };
     assert_eq!(
         campaign.landing("CLICK", 7, ["fb", "", "", "", "z"]),
         "https://shop.example/l?c=CLICK&a=7&k=42&s1=fb&s5=z&x={other}&y={"
     );
-    let plain = Campaign { id: 1, landing_url: "https://a.example/".into(), attribution_window_ms: 1, payout: None };
+    let plain = Campaign {
+        id: 1,
+        landing_url: "https://a.example/".into(),
+        attribution_window_ms: 1,
+        payout: None,
+        click_to_conversion_min_ms: 0,
+    };
     assert_eq!(plain.landing("C", 1, [""; 5]), "https://a.example/");
 }
 

@@ -78,14 +78,17 @@ fn major_units_keep_every_digit() {
 
 #[test]
 fn the_csv_has_counters_once_per_id_and_no_formulas() {
-    let rows = vec![(7, totals(4, 2, &[("EUR", 8_000, 800, 40), ("USD", 10_000, 1_250, 62)])), (9, totals(1, 0, &[]))];
+    let mut seven = totals(4, 2, &[("EUR", 8_000, 800, 40), ("USD", 10_000, 1_250, 62)]);
+    // Three flagged events, by two rules: one column, their sum.
+    seven.counts.flagged = [2, 0, 0, 1, 0];
+    let rows = vec![(7, seven), (9, totals(1, 0, &[]))];
     let csv = String::from_utf8(table_csv(GroupColumn::AffiliateId, &rows, None).unwrap()).unwrap();
     assert_eq!(
         csv,
-        "affiliate_id,impressions,clicks,unique_clicks,leads,sales,conversions,duplicates,currency,revenue,commission,parent_commission,payable,margin\n\
-         7,0,4,0,0,2,2,0,EUR,80.00,8.00,0.40,8.40,71.60\n\
-         7,,,,,,,,USD,100.00,12.50,0.62,13.12,86.88\n\
-         9,0,1,0,0,0,0,0,,,,,,\n"
+        "affiliate_id,impressions,clicks,unique_clicks,leads,sales,conversions,duplicates,flagged,currency,revenue,commission,parent_commission,payable,margin\n\
+         7,0,4,0,0,2,2,0,3,EUR,80.00,8.00,0.40,8.40,71.60\n\
+         7,,,,,,,,,USD,100.00,12.50,0.62,13.12,86.88\n\
+         9,0,1,0,0,0,0,0,0,,,,,,\n"
     );
     let filtered = String::from_utf8(table_csv(GroupColumn::AffiliateId, &rows, Some("9")).unwrap()).unwrap();
     assert_eq!(filtered.lines().count(), 2);
