@@ -56,6 +56,11 @@ pub(crate) struct FieldLabels {
 /// for minutes, an hour, a batch upload of a day, a week.
 const LATENESS_BUCKETS_SECS: [f64; 9] = [1.0, 10.0, 60.0, 300.0, 3_600.0, 21_600.0, 86_400.0, 259_200.0, 604_800.0];
 
+/// Upper bounds of the shipping lag buckets, in seconds: a batch acked
+/// within a flush or two (250 ms each by default), a slow or retried round
+/// trip, then an outage's backlog draining after minutes or an hour.
+const SHIPPING_LAG_BUCKETS_SECS: [f64; 11] = [0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 30.0, 60.0, 300.0, 3_600.0];
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct StatusLabels {
     pub(crate) status: &'static str,
@@ -105,6 +110,8 @@ pub(crate) struct Metrics {
     pub(crate) spool_full: Gauge,
     pub(crate) spool_errors: Counter,
     pub(crate) spool_oldest_unacked_seconds: Gauge<f64, AtomicU64>,
+    /// Seal to acknowledgement of each applied or skipped batch.
+    pub(crate) uplink_shipping_lag: Histogram,
     pub(crate) spool_recovered_frames: Counter,
     pub(crate) spool_corrupt_records: Counter,
     pub(crate) spool_torn_tails: Counter,
@@ -162,6 +169,7 @@ impl Metrics {
             spool_full: Gauge::default(),
             spool_errors: Counter::default(),
             spool_oldest_unacked_seconds: Gauge::default(),
+            uplink_shipping_lag: Histogram::new(SHIPPING_LAG_BUCKETS_SECS),
             spool_recovered_frames: Counter::default(),
             spool_corrupt_records: Counter::default(),
             spool_torn_tails: Counter::default(),
@@ -274,6 +282,11 @@ impl Metrics {
             "spool_oldest_unacked_seconds",
             "Age of the oldest batch not yet acknowledged by the aggregator",
             metrics.spool_oldest_unacked_seconds.clone(),
+        );
+        registry.register(
+            "uplink_shipping_lag_seconds",
+            "Time from sealing a batch to the aggregator's acknowledgement, per batch (spool and retries included)",
+            metrics.uplink_shipping_lag.clone(),
         );
         registry.register(
             "spool_recovered_frames",

@@ -460,6 +460,9 @@ impl Uplink {
             }
         };
         metrics.uplink_batches.get_or_create(&StatusLabels { status: status_label }).inc();
+        // A clock stepped back since the seal reads as no lag.
+        let lag_ms = crate::unix_ms().saturating_sub(pending.sealed_ms);
+        metrics.uplink_shipping_lag.observe(lag_ms as f64 / 1_000.0);
         let n_done = self.lock_spool().ack(pending.epoch, pending.sequence);
         self.n_sent -= n_done;
         self.n_failures = 0;

@@ -206,6 +206,14 @@ async fn pixels_and_events_are_counted_exactly() {
     // Several more flush intervals change nothing: no batch is applied twice.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(rollups(&stack.flight_url, by_key_ticket).await, by_key);
+
+    // Every acknowledged batch's shipping lag was observed once, and on
+    // loopback each within a minute of its seal.
+    let metric = |name: &str| crate::support::metric(collector, name);
+    let n_applied = metric(r#"edgetally_collector_uplink_batches_total{status="apply"}"#);
+    assert!(n_applied >= 1.0);
+    assert_eq!(metric("edgetally_collector_uplink_shipping_lag_seconds_count"), n_applied);
+    assert_eq!(metric(r#"edgetally_collector_uplink_shipping_lag_seconds_bucket{le="60.0"}"#), n_applied);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
