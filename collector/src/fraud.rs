@@ -104,7 +104,7 @@ impl Rules {
         campaigns: Option<&Campaigns>,
         now_ms: i64,
     ) -> Option<Flag> {
-        let on = |flag: Flag| self.enabled[flag.index()];
+        let on = |flag: Flag| self.is_on(flag);
         if on(Flag::BotUserAgent) && signals.bot_user_agent {
             return Some(Flag::BotUserAgent);
         }
@@ -137,6 +137,11 @@ impl Rules {
             return Some(Flag::OverDailyCap);
         }
         None
+    }
+
+    /// Whether the rule that sets `flag` is in force.
+    pub(crate) fn is_on(&self, flag: Flag) -> bool {
+        self.enabled[flag.index()]
     }
 
     pub(crate) fn state(&self) -> RulesState {

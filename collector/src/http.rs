@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use edgetally_protocol::event::ID_TEXT_LEN_MAX;
 use edgetally_protocol::event::RawEvent;
-use edgetally_protocol::{Click, ClickIdError, ClickKeys, Event, EventError, EventKind, QuarantineRow, SubId};
+use edgetally_protocol::{Click, ClickIdError, ClickKeys, Event, EventError, EventKind, Flag, QuarantineRow, SubId};
 use http::header::{CACHE_CONTROL, CONTENT_TYPE, LOCATION, RETRY_AFTER, USER_AGENT};
 use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -289,8 +289,8 @@ impl Ingress {
             }
         }
         match path {
-            "/p.gif" if readable => self.pixel(query, is_bot(&request)),
-            "/cv.gif" if readable => self.conversion(Source::ConversionPixel, query, is_bot(&request)),
+            "/p.gif" if readable => self.pixel(query, self.is_bot(&request)),
+            "/cv.gif" if readable => self.conversion(Source::ConversionPixel, query, self.is_bot(&request)),
             // Postbacks come from servers, whose user agents are HTTP
             // libraries by nature: the bot rule does not apply.
             "/pb" if readable => self.conversion(Source::Postback, query, false),
@@ -313,7 +313,7 @@ impl Ingress {
             }
             _ if readable && path.starts_with("/c/") => {
                 let visitor = self.visitor(&request, peer_ip);
-                self.click(&path[3..], query, visitor, is_bot(&request))
+                self.click(&path[3..], query, visitor, self.is_bot(&request))
             }
             "/p.gif" | "/cv.gif" | "/pb" | "/healthz" | "/readyz" | "/metrics" => self.refuse(
                 "method_not_allowed",
@@ -453,6 +453,16 @@ impl Ingress {
             (None, Some(click_id)) => seen(b'c', &[event.kind as u8], click_id),
             (None, None) => false,
         }
+    }
+
+    /// Whether a request to a browser endpoint came with a bot's user
+    /// agent; the scan is skipped when the bot rule is off.
+    fn is_bot(&self, request: &Request<Incoming>) -> bool {
+        if !self.rules.is_on(Flag::BotUserAgent) {
+            return false;
+        }
+        let user_agent = request.headers().get(USER_AGENT).map_or(&b""[..], |value| value.as_bytes());
+        edgetally_protocol::fraud::is_bot_user_agent(user_agent)
     }
 
     /// The visitor hash of a browser request: its client IP (the peer, or
@@ -715,12 +725,6 @@ impl Ingress {
         }
         json_response(status, &json!({"error": message, "reason": reason}))
     }
-}
-
-/// Whether a request to a browser endpoint came with a bot's user agent.
-fn is_bot(request: &Request<Incoming>) -> bool {
-    let user_agent = request.headers().get(USER_AGENT).map_or(&b""[..], |value| value.as_bytes());
-    edgetally_protocol::fraud::is_bot_user_agent(user_agent)
 }
 
 /// `METHOD target` of a request, as a quarantine row keeps it (truncated

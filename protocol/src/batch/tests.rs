@@ -126,3 +126,12 @@ fn own_streams_pass_the_length_checks() {
         }
     }
 }
+
+#[test]
+fn the_flag_counters_are_the_flags_columns_in_order() {
+    assert_eq!(RollupCounts::COLUMNS[N_COUNTERS - N_FLAGS..], Flag::COLUMNS);
+    let mut counts = RollupCounts::default();
+    counts.count_flagged(Flag::OverDailyCap);
+    assert_eq!(counts.values()[N_COUNTERS - 1], 1);
+    assert_eq!(RollupCounts::from_values(counts.values()), counts);
+}
