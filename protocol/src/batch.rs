@@ -8,10 +8,12 @@
 use std::io::Cursor;
 use std::sync::{Arc, LazyLock};
 
-use arrow_array::builder::{Int64Builder, StringBuilder, TimestampMillisecondBuilder, UInt32Builder, UInt64Builder};
+use arrow_array::builder::{
+    Int64Builder, StringBuilder, StringDictionaryBuilder, TimestampMillisecondBuilder, UInt32Builder, UInt64Builder,
+};
 use arrow_array::cast::AsArray;
-use arrow_array::types::{Int64Type, TimestampMillisecondType, UInt32Type, UInt64Type};
-use arrow_array::{Array, ArrayRef, RecordBatch, UInt64Array};
+use arrow_array::types::{Int32Type, Int64Type, TimestampMillisecondType, UInt32Type, UInt64Type};
+use arrow_array::{Array, ArrayRef, PrimitiveArray, RecordBatch, StringArray, UInt64Array};
 use arrow_ipc::CompressionType;
 use arrow_ipc::reader::StreamReader;
 use arrow_ipc::writer::{IpcWriteOptions, StreamWriter};
@@ -253,6 +255,27 @@ pub static ROLLUP_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
     ))
 });
 
+/// Schema of rollup rows as an edge ships them: [`ROLLUP_SCHEMA`] with
+/// `sub1` dictionary-encoded. An edge's batch repeats a few sub IDs over
+/// thousands of rows, so each row carries a small index instead of the
+/// text; with the rows sorted by key, this about halves a rollup row's
+/// compressed bytes (see the README's shipping figures).
+pub static ROLLUP_WIRE_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
+    let fields = ROLLUP_SCHEMA
+        .fields()
+        .iter()
+        .map(|field| match field.name().as_str() {
+            "sub1" => Arc::new(Field::new("sub1", sub1_dictionary(), false)),
+            _ => field.clone(),
+        })
+        .collect::<Vec<_>>();
+    Arc::new(Schema::new(fields))
+});
+
+fn sub1_dictionary() -> DataType {
+    DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8))
+}
+
 /// Schema of shipped conversion rows.
 pub static CONVERSION_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
     Arc::new(Schema::new(vec![
@@ -317,41 +340,95 @@ pub fn quarantine_from_batch(batch: &RecordBatch) -> Result<Vec<QuarantineRow>, 
         .collect())
 }
 
-/// Builds the Arrow batch of rollup rows.
+/// Builds the Arrow batch of rollup rows, as the aggregator stores them.
 pub fn rollups_to_batch<'a>(rows: impl ExactSizeIterator<Item = (&'a RollupKey, &'a RollupCounts)>) -> RecordBatch {
+    rollups_batch(rows, false)
+}
+
+/// Builds the Arrow batch of rollup rows as an edge ships them
+/// ([`ROLLUP_WIRE_SCHEMA`]). Rows sorted by key compress best.
+pub fn rollups_to_wire_batch<'a>(
+    rows: impl ExactSizeIterator<Item = (&'a RollupKey, &'a RollupCounts)>,
+) -> RecordBatch {
+    rollups_batch(rows, true)
+}
+
+fn rollups_batch<'a>(
+    rows: impl ExactSizeIterator<Item = (&'a RollupKey, &'a RollupCounts)>,
+    dictionary: bool,
+) -> RecordBatch {
     let n_rows = rows.len();
     let mut minute = TimestampMillisecondBuilder::with_capacity(n_rows).with_timezone("UTC");
     let mut affiliate_id = UInt32Builder::with_capacity(n_rows);
     let mut campaign_id = UInt32Builder::with_capacity(n_rows);
-    let mut sub1 = StringBuilder::with_capacity(n_rows, n_rows * 8);
+    let mut sub1 = if dictionary {
+        Sub1Builder::Dictionary(StringDictionaryBuilder::new())
+    } else {
+        Sub1Builder::Plain(StringBuilder::with_capacity(n_rows, n_rows * 8))
+    };
     let mut counters: [UInt64Builder; N_COUNTERS] = std::array::from_fn(|_| UInt64Builder::with_capacity(n_rows));
     for (key, counts) in rows {
         minute.append_value(key.minute_ms);
         affiliate_id.append_value(key.affiliate_id);
         campaign_id.append_value(key.campaign_id);
-        sub1.append_value(&key.sub1);
+        match &mut sub1 {
+            Sub1Builder::Plain(builder) => builder.append_value(&key.sub1),
+            Sub1Builder::Dictionary(builder) => {
+                builder.append_value(&key.sub1);
+            }
+        }
         for (builder, value) in counters.iter_mut().zip(counts.values()) {
             builder.append_value(value);
         }
     }
-    let mut columns: Vec<ArrayRef> = vec![
-        Arc::new(minute.finish()),
-        Arc::new(affiliate_id.finish()),
-        Arc::new(campaign_id.finish()),
-        Arc::new(sub1.finish()),
-    ];
+    let (sub1, schema): (ArrayRef, &SchemaRef) = match &mut sub1 {
+        Sub1Builder::Plain(builder) => (Arc::new(builder.finish()), &ROLLUP_SCHEMA),
+        Sub1Builder::Dictionary(builder) => (Arc::new(builder.finish()), &ROLLUP_WIRE_SCHEMA),
+    };
+    let mut columns: Vec<ArrayRef> =
+        vec![Arc::new(minute.finish()), Arc::new(affiliate_id.finish()), Arc::new(campaign_id.finish()), sub1];
     columns.extend(counters.iter_mut().map(|builder| Arc::new(builder.finish()) as ArrayRef));
     // The columns are built above in schema order with matching types.
-    RecordBatch::try_new(ROLLUP_SCHEMA.clone(), columns).expect("columns follow ROLLUP_SCHEMA")
+    RecordBatch::try_new(schema.clone(), columns).expect("columns follow the rollup schema")
 }
 
-/// Reads rollup rows back from an Arrow batch of [`ROLLUP_SCHEMA`].
+enum Sub1Builder {
+    Plain(StringBuilder),
+    Dictionary(StringDictionaryBuilder<Int32Type>),
+}
+
+/// A read `sub1` column, as text or dictionary-encoded.
+enum Sub1Column<'a> {
+    Plain(&'a StringArray),
+    Dictionary { keys: &'a PrimitiveArray<Int32Type>, values: &'a StringArray },
+}
+
+impl Sub1Column<'_> {
+    fn value(&self, row_idx: usize) -> &str {
+        match self {
+            Sub1Column::Plain(column) => column.value(row_idx),
+            // The IPC reader validated every key against the values, and
+            // the column has no nulls (checked with the schema).
+            Sub1Column::Dictionary { keys, values } => values.value(keys.value(row_idx) as usize),
+        }
+    }
+}
+
+/// Reads rollup rows back from an Arrow batch of [`ROLLUP_SCHEMA`] or
+/// [`ROLLUP_WIRE_SCHEMA`].
 pub fn rollups_from_batch(batch: &RecordBatch) -> Result<Vec<(RollupKey, RollupCounts)>, BatchError> {
-    check_schema(batch, &ROLLUP_SCHEMA)?;
+    let dictionary =
+        matches!(batch.schema_ref().fields().get(3).map(|field| field.data_type()), Some(DataType::Dictionary(..)));
+    check_schema(batch, if dictionary { &ROLLUP_WIRE_SCHEMA } else { &ROLLUP_SCHEMA })?;
     let minute = batch.column(0).as_primitive::<TimestampMillisecondType>();
     let affiliate_id = batch.column(1).as_primitive::<UInt32Type>();
     let campaign_id = batch.column(2).as_primitive::<UInt32Type>();
-    let sub1 = batch.column(3).as_string::<i32>();
+    let sub1 = if dictionary {
+        let dictionary = batch.column(3).as_dictionary::<Int32Type>();
+        Sub1Column::Dictionary { keys: dictionary.keys(), values: dictionary.values().as_string::<i32>() }
+    } else {
+        Sub1Column::Plain(batch.column(3).as_string::<i32>())
+    };
     let counters: [&UInt64Array; N_COUNTERS] =
         std::array::from_fn(|counter_idx| batch.column(4 + counter_idx).as_primitive::<UInt64Type>());
     Ok((0..batch.num_rows())
