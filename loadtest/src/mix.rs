@@ -2,7 +2,12 @@
 //! distributions whose shares are all flags.
 //!
 //! Affiliates, campaigns and sub IDs are Zipf-distributed, as real affiliate
-//! traffic is dominated by a few large partners. Each request carries the
+//! traffic is dominated by a few large partners. An affiliate promotes a
+//! few campaigns and tags its traffic with a few sub IDs of its own (its
+//! placements or traffic sources), drawn once from the campaigns' and
+//! subs' popularity, so the keys an edge counts under are the few per
+//! affiliate an affiliate network sees, not every combination. Each
+//! request carries the
 //! [`Truth`] of the events in it, so the ledger can count what the collector
 //! says it accepted.
 
@@ -36,6 +41,13 @@ pub(crate) struct MixArgs {
     /// Distinct sub1 values (Zipf-distributed); a third of events carry none.
     #[arg(long, default_value_t = 50)]
     pub(crate) subs: u32,
+    /// Campaigns each affiliate promotes, drawn once per affiliate from the
+    /// campaigns' Zipf distribution; its traffic is Zipf over them.
+    #[arg(long, default_value_t = 5)]
+    pub(crate) campaigns_per_affiliate: u32,
+    /// Sub IDs each affiliate uses, drawn likewise from the subs'.
+    #[arg(long, default_value_t = 10)]
+    pub(crate) subs_per_affiliate: u32,
     /// Distinct visitors (client addresses, uniform): at the default a
     /// visitor clicks far less than the collectors' click flood limit.
     #[arg(long, default_value_t = 1_000_000)]
@@ -136,8 +148,13 @@ pub(crate) struct Plan {
 pub(crate) struct Mix {
     args: MixArgs,
     affiliates: Zipf<f64>,
-    campaigns: Zipf<f64>,
-    subs: Zipf<f64>,
+    /// Which of an affiliate's campaigns, and of its subs, an event is for.
+    own_campaign: Zipf<f64>,
+    own_sub: Zipf<f64>,
+    /// Affiliate `a`'s campaigns at `(a - 1) * campaigns_per_affiliate..`.
+    offers: Vec<u32>,
+    /// Affiliate `a`'s sub IDs, likewise.
+    placements: Vec<u32>,
     /// A per-connection prefix that keeps order ids unique across tasks.
     order_prefix: String,
     n_orders: u64,
@@ -165,15 +182,38 @@ static RUN_ID: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
 
 impl Mix {
     pub(crate) fn new(args: &MixArgs, task_idx: usize) -> anyhow::Result<Mix> {
-        anyhow::ensure!(args.affiliates > 0 && args.campaigns > 0 && args.subs > 0, "counts must be positive");
+        anyhow::ensure!(
+            args.affiliates > 0
+                && args.campaigns > 0
+                && args.subs > 0
+                && args.campaigns_per_affiliate > 0
+                && args.subs_per_affiliate > 0,
+            "counts must be positive"
+        );
         anyhow::ensure!(args.events_per_post > 0, "--events-per-post must be positive");
+        let table_len =
+            u64::from(args.affiliates) * (u64::from(args.campaigns_per_affiliate) + u64::from(args.subs_per_affiliate));
+        anyhow::ensure!(
+            table_len <= 16_000_000,
+            "--affiliates times (--campaigns-per-affiliate + --subs-per-affiliate) is {table_len}, limit 16,000,000"
+        );
         let zipf =
             |n: u32| Zipf::new(f64::from(n), args.zipf_exponent).map_err(|error| anyhow::anyhow!("zipf: {error}"));
+        // The same for every connection and run: who promotes what is the
+        // network's set-up, not the traffic's.
+        let mut setup = <StdRng as rand::SeedableRng>::seed_from_u64(0x0ff3_2500);
+        let draws = |distribution: Zipf<f64>, per: u32, rng: &mut StdRng| -> Vec<u32> {
+            (0..u64::from(args.affiliates) * u64::from(per)).map(|_| distribution.sample(rng) as u32).collect()
+        };
+        let offers = draws(zipf(args.campaigns)?, args.campaigns_per_affiliate, &mut setup);
+        let placements = draws(zipf(args.subs)?, args.subs_per_affiliate, &mut setup);
         Ok(Mix {
             args: args.clone(),
             affiliates: zipf(args.affiliates)?,
-            campaigns: zipf(args.campaigns)?,
-            subs: zipf(args.subs)?,
+            own_campaign: zipf(args.campaigns_per_affiliate)?,
+            own_sub: zipf(args.subs_per_affiliate)?,
+            offers,
+            placements,
             order_prefix: format!("{}-t{task_idx}-", *RUN_ID),
             n_orders: 0,
             clicks: VecDeque::with_capacity(CLICKS_REMEMBERED_MAX),
@@ -233,9 +273,16 @@ impl Mix {
 
     fn ids(&self, rng: &mut StdRng) -> (u32, u32, String) {
         let affiliate_id = self.affiliates.sample(rng) as u32;
-        let campaign_id = self.campaigns.sample(rng) as u32;
-        let sub1 =
-            if rng.random_range(0..3) == 0 { String::new() } else { format!("s{}", self.subs.sample(rng) as u32) };
+        let own = |distribution: &Zipf<f64>, per: u32, table: &[u32], rng: &mut StdRng| {
+            let j = distribution.sample(rng) as usize - 1;
+            table[(affiliate_id as usize - 1) * per as usize + j]
+        };
+        let campaign_id = own(&self.own_campaign, self.args.campaigns_per_affiliate, &self.offers, rng);
+        let sub1 = if rng.random_range(0..3) == 0 {
+            String::new()
+        } else {
+            format!("s{}", own(&self.own_sub, self.args.subs_per_affiliate, &self.placements, rng))
+        };
         (affiliate_id, campaign_id, sub1)
     }
 

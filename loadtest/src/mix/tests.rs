@@ -1,5 +1,7 @@
 //! The mix draws what its shares say.
 
+use std::collections::BTreeSet;
+
 use rand::SeedableRng;
 
 use super::*;
@@ -9,6 +11,8 @@ fn args() -> MixArgs {
         affiliates: 100,
         campaigns: 10,
         subs: 5,
+        campaigns_per_affiliate: 3,
+        subs_per_affiliate: 2,
         visitors: 50,
         zipf_exponent: 1.1,
         click_share: 0.1,
@@ -29,6 +33,34 @@ fn amounts_render_in_major_units() {
     assert_eq!(format_amount(5, 2), "0.05");
     assert_eq!(format_amount(1500, 0), "1500");
     assert_eq!(format_amount(1250, 3), "1.250");
+}
+
+#[test]
+fn each_affiliate_keeps_to_its_own_campaigns_and_subs() {
+    let mut seen: std::collections::BTreeMap<u32, (BTreeSet<u32>, BTreeSet<String>)> = Default::default();
+    let mut campaigns = BTreeSet::new();
+    // Two connections, each with its own draws: the same set-up.
+    for task_idx in 0..2 {
+        let mix = Mix::new(&args(), task_idx).unwrap();
+        let mut rng = StdRng::seed_from_u64(task_idx as u64);
+        for _ in 0..20_000 {
+            let (affiliate_id, campaign_id, sub1) = mix.ids(&mut rng);
+            let (own_campaigns, own_subs) = seen.entry(affiliate_id).or_default();
+            own_campaigns.insert(campaign_id);
+            campaigns.insert(campaign_id);
+            if !sub1.is_empty() {
+                own_subs.insert(sub1);
+            }
+        }
+    }
+    for (affiliate_id, (own_campaigns, own_subs)) in &seen {
+        assert!(own_campaigns.len() <= 3, "affiliate {affiliate_id}: {own_campaigns:?}");
+        assert!(own_subs.len() <= 2, "affiliate {affiliate_id}: {own_subs:?}");
+    }
+    // Between them, the affiliates promote most of the ten campaigns.
+    assert!(campaigns.len() >= 8 && campaigns.iter().all(|id| (1..=10).contains(id)), "{campaigns:?}");
+    let top = &seen[&1];
+    assert!(top.0.len() >= 2, "the busiest affiliate runs several campaigns: {:?}", top.0);
 }
 
 #[test]
