@@ -9,7 +9,7 @@ use std::hint::black_box;
 
 use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use edgetally_collector::spool::{Spool, SpoolIo};
+use edgetally_collector::spool::{Spool, SpoolIo, Through};
 
 /// A frame-shaped payload: the spool reads epoch and sequence from it.
 fn frame(sequence: u64, len: usize) -> Bytes {
@@ -29,7 +29,7 @@ fn spool(criterion: &mut Criterion) {
             let frames = [frame(1, len)];
             group.bench_with_input(BenchmarkId::new(name, len), &len, |bench, _| {
                 bench.iter(|| {
-                    let pending = spool.append(black_box(&frames), 0, 0).unwrap();
+                    let pending = spool.append(black_box(&frames), Through::all(0), 0).unwrap();
                     // Acknowledged at once, so drained segments are deleted
                     // and the spool stays small, as on a healthy link.
                     spool.ack(1, pending[0].sequence);

@@ -70,7 +70,7 @@ fn record(tally: &Tally, events: &[Event], n_iters: u64) -> Duration {
         elapsed += start.elapsed();
         n_left -= n_run;
         let sealed = tally.seal();
-        tally.release_journal(sealed.journal_through);
+        tally.release_journal(sealed.through.journal);
         tally.prepare_journal();
         black_box(sealed);
     }

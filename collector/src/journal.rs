@@ -24,6 +24,19 @@
 //! replayed into the tally. So an entry is either in the spool or replayed,
 //! never both and never neither.
 //!
+//! **Rows-only seals:** conversions ship every flush, the traffic counters
+//! only every rollup interval (see `uplink.rs`). A rows-only seal takes the
+//! conversion rows with their counts and the quarantine rows out of the
+//! tally without rotating the journal; its spool record carries the
+//! journal [`JournalPosition`] it was taken at, and once that record is
+//! synced a [`Entry::RowsSpooled`] marker with the same position is
+//! appended here. The marker outlives the spool record, which may be
+//! acknowledged and deleted long before the next full seal releases the
+//! segments. On start, the highest position in either is the rows
+//! boundary: the *rows entries* (a count of a lead or sale, which carries
+//! its row, and a quarantine row) before it are skipped, and everything
+//! else is replayed.
+//!
 //! **Hot path:** creating a segment (a file, its blocks, a directory sync,
 //! the mapping, the page faults) takes milliseconds, which must not happen
 //! under the tally's lock. The uplink prepares the next segment after every
@@ -46,6 +59,8 @@ use std::path::{Path, PathBuf};
 use bytes::{Buf, BufMut};
 use edgetally_protocol::{ConversionRow, Currency, EventKind, Flag, Money, QuarantineRow, RollupKey};
 use memmap2::MmapMut;
+
+use crate::spool::{JournalPosition, Through};
 
 const RECORD_HEADER_LEN: usize = 8;
 
@@ -81,11 +96,24 @@ pub(crate) enum Entry {
         key: RollupKey,
     },
     Quarantine(QuarantineRow),
+    /// The rows entries before this position are spooled.
+    RowsSpooled(JournalPosition),
 }
 
 // === impl Entry ===
 
 impl Entry {
+    /// Whether a rows-only seal takes this entry: a counted conversion
+    /// (with its row) or a quarantine row. A conversion refused as a
+    /// duplicate is only a traffic counter.
+    pub(crate) fn is_rows(&self) -> bool {
+        match self {
+            Entry::Count { kind, .. } => kind.is_conversion(),
+            Entry::Quarantine(_) => true,
+            Entry::Duplicate { .. } | Entry::RowsSpooled(_) => false,
+        }
+    }
+
     /// The entry as the tally would have written it.
     pub(crate) fn as_entry_ref(&self) -> EntryRef<'_> {
         match self {
@@ -94,6 +122,7 @@ impl Entry {
             }
             Entry::Duplicate { key } => EntryRef::Duplicate { key },
             Entry::Quarantine(row) => EntryRef::Quarantine(row),
+            Entry::RowsSpooled(position) => EntryRef::RowsSpooled(*position),
         }
     }
 }
@@ -111,6 +140,7 @@ pub(crate) enum EntryRef<'a> {
         key: &'a RollupKey,
     },
     Quarantine(&'a QuarantineRow),
+    RowsSpooled(JournalPosition),
 }
 
 /// What opening the journal found.
@@ -122,6 +152,8 @@ pub(crate) struct JournalRecovery {
     pub(crate) unreadable: u64,
     /// Segments deleted because the spool holds their batch.
     pub(crate) released: u64,
+    /// Rows entries not replayed because a rows-only seal spooled them.
+    pub(crate) rows_spooled: u64,
 }
 
 struct Active {
@@ -153,14 +185,17 @@ pub(crate) struct Journal {
 
 impl Journal {
     /// Opens the journal in `dir`: deletes the segments whose batches the
-    /// spool holds (at or below `spooled_through`) and reads back the
-    /// entries of the others for the tally to replay.
+    /// spool holds (at or below `spooled.journal`) and reads back the
+    /// entries of the others for the tally to replay, but for the rows
+    /// entries before the rows boundary (the later of `spooled.rows` and
+    /// the journal's own markers).
     pub(crate) fn open(
         dir: &Path,
         segment_bytes: usize,
         bytes_max: u64,
-        spooled_through: u64,
+        spooled: Through,
     ) -> Result<(Journal, Vec<Entry>, JournalRecovery), JournalError> {
+        let spooled_through = spooled.journal;
         let io_error = |path: &Path, source| JournalError::Io { path: path.display().to_string(), source };
         fs::create_dir_all(dir).map_err(|source| io_error(dir, source))?;
         let mut ids = Vec::new();
@@ -172,7 +207,8 @@ impl Journal {
         }
         ids.sort_unstable();
         let mut recovery = JournalRecovery::default();
-        let mut entries = Vec::new();
+        let mut read = Vec::new();
+        let mut rows_boundary = spooled.rows;
         let mut live = VecDeque::new();
         for &id in &ids {
             let path = dir.join(segment_name(id));
@@ -182,12 +218,10 @@ impl Journal {
                 continue;
             }
             let bytes = fs::read(&path).map_err(|source| io_error(&path, source))?;
-            for payload in records(&bytes) {
+            for (offset, payload) in records(&bytes) {
                 match decode_entry(payload) {
-                    Some(entry) => {
-                        entries.push(entry);
-                        recovery.replayed += 1;
-                    }
+                    Some(Entry::RowsSpooled(position)) => rows_boundary = rows_boundary.max(position),
+                    Some(entry) => read.push((JournalPosition { segment: id, offset: offset as u64 }, entry)),
                     None => {
                         tracing::error!(path = %path.display(), "Journal entry unreadable; skipped.");
                         recovery.unreadable += 1;
@@ -195,6 +229,15 @@ impl Journal {
                 }
             }
             live.push_back(id);
+        }
+        let mut entries = Vec::with_capacity(read.len());
+        for (position, entry) in read {
+            if position < rows_boundary && entry.is_rows() {
+                recovery.rows_spooled += 1;
+            } else {
+                entries.push(entry);
+                recovery.replayed += 1;
+            }
         }
         let next_id = ids.last().map_or(1, |last| last + 1).max(spooled_through + 1);
         let journal = Journal {
@@ -280,6 +323,20 @@ impl Journal {
             }
             Some(active) => active.id,
             None => self.next_id - 1,
+        }
+    }
+
+    /// Where the next entry goes, or somewhere between the last entry
+    /// written and it: every entry written so far is before it, and every
+    /// later one at or after it.
+    pub(crate) fn position(&self) -> JournalPosition {
+        match (&self.active, self.live.back()) {
+            (Some(active), _) => JournalPosition { segment: active.id, offset: active.at as u64 },
+            // The last segment was rotated away; later segments have
+            // higher ids.
+            (None, Some(&last)) => JournalPosition { segment: last + 1, offset: 0 },
+            // Nothing on disk to skip.
+            (None, None) => JournalPosition::default(),
         }
     }
 
@@ -373,23 +430,42 @@ fn map_segment(path: &Path, segment_bytes: usize, populate: bool) -> io::Result<
 pub fn fuzz_segment(dir: &Path, bytes: &[u8]) -> usize {
     fs::write(dir.join(segment_name(1)), bytes).expect("write the segment");
     let (journal, entries, recovery) =
-        Journal::open(dir, 64 * 1024, u64::MAX, 0).expect("a directory with one segment opens");
+        Journal::open(dir, 64 * 1024, u64::MAX, Through::default()).expect("a directory with one segment opens");
     drop(journal);
-    let decoded: Vec<Option<Entry>> = records(bytes).map(decode_entry).collect();
-    assert_eq!((recovery.replayed + recovery.unreadable) as usize, decoded.len());
-    assert_eq!(entries, decoded.into_iter().flatten().collect::<Vec<_>>());
+    let decoded: Vec<(JournalPosition, Option<Entry>)> = records(bytes)
+        .map(|(offset, payload)| (JournalPosition { segment: 1, offset: offset as u64 }, decode_entry(payload)))
+        .collect();
+    let boundary = decoded
+        .iter()
+        .filter_map(|(_, entry)| match entry {
+            Some(Entry::RowsSpooled(position)) => Some(*position),
+            _ => None,
+        })
+        .max()
+        .unwrap_or_default();
+    let replayed: Vec<Entry> = decoded
+        .iter()
+        .filter_map(|(position, entry)| entry.clone().map(|entry| (position, entry)))
+        .filter(|(position, entry)| {
+            let spooled = **position < boundary && entry.is_rows();
+            !matches!(entry, Entry::RowsSpooled(_)) && !spooled
+        })
+        .map(|(_, entry)| entry)
+        .collect();
+    assert_eq!(recovery.unreadable as usize, decoded.iter().filter(|(_, entry)| entry.is_none()).count());
+    assert_eq!(entries, replayed, "markers and the rows entries before them are not replayed");
     let mut encoded = Vec::new();
-    for entry in &entries {
+    for entry in decoded.iter().filter_map(|(_, entry)| entry.as_ref()) {
         encoded.clear();
         encode_entry(&mut encoded, &entry.as_entry_ref());
         assert_eq!(decode_entry(&encoded).as_ref(), Some(entry), "an entry survives its own round trip");
     }
-    let (mut journal, again, _) = Journal::open(dir, 64 * 1024, u64::MAX, 0).expect("reopens");
+    let (mut journal, again, _) = Journal::open(dir, 64 * 1024, u64::MAX, Through::default()).expect("reopens");
     assert_eq!(again, entries, "a second start reads the same entries");
     let key = RollupKey { minute_ms: 60_000, affiliate_id: 1, campaign_id: 2, sub1: String::new() };
     assert!(journal.append(EntryRef::Duplicate { key: &key }), "the reopened journal appends");
     drop(journal);
-    let (_, after, _) = Journal::open(dir, 64 * 1024, u64::MAX, 0).expect("reopens after an append");
+    let (_, after, _) = Journal::open(dir, 64 * 1024, u64::MAX, Through::default()).expect("reopens after an append");
     assert_eq!(after.len(), entries.len() + 1);
     assert_eq!(after.last(), Some(&Entry::Duplicate { key }));
     entries.len()
@@ -416,6 +492,7 @@ pub fn fuzz_seed_segment() -> Vec<u8> {
     let quarantine = QuarantineRow::new(1_795_514_400_000, "pixel", "bad_id", "bad affiliate_id", "aff=x");
     let mut segment = Vec::new();
     let mut payload = Vec::new();
+    let (mut n_records, mut third_end) = (0, 0);
     for entry in [
         EntryRef::Count { key: &key, kind: EventKind::Impression, unique: false, flag: None, conversion: None },
         EntryRef::Count { key: &key, kind: EventKind::Click, unique: true, flag: None, conversion: None },
@@ -430,12 +507,23 @@ pub fn fuzz_seed_segment() -> Vec<u8> {
         EntryRef::Count { key: &key, kind: EventKind::Sale, unique: false, flag: held.flag, conversion: Some(&held) },
         EntryRef::Duplicate { key: &key },
         EntryRef::Quarantine(&quarantine),
+        // A rows-only seal spooled the first sale (the third record) and
+        // nothing after it.
+        EntryRef::RowsSpooled(JournalPosition { segment: 1, offset: 0 }),
     ] {
+        let entry = match entry {
+            EntryRef::RowsSpooled(_) => EntryRef::RowsSpooled(JournalPosition { segment: 1, offset: third_end }),
+            entry => entry,
+        };
         payload.clear();
         encode_entry(&mut payload, &entry);
         segment.put_u32_le(payload.len() as u32);
         segment.put_u32_le(crc32fast::hash(&payload));
         segment.extend_from_slice(&payload);
+        n_records += 1;
+        if n_records == 3 {
+            third_end = segment.len() as u64;
+        }
     }
     segment.resize(segment.len() + 64, 0);
     segment
@@ -447,7 +535,8 @@ fn segment_name(id: u64) -> String {
 
 /// The payloads of a segment's good records, up to the first zero length or
 /// bad CRC (a record a crash cut short).
-fn records(bytes: &[u8]) -> impl Iterator<Item = &[u8]> {
+/// Each comes with its record's offset in the segment.
+fn records(bytes: &[u8]) -> impl Iterator<Item = (usize, &[u8])> {
     let mut at = 0;
     std::iter::from_fn(move || {
         let mut header = bytes.get(at..at + RECORD_HEADER_LEN)?;
@@ -460,8 +549,9 @@ fn records(bytes: &[u8]) -> impl Iterator<Item = &[u8]> {
         if crc32fast::hash(payload) != crc {
             return None;
         }
+        let offset = at;
         at += RECORD_HEADER_LEN + len;
-        Some(payload)
+        Some((offset, payload))
     })
 }
 
@@ -472,6 +562,7 @@ const TAG_QUARANTINE: u8 = 3;
 /// index after `unique`. Unflagged counts keep the older tag, so a journal
 /// written before flags existed still replays.
 const TAG_COUNT_FLAGGED: u8 = 4;
+const TAG_ROWS_SPOOLED: u8 = 5;
 
 fn encode_entry(out: &mut Vec<u8>, entry: &EntryRef<'_>) {
     match entry {
@@ -502,6 +593,11 @@ fn encode_entry(out: &mut Vec<u8>, entry: &EntryRef<'_>) {
                 put_str(out, text);
             }
         }
+        EntryRef::RowsSpooled(position) => {
+            out.put_u8(TAG_ROWS_SPOOLED);
+            out.put_u64_le(position.segment);
+            out.put_u64_le(position.offset);
+        }
     }
 }
 
@@ -523,6 +619,9 @@ fn decode_entry(mut bytes: &[u8]) -> Option<Entry> {
             Entry::Count { key, kind, unique, flag, conversion }
         }
         TAG_DUPLICATE => Entry::Duplicate { key: get_key(&mut bytes)? },
+        TAG_ROWS_SPOOLED => {
+            Entry::RowsSpooled(JournalPosition { segment: get_u64(&mut bytes)?, offset: get_u64(&mut bytes)? })
+        }
         TAG_QUARANTINE => {
             let time_ms = get_i64(&mut bytes)?;
             Entry::Quarantine(QuarantineRow {
@@ -637,6 +736,10 @@ fn get_u8(bytes: &mut &[u8]) -> Option<u8> {
 
 fn get_u32(bytes: &mut &[u8]) -> Option<u32> {
     (bytes.remaining() >= 4).then(|| bytes.get_u32_le())
+}
+
+fn get_u64(bytes: &mut &[u8]) -> Option<u64> {
+    (bytes.remaining() >= 8).then(|| bytes.get_u64_le())
 }
 
 fn get_i64(bytes: &mut &[u8]) -> Option<i64> {

@@ -52,6 +52,12 @@ pub use uplink::UplinkError;
 /// pixel reaches the aggregator well within a second.
 pub const FLUSH_INTERVAL_DEFAULT: Duration = Duration::from_millis(250);
 
+/// Default rollup interval: the traffic counters ship once a minute, when
+/// the minute closes, so each key of each minute crosses the wire once per
+/// edge; conversions and their counts still ship every flush. See
+/// `uplink.rs` for the trade.
+pub const ROLLUP_INTERVAL_DEFAULT: Duration = Duration::from_secs(60);
+
 /// Default largest `POST /v1/events` body: 1 MiB holds thousands of events,
 /// and bounds the memory of one request.
 pub const BODY_BYTES_MAX_DEFAULT: usize = 1024 * 1024;
@@ -112,6 +118,9 @@ pub struct Config {
     /// The token this edge presents to the aggregator (empty: none).
     pub edge_token: Vec<u8>,
     pub flush_interval: Duration,
+    /// How often the traffic counters ship (at multiples of it since the
+    /// Unix epoch); at or below `flush_interval`, with every flush.
+    pub rollup_interval: Duration,
     pub body_bytes_max: usize,
     pub tally_limits: TallyLimits,
     /// Campaign landing URLs and attribution windows, used until the
@@ -318,19 +327,21 @@ impl Collector {
             &config.data_dir.join("journal"),
             journal::SEGMENT_BYTES_DEFAULT,
             config.journal_bytes_max,
-            spool_recovery.journal_through,
+            spool_recovery.through,
         )?;
         metrics.spool_recovered_frames.inc_by(spool_recovery.frames);
         metrics.spool_corrupt_records.inc_by(spool_recovery.corrupt);
         metrics.spool_torn_tails.inc_by(spool_recovery.torn);
         metrics.journal_replayed.inc_by(journal_recovery.replayed);
         metrics.journal_unreadable.inc_by(journal_recovery.unreadable);
+        metrics.journal_rows_spooled.inc_by(journal_recovery.rows_spooled);
         if spool_recovery != spool::Recovery::default() || journal_recovery.replayed > 0 {
             tracing::info!(
                 spooled_frames = spool_recovery.frames,
                 spool_corrupt = spool_recovery.corrupt,
                 spool_torn = spool_recovery.torn,
                 journal_replayed = journal_recovery.replayed,
+                journal_rows_spooled = journal_recovery.rows_spooled,
                 "Recovered what the last run left unshipped."
             );
         }
@@ -345,6 +356,7 @@ impl Collector {
             catalog: catalog.clone(),
             epoch,
             flush_interval: config.flush_interval,
+            rollup_interval: config.rollup_interval,
             spool,
             window: config.uplink_window,
             batch_rows_max: config.tally_limits.batch_rows_max,

@@ -78,6 +78,13 @@ struct Args {
     /// How often a batch is sealed and shipped, in milliseconds.
     #[arg(long, env = "EDGETALLY_COLLECTOR_FLUSH_INTERVAL_MS", default_value_t = 250)]
     flush_interval_ms: u64,
+    /// How often the traffic counters (impressions, clicks, duplicates,
+    /// flagged traffic) ship, in milliseconds, at multiples of it since the
+    /// Unix epoch: 60000 ships each minute's rows once, when it closes.
+    /// Conversions and their counts ship with every flush. At or below the
+    /// flush interval, everything ships with every flush.
+    #[arg(long, env = "EDGETALLY_COLLECTOR_ROLLUP_INTERVAL_MS", default_value_t = 60_000)]
+    rollup_interval_ms: u64,
     /// Bound of the on-disk spool of unacknowledged batches, in bytes; when
     /// full, sealing waits and counts keep growing in memory.
     #[arg(long, env = "EDGETALLY_COLLECTOR_SPOOL_BYTES_MAX", default_value_t = SPOOL_BYTES_MAX_DEFAULT)]
@@ -344,6 +351,7 @@ fn config(args: &Args, click_keys: edgetally_collector::ClickKeys) -> anyhow::Re
         aggregator_server_name: args.aggregator_server_name.clone(),
         edge_id: args.edge_id,
         flush_interval: Duration::from_millis(args.flush_interval_ms.max(1)),
+        rollup_interval: Duration::from_millis(args.rollup_interval_ms),
         body_bytes_max: args.body_bytes_max,
         tally_limits: TallyLimits::default(),
         campaigns,

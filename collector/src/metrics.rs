@@ -109,6 +109,9 @@ pub(crate) struct Metrics {
     pub(crate) spool_bytes: Gauge,
     pub(crate) spool_full: Gauge,
     pub(crate) spool_errors: Counter,
+    /// Seals spooled, by `kind`: `full` or `rows` (conversions and
+    /// quarantine only).
+    pub(crate) seals: Family<KindLabels, Counter>,
     pub(crate) spool_oldest_unacked_seconds: Gauge<f64, AtomicU64>,
     /// Seal to acknowledgement of each applied or skipped batch.
     pub(crate) uplink_shipping_lag: Histogram,
@@ -119,6 +122,7 @@ pub(crate) struct Metrics {
     pub(crate) journal_unjournaled: Counter,
     pub(crate) journal_replayed: Counter,
     pub(crate) journal_unreadable: Counter,
+    pub(crate) journal_rows_spooled: Counter,
     /// `journal_unjournaled` at the last scrape.
     journal_unjournaled_seen: AtomicU64,
     pub(crate) rollup_keys: Gauge,
@@ -168,6 +172,7 @@ impl Metrics {
             spool_bytes: Gauge::default(),
             spool_full: Gauge::default(),
             spool_errors: Counter::default(),
+            seals: Family::default(),
             spool_oldest_unacked_seconds: Gauge::default(),
             uplink_shipping_lag: Histogram::new(SHIPPING_LAG_BUCKETS_SECS),
             spool_recovered_frames: Counter::default(),
@@ -177,6 +182,7 @@ impl Metrics {
             journal_unjournaled: Counter::default(),
             journal_replayed: Counter::default(),
             journal_unreadable: Counter::default(),
+            journal_rows_spooled: Counter::default(),
             journal_unjournaled_seen: AtomicU64::new(0),
             rollup_keys: Gauge::default(),
             conversions_pending: Gauge::default(),
@@ -279,6 +285,11 @@ impl Metrics {
         );
         registry.register("spool_errors", "Seals that could not be written to the spool", metrics.spool_errors.clone());
         registry.register(
+            "seals",
+            "Seals spooled, by kind: full, or rows (conversions and quarantine, the traffic counters left for the rollup interval)",
+            metrics.seals.clone(),
+        );
+        registry.register(
             "spool_oldest_unacked_seconds",
             "Age of the oldest batch not yet acknowledged by the aggregator",
             metrics.spool_oldest_unacked_seconds.clone(),
@@ -318,6 +329,11 @@ impl Metrics {
             "journal_unreadable",
             "Journal entries skipped at start because they could not be read",
             metrics.journal_unreadable.clone(),
+        );
+        registry.register(
+            "journal_rows_spooled",
+            "Journal entries not replayed at start because a rows-only seal had spooled them (conversions and quarantine rows)",
+            metrics.journal_rows_spooled.clone(),
         );
         registry.register("rollup_keys", "Rollup keys held in memory, not yet sealed", metrics.rollup_keys.clone());
         registry.register(

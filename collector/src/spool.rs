@@ -12,13 +12,17 @@
 //! whole or not at all:
 //!
 //! ```text
-//! magic "ETS1" | len u32 | crc32 u32 |
-//! journal_through u64 | sealed_ms u64 | n_frames u32 | (frame_len u32 | frame) * n_frames
+//! magic "ETS2" | len u32 | crc32 u32 |
+//! journal_through u64 | rows_segment u64 | rows_offset u64 | sealed_ms u64 |
+//! n_frames u32 | (frame_len u32 | frame) * n_frames
 //! ```
 //!
 //! little-endian, with the CRC over everything after it. `journal_through`
-//! names the last journal segment whose events the seal holds (see
-//! `journal.rs`); `sealed_ms` is when it was sealed (Unix milliseconds), for
+//! names the last journal segment all of whose entries the seal holds, and
+//! `(rows_segment, rows_offset)` the journal position before which it holds
+//! every conversion and quarantine entry (see [`Through`] and `journal.rs`).
+//! Records written before rows-only seals existed (magic `ETS1`, without
+//! the rows position) still read. `sealed_ms` is when it was sealed (Unix milliseconds), for
 //! the age of the oldest unacknowledged batch. Frames are acknowledged one by
 //! one; a segment is deleted once all of its frames are. New records go to a
 //! fresh segment on every start, so a segment is never appended to after a
@@ -42,10 +46,60 @@ use edgetally_protocol::BatchFrame;
 
 mod uring;
 
-const MAGIC: [u8; 4] = *b"ETS1";
+const MAGIC: [u8; 4] = *b"ETS2";
+/// Records without the rows position.
+const MAGIC_V1: [u8; 4] = *b"ETS1";
 const RECORD_HEADER_LEN: usize = 12;
-/// `journal_through`, `sealed_ms` and `n_frames` before the frames.
-const PAYLOAD_PREFIX_LEN: usize = 20;
+/// `journal_through`, the rows position, `sealed_ms` and `n_frames` before
+/// the frames.
+const PAYLOAD_PREFIX_LEN: usize = 36;
+/// The same in a version 1 record: `journal_through`, `sealed_ms` and
+/// `n_frames`.
+const PAYLOAD_PREFIX_LEN_V1: usize = 20;
+
+/// A place in the journal: a segment and a byte offset in it. An entry is
+/// before it when it lies in an earlier segment, or earlier in the same one.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct JournalPosition {
+    pub segment: u64,
+    pub offset: u64,
+}
+
+/// What of the journal one spooled seal holds.
+///
+/// A full seal holds every entry of the segments it rotated away; a
+/// rows-only seal holds the conversion rows (and their counts) and the
+/// quarantine rows written before a position, and leaves the traffic
+/// counters in the tally for a later full seal. A restart deletes the
+/// segments at or below the highest `journal`, and replays the others
+/// without the rows entries before the highest `rows`.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Through {
+    /// The last journal segment all of whose entries the seal holds; 0 for
+    /// none.
+    pub journal: u64,
+    /// The position before which the seal holds every rows entry.
+    pub rows: JournalPosition,
+}
+
+// === impl Through ===
+
+impl Through {
+    /// A full seal of every segment up to `journal_through`.
+    pub fn all(journal_through: u64) -> Through {
+        Through { journal: journal_through, rows: JournalPosition { segment: journal_through + 1, offset: 0 } }
+    }
+
+    /// A rows-only seal of the rows entries before `rows`.
+    pub fn rows(rows: JournalPosition) -> Through {
+        Through { journal: 0, rows }
+    }
+
+    fn merge(&mut self, other: Through) {
+        self.journal = self.journal.max(other.journal);
+        self.rows = self.rows.max(other.rows);
+    }
+}
 
 /// A segment is closed and a new one started once it is this large, so an
 /// acknowledged stretch of the spool is freed in pieces of about this size.
@@ -91,8 +145,9 @@ pub struct Recovery {
     pub frames: u64,
     pub corrupt: u64,
     pub torn: u64,
-    /// The highest `journal_through` of any readable record.
-    pub journal_through: u64,
+    /// The highest journal segment and rows position of any readable
+    /// record.
+    pub through: Through,
 }
 
 struct Segment {
@@ -180,7 +235,7 @@ impl Spool {
             recovery.frames += 1;
             self.pending.push_back(Pending { segment: id, ..frame });
         }
-        recovery.journal_through = recovery.journal_through.max(scan.journal_through);
+        recovery.through.merge(scan.through);
         if n_pending == 0 {
             fs::remove_file(&path).map_err(io_error)?;
             return Ok(());
@@ -190,12 +245,7 @@ impl Spool {
     }
 
     /// Appends the frames of one seal as one record and syncs it to disk.
-    pub fn append(
-        &mut self,
-        frames: &[Bytes],
-        journal_through: u64,
-        sealed_ms: u64,
-    ) -> Result<Vec<Pending>, SpoolError> {
+    pub fn append(&mut self, frames: &[Bytes], through: Through, sealed_ms: u64) -> Result<Vec<Pending>, SpoolError> {
         let current = self.segments.back().expect("the spool always has a current segment");
         if current.len >= SEGMENT_BYTES_TARGET {
             let id = current.id + 1;
@@ -212,7 +262,7 @@ impl Spool {
             self.writer = Some(file);
         }
         let writer = self.writer.as_ref().expect("opened above");
-        let record = encode_record(frames, journal_through, sealed_ms);
+        let record = encode_record(frames, through, sealed_ms);
         let offset = segment.len;
         let written = match self.uring.as_mut() {
             Some(uring) => uring.write_all_and_sync(writer, offset, &record),
@@ -334,7 +384,7 @@ fn frame_ids(frame: &[u8]) -> (u64, u64) {
     BatchFrame::peek_ids(frame).map_or((0, 0), |(_, epoch, sequence)| (epoch, sequence))
 }
 
-fn encode_record(frames: &[Bytes], journal_through: u64, sealed_ms: u64) -> Vec<u8> {
+fn encode_record(frames: &[Bytes], through: Through, sealed_ms: u64) -> Vec<u8> {
     let payload_len = PAYLOAD_PREFIX_LEN + frames.iter().map(|frame| 4 + frame.len()).sum::<usize>();
     let mut record = Vec::with_capacity(RECORD_HEADER_LEN + payload_len);
     record.put_slice(&MAGIC);
@@ -342,7 +392,9 @@ fn encode_record(frames: &[Bytes], journal_through: u64, sealed_ms: u64) -> Vec<
     // below u32::MAX.
     record.put_u32_le(payload_len as u32);
     record.put_u32_le(0);
-    record.put_u64_le(journal_through);
+    record.put_u64_le(through.journal);
+    record.put_u64_le(through.rows.segment);
+    record.put_u64_le(through.rows.offset);
     record.put_u64_le(sealed_ms);
     record.put_u32_le(frames.len() as u32);
     for frame in frames {
@@ -356,7 +408,7 @@ fn encode_record(frames: &[Bytes], journal_through: u64, sealed_ms: u64) -> Vec<
 
 /// One good record; frame offsets are relative to the record's start.
 struct Record {
-    journal_through: u64,
+    through: Through,
     frames: Vec<Pending>,
     len: usize,
 }
@@ -373,13 +425,15 @@ fn decode_record(bytes: &[u8]) -> Decoded {
         return Decoded::Short;
     }
     let mut header = &bytes[..RECORD_HEADER_LEN];
-    if header[..4] != MAGIC {
-        return Decoded::Bad;
-    }
+    let prefix_len = match header[..4].try_into().expect("4 bytes") {
+        MAGIC => PAYLOAD_PREFIX_LEN,
+        MAGIC_V1 => PAYLOAD_PREFIX_LEN_V1,
+        _ => return Decoded::Bad,
+    };
     header.advance(4);
     let payload_len = header.get_u32_le() as usize;
     let crc = header.get_u32_le();
-    if payload_len < PAYLOAD_PREFIX_LEN {
+    if payload_len < prefix_len {
         return Decoded::Bad;
     }
     let Some(payload) = bytes.get(RECORD_HEADER_LEN..RECORD_HEADER_LEN + payload_len) else {
@@ -389,7 +443,13 @@ fn decode_record(bytes: &[u8]) -> Decoded {
         return Decoded::Bad;
     }
     let mut rest = payload;
-    let journal_through = rest.get_u64_le();
+    let through = if prefix_len == PAYLOAD_PREFIX_LEN_V1 {
+        Through::all(rest.get_u64_le())
+    } else {
+        let journal = rest.get_u64_le();
+        let rows = JournalPosition { segment: rest.get_u64_le(), offset: rest.get_u64_le() };
+        Through { journal, rows }
+    };
     let sealed_ms = rest.get_u64_le();
     let n_frames = rest.get_u32_le();
     let mut frames = Vec::with_capacity(n_frames.min(1024) as usize);
@@ -407,12 +467,12 @@ fn decode_record(bytes: &[u8]) -> Decoded {
     if rest.has_remaining() {
         return Decoded::Bad;
     }
-    Decoded::Record(Record { journal_through, frames, len: RECORD_HEADER_LEN + payload_len })
+    Decoded::Record(Record { through, frames, len: RECORD_HEADER_LEN + payload_len })
 }
 
 struct Scan {
     frames: Vec<Pending>,
-    journal_through: u64,
+    through: Through,
     corrupt: u64,
     /// The last record was cut short.
     torn: bool,
@@ -424,12 +484,13 @@ struct Scan {
 
 /// Reads every good record of a segment's bytes.
 fn scan_records(bytes: &[u8]) -> Scan {
-    let mut scan = Scan { frames: Vec::new(), journal_through: 0, corrupt: 0, torn: false, truncate: false, end: 0 };
+    let mut scan =
+        Scan { frames: Vec::new(), through: Through::default(), corrupt: 0, torn: false, truncate: false, end: 0 };
     let mut at = 0;
     while at < bytes.len() {
         match decode_record(&bytes[at..]) {
             Decoded::Record(record) => {
-                scan.journal_through = scan.journal_through.max(record.journal_through);
+                scan.through.merge(record.through);
                 scan.frames.extend(
                     record.frames.into_iter().map(|frame| Pending { offset: frame.offset + at as u64, ..frame }),
                 );
@@ -463,7 +524,7 @@ fn scan_records(bytes: &[u8]) -> Scan {
 /// The offset of the next good record at or after `from`.
 fn next_record(bytes: &[u8], from: usize) -> Option<usize> {
     let mut at = from;
-    while let Some(found) = bytes.get(at..)?.windows(4).position(|window| window == MAGIC) {
+    while let Some(found) = bytes.get(at..)?.windows(4).position(|window| window == MAGIC || window == MAGIC_V1) {
         at += found;
         if matches!(decode_record(&bytes[at..]), Decoded::Record { .. }) {
             return Some(at);

@@ -4,7 +4,12 @@
 //! With a [`Journal`], every change is also written to it under the same
 //! lock, before the caller answers the request, and [`Tally::seal`] rotates
 //! the journal so a sealed batch holds exactly the journal segments up to
-//! [`Sealed::journal_through`] (see `journal.rs`).
+//! [`Sealed::through`] (see `journal.rs`).
+//!
+//! Conversions are counted apart from traffic: a lead's or sale's counts
+//! wait in their own map with its row, so [`Tally::seal_rows`] can ship
+//! conversions (rows and counts together) every flush while the traffic
+//! counters wait for the rollup interval.
 //!
 //! Memory is bounded by two limits. When either is reached, new keys and new
 //! conversions are refused (the HTTP layer answers `503` or counts the pixel
@@ -18,6 +23,7 @@ use std::sync::Mutex;
 use edgetally_protocol::{ConversionRow, Event, EventKind, Flag, QuarantineRow, RollupCounts, RollupKey};
 
 use crate::journal::{Entry as JournalEntry, EntryRef, Journal};
+use crate::spool::Through;
 
 #[derive(Debug, Clone, Copy)]
 pub struct TallyLimits {
@@ -79,7 +85,11 @@ fn count(counts: &mut RollupCounts, kind: EventKind, unique: bool, flag: Option<
 
 #[derive(Default)]
 struct Unsealed {
+    /// Traffic counters: every count but a counted conversion's.
     rollups: HashMap<RollupKey, RollupCounts>,
+    /// The counts of the conversions in `conversions` (leads, sales, or a
+    /// flag's counter), at most one key per row.
+    conversion_rollups: HashMap<RollupKey, RollupCounts>,
     conversions: Vec<ConversionRow>,
     quarantine: Vec<QuarantineRow>,
     journal: Option<Journal>,
@@ -92,12 +102,16 @@ struct Unsealed {
 /// What one seal takes out of the tally.
 #[derive(Debug, Default)]
 pub struct Sealed {
+    /// Traffic counters; empty in a rows-only seal.
     pub rollups: Vec<(RollupKey, RollupCounts)>,
+    /// The counts of `conversions`.
+    pub conversion_rollups: Vec<(RollupKey, RollupCounts)>,
     pub conversions: Vec<ConversionRow>,
     pub quarantine: Vec<QuarantineRow>,
-    /// The last journal segment whose entries this seal holds; 0 without a
-    /// journal or when it holds none.
-    pub journal_through: u64,
+    /// What of the journal this seal holds.
+    pub through: Through,
+    /// Taken by [`Tally::seal_rows`].
+    pub rows_only: bool,
 }
 
 pub struct Tally {
@@ -124,8 +138,12 @@ impl Tally {
     /// A tally journaling into `dir`, which holds no journal yet (for
     /// benchmarks and tests outside the crate).
     pub fn journaled(limits: TallyLimits, dir: &std::path::Path) -> Result<Tally, crate::JournalError> {
-        let (journal, replay, _) =
-            Journal::open(dir, crate::journal::SEGMENT_BYTES_DEFAULT, crate::journal::JOURNAL_BYTES_MAX_DEFAULT, 0)?;
+        let (journal, replay, _) = Journal::open(
+            dir,
+            crate::journal::SEGMENT_BYTES_DEFAULT,
+            crate::journal::JOURNAL_BYTES_MAX_DEFAULT,
+            Through::default(),
+        )?;
         Ok(Tally::with_journal(limits, journal, replay))
     }
 
@@ -174,7 +192,8 @@ impl Tally {
             sub1: event.sub1().to_owned(),
         };
         let mut unsealed = self.lock();
-        let Unsealed { rollups, conversions, journal, n_unjournaled, journal_failing, .. } = &mut *unsealed;
+        let Unsealed { rollups, conversion_rollups, conversions, journal, n_unjournaled, journal_failing, .. } =
+            &mut *unsealed;
         let is_conversion = event.kind.is_conversion();
         if is_conversion && conversions.len() >= self.limits.conversions_max {
             return Err(TallyError::ConversionsFull(self.limits.conversions_max));
@@ -200,13 +219,19 @@ impl Tally {
             *n_unjournaled += u64::from(!written);
             *journal_failing = !written;
         }
-        let counts = entry.or_default();
         if duplicate {
+            let counts = entry.or_default();
             counts.duplicates = counts.duplicates.saturating_add(1);
             return Ok(Recorded::Duplicate);
         }
-        count(counts, event.kind, unique, flag);
-        conversions.extend(conversion);
+        match conversion {
+            Some(conversion) => {
+                let counts = conversion_rollups.entry(entry.key().clone()).or_default();
+                count(counts, event.kind, unique, flag);
+                conversions.push(conversion);
+            }
+            None => count(entry.or_default(), event.kind, unique, flag),
+        }
         Ok(match flag {
             None => Recorded::Counted,
             Some(flag) => Recorded::Flagged(flag),
@@ -217,11 +242,54 @@ impl Tally {
     /// lock, so the seal holds exactly the journal segments it names.
     pub fn seal(&self) -> Sealed {
         let mut unsealed = self.lock();
-        let rollups = std::mem::take(&mut unsealed.rollups).into_iter().collect();
+        let rollups = sorted(std::mem::take(&mut unsealed.rollups));
+        let conversion_rollups = sorted(std::mem::take(&mut unsealed.conversion_rollups));
         let conversions = std::mem::take(&mut unsealed.conversions);
         let quarantine = std::mem::take(&mut unsealed.quarantine);
         let journal_through = unsealed.journal.as_mut().map_or(0, Journal::rotate);
-        Sealed { rollups, conversions, quarantine, journal_through }
+        Sealed {
+            rollups,
+            conversion_rollups,
+            conversions,
+            quarantine,
+            through: Through::all(journal_through),
+            rows_only: false,
+        }
+    }
+
+    /// Takes the conversions (rows and counts) and the quarantine rows out
+    /// of the tally, leaving the traffic counters, and notes the journal
+    /// position they were taken at. Once the seal is spooled,
+    /// [`Tally::mark_rows_spooled`] writes that position to the journal.
+    pub fn seal_rows(&self) -> Sealed {
+        let mut unsealed = self.lock();
+        let conversion_rollups = sorted(std::mem::take(&mut unsealed.conversion_rollups));
+        let conversions = std::mem::take(&mut unsealed.conversions);
+        let quarantine = std::mem::take(&mut unsealed.quarantine);
+        let position = unsealed.journal.as_ref().map(Journal::position).unwrap_or_default();
+        Sealed {
+            rollups: Vec::new(),
+            conversion_rollups,
+            conversions,
+            quarantine,
+            through: Through::rows(position),
+            rows_only: true,
+        }
+    }
+
+    /// Notes in the journal that a rows-only seal taken at `position` is
+    /// spooled, so a restart does not replay its rows entries. False when
+    /// the journal could not take the note: then only a full seal keeps a
+    /// restart from counting those rows again.
+    pub fn mark_rows_spooled(&self, position: crate::spool::JournalPosition) -> bool {
+        let mut unsealed = self.lock();
+        let Some(journal) = unsealed.journal.as_mut() else { return true };
+        let written = journal.append(EntryRef::RowsSpooled(position));
+        if !written {
+            unsealed.n_unjournaled += 1;
+            unsealed.journal_failing = true;
+        }
+        written
     }
 
     /// Puts a seal that could not be spooled back. Its journal entries stay
@@ -230,6 +298,9 @@ impl Tally {
         let mut unsealed = self.lock();
         for (key, counts) in sealed.rollups {
             unsealed.rollups.entry(key).or_default().merge(&counts);
+        }
+        for (key, counts) in sealed.conversion_rollups {
+            unsealed.conversion_rollups.entry(key).or_default().merge(&counts);
         }
         let mut conversions = sealed.conversions;
         conversions.append(&mut unsealed.conversions);
@@ -299,10 +370,25 @@ impl Tally {
         true
     }
 
-    /// Held rollup keys, conversion rows and quarantine rows.
+    /// Held rollup keys (traffic and conversions), conversion rows and
+    /// quarantine rows.
     pub fn len(&self) -> (usize, usize, usize) {
         let unsealed = self.lock();
-        (unsealed.rollups.len(), unsealed.conversions.len(), unsealed.quarantine.len())
+        (
+            unsealed.rollups.len() + unsealed.conversion_rollups.len(),
+            unsealed.conversions.len(),
+            unsealed.quarantine.len(),
+        )
+    }
+
+    /// Held traffic rollup keys, the ones [`TallyLimits::rollup_keys_max`]
+    /// bounds.
+    pub fn traffic_keys(&self) -> usize {
+        self.lock().rollups.len()
+    }
+
+    pub fn limits(&self) -> TallyLimits {
+        self.limits
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Unsealed> {
@@ -320,22 +406,59 @@ impl Unsealed {
     /// before the restart.
     fn apply(&mut self, entry: JournalEntry) {
         match entry {
-            JournalEntry::Count { key, kind, unique, flag, conversion } => {
+            JournalEntry::Count { key, kind, unique, flag, conversion: Some(conversion) } => {
+                count(self.conversion_rollups.entry(key).or_default(), kind, unique, flag);
+                self.conversions.push(conversion);
+            }
+            JournalEntry::Count { key, kind, unique, flag, conversion: None } => {
                 count(self.rollups.entry(key).or_default(), kind, unique, flag);
-                self.conversions.extend(conversion);
             }
             JournalEntry::Duplicate { key } => {
                 let counts = self.rollups.entry(key).or_default();
                 counts.duplicates = counts.duplicates.saturating_add(1);
             }
             JournalEntry::Quarantine(row) => self.quarantine.push(row),
+            // Read by `Journal::open`, never replayed.
+            JournalEntry::RowsSpooled(_) => {}
         }
     }
 }
 
+/// Rows in key order, which compresses best on the wire.
+fn sorted(rollups: HashMap<RollupKey, RollupCounts>) -> Vec<(RollupKey, RollupCounts)> {
+    let mut rows: Vec<_> = rollups.into_iter().collect();
+    rows.sort_unstable_by(|(a, _), (b, _)| a.cmp(b));
+    rows
+}
+
 impl Sealed {
     pub fn is_empty(&self) -> bool {
-        self.rollups.is_empty() && self.conversions.is_empty() && self.quarantine.is_empty()
+        self.rollups.is_empty()
+            && self.conversion_rollups.is_empty()
+            && self.conversions.is_empty()
+            && self.quarantine.is_empty()
+    }
+
+    /// Every rollup row of the seal in key order, a key's traffic and
+    /// conversion counts in one row.
+    pub fn rollup_rows(&self) -> Vec<(RollupKey, RollupCounts)> {
+        let mut rows = Vec::with_capacity(self.rollups.len() + self.conversion_rollups.len());
+        let (mut traffic, mut converted) = (self.rollups.iter().peekable(), self.conversion_rollups.iter().peekable());
+        loop {
+            let next = match (traffic.peek(), converted.peek()) {
+                (Some((a, _)), Some((b, _))) if a == b => {
+                    let (key, counts) = traffic.next().expect("peeked");
+                    let mut counts = *counts;
+                    counts.merge(&converted.next().expect("peeked").1);
+                    (key.clone(), counts)
+                }
+                (Some((a, _)), Some((b, _))) if b < a => converted.next().cloned().expect("peeked"),
+                (Some(_), _) => traffic.next().cloned().expect("peeked"),
+                (None, Some(_)) => converted.next().cloned().expect("peeked"),
+                (None, None) => return rows,
+            };
+            rows.push(next);
+        }
     }
 }
 

@@ -12,6 +12,18 @@
 //! the aggregator acknowledges a repeat without applying it again. While the
 //! spool is full nothing is sealed, so events keep counting in the tally
 //! (which grows with keys, not events).
+//!
+//! **Rollup interval.** Most flushes are rows-only seals: the conversions
+//! (rows, money and their counts) and the quarantine rows. The traffic
+//! counters wait for a full seal at each multiple of the rollup interval
+//! since the Unix epoch (by default when the minute closes, so a key of a
+//! minute ships once per edge instead of once per flush), at shutdown, and
+//! early once half of the tally's key bound is held. At an affiliate
+//! network's mix most rows of a flush are keys seen once or twice in it, so
+//! this is where the wire's bytes per event are won; the price is traffic
+//! counts as fresh as the interval, while money stays as fresh as the
+//! flush. An edge with nothing to ship seals an empty batch every
+//! [`HEARTBEAT_INTERVAL`] so the aggregator can tell it is alive.
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
@@ -22,7 +34,7 @@ use std::sync::Mutex;
 
 use bytes::Bytes;
 use edgetally_protocol::ConfigSnapshot;
-use edgetally_protocol::batch::{conversions_to_batch, encode_ipc, quarantine_to_batch, rollups_to_batch};
+use edgetally_protocol::batch::{conversions_to_batch, encode_ipc, quarantine_to_batch, rollups_to_wire_batch};
 use edgetally_protocol::frame::{ACK_LEN, ALPN, AckStatus, HELLO_ACK_LEN, Hello, HelloAck, SNAPSHOT_HEADER_LEN};
 use edgetally_protocol::{Ack, BatchFrame, ConversionRow, QuarantineRow, RollupCounts, RollupKey};
 use futures::future::OptionFuture;
@@ -34,7 +46,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::catalog::Catalog;
-use crate::metrics::{Metrics, StatusLabels};
+use crate::metrics::{KindLabels, Metrics, StatusLabels};
 use crate::spool::{Pending, Spool, SpoolError};
 use crate::tally::{Sealed, Tally};
 
@@ -45,6 +57,11 @@ const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
 
 /// How long shutdown keeps trying to ship what is left.
+/// An edge with nothing to ship seals an empty batch after this long, so
+/// the aggregator tells a quiet edge from a dead or cut-off one (its
+/// dashboard calls an edge lagging after 5 s without a batch). Only when
+/// nothing waits in the spool: during an outage they would pile up.
+const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);
 const SHUTDOWN_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The aggregator's QUIC close code for an unknown edge or a wrong token.
@@ -87,6 +104,7 @@ pub(crate) struct UplinkConfig<'a> {
     pub(crate) catalog: Arc<Catalog>,
     pub(crate) epoch: u64,
     pub(crate) flush_interval: Duration,
+    pub(crate) rollup_interval: Duration,
     pub(crate) spool: Spool,
     /// Most batches sent and not yet acknowledged.
     pub(crate) window: usize,
@@ -122,6 +140,12 @@ pub(crate) struct Uplink {
     edge_id: u32,
     epoch: u64,
     flush_interval: Duration,
+    /// In milliseconds; 0 when every seal is a full one.
+    rollup_interval_ms: u64,
+    /// When the next full seal is due, Unix milliseconds.
+    next_full_ms: u64,
+    /// When a seal was last spooled.
+    last_spooled: Instant,
     window: usize,
     batch_rows_max: usize,
     /// Shared with blocking tasks for its file I/O; only the uplink uses it.
@@ -196,6 +220,13 @@ impl Uplink {
             edge_id: config.edge_id,
             epoch: config.epoch,
             flush_interval: config.flush_interval,
+            rollup_interval_ms: if config.rollup_interval > config.flush_interval {
+                config.rollup_interval.as_millis() as u64
+            } else {
+                0
+            },
+            next_full_ms: 0,
+            last_spooled: Instant::now(),
             window: config.window.max(1),
             batch_rows_max: config.batch_rows_max.max(1),
             spool: Arc::new(Mutex::new(config.spool)),
@@ -220,7 +251,10 @@ impl Uplink {
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = interval.tick() => self.seal(&tally, &metrics).await,
+                _ = interval.tick() => {
+                    let full = self.full_seal_due(&tally);
+                    self.seal(&tally, &metrics, full).await;
+                }
                 Some((pending, result)) = self.acks.next(), if !self.acks.is_empty() => {
                     self.settle(pending, result, &metrics);
                 }
@@ -237,7 +271,7 @@ impl Uplink {
         // left, the spool full, or a spool error put it back).
         loop {
             let sequence = self.next_sequence;
-            self.seal(&tally, &metrics).await;
+            self.seal(&tally, &metrics, true).await;
             if self.next_sequence == sequence {
                 break;
             }
@@ -294,19 +328,51 @@ impl Uplink {
         }
     }
 
-    /// Seals the tally into the spool, unless the spool is full.
-    async fn seal(&mut self, tally: &Arc<Tally>, metrics: &Metrics) {
-        let full = self.lock_spool().is_full();
-        metrics.spool_full.set(i64::from(full));
+    /// Whether this flush seals everything, or only the conversions and
+    /// quarantine rows: a full seal is due at every multiple of the rollup
+    /// interval, and sooner once the traffic keys fill half of their bound
+    /// (so a busy minute never makes the tally refuse new keys).
+    fn full_seal_due(&mut self, tally: &Tally) -> bool {
+        if self.rollup_interval_ms == 0 {
+            return true;
+        }
+        let now_ms = crate::unix_ms();
+        if self.next_full_ms == 0 {
+            self.next_full_ms = next_multiple(now_ms, self.rollup_interval_ms);
+        }
+        now_ms >= self.next_full_ms || tally.traffic_keys() >= tally.limits().rollup_keys_max / 2
+    }
+
+    /// Seals the tally into the spool, unless the spool is full: everything
+    /// when `full`, else the conversions and quarantine rows.
+    ///
+    /// A rows-only seal, once spooled, is noted in the journal; when the
+    /// note cannot be written (the journal is full or failing), a full seal
+    /// follows at once, so a restart cannot count those rows again.
+    async fn seal(&mut self, tally: &Arc<Tally>, metrics: &Metrics, mut full: bool) {
+        let spool_full = self.lock_spool().is_full();
+        metrics.spool_full.set(i64::from(spool_full));
         let mut release_through = 0;
-        if !full {
-            let sealed = tally.seal();
-            if !sealed.is_empty() {
+        // At most twice: a rows-only seal whose note failed, then a full one.
+        for _ in 0..if spool_full { 0 } else { 2 } {
+            let sealed = if full { tally.seal() } else { tally.seal_rows() };
+            if full {
+                self.next_full_ms = next_multiple(crate::unix_ms(), self.rollup_interval_ms.max(1));
+            }
+            let mut noted = true;
+            let heartbeat = self.last_spooled.elapsed() >= HEARTBEAT_INTERVAL && self.lock_spool().pending().len() == 0;
+            if !sealed.is_empty() || heartbeat {
                 let sequence = self.next_sequence;
                 match self.spool_sealed(sequence, &sealed).await {
                     Ok(n_frames) => {
                         self.next_sequence += n_frames;
-                        release_through = sealed.journal_through;
+                        self.last_spooled = Instant::now();
+                        metrics.seals.get_or_create(&KindLabels { kind: if full { "full" } else { "rows" } }).inc();
+                        if full {
+                            release_through = sealed.through.journal;
+                        } else {
+                            noted = tally.mark_rows_spooled(sealed.through.rows);
+                        }
                     }
                     Err(error) => {
                         // Back into the tally: the next seal tries again.
@@ -316,6 +382,11 @@ impl Uplink {
                     }
                 }
             }
+            if noted || full {
+                break;
+            }
+            tracing::warn!("Could not note a spooled rows-only seal in the journal; sealing everything now.");
+            full = true;
         }
         // File work off the async workers: delete the spooled journal
         // segments, and have the next one ready before an append needs it.
@@ -339,7 +410,8 @@ impl Uplink {
     /// synced record. Returns how many frames it took.
     async fn spool_sealed(&mut self, sequence: u64, sealed: &Sealed) -> Result<u64, UplinkError> {
         let rows = self.batch_rows_max;
-        let n_frames = [sealed.rollups.len(), sealed.conversions.len(), sealed.quarantine.len()]
+        let rollups = sealed.rollup_rows();
+        let n_frames = [rollups.len(), sealed.conversions.len(), sealed.quarantine.len()]
             .into_iter()
             .map(|n| n.div_ceil(rows))
             .max()
@@ -352,17 +424,17 @@ impl Uplink {
                     self.edge_id,
                     self.epoch,
                     sequence + i as u64,
-                    &sealed.rollups[chunk(i, sealed.rollups.len())],
+                    &rollups[chunk(i, rollups.len())],
                     &sealed.conversions[chunk(i, sealed.conversions.len())],
                     &sealed.quarantine[chunk(i, sealed.quarantine.len())],
                 )
             })
             .collect::<Result<Vec<Bytes>, UplinkError>>()?;
         let spool = self.spool.clone();
-        let journal_through = sealed.journal_through;
+        let through = sealed.through;
         let sealed_ms = crate::unix_ms();
         tokio::task::spawn_blocking(move || {
-            spool.lock().expect("spool lock is not poisoned").append(&frames, journal_through, sealed_ms)
+            spool.lock().expect("spool lock is not poisoned").append(&frames, through, sealed_ms)
         })
         .await??;
         Ok(n_frames as u64)
@@ -595,6 +667,11 @@ async fn read_snapshots(mut recv: quinn::RecvStream, catalog: Arc<Catalog>) {
     }
 }
 
+/// The first multiple of `step` after `now`.
+fn next_multiple(now: u64, step: u64) -> u64 {
+    (now / step + 1) * step
+}
+
 fn build_frame(
     edge_id: u32,
     epoch: u64,
@@ -607,7 +684,7 @@ fn build_frame(
     let rollups_ipc = if rollups.is_empty() {
         Vec::new()
     } else {
-        encode_ipc(&rollups_to_batch(rollups.iter().map(|(key, counts)| (key, counts))))
+        encode_ipc(&rollups_to_wire_batch(rollups.iter().map(|(key, counts)| (key, counts))))
             .map_err(|error| build(error.to_string()))?
     };
     let conversions_ipc = if conversions.is_empty() {

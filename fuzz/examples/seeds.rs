@@ -10,9 +10,9 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
 use edgetally_collector::SpoolIo;
-use edgetally_collector::spool::Spool;
+use edgetally_collector::spool::{JournalPosition, Spool, Through};
 use edgetally_fuzz::{NOW_MS, click_keys};
-use edgetally_protocol::batch::{conversions_to_batch, encode_ipc, quarantine_to_batch, rollups_to_batch};
+use edgetally_protocol::batch::{conversions_to_batch, encode_ipc, quarantine_to_batch, rollups_to_wire_batch};
 use edgetally_protocol::frame::AckStatus;
 use edgetally_protocol::{
     Ack, BatchFrame, Click, ConfigSnapshot, ConversionRow, Currency, EventKind, Hello, HelloAck, Money, QuarantineRow,
@@ -60,7 +60,7 @@ fn main() {
     write("campaigns", "two", CAMPAIGNS.as_bytes());
     write("journal", "five-records", &edgetally_collector::fuzz_journal_seed());
 
-    let rollups = encode_ipc(&rollups_to_batch(
+    let rollups = encode_ipc(&rollups_to_wire_batch(
         [
             (
                 RollupKey { minute_ms: NOW_MS, affiliate_id: 7, campaign_id: 3, sub1: "news".into() },
@@ -152,8 +152,11 @@ fn main() {
     // The spool writes its own segment; the seed is that file.
     let dir = tempfile::tempdir().expect("a temporary directory");
     let (mut spool, _) = Spool::open(dir.path(), u64::MAX, SpoolIo::Std).expect("open a fresh spool");
-    spool.append(&[Bytes::from(empty.clone())], 3, NOW_MS as u64).expect("spool a frame");
-    spool.append(&[Bytes::from(frame(3, false)), Bytes::from(frame(4, false))], 4, NOW_MS as u64).expect("spool two");
+    spool.append(&[Bytes::from(empty.clone())], Through::all(3), NOW_MS as u64).expect("spool a frame");
+    let rows_only = Through::rows(JournalPosition { segment: 4, offset: 512 });
+    spool
+        .append(&[Bytes::from(frame(3, false)), Bytes::from(frame(4, false))], rows_only, NOW_MS as u64)
+        .expect("spool two");
     drop(spool);
     let segment = fs::read(dir.path().join("00000000000000000001.spool")).expect("read the spool segment");
     write("spool", "two_records", &segment);

@@ -62,4 +62,4 @@ echo "== realistic mix, open loop at half the peak: $half requests/s"
     --duration-secs "$seconds" --ledger "$work/half.json"
 echo
 echo "== verify"
-"$bin/edgetally-loadtest" verify --ledger "$work/half.json" --flight "http://$flight" --wait-secs 30
+"$bin/edgetally-loadtest" verify --ledger "$work/half.json" --flight "http://$flight" --wait-secs 75

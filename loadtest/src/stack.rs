@@ -134,6 +134,7 @@ pub(crate) async fn run(args: StackArgs) -> anyhow::Result<()> {
         edge_id: 1,
         edge_token: edge_token.into_bytes(),
         flush_interval: edgetally_collector::FLUSH_INTERVAL_DEFAULT,
+        rollup_interval: edgetally_collector::ROLLUP_INTERVAL_DEFAULT,
         body_bytes_max: edgetally_collector::BODY_BYTES_MAX_DEFAULT,
         tally_limits: edgetally_collector::TallyLimits::default(),
         campaigns: edgetally_collector::Campaigns::parse(&snapshot)?,

@@ -29,8 +29,10 @@ pub(crate) struct VerifyArgs {
     #[arg(long, env = ENV_FLIGHT_TOKEN, hide_env_values = true)]
     flight_token: Option<String>,
     /// Keep re-reading for up to this many seconds while the aggregator
-    /// catches up, before declaring a mismatch.
-    #[arg(long, default_value_t = 10)]
+    /// catches up, before declaring a mismatch. The default covers the
+    /// collectors' default rollup interval (a minute), after which the
+    /// last traffic counters ship.
+    #[arg(long, default_value_t = 75)]
     wait_secs: u64,
 }
 

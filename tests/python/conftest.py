@@ -236,6 +236,8 @@ def start_stack(dir: pathlib.Path, tls: bool = False, aggregator_args: Sequence[
                 *("--aggregator-addr", addresses["quic"], "--aggregator-cert", addresses["quic_cert"]),
                 *("--edge-token-file", str(edge_token_file), "--edge-id", "1"),
                 *("--campaigns", str(campaigns), "--flush-interval-ms", "50"),
+                # Traffic counters every half second instead of every minute.
+                *("--rollup-interval-ms", "500"),
                 # Every visitor here is 127.0.0.1: the dashboard test's
                 # three visitors click more than a person would in a
                 # minute. The rules are tested in loadtest/tests/it/fraud.rs.

@@ -14,7 +14,7 @@ fn frame(epoch: u64, sequence: u64, extra: usize) -> Vec<u8> {
 }
 
 fn append1(spool: &mut Spool, frame: Vec<u8>, journal_through: u64) -> Pending {
-    let pending = spool.append(&[Bytes::from(frame)], journal_through, 1_000).unwrap();
+    let pending = spool.append(&[Bytes::from(frame)], Through::all(journal_through), 1_000).unwrap();
     assert_eq!(pending.len(), 1);
     pending[0]
 }
@@ -41,7 +41,7 @@ fn append_read_ack_and_reopen() {
     assert_eq!(ids(&spool), [(7, 1), (7, 2), (7, 3)]);
     let second = *spool.pending().nth(1).unwrap();
     assert_eq!(spool.read(&second).unwrap(), frame(7, 2, 100));
-    assert_eq!(spool.bytes(), 3 * (12 + 20 + 4 + 128));
+    assert_eq!(spool.bytes(), 3 * (12 + 36 + 4 + 128));
 
     // Out of order: 2 is held until 1 is acknowledged.
     assert_eq!(spool.ack(7, 2), 0);
@@ -57,7 +57,7 @@ fn append_read_ack_and_reopen() {
     let (spool, recovery) = Spool::open(dir.path(), u64::MAX, SpoolIo::Std).unwrap();
     // The segment is still live (one record unacknowledged), so all three
     // come back; the aggregator skips the two it applied.
-    assert_eq!(recovery, Recovery { frames: 3, corrupt: 0, torn: 0, journal_through: 13 });
+    assert_eq!(recovery, Recovery { frames: 3, corrupt: 0, torn: 0, through: Through::all(13) });
     assert_eq!(ids(&spool), [(7, 1), (7, 2), (7, 3)]);
     let last = *spool.pending().last().unwrap();
     assert_eq!(spool.read(&last).unwrap(), frame(7, 3, 100));
@@ -112,7 +112,7 @@ fn corrupt_record_is_skipped_and_neighbours_kept() {
     fs::write(&path, &bytes).unwrap();
 
     let (spool, recovery) = Spool::open(dir.path(), u64::MAX, SpoolIo::Std).unwrap();
-    assert_eq!(recovery, Recovery { frames: 2, corrupt: 1, torn: 0, journal_through: 0 });
+    assert_eq!(recovery, Recovery { frames: 2, corrupt: 1, torn: 0, through: Through::all(0) });
     assert_eq!(ids(&spool), [(4, 1), (4, 3)]);
     let last = *spool.pending().last().unwrap();
     assert_eq!(spool.read(&last).unwrap(), frame(4, 3, 64));
@@ -144,12 +144,12 @@ fn torn_tail_is_truncated() {
     let path = dir.path().join(segment_name(1));
     let mut file = OpenOptions::new().append(true).open(&path).unwrap();
     // Half of a third record, as a crash mid-append leaves it.
-    let record = encode_record(&[Bytes::from(frame(2, 3, 64))], 0, 1_000);
+    let record = encode_record(&[Bytes::from(frame(2, 3, 64))], Through::all(0), 1_000);
     file.write_all(&record[..record.len() / 2]).unwrap();
     drop(file);
 
     let (spool, recovery) = Spool::open(dir.path(), u64::MAX, SpoolIo::Std).unwrap();
-    assert_eq!(recovery, Recovery { frames: 2, corrupt: 0, torn: 1, journal_through: 0 });
+    assert_eq!(recovery, Recovery { frames: 2, corrupt: 0, torn: 1, through: Through::all(0) });
     assert_eq!(ids(&spool), [(2, 1), (2, 2)]);
     assert_eq!(fs::metadata(&path).unwrap().len(), good_len);
     // New records go to a new segment and the old ones stay readable.
@@ -175,7 +175,7 @@ fn a_seal_of_several_frames_is_one_record() {
     let dir = tempfile::tempdir().unwrap();
     let (mut spool, _) = Spool::open(dir.path(), u64::MAX, SpoolIo::Std).unwrap();
     let frames: Vec<Bytes> = (1..=3).map(|sequence| Bytes::from(frame(5, sequence, 10 * sequence as usize))).collect();
-    let pending = spool.append(&frames, 42, 7_000).unwrap();
+    let pending = spool.append(&frames, Through::all(42), 7_000).unwrap();
     assert_eq!(pending.iter().map(|pending| pending.sequence).collect::<Vec<_>>(), [1, 2, 3]);
     for (pending, frame) in pending.iter().zip(&frames) {
         assert_eq!(&spool.read(pending).unwrap(), frame);
@@ -185,7 +185,7 @@ fn a_seal_of_several_frames_is_one_record() {
     assert_eq!(spool.ack(5, 1), 1);
     drop(spool);
     let (spool, recovery) = Spool::open(dir.path(), u64::MAX, SpoolIo::Std).unwrap();
-    assert_eq!(recovery, Recovery { frames: 3, corrupt: 0, torn: 0, journal_through: 42 });
+    assert_eq!(recovery, Recovery { frames: 3, corrupt: 0, torn: 0, through: Through::all(42) });
     assert_eq!(spool.read(spool.pending().last().unwrap()).unwrap(), frames[2]);
 }
 
@@ -205,8 +205,8 @@ fn io_uring_writes_the_same_records() {
     let (mut spool, _) = Spool::open(dir.path(), u64::MAX, SpoolIo::Uring).unwrap();
     let frames: Vec<Bytes> =
         (1..=3).map(|sequence| Bytes::from(frame(6, sequence, 1000 * sequence as usize))).collect();
-    spool.append(&frames[..2], 4, 1_000).unwrap();
-    spool.append(&frames[2..], 5, 2_000).unwrap();
+    spool.append(&frames[..2], Through::all(4), 1_000).unwrap();
+    spool.append(&frames[2..], Through::all(5), 2_000).unwrap();
     for (pending, frame) in spool.pending().zip(&frames) {
         assert_eq!(&spool.read(pending).unwrap(), frame);
     }
@@ -216,11 +216,44 @@ fn io_uring_writes_the_same_records() {
     // Byte for byte what the standard path writes.
     let std_dir = tempfile::tempdir().unwrap();
     let (mut spool, _) = Spool::open(std_dir.path(), u64::MAX, SpoolIo::Std).unwrap();
-    spool.append(&frames[..2], 4, 1_000).unwrap();
-    spool.append(&frames[2..], 5, 2_000).unwrap();
+    spool.append(&frames[..2], Through::all(4), 1_000).unwrap();
+    spool.append(&frames[2..], Through::all(5), 2_000).unwrap();
     assert_eq!(fs::read(std_dir.path().join(segment_name(1))).unwrap(), uring_bytes);
 
     let (spool, recovery) = Spool::open(dir.path(), u64::MAX, SpoolIo::Uring).unwrap();
-    assert_eq!(recovery, Recovery { frames: 3, corrupt: 0, torn: 0, journal_through: 5 });
+    assert_eq!(recovery, Recovery { frames: 3, corrupt: 0, torn: 0, through: Through::all(5) });
     assert_eq!(spool.read(spool.pending().last().unwrap()).unwrap(), frames[2]);
+}
+
+#[test]
+fn rows_positions_and_version_1_records_recover() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut spool, _) = Spool::open(dir.path(), u64::MAX, SpoolIo::Std).unwrap();
+    let rows = |segment, offset| Through::rows(JournalPosition { segment, offset });
+    spool.append(&[Bytes::from(frame(4, 1, 8))], Through::all(3), 1_000).unwrap();
+    spool.append(&[Bytes::from(frame(4, 2, 8))], rows(4, 900), 1_000).unwrap();
+    spool.append(&[Bytes::from(frame(4, 3, 8))], rows(4, 120), 1_000).unwrap();
+    drop(spool);
+    // A record of the first layout, as an older collector left it.
+    let mut old = Vec::new();
+    let old_frame = frame(4, 4, 8);
+    let payload_len = PAYLOAD_PREFIX_LEN_V1 + 4 + old_frame.len();
+    old.extend_from_slice(&MAGIC_V1);
+    old.extend_from_slice(&(payload_len as u32).to_le_bytes());
+    old.extend_from_slice(&[0; 4]);
+    old.extend_from_slice(&2u64.to_le_bytes());
+    old.extend_from_slice(&1_000u64.to_le_bytes());
+    old.extend_from_slice(&1u32.to_le_bytes());
+    old.extend_from_slice(&(old_frame.len() as u32).to_le_bytes());
+    old.extend_from_slice(&old_frame);
+    let crc = crc32fast::hash(&old[RECORD_HEADER_LEN..]);
+    old[8..12].copy_from_slice(&crc.to_le_bytes());
+    fs::write(dir.path().join(segment_name(100)), &old).unwrap();
+
+    let (spool, recovery) = Spool::open(dir.path(), u64::MAX, SpoolIo::Std).unwrap();
+    // The highest full segment, and the latest rows position.
+    assert_eq!(recovery.through, Through { journal: 3, rows: JournalPosition { segment: 4, offset: 900 } });
+    assert_eq!(recovery.frames, 4);
+    assert_eq!(ids(&spool), [(4, 1), (4, 2), (4, 3), (4, 4)]);
+    assert_eq!(Through::all(3).rows, JournalPosition { segment: 4, offset: 0 });
 }

@@ -36,13 +36,10 @@ fn counts_per_key_and_seals_everything() {
     tally.record(&event("impression", "1", "a", NOW_MS - 60_000)).unwrap();
     tally.record(&event("sale", "2", "", NOW_MS)).unwrap();
     assert_eq!(tally.len(), (4, 1, 0));
-    let mut sealed = tally.seal();
-    sealed.rollups.sort_by(|left, right| left.0.cmp(&right.0));
-    let counts: Vec<(u32, &str, i64, RollupCounts)> = sealed
-        .rollups
-        .iter()
-        .map(|(key, counts)| (key.affiliate_id, key.sub1.as_str(), key.minute_ms, *counts))
-        .collect();
+    let sealed = tally.seal();
+    let rows = sealed.rollup_rows();
+    let counts: Vec<(u32, &str, i64, RollupCounts)> =
+        rows.iter().map(|(key, counts)| (key.affiliate_id, key.sub1.as_str(), key.minute_ms, *counts)).collect();
     let minute = NOW_MS / 60_000 * 60_000;
     assert_eq!(
         counts,
@@ -70,7 +67,7 @@ fn full_tally_refuses_new_keys_but_counts_known_ones() {
     tally.record(&event("sale", "1", "", NOW_MS)).unwrap();
     assert_eq!(tally.record(&event("sale", "1", "", NOW_MS)), Err(TallyError::ConversionsFull(1)));
     let sealed = tally.seal();
-    let impressions: u64 = sealed.rollups.iter().map(|(_, counts)| counts.impressions).sum();
+    let impressions: u64 = sealed.rollup_rows().iter().map(|(_, counts)| counts.impressions).sum();
     assert_eq!(impressions, 3);
     assert_eq!(sealed.conversions.len(), 1);
 }
@@ -85,24 +82,17 @@ fn seal_takes_everything() {
     let sizes: Vec<(usize, usize)> = (0..2)
         .map(|_| {
             let sealed = tally.seal();
-            (sealed.rollups.len(), sealed.conversions.len())
+            (sealed.rollup_rows().len(), sealed.conversions.len())
         })
         .collect();
     assert_eq!(sizes, vec![(5, 5), (0, 0)]);
 }
 
-/// Sorted, so two seals compare regardless of hash order.
-fn sorted(mut sealed: Sealed) -> Sealed {
-    sealed.rollups.sort_by(|(a, _), (b, _)| a.cmp(b));
-    sealed
-}
-
 #[test]
 fn a_journaled_tally_comes_back_after_a_crash() {
     let dir = tempfile::tempdir().unwrap();
-    let open = |spooled_through| {
-        let (journal, replay, _) =
-            crate::journal::Journal::open(dir.path(), 64 * 1024, u64::MAX, spooled_through).unwrap();
+    let open = |spooled| {
+        let (journal, replay, _) = crate::journal::Journal::open(dir.path(), 64 * 1024, u64::MAX, spooled).unwrap();
         Tally::with_journal(TallyLimits::default(), journal, replay)
     };
     let record_some = |tally: &Tally, affiliate: &str| {
@@ -121,25 +111,25 @@ fn a_journaled_tally_comes_back_after_a_crash() {
     let reference = Tally::new(TallyLimits::default());
     record_some(&reference, "1");
     record_some(&reference, "2");
-    let expected = sorted(reference.seal());
+    let expected = reference.seal();
 
-    let tally = open(0);
+    let tally = open(Through::default());
     record_some(&tally, "1");
     let first = tally.seal();
-    assert_eq!(first.journal_through, 1);
+    assert_eq!(first.through.journal, 1);
     record_some(&tally, "2");
     // Killed: the first seal reached the spool, the rest only the journal.
     drop(tally);
-    let tally = open(first.journal_through);
+    let tally = open(first.through);
     let second = tally.seal();
-    assert_eq!(second.journal_through, 2, "the replayed segment is claimed by the next seal");
+    assert_eq!(second.through.journal, 2, "the replayed segment is claimed by the next seal");
 
     // `restore` puts a seal before what the tally holds: newest first.
     let merged = Tally::new(TallyLimits::default());
     merged.restore(second);
     merged.restore(first);
-    let merged = sorted(merged.seal());
-    assert_eq!(merged.rollups, expected.rollups);
+    let merged = merged.seal();
+    assert_eq!(merged.rollup_rows(), expected.rollup_rows());
     assert_eq!(merged.conversions, expected.conversions);
     assert_eq!(merged.quarantine, expected.quarantine);
 }
@@ -166,8 +156,8 @@ fn duplicates_count_apart_from_events() {
     );
     assert_eq!((refused, asked), (Err(TallyError::KeysFull(1)), false));
     let sealed = tally.seal();
-    assert_eq!(sealed.rollups.len(), 1);
-    assert_eq!(sealed.rollups[0].1, RollupCounts { sales: 1, duplicates: 2, ..Default::default() });
+    assert_eq!(sealed.rollup_rows().len(), 1);
+    assert_eq!(sealed.rollup_rows()[0].1, RollupCounts { sales: 1, duplicates: 2, ..Default::default() });
     assert_eq!(sealed.conversions.len(), 1);
 }
 
@@ -189,7 +179,7 @@ fn flagged_events_count_apart_and_their_conversions_carry_the_flag() {
     flagged[Flag::BotUserAgent.index()] = 1;
     flagged[Flag::FastConversion.index()] = 1;
     let expect = RollupCounts { clicks: 1, unique_clicks: 1, duplicates: 1, flagged, ..Default::default() };
-    assert_eq!(sealed.rollups[0].1, expect);
+    assert_eq!(sealed.rollup_rows()[0].1, expect);
     assert_eq!(sealed.conversions.iter().map(|row| row.flag).collect::<Vec<_>>(), [Some(Flag::FastConversion)]);
 }
 
@@ -201,7 +191,10 @@ fn only_unique_clicks_count_as_unique() {
     tally.record_unless(&click, false, || None, || false).unwrap();
     tally.record_unless(&event("impression", "1", "", NOW_MS), true, || None, || false).unwrap();
     let sealed = tally.seal();
-    assert_eq!(sealed.rollups[0].1, RollupCounts { impressions: 1, clicks: 2, unique_clicks: 1, ..Default::default() });
+    assert_eq!(
+        sealed.rollup_rows()[0].1,
+        RollupCounts { impressions: 1, clicks: 2, unique_clicks: 1, ..Default::default() }
+    );
 }
 
 #[test]
@@ -216,4 +209,94 @@ fn quarantine_is_bounded_and_sealed() {
     assert!(!sealed.is_empty());
     assert_eq!(sealed.quarantine.iter().map(|row| row.reason.as_str()).collect::<Vec<_>>(), ["a", "b"]);
     assert!(tally.quarantine(row("d")));
+}
+
+#[test]
+fn rows_seals_take_conversions_and_a_restart_replays_only_the_rest() {
+    let record_some = |tally: &Tally, affiliate: &str| {
+        tally.record_unless(&event("click", affiliate, "fb", NOW_MS), true, || None, || false).unwrap();
+        tally.record_unless(&event("impression", affiliate, "", NOW_MS), false, || None, || false).unwrap();
+        tally.record_unless(&event("sale", affiliate, "", NOW_MS), false, || None, || false).unwrap();
+        tally.record_unless(&event("sale", affiliate, "", NOW_MS), false, || None, || true).unwrap();
+        tally.record_unless(&event("lead", affiliate, "", NOW_MS), false, || Some(Flag::NoClickId), || false).unwrap();
+        assert!(tally.quarantine(QuarantineRow::new(NOW_MS, "pixel", "bad_id", "bad", "aff=x")));
+    };
+    let reference = Tally::new(TallyLimits::default());
+    record_some(&reference, "1");
+    record_some(&reference, "2");
+    let expected = reference.seal();
+
+    // The restart learns of the rows-only seal from the journal's note (its
+    // spool record was acknowledged and deleted), or from the spool record
+    // (killed before the note was written).
+    for noted in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let open = |spooled| {
+            let (journal, replay, recovery) =
+                crate::journal::Journal::open(dir.path(), 64 * 1024, u64::MAX, spooled).unwrap();
+            (Tally::with_journal(TallyLimits::default(), journal, replay), recovery)
+        };
+        let (tally, _) = open(Through::default());
+        record_some(&tally, "1");
+        let rows = tally.seal_rows();
+        assert!(rows.rows_only && rows.rollups.is_empty());
+        let mut no_click_id = [0; edgetally_protocol::fraud::N_FLAGS];
+        no_click_id[Flag::NoClickId.index()] = 1;
+        let key =
+            RollupKey { minute_ms: NOW_MS / 60_000 * 60_000, affiliate_id: 1, campaign_id: 5, sub1: String::new() };
+        assert_eq!(
+            rows.conversion_rollups,
+            [(key, RollupCounts { sales: 1, flagged: no_click_id, ..Default::default() })],
+            "a conversion's counts ship with its row; its duplicate waits with the traffic"
+        );
+        assert_eq!((rows.conversions.len(), rows.quarantine.len()), (2, 1));
+        assert_eq!(rows.through.journal, 0, "a rows-only seal releases no segment");
+        if noted {
+            assert!(tally.mark_rows_spooled(rows.through.rows));
+        }
+        record_some(&tally, "2");
+        assert_eq!(tally.len().1, 2, "the second affiliate's conversions wait");
+        drop(tally);
+
+        let spooled = if noted { Through::default() } else { rows.through };
+        let (tally, recovery) = open(spooled);
+        // Two conversions and a quarantine row were spooled; the three
+        // other entries of the first affiliate and all six of the second
+        // replay.
+        assert_eq!((recovery.rows_spooled, recovery.replayed), (3, 9), "noted: {noted}");
+        let full = tally.seal();
+        assert!(!full.rows_only);
+        let merged = Tally::new(TallyLimits::default());
+        merged.restore(full);
+        merged.restore(rows);
+        let merged = merged.seal();
+        assert_eq!(merged.rollup_rows(), expected.rollup_rows(), "noted: {noted}");
+        let order_ids = |sealed: &Sealed| {
+            let mut ids: Vec<_> = sealed.conversions.iter().map(|row| (row.affiliate_id, row.kind)).collect();
+            ids.sort_by_key(|(affiliate_id, kind)| (*affiliate_id, *kind as u8));
+            ids
+        };
+        assert_eq!(order_ids(&merged), order_ids(&expected));
+        assert_eq!(merged.quarantine.len(), expected.quarantine.len());
+    }
+}
+
+#[test]
+fn seal_rows_merge_into_one_row_per_key() {
+    let tally = Tally::new(TallyLimits::default());
+    tally.record(&event("click", "1", "", NOW_MS)).unwrap();
+    tally.record(&event("sale", "1", "", NOW_MS)).unwrap();
+    tally.record(&event("impression", "3", "", NOW_MS)).unwrap();
+    tally.record(&event("sale", "2", "", NOW_MS)).unwrap();
+    let sealed = tally.seal();
+    let rows: Vec<(u32, RollupCounts)> =
+        sealed.rollup_rows().into_iter().map(|(key, counts)| (key.affiliate_id, counts)).collect();
+    assert_eq!(
+        rows,
+        [
+            (1, RollupCounts { clicks: 1, unique_clicks: 1, sales: 1, ..Default::default() }),
+            (2, RollupCounts { sales: 1, ..Default::default() }),
+            (3, RollupCounts { impressions: 1, ..Default::default() }),
+        ]
+    );
 }

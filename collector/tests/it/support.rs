@@ -35,6 +35,9 @@ impl TestCollector {
         command
             .env_clear()
             .env("RUST_LOG", "warn")
+            // Traffic counters are sealed every half second, not every
+            // minute; a test's flag wins.
+            .env("EDGETALLY_COLLECTOR_ROLLUP_INTERVAL_MS", "500")
             .arg("--data-dir")
             .arg(&data_dir)
             .args(["--http-listen", "127.0.0.1:0", "--aggregator-addr", "127.0.0.1:9"])

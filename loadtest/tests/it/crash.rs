@@ -234,6 +234,21 @@ async fn edges_with_a_wrong_token_or_unknown_id_are_refused() {
     drop(impostors);
 }
 
+/// A running aggregator with the shop's campaigns and edge 1's token, its
+/// Flight URL, and edge 1's collector with `collector_args` (not started),
+/// its state in `dir/collector`.
+fn one_edge(dir: &Path, collector_args: &[&str]) -> (Node, String, Node) {
+    let tokens_path = write_edge_tokens(dir, 1);
+    let token_path = edge_token_file(dir, 1);
+    let campaigns_path = write_shop_campaigns(dir);
+    let mut aggregator =
+        Node::aggregator(dir, &["--edge-tokens", path(&tokens_path), "--campaigns", path(&campaigns_path)]);
+    let addresses = aggregator.start();
+    let flight = format!("http://{}", addresses["flight"].as_str().unwrap());
+    let collector = Node::collector(&dir.join("collector"), &addresses, &token_path, collector_args);
+    (aggregator, flight, collector)
+}
+
 /// SIGTERM during load: the collector stops accepting, finishes what is in
 /// flight, seals and ships the rest, and exits cleanly. Every event it
 /// answered as accepted is in the aggregator, and a restart finds nothing
@@ -241,19 +256,8 @@ async fn edges_with_a_wrong_token_or_unknown_id_are_refused() {
 #[test]
 fn sigterm_during_load_ships_every_accepted_event() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let tokens_path = write_edge_tokens(dir.path(), 1);
-    let token_path = edge_token_file(dir.path(), 1);
-    let campaigns_path = write_shop_campaigns(dir.path());
-
-    let mut aggregator =
-        Node::aggregator(dir.path(), &["--edge-tokens", path(&tokens_path), "--campaigns", path(&campaigns_path)]);
-    let addresses = aggregator.start();
-    let flight = format!("http://{}", addresses["flight"].as_str().unwrap());
-    let collector_dir = dir.path().join("collector");
-    let mut collector = Node::collector(
-        &collector_dir,
-        &addresses,
-        &token_path,
+    let (_aggregator, flight, mut collector) = one_edge(
+        dir.path(),
         &[
             "--dedup-keys-max",
             "100000",
@@ -304,4 +308,81 @@ fn sigterm_during_load_ships_every_accepted_event() {
     let url = format!("http://{}", collector.start()["http"].as_str().unwrap());
     assert_eq!(metric(&url, "edgetally_collector_spool_recovered_frames_total"), 0.0);
     assert_eq!(metric(&url, "edgetally_collector_journal_replayed_total"), 0.0);
+}
+
+/// Leads and sales in a ledger file (its counts by pair).
+fn ledger_conversions(ledger: &Path) -> u64 {
+    let file: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(ledger).expect("read ledger")).expect("ledger is JSON");
+    let counts = file["counts"].as_object().expect("counts");
+    counts.values().map(|counts| counts["leads"].as_u64().unwrap() + counts["sales"].as_u64().unwrap()).sum()
+}
+
+/// Conversions ship with every flush while the traffic counters wait for
+/// the rollup interval (rows-only seals). A collector killed with SIGKILL
+/// between them replays its traffic counters from the journal, not the
+/// conversions it already shipped; at its SIGTERM the full seal ships the
+/// traffic, and the aggregator holds every accepted event exactly once.
+#[test]
+fn a_collector_killed_between_rows_only_seals_loses_and_doubles_nothing() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (_aggregator, flight, mut collector) = one_edge(
+        dir.path(),
+        // Traffic counters every three years: during the test only the
+        // shutdown seals them.
+        &["--dedup-keys-max", "100000", "--flush-interval-ms", "50", "--rollup-interval-ms", "100000000000"],
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let totals = || {
+        let totals = runtime
+            .block_on(crate::support::rollups(&flight, serde_json::json!({"dataset": "rollups", "group_by": []})));
+        totals.into_values().next().unwrap_or_default()
+    };
+    // Waits until the aggregator holds `conversions` leads and sales, and
+    // checks that no traffic counter has shipped.
+    let wait_for_conversions = |conversions: u64| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let totals = totals();
+            assert_eq!((totals.impressions, totals.clicks, totals.duplicates), (0, 0, 0), "traffic shipped early");
+            if totals.leads + totals.sales == conversions {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{} of {conversions} conversions shipped", totals.leads + totals.sales);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+
+    let url = format!("http://{}", collector.start()["http"].as_str().unwrap());
+    let first = dir.path().join("first.json");
+    traffic(&url, &first, 1);
+    let first_conversions = ledger_conversions(&first);
+    assert!(first_conversions > 20, "{first_conversions} conversions");
+    wait_for_conversions(first_conversions);
+    assert!(metric(&url, "edgetally_collector_seals_total{kind=\"rows\"}") > 0.0);
+
+    collector.kill();
+    let url = format!("http://{}", collector.start()["http"].as_str().unwrap());
+    // The shipped conversions (and quarantine rows) stay out of the replay.
+    assert!(metric(&url, "edgetally_collector_journal_rows_spooled_total") >= first_conversions as f64);
+    assert!(metric(&url, "edgetally_collector_journal_replayed_total") > 0.0);
+    let second = dir.path().join("second.json");
+    traffic(&url, &second, 2);
+    wait_for_conversions(first_conversions + ledger_conversions(&second));
+
+    let status = collector.terminate(Duration::from_secs(15));
+    assert!(status.success(), "collector exited with {status}");
+    let (status, stdout) = loadtest(&[
+        "verify",
+        "--ledger",
+        path(&first),
+        "--ledger",
+        path(&second),
+        "--flight",
+        &flight,
+        "--wait-secs",
+        "10",
+    ]);
+    assert!(status.success(), "verify failed: {stdout}");
+    assert!(totals().impressions > 0);
 }

@@ -34,6 +34,9 @@ pub(crate) fn binary(name: &str) -> PathBuf {
     path
 }
 
+/// The collectors' rollup interval in these tests, in milliseconds.
+pub(crate) const TEST_ROLLUP_INTERVAL_MS: &str = "500";
+
 pub(crate) fn spawn(name: &str, args: &[&std::ffi::OsStr]) -> Process {
     spawn_with(name, args, &[])
 }
@@ -44,6 +47,11 @@ fn spawn_with(name: &str, args: &[&std::ffi::OsStr], envs: &[(OsString, OsString
     let child = Command::new(binary(name))
         .env_clear()
         .env("RUST_LOG", if show_logs { "debug" } else { "warn" })
+        // Collectors ship traffic counters every half second instead of
+        // every minute, so a test reads them back soon after its traffic,
+        // while conversions still ship between them (rows-only seals). A
+        // flag or an entry of `envs` wins.
+        .env("EDGETALLY_COLLECTOR_ROLLUP_INTERVAL_MS", TEST_ROLLUP_INTERVAL_MS)
         .envs(envs.iter().map(|(key, value)| (key, value)))
         .args(args)
         .stdout(Stdio::null())
@@ -215,12 +223,22 @@ pub(crate) fn write_shop_campaigns(dir: &Path) -> PathBuf {
 
 /// The value of one unlabelled metric (its first sample) at `base_url`.
 pub(crate) fn metric(base_url: &str, name: &str) -> f64 {
+    metric_in(&metrics_text(base_url), name)
+}
+
+/// One scrape of `base_url/metrics`, for reading several values that must
+/// agree with each other.
+pub(crate) fn metrics_text(base_url: &str) -> String {
     let url = format!("{base_url}/metrics");
     let output = Command::new("curl").args(["-sf", &url]).output().expect("curl");
-    let text = String::from_utf8_lossy(&output.stdout);
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// The value of `name` (with its labels) in a scrape.
+pub(crate) fn metric_in(text: &str, name: &str) -> f64 {
     text.lines()
         .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("{name} not in {url}:\n{text}"))
+        .unwrap_or_else(|| panic!("{name} not in the scrape:\n{text}"))
 }
 
 /// Runs `edgetally-loadtest` to completion and returns its exit status and
