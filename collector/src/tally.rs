@@ -239,17 +239,25 @@ impl Tally {
     }
 
     /// Takes everything out of the tally and rotates the journal, under one
-    /// lock, so the seal holds exactly the journal segments it names.
+    /// lock, so the seal holds exactly the journal segments it names. The
+    /// lock is held only to swap the maps out (the traffic map is replaced
+    /// by one sized like it, so the next minute's keys do not rehash it
+    /// under the lock as it grows back); sorting happens after.
     pub fn seal(&self) -> Sealed {
-        let mut unsealed = self.lock();
-        let rollups = sorted(std::mem::take(&mut unsealed.rollups));
-        let conversion_rollups = sorted(std::mem::take(&mut unsealed.conversion_rollups));
-        let conversions = std::mem::take(&mut unsealed.conversions);
-        let quarantine = std::mem::take(&mut unsealed.quarantine);
-        let journal_through = unsealed.journal.as_mut().map_or(0, Journal::rotate);
+        let (rollups, conversion_rollups, conversions, quarantine, journal_through) = {
+            let mut unsealed = self.lock();
+            let n_keys = unsealed.rollups.len();
+            (
+                std::mem::replace(&mut unsealed.rollups, HashMap::with_capacity(n_keys)),
+                std::mem::take(&mut unsealed.conversion_rollups),
+                std::mem::take(&mut unsealed.conversions),
+                std::mem::take(&mut unsealed.quarantine),
+                unsealed.journal.as_mut().map_or(0, Journal::rotate),
+            )
+        };
         Sealed {
-            rollups,
-            conversion_rollups,
+            rollups: sorted(rollups),
+            conversion_rollups: sorted(conversion_rollups),
             conversions,
             quarantine,
             through: Through::all(journal_through),
@@ -262,14 +270,18 @@ impl Tally {
     /// position they were taken at. Once the seal is spooled,
     /// [`Tally::mark_rows_spooled`] writes that position to the journal.
     pub fn seal_rows(&self) -> Sealed {
-        let mut unsealed = self.lock();
-        let conversion_rollups = sorted(std::mem::take(&mut unsealed.conversion_rollups));
-        let conversions = std::mem::take(&mut unsealed.conversions);
-        let quarantine = std::mem::take(&mut unsealed.quarantine);
-        let position = unsealed.journal.as_ref().map(Journal::position).unwrap_or_default();
+        let (conversion_rollups, conversions, quarantine, position) = {
+            let mut unsealed = self.lock();
+            (
+                std::mem::take(&mut unsealed.conversion_rollups),
+                std::mem::take(&mut unsealed.conversions),
+                std::mem::take(&mut unsealed.quarantine),
+                unsealed.journal.as_ref().map(Journal::position).unwrap_or_default(),
+            )
+        };
         Sealed {
             rollups: Vec::new(),
-            conversion_rollups,
+            conversion_rollups: sorted(conversion_rollups),
             conversions,
             quarantine,
             through: Through::rows(position),
