@@ -68,6 +68,12 @@ pub(crate) struct RunArgs {
     /// EdgeTally collectors; always off for https:// targets).
     #[arg(long)]
     no_metrics: bool,
+    /// After the last request, wait up to this many seconds for the
+    /// collectors to ship everything the run counted before reading the
+    /// bytes they shipped: the traffic counters leave at their rollup
+    /// interval (a minute by default).
+    #[arg(long, default_value_t = 75)]
+    drain_secs: u64,
     /// Flight endpoint of the aggregator the targets ship to: follow its
     /// conversions and report freshness (from a lead's or sale's send to its
     /// row in the follow stream).
@@ -108,6 +114,7 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<()> {
         (_, false) => None,
     };
     let no_metrics = args.no_metrics;
+    let drain_secs = args.drain_secs;
     // Metrics are read over the load's transport, always HTTP/1.1.
     let scrape_tls = match (&args.tls_ca, https) {
         (Some(ca), true) => Some(crate::load::tls_connector(ca, false)?),
@@ -164,11 +171,14 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<()> {
     let after = if no_metrics {
         None
     } else {
-        Some(
-            drained(&targets, scrape_tls.as_ref(), Duration::from_secs(10))
-                .await
-                .context("reading collector metrics")?,
-        )
+        // Bytes shipped per event count once the collectors have shipped
+        // what the run sent, traffic counters included: they leave at the
+        // collectors' rollup interval (a minute by default).
+        if std::io::stderr().is_terminal() {
+            eprintln!("waiting for the collectors to ship what they counted (up to {} s)", drain_secs);
+        }
+        let limit = Duration::from_secs(drain_secs);
+        Some(drained(&targets, scrape_tls.as_ref(), limit).await.context("reading collector metrics")?)
     };
     let freshness = match freshness {
         Some(tracker) => {
