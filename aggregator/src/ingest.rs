@@ -43,7 +43,7 @@ use edgetally_protocol::batch::{
     quarantine_from_batch, rollups_from_batch,
 };
 use edgetally_protocol::frame::{
-    ALPN, Ack, AckStatus, BatchFrame, FRAME_BYTES_MAX, FrameError, HELLO_TOKEN_LEN_MAX, Hello, HelloAck,
+    ALPN_ACCEPTED, Ack, AckStatus, BatchFrame, FRAME_BYTES_MAX, FrameError, HELLO_TOKEN_LEN_MAX, Hello, HelloAck,
 };
 use quinn::crypto::rustls::QuicServerConfig;
 use quinn::{Connection, ConnectionError, Endpoint, Incoming, RecvStream, SendStream, VarInt};
@@ -206,7 +206,7 @@ pub(crate) fn server_config(
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_no_client_auth()
         .with_single_cert(cert_chain, key)?;
-    tls.alpn_protocols = vec![ALPN.to_vec()];
+    tls.alpn_protocols = ALPN_ACCEPTED.iter().map(|alpn| alpn.to_vec()).collect();
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(tls)?));
     let mut transport = quinn::TransportConfig::default();
     transport.max_concurrent_bidi_streams(VarInt::from_u32(STREAMS_PER_CONNECTION_MAX));

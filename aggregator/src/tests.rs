@@ -226,6 +226,14 @@ async fn hello(connection: &quinn::Connection, edge_id: u32, token: &[u8]) -> Op
 }
 
 async fn connect_quic(aggregator: &Aggregator) -> (quinn::Endpoint, quinn::Connection) {
+    connect_quic_as(aggregator, ALPN).await.expect("the aggregator accepts the current ALPN")
+}
+
+/// Connects offering only `alpn`; the handshake's error when refused.
+async fn connect_quic_as(
+    aggregator: &Aggregator,
+    alpn: &[u8],
+) -> Result<(quinn::Endpoint, quinn::Connection), quinn::ConnectionError> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_file_iter(aggregator.quic_cert_path()).unwrap() {
         roots.add(cert.unwrap()).unwrap();
@@ -235,11 +243,39 @@ async fn connect_quic(aggregator: &Aggregator) -> (quinn::Endpoint, quinn::Conne
         .unwrap()
         .with_root_certificates(roots)
         .with_no_client_auth();
-    tls.alpn_protocols = vec![ALPN.to_vec()];
+    tls.alpn_protocols = vec![alpn.to_vec()];
     let client_config = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls).unwrap()));
     let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    let connection = endpoint.connect_with(client_config, aggregator.quic_addr(), "localhost").unwrap().await.unwrap();
-    (endpoint, connection)
+    let connection = endpoint.connect_with(client_config, aggregator.quic_addr(), "localhost").unwrap().await?;
+    Ok((endpoint, connection))
+}
+
+#[tokio::test]
+async fn edges_one_version_behind_still_ship() {
+    tokio::time::timeout(TEST_TIMEOUT, edges_one_version_behind_still_ship_inner())
+        .await
+        .expect("test finishes in time");
+}
+
+async fn edges_one_version_behind_still_ship_inner() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let aggregator = Aggregator::start(loopback_config(data_dir.path())).await.unwrap();
+    // An edge that does not know this protocol is refused in the handshake.
+    assert!(connect_quic_as(&aggregator, b"edgetally/1").await.is_err());
+    // One that ships version 2 frames (streams as they are) is not.
+    let (_endpoint, connection) = connect_quic_as(&aggregator, b"edgetally/2").await.unwrap();
+    let (ack, _control) = hello(&connection, 3, b"").await.expect("hello answered");
+    assert!(ack.accepted);
+    let plain = frame().encode_version_2().unwrap();
+    assert_eq!(u16::from_le_bytes([plain[4], plain[5]]), 2);
+    let ack = send(&connection, &plain).await;
+    assert_eq!(ack, Ack { edge_id: 3, epoch: 1, sequence: 1, status: AckStatus::Apply });
+    // And the same batch compressed is the same batch: skipped.
+    let ack = send(&connection, &frame().encode().unwrap()).await;
+    assert_eq!(ack.status, AckStatus::Skip);
+    let mut flight = flight_client(&aggregator).await;
+    let batches = do_get(&mut flight, r#"{"dataset": "conversions"}"#).await;
+    assert_eq!(batches.iter().map(|batch| batch.num_rows()).sum::<usize>(), 1);
 }
 
 async fn send(connection: &quinn::Connection, bytes: &[u8]) -> Ack {
@@ -612,8 +648,9 @@ async fn metrics_and_health_inner() {
     connection.close(0u32.into(), b"done");
     endpoint.wait_idle().await;
 
-    let record_len = wal::RECORD_HEADER_LEN + frame_at(1).len();
-    let wal_bytes = (2 * record_len).to_string();
+    // Compressed, the two frames need not be the same length.
+    let wal_len = 2 * wal::RECORD_HEADER_LEN + frame_at(1).len() + frame_at(2).len();
+    let wal_bytes = wal_len.to_string();
     let samples = scrape(&aggregator).await;
     check_samples(
         &samples,
@@ -639,7 +676,7 @@ async fn metrics_and_health_inner() {
         .count();
     assert_eq!(n_buckets, 14);
     let stats = aggregator.stats();
-    assert_eq!((stats.wal_fsyncs, stats.wal_bytes), (2, 2 * record_len as u64));
+    assert_eq!((stats.wal_fsyncs, stats.wal_bytes), (2, wal_len as u64));
 
     assert_eq!(http_get(&aggregator, "/healthz").await, (200, "ok".to_owned()));
     assert_eq!(http_get(&aggregator, "/nope").await.0, 404);

@@ -34,7 +34,7 @@ use std::sync::Mutex;
 
 use bytes::Bytes;
 use edgetally_protocol::ConfigSnapshot;
-use edgetally_protocol::batch::{conversions_to_batch, encode_ipc, quarantine_to_batch, rollups_to_wire_batch};
+use edgetally_protocol::batch::{conversions_to_batch, encode_ipc_plain, quarantine_to_batch, rollups_to_wire_batch};
 use edgetally_protocol::frame::{ACK_LEN, ALPN, AckStatus, HELLO_ACK_LEN, Hello, HelloAck, SNAPSHOT_HEADER_LEN};
 use edgetally_protocol::{Ack, BatchFrame, ConversionRow, QuarantineRow, RollupCounts, RollupKey};
 use futures::future::OptionFuture;
@@ -684,18 +684,18 @@ fn build_frame(
     let rollups_ipc = if rollups.is_empty() {
         Vec::new()
     } else {
-        encode_ipc(&rollups_to_wire_batch(rollups.iter().map(|(key, counts)| (key, counts))))
+        encode_ipc_plain(&rollups_to_wire_batch(rollups.iter().map(|(key, counts)| (key, counts))))
             .map_err(|error| build(error.to_string()))?
     };
     let conversions_ipc = if conversions.is_empty() {
         Vec::new()
     } else {
-        encode_ipc(&conversions_to_batch(conversions)).map_err(|error| build(error.to_string()))?
+        encode_ipc_plain(&conversions_to_batch(conversions)).map_err(|error| build(error.to_string()))?
     };
     let quarantine_ipc = if quarantine.is_empty() {
         Vec::new()
     } else {
-        encode_ipc(&quarantine_to_batch(quarantine)).map_err(|error| build(error.to_string()))?
+        encode_ipc_plain(&quarantine_to_batch(quarantine)).map_err(|error| build(error.to_string()))?
     };
     let frame = BatchFrame {
         edge_id,

@@ -116,7 +116,7 @@ fn main() {
         write("batch_ipc", name, &[&[selector][..], ipc].concat());
     }
 
-    let frame = |sequence: u64, with_rows: bool| {
+    let batch_frame = |sequence: u64, with_rows: bool| {
         let (rollups_ipc, conversions_ipc, quarantine_ipc, n_rows) = if with_rows {
             (rollups.clone(), conversions.clone(), quarantine.clone(), [2, 2, 1])
         } else {
@@ -133,13 +133,15 @@ fn main() {
             conversions_ipc: Bytes::from(conversions_ipc),
             quarantine_ipc: Bytes::from(quarantine_ipc),
         }
-        .encode()
-        .expect("a seed frame encodes")
     };
+    let frame =
+        |sequence: u64, with_rows: bool| batch_frame(sequence, with_rows).encode().expect("a seed frame encodes");
     let full = frame(1, true);
     let empty = frame(2, false);
     write("frame", "full", &full);
     write("frame", "empty", &empty);
+    let version_2 = batch_frame(3, true).encode_version_2().expect("a seed frame encodes");
+    write("frame", "full-version-2", &version_2);
 
     let hello = Hello { edge_id: 2, token: b"0123456789abcdef0123456789abcdef".to_vec() };
     write("control", "hello", &hello.encode().expect("the seed hello encodes"));

@@ -1,6 +1,7 @@
 //! Fuzzes the batch frame decoder (`BatchFrame::decode`) on raw bytes, as
-//! the aggregator reads a QUIC stream: a frame that decodes encodes to the
-//! same bytes, and its Arrow payloads decode or are refused, never panic.
+//! the aggregator reads a QUIC stream: a frame that decodes encodes to a
+//! frame that decodes the same, and its Arrow payloads decode or are
+//! refused, never panic.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;

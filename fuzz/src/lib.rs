@@ -221,11 +221,9 @@ pub fn reencode(rows: &Rows) -> Rows {
 pub fn check_frame(bytes: &[u8]) {
     let Ok(frame) = BatchFrame::decode(Bytes::copy_from_slice(bytes)) else { return };
     let encoded = frame.encode().expect("a decoded frame is within bounds");
-    // The header's reserved u16 (bytes 6..8) is ignored on decode and
-    // written as zero, so only a frame with zeros there comes back as is.
-    if bytes[6..8] == [0, 0] {
-        assert_eq!(encoded, bytes, "frame changed through a round trip");
-    }
+    // Not byte for byte: a version 2 frame comes back as version 3, and a
+    // payload compressed otherwise than this encoder does decodes all the
+    // same. What it holds comes back.
     assert_eq!(BatchFrame::decode(Bytes::from(encoded)).as_ref(), Ok(&frame), "frame changed through a round trip");
     check_frame_payloads(&frame);
 }

@@ -577,7 +577,17 @@ fn check_schema(batch: &RecordBatch, expect: &Schema) -> Result<(), BatchError> 
 
 /// Encodes one batch as an Arrow IPC stream with zstd-compressed buffers.
 pub fn encode_ipc(batch: &RecordBatch) -> Result<Vec<u8>, BatchError> {
-    let options = IpcWriteOptions::default().try_with_compression(Some(CompressionType::ZSTD))?;
+    encode_ipc_with(batch, Some(CompressionType::ZSTD))
+}
+
+/// Encodes one batch as an Arrow IPC stream without compression, for a
+/// frame, whose payload is compressed whole (see `frame.rs`).
+pub fn encode_ipc_plain(batch: &RecordBatch) -> Result<Vec<u8>, BatchError> {
+    encode_ipc_with(batch, None)
+}
+
+fn encode_ipc_with(batch: &RecordBatch, compression: Option<CompressionType>) -> Result<Vec<u8>, BatchError> {
+    let options = IpcWriteOptions::default().try_with_compression(compression)?;
     let mut writer = StreamWriter::try_new_with_options(Vec::new(), batch.schema_ref(), options)?;
     writer.write(batch)?;
     writer.finish()?;

@@ -1,9 +1,12 @@
 //! The binary frame that carries one sealed batch from an edge to the
 //! aggregator, and the acknowledgement that answers it.
 //!
-//! A frame is a fixed 56-byte little-endian header followed by three Arrow
-//! IPC streams (rollups, conversions, quarantine), each empty when it has no
-//! rows:
+//! A frame is a fixed 56-byte little-endian header followed by its payload:
+//! three Arrow IPC streams (rollups, conversions, quarantine), each empty
+//! when it has no rows, written one after the other and compressed together
+//! as one zstd frame with [`FRAME_DICTIONARY`] (version 3). The header's
+//! lengths are the streams' own; version 2 frames carry the streams as they
+//! are, and still decode:
 //!
 //! ```text
 //! magic "ETB1" | version u16 | reserved u16 | edge_id u32 | epoch u64 |
@@ -12,8 +15,16 @@
 //! quarantine_len u32 | crc32 u32 | payloads
 //! ```
 //!
-//! The CRC-32 covers the header up to the CRC field and all payloads, so a
-//! frame torn or altered anywhere is refused before any Arrow decoding.
+//! The CRC-32 covers the header up to the CRC field and the payload as
+//! sent, so a frame torn or altered anywhere is refused before any
+//! decompression or Arrow decoding.
+//!
+//! **Why one compressed payload.** Most frames are the flushes between two
+//! rollup seals: a few dozen conversion rows and quarantine rows. As IPC
+//! streams with per-buffer compression they cost about 10 KiB, nearly all
+//! of it the schemas, the batch metadata and a zstd frame per buffer. One
+//! zstd frame over the plain streams, primed with a dictionary that holds
+//! those schemas and metadata, ships little but the rows.
 //!
 //! Before any frame, an edge opens one bidirectional **control stream** and
 //! writes a [`Hello`] naming itself and carrying its token; the aggregator
@@ -24,12 +35,28 @@ use bytes::{Buf, BufMut, Bytes};
 
 /// ALPN protocol of the edge-to-aggregator QUIC link; bumped whenever
 /// either side could not read the other (version 2: the control stream and
-/// its [`Hello`] come first).
-pub const ALPN: &[u8] = b"edgetally/2";
+/// its [`Hello`] come first; version 3: compressed frames). An edge offers
+/// this one, so an aggregator too old to read its frames refuses the
+/// connection and the batches wait in the edge's spool.
+pub const ALPN: &[u8] = b"edgetally/3";
+/// What an aggregator accepts: edges one version behind ship frames it
+/// still reads.
+pub const ALPN_ACCEPTED: [&[u8]; 2] = [ALPN, b"edgetally/2"];
 
 pub const FRAME_MAGIC: [u8; 4] = *b"ETB1";
 pub const ACK_MAGIC: [u8; 4] = *b"ETA1";
-pub const FRAME_VERSION: u16 = 2;
+/// Version 3: the payload is compressed with [`FRAME_DICTIONARY`].
+pub const FRAME_VERSION: u16 = 3;
+/// Version 2: the payload is the three streams as they are.
+pub const FRAME_VERSION_PLAIN: u16 = 2;
+/// The zstd dictionary of version 3 payloads: plain IPC streams of a few
+/// sample rows of each schema ([`frame_dictionary_sample`]), so a frame's
+/// schemas and metadata compress to references into it. Both sides must
+/// hold the same bytes: a change to it is a new frame version.
+pub static FRAME_DICTIONARY: &[u8] = include_bytes!("frame/dictionary.bin");
+/// zstd level of frame payloads: the default, fast enough for the largest
+/// rollup seal.
+const FRAME_ZSTD_LEVEL: i32 = 3;
 pub const FRAME_HEADER_LEN: usize = 56;
 pub const ACK_LEN: usize = 28;
 pub const HELLO_MAGIC: [u8; 4] = *b"ETH1";
@@ -74,6 +101,10 @@ pub enum FrameError {
     TokenTooLong,
     #[error("snapshot of {len} bytes, limit is {SNAPSHOT_BYTES_MAX}")]
     SnapshotTooLarge { len: usize },
+    #[error("payload does not decompress: {0}")]
+    Decompress(String),
+    #[error("payload does not compress: {0}")]
+    Compress(String),
 }
 
 /// One sealed batch of one edge.
@@ -95,18 +126,59 @@ pub struct BatchFrame {
 // === impl BatchFrame ===
 
 impl BatchFrame {
-    pub fn encoded_len(&self) -> usize {
-        FRAME_HEADER_LEN + self.rollups_ipc.len() + self.conversions_ipc.len() + self.quarantine_ipc.len()
+    /// Bytes of the three streams, uncompressed.
+    pub fn payload_len(&self) -> usize {
+        self.rollups_ipc.len() + self.conversions_ipc.len() + self.quarantine_ipc.len()
     }
 
+    /// Encodes a version 3 frame: the streams compressed together.
     pub fn encode(&self) -> Result<Vec<u8>, FrameError> {
-        let len = self.encoded_len();
+        let plain_len = self.payload_len();
+        if plain_len > FRAME_BYTES_MAX {
+            return Err(FrameError::TooLarge { len: plain_len });
+        }
+        let mut plain = Vec::with_capacity(plain_len);
+        plain.extend_from_slice(&self.rollups_ipc);
+        plain.extend_from_slice(&self.conversions_ipc);
+        plain.extend_from_slice(&self.quarantine_ipc);
+        let payload = zstd::bulk::Compressor::with_dictionary(FRAME_ZSTD_LEVEL, FRAME_DICTIONARY)
+            .and_then(|mut compressor| compressor.compress(&plain))
+            .map_err(|error| FrameError::Compress(error.to_string()))?;
+        let len = FRAME_HEADER_LEN + payload.len();
         if len > FRAME_BYTES_MAX {
             return Err(FrameError::TooLarge { len });
         }
         let mut out = Vec::with_capacity(len);
+        self.put_header(&mut out, FRAME_VERSION, [&payload, &[], &[]]);
+        out.put_slice(&payload);
+        debug_assert_eq!(out.len(), len);
+        Ok(out)
+    }
+
+    /// Encodes a version 2 frame, the streams as they are, as edges before
+    /// compressed frames wrote them: for tests of what still decodes.
+    #[doc(hidden)]
+    pub fn encode_version_2(&self) -> Result<Vec<u8>, FrameError> {
+        let len = FRAME_HEADER_LEN + self.payload_len();
+        if len > FRAME_BYTES_MAX {
+            return Err(FrameError::TooLarge { len });
+        }
+        let mut out = Vec::with_capacity(len);
+        self.put_header(
+            &mut out,
+            FRAME_VERSION_PLAIN,
+            [&self.rollups_ipc, &self.conversions_ipc, &self.quarantine_ipc],
+        );
+        out.put_slice(&self.rollups_ipc);
+        out.put_slice(&self.conversions_ipc);
+        out.put_slice(&self.quarantine_ipc);
+        Ok(out)
+    }
+
+    /// Writes the header of `version`, its CRC over it and `payload`.
+    fn put_header(&self, out: &mut Vec<u8>, version: u16, payload: [&[u8]; 3]) {
         out.put_slice(&FRAME_MAGIC);
-        out.put_u16_le(FRAME_VERSION);
+        out.put_u16_le(version);
         out.put_u16_le(0);
         out.put_u32_le(self.edge_id);
         out.put_u64_le(self.epoch);
@@ -114,21 +186,17 @@ impl BatchFrame {
         out.put_u32_le(self.n_rollup_rows);
         out.put_u32_le(self.n_conversion_rows);
         out.put_u32_le(self.n_quarantine_rows);
-        // Both fit: their sum is checked against FRAME_BYTES_MAX above.
+        // All fit: their sum is checked against FRAME_BYTES_MAX by the
+        // callers.
         out.put_u32_le(self.rollups_ipc.len() as u32);
         out.put_u32_le(self.conversions_ipc.len() as u32);
         out.put_u32_le(self.quarantine_ipc.len() as u32);
         let mut crc = crc32fast::Hasher::new();
-        crc.update(&out);
-        crc.update(&self.rollups_ipc);
-        crc.update(&self.conversions_ipc);
-        crc.update(&self.quarantine_ipc);
+        crc.update(out);
+        for part in payload {
+            crc.update(part);
+        }
         out.put_u32_le(crc.finalize());
-        out.put_slice(&self.rollups_ipc);
-        out.put_slice(&self.conversions_ipc);
-        out.put_slice(&self.quarantine_ipc);
-        debug_assert_eq!(out.len(), len);
-        Ok(out)
     }
 
     /// The `(edge_id, epoch, sequence)` a frame's header states, read without
@@ -140,6 +208,10 @@ impl BatchFrame {
         Some((header.get_u32_le(), header.get_u64_le(), header.get_u64_le()))
     }
 
+    /// Decodes a version 3 or version 2 frame. A version 3 payload is
+    /// decompressed into at most the streams' announced length, itself at
+    /// most [`FRAME_BYTES_MAX`], so a small frame cannot make the reader
+    /// allocate more.
     pub fn decode(frame: Bytes) -> Result<BatchFrame, FrameError> {
         let len = frame.len();
         if len < FRAME_HEADER_LEN {
@@ -153,7 +225,7 @@ impl BatchFrame {
             return Err(FrameError::BadMagic);
         }
         let version = header.get_u16_le();
-        if version != FRAME_VERSION {
+        if version != FRAME_VERSION && version != FRAME_VERSION_PLAIN {
             return Err(FrameError::Version(version));
         }
         let _reserved = header.get_u16_le();
@@ -169,8 +241,11 @@ impl BatchFrame {
         let expected = header.get_u32_le();
         let announced = rollups_len + conversions_len + quarantine_len;
         let actual = len - FRAME_HEADER_LEN;
-        if announced != actual {
+        if version == FRAME_VERSION_PLAIN && announced != actual {
             return Err(FrameError::Length { announced, actual });
+        }
+        if announced > FRAME_BYTES_MAX {
+            return Err(FrameError::TooLarge { len: announced });
         }
         let mut crc = crc32fast::Hasher::new();
         crc.update(&frame[..FRAME_HEADER_LEN - 4]);
@@ -179,8 +254,19 @@ impl BatchFrame {
         if actual != expected {
             return Err(FrameError::Crc { expected, actual });
         }
-        let rollups_end = FRAME_HEADER_LEN + rollups_len;
-        let conversions_end = rollups_end + conversions_len;
+        let payload = if version == FRAME_VERSION_PLAIN {
+            frame.slice(FRAME_HEADER_LEN..)
+        } else {
+            let plain = zstd::bulk::Decompressor::with_dictionary(FRAME_DICTIONARY)
+                .and_then(|mut decompressor| decompressor.decompress(&frame[FRAME_HEADER_LEN..], announced))
+                .map_err(|error| FrameError::Decompress(error.to_string()))?;
+            if plain.len() != announced {
+                return Err(FrameError::Length { announced, actual: plain.len() });
+            }
+            Bytes::from(plain)
+        };
+        let conversions_at = rollups_len;
+        let quarantine_at = conversions_at + conversions_len;
         Ok(BatchFrame {
             edge_id,
             epoch,
@@ -188,11 +274,63 @@ impl BatchFrame {
             n_rollup_rows,
             n_conversion_rows,
             n_quarantine_rows,
-            rollups_ipc: frame.slice(FRAME_HEADER_LEN..rollups_end),
-            conversions_ipc: frame.slice(rollups_end..conversions_end),
-            quarantine_ipc: frame.slice(conversions_end..),
+            rollups_ipc: payload.slice(..conversions_at),
+            conversions_ipc: payload.slice(conversions_at..quarantine_at),
+            quarantine_ipc: payload.slice(quarantine_at..),
         })
     }
+}
+
+/// The bytes [`FRAME_DICTIONARY`] holds: plain IPC streams of a few rows of
+/// each schema, as an edge writes them. A test checks the two agree, and
+/// `EDGETALLY_WRITE_FRAME_DICTIONARY=1 cargo test -p edgetally-protocol
+/// frame_dictionary` writes the file anew (with a new [`FRAME_VERSION`]).
+pub fn frame_dictionary_sample() -> Vec<u8> {
+    use crate::batch::{
+        ConversionRow, QuarantineRow, RollupCounts, RollupKey, conversions_to_batch, encode_ipc_plain,
+        quarantine_to_batch, rollups_to_wire_batch,
+    };
+    use crate::event::EventKind;
+    use crate::money::{Currency, Money};
+    let minute_ms = 1_798_761_600_000;
+    let rollups: Vec<(RollupKey, RollupCounts)> = [(1, 1, ""), (1, 2, "s1"), (7, 3, "s2")]
+        .into_iter()
+        .map(|(affiliate_id, campaign_id, sub1): (u32, u32, &str)| {
+            let key = RollupKey { minute_ms, affiliate_id, campaign_id, sub1: sub1.to_owned() };
+            (key, RollupCounts { impressions: 12, clicks: 1, unique_clicks: 1, ..RollupCounts::default() })
+        })
+        .collect();
+    let usd = Currency::parse("USD").expect("USD is a currency");
+    let conversions: Vec<ConversionRow> = [EventKind::Lead, EventKind::Sale]
+        .into_iter()
+        .map(|kind| ConversionRow {
+            time_ms: minute_ms + 1_234,
+            kind,
+            affiliate_id: 7,
+            campaign_id: 3,
+            sub1: "s2".into(),
+            money: (kind == EventKind::Sale).then_some(Money { minor_units: 4_990, currency: usd }),
+            order_id: Some("order-1".into()),
+            click_id: Some("AQEBAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".into()),
+            event_id: None,
+            flag: None,
+        })
+        .collect();
+    let quarantine = [
+        QuarantineRow::new(minute_ms, "pixel", "bad_id", "bad affiliate_id: expected a decimal integer", "aff=x&cmp=1"),
+        QuarantineRow::new(minute_ms, "events", "invalid_json", "invalid json: Syntax at character 1", ""),
+        QuarantineRow::new(minute_ms, "postback", "click_id_forged", "forged click id: signature does not verify", ""),
+        QuarantineRow::new(minute_ms, "request", "body_too_large", "body too large: limit is 1048576 bytes", "POST /"),
+    ];
+    let mut sample = Vec::new();
+    for ipc in [
+        encode_ipc_plain(&rollups_to_wire_batch(rollups.iter().map(|(key, counts)| (key, counts)))),
+        encode_ipc_plain(&conversions_to_batch(&conversions)),
+        encode_ipc_plain(&quarantine_to_batch(&quarantine)),
+    ] {
+        sample.extend_from_slice(&ipc.expect("sample rows encode"));
+    }
+    sample
 }
 
 /// What the aggregator did with a batch.

@@ -19,8 +19,120 @@ fn sample() -> BatchFrame {
 #[test]
 fn round_trip() {
     let encoded = sample().encode().unwrap();
-    assert_eq!(encoded.len(), FRAME_HEADER_LEN + 12);
+    assert_eq!(u16::from_le_bytes([encoded[4], encoded[5]]), FRAME_VERSION);
     assert_eq!(BatchFrame::decode(Bytes::from(encoded)).unwrap(), sample());
+}
+
+fn plain_frame(frame: &BatchFrame) -> Vec<u8> {
+    frame.encode_version_2().unwrap()
+}
+
+#[test]
+fn version_2_frames_still_decode() {
+    let plain = plain_frame(&sample());
+    assert_eq!(plain.len(), FRAME_HEADER_LEN + 12);
+    assert_eq!(BatchFrame::decode(Bytes::from(plain)).unwrap(), sample());
+}
+
+#[test]
+fn the_frame_dictionary_is_the_sample() {
+    let sample = frame_dictionary_sample();
+    if std::env::var_os("EDGETALLY_WRITE_FRAME_DICTIONARY").is_some() {
+        std::fs::write(concat!(env!("CARGO_MANIFEST_DIR"), "/src/frame/dictionary.bin"), &sample).unwrap();
+    }
+    assert!(
+        FRAME_DICTIONARY == sample.as_slice(),
+        "the sample changed (an arrow upgrade?): write it with EDGETALLY_WRITE_FRAME_DICTIONARY=1 \
+         and bump FRAME_VERSION and ALPN, since both sides must hold the same dictionary"
+    );
+}
+
+/// The rows of a flush between two rollup seals: a few dozen conversions
+/// and quarantine rows, their streams with per-buffer compression (as
+/// version 2 edges wrote them) or plain (as version 3 frames carry them).
+fn flush_frame(compressed_streams: bool) -> BatchFrame {
+    use crate::batch::{conversions_to_batch, encode_ipc, encode_ipc_plain, quarantine_to_batch};
+    use crate::{ConversionRow, Currency, EventKind, Money, QuarantineRow};
+    let eur = Currency::parse("EUR").unwrap();
+    let conversions: Vec<ConversionRow> = (0..30u32)
+        .map(|i| ConversionRow {
+            time_ms: 1_798_761_600_000 + i64::from(i) * 7,
+            kind: if i % 2 == 0 { EventKind::Sale } else { EventKind::Lead },
+            affiliate_id: 1 + i * 37 % 500,
+            campaign_id: 1 + i % 9,
+            sub1: format!("s{}", i % 4),
+            money: (i % 2 == 0).then_some(Money { minor_units: 1_000 + i64::from(i) * 311, currency: eur }),
+            order_id: Some(format!("r19af2b-t{}-{i}", i % 32)),
+            click_id: Some(format!("AQEBAAAA{:040x}", u64::from(i).wrapping_mul(0x9E37_79B9_7F4A_7C15))),
+            event_id: None,
+            flag: None,
+        })
+        .collect();
+    let quarantine: Vec<QuarantineRow> = (0..10)
+        .map(|i| QuarantineRow::new(1_798_761_600_000 + i, "pixel", "bad_id", "bad affiliate_id", "aff=x&cmp=2"))
+        .collect();
+    let encode = |batch: &arrow_array::RecordBatch| -> Bytes {
+        let ipc = if compressed_streams { encode_ipc(batch) } else { encode_ipc_plain(batch) };
+        ipc.unwrap().into()
+    };
+    BatchFrame {
+        edge_id: 1,
+        epoch: 1,
+        sequence: 1,
+        n_rollup_rows: 0,
+        n_conversion_rows: 30,
+        n_quarantine_rows: 10,
+        rollups_ipc: Bytes::new(),
+        conversions_ipc: encode(&conversions_to_batch(&conversions)),
+        quarantine_ipc: encode(&quarantine_to_batch(&quarantine)),
+    }
+}
+
+#[test]
+fn a_flush_ships_in_a_fraction_of_its_plain_streams() {
+    let frame = flush_frame(false);
+    let version_3 = frame.encode().unwrap();
+    let version_2 = plain_frame(&flush_frame(true));
+    assert!(
+        version_3.len() * 3 < version_2.len(),
+        "version 3: {} bytes, version 2: {} bytes",
+        version_3.len(),
+        version_2.len()
+    );
+    assert_eq!(BatchFrame::decode(Bytes::from(version_3)).unwrap(), frame);
+}
+
+#[test]
+fn payloads_that_do_not_decompress_are_refused() {
+    // A valid CRC over a payload that is not zstd.
+    let mut frame = plain_frame(&sample());
+    frame[4..6].copy_from_slice(&FRAME_VERSION.to_le_bytes());
+    let crc = {
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&frame[..FRAME_HEADER_LEN - 4]);
+        crc.update(&frame[FRAME_HEADER_LEN..]);
+        crc.finalize()
+    };
+    frame[FRAME_HEADER_LEN - 4..FRAME_HEADER_LEN].copy_from_slice(&crc.to_le_bytes());
+    assert!(matches!(BatchFrame::decode(Bytes::from(frame)), Err(FrameError::Decompress(_))));
+
+    // Streams announced shorter than they decompress to: the reader stops
+    // at the announced length.
+    let mut short = sample().encode().unwrap();
+    short[44..48].copy_from_slice(&1u32.to_le_bytes());
+    let crc = {
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&short[..FRAME_HEADER_LEN - 4]);
+        crc.update(&short[FRAME_HEADER_LEN..]);
+        crc.finalize()
+    };
+    short[FRAME_HEADER_LEN - 4..FRAME_HEADER_LEN].copy_from_slice(&crc.to_le_bytes());
+    assert!(BatchFrame::decode(Bytes::from(short)).is_err());
+
+    // More than a frame may hold, announced: refused before decompressing.
+    let mut huge = sample().encode().unwrap();
+    huge[44..48].copy_from_slice(&(FRAME_BYTES_MAX as u32).to_le_bytes());
+    assert!(matches!(BatchFrame::decode(Bytes::from(huge)), Err(FrameError::TooLarge { .. })));
 }
 
 #[test]
