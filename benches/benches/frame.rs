@@ -2,7 +2,7 @@
 
 use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use edgetally_protocol::batch::{decode_ipc, encode_ipc, rollups_from_batch, rollups_to_batch};
+use edgetally_protocol::batch::{decode_ipc, encode_ipc_plain, rollups_from_batch, rollups_to_wire_batch};
 use edgetally_protocol::{BatchFrame, RollupCounts, RollupKey};
 
 fn rows(n_rows: u32) -> Vec<(RollupKey, RollupCounts)> {
@@ -29,9 +29,10 @@ fn rows(n_rows: u32) -> Vec<(RollupKey, RollupCounts)> {
         .collect()
 }
 
-/// Seals rollup rows into an encoded frame, as the collector's uplink does.
+/// Seals rollup rows into an encoded frame, as the collector's uplink does:
+/// a plain IPC stream, compressed with the frame.
 fn seal(rows: &[(RollupKey, RollupCounts)]) -> Vec<u8> {
-    let ipc = encode_ipc(&rollups_to_batch(rows.iter().map(|(key, counts)| (key, counts)))).unwrap();
+    let ipc = encode_ipc_plain(&rollups_to_wire_batch(rows.iter().map(|(key, counts)| (key, counts)))).unwrap();
     BatchFrame {
         edge_id: 1,
         epoch: 1,
