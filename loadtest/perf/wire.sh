@@ -15,10 +15,11 @@
 # Each run waits for the collector to ship everything it counted, so the
 # figure includes the last minute's counters, and ends with `verify`.
 # Needs: `cargo build --release --bins`.
-# Usage: loadtest/perf/wire.sh [rate] [seconds]
+# Usage: loadtest/perf/wire.sh [rate] [seconds] ["mix:rollup_ms ..."]
 set -euo pipefail
 rate=${1:-40000}
 seconds=${2:-90}
+cases=${3:-"default:60000 default:250 funnel:60000 funnel:250"}
 root=$(cd "$(dirname "$0")/../.." && pwd)
 bin="$root/target/release"
 work=$(mktemp -d)
@@ -65,7 +66,12 @@ PY
 
 funnel=(--lead-share 0.0015 --sale-share 0.0015 --malformed-share 0.001)
 echo "machine: $(nproc) cores, $(uname -r); $rate requests/s for ${seconds}s per run, 32 connections"
-run default 60000
-run default 250
-run funnel 60000 "${funnel[@]}"
-run funnel 250 "${funnel[@]}"
+for case in $cases; do
+    name=${case%%:*}
+    rollup=${case##*:}
+    case $name in
+        default) run default "$rollup" ;;
+        funnel) run funnel "$rollup" "${funnel[@]}" ;;
+        *) echo "unknown mix $name" >&2; exit 2 ;;
+    esac
+done
