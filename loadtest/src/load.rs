@@ -284,6 +284,7 @@ pub(crate) async fn run(
         "a max-rate run needs a duration or a request cap to stop by itself"
     );
     let n_tasks = config.connections * if config.http2 { config.streams } else { 1 };
+    let setup = crate::mix::Setup::new(&config.mix).context("building the traffic mix")?;
     let start = Instant::now();
     let end = config.duration.map(|duration| start + duration);
     let mut tasks = Vec::with_capacity(n_tasks);
@@ -294,7 +295,7 @@ pub(crate) async fn run(
         for stream_idx in 0..n_streams {
             let task_idx = connection_idx * n_streams + stream_idx;
             let link = if config.http2 { Link::Http2(shared.clone()) } else { Link::Http1(None) };
-            let mix = Mix::new(&config.mix, task_idx).context("building the traffic mix")?;
+            let mix = Mix::new(&config.mix, task_idx, setup.clone()).context("building the traffic mix")?;
             let schedule = config.rate.map(|rate| Schedule {
                 first: start + Duration::from_secs_f64(task_idx as f64 / rate),
                 interval: Duration::from_secs_f64(n_tasks as f64 / rate),

@@ -13,6 +13,7 @@
 
 use std::collections::VecDeque;
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use rand::Rng;
@@ -151,10 +152,7 @@ pub(crate) struct Mix {
     /// Which of an affiliate's campaigns, and of its subs, an event is for.
     own_campaign: Zipf<f64>,
     own_sub: Zipf<f64>,
-    /// Affiliate `a`'s campaigns at `(a - 1) * campaigns_per_affiliate..`.
-    offers: Vec<u32>,
-    /// Affiliate `a`'s sub IDs, likewise.
-    placements: Vec<u32>,
+    setup: Arc<Setup>,
     /// A per-connection prefix that keeps order ids unique across tasks.
     order_prefix: String,
     n_orders: u64,
@@ -178,10 +176,19 @@ static RUN_ID: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!("r{started_ms:x}p{:x}", std::process::id())
 });
 
-// === impl Mix ===
+/// Which campaigns and sub IDs each affiliate uses: drawn once per run,
+/// before its clock starts, and shared by every connection.
+pub(crate) struct Setup {
+    /// Affiliate `a`'s campaigns at `(a - 1) * campaigns_per_affiliate..`.
+    offers: Vec<u32>,
+    /// Affiliate `a`'s sub IDs, likewise.
+    placements: Vec<u32>,
+}
 
-impl Mix {
-    pub(crate) fn new(args: &MixArgs, task_idx: usize) -> anyhow::Result<Mix> {
+// === impl Setup ===
+
+impl Setup {
+    pub(crate) fn new(args: &MixArgs) -> anyhow::Result<Arc<Setup>> {
         anyhow::ensure!(
             args.affiliates > 0
                 && args.campaigns > 0
@@ -190,7 +197,6 @@ impl Mix {
                 && args.subs_per_affiliate > 0,
             "counts must be positive"
         );
-        anyhow::ensure!(args.events_per_post > 0, "--events-per-post must be positive");
         let table_len =
             u64::from(args.affiliates) * (u64::from(args.campaigns_per_affiliate) + u64::from(args.subs_per_affiliate));
         anyhow::ensure!(
@@ -199,21 +205,33 @@ impl Mix {
         );
         let zipf =
             |n: u32| Zipf::new(f64::from(n), args.zipf_exponent).map_err(|error| anyhow::anyhow!("zipf: {error}"));
-        // The same for every connection and run: who promotes what is the
-        // network's set-up, not the traffic's.
+        // The same for every run: who promotes what is the network's
+        // set-up, not the traffic's.
         let mut setup = <StdRng as rand::SeedableRng>::seed_from_u64(0x0ff3_2500);
         let draws = |distribution: Zipf<f64>, per: u32, rng: &mut StdRng| -> Vec<u32> {
             (0..u64::from(args.affiliates) * u64::from(per)).map(|_| distribution.sample(rng) as u32).collect()
         };
         let offers = draws(zipf(args.campaigns)?, args.campaigns_per_affiliate, &mut setup);
         let placements = draws(zipf(args.subs)?, args.subs_per_affiliate, &mut setup);
+        Ok(Arc::new(Setup { offers, placements }))
+    }
+}
+
+// === impl Mix ===
+
+impl Mix {
+    /// A connection's mix over the run's `setup` (made from the same
+    /// `args`).
+    pub(crate) fn new(args: &MixArgs, task_idx: usize, setup: Arc<Setup>) -> anyhow::Result<Mix> {
+        anyhow::ensure!(args.events_per_post > 0, "--events-per-post must be positive");
+        let zipf =
+            |n: u32| Zipf::new(f64::from(n), args.zipf_exponent).map_err(|error| anyhow::anyhow!("zipf: {error}"));
         Ok(Mix {
             args: args.clone(),
             affiliates: zipf(args.affiliates)?,
             own_campaign: zipf(args.campaigns_per_affiliate)?,
             own_sub: zipf(args.subs_per_affiliate)?,
-            offers,
-            placements,
+            setup,
             order_prefix: format!("{}-t{task_idx}-", *RUN_ID),
             n_orders: 0,
             clicks: VecDeque::with_capacity(CLICKS_REMEMBERED_MAX),
@@ -277,11 +295,11 @@ impl Mix {
             let j = distribution.sample(rng) as usize - 1;
             table[(affiliate_id as usize - 1) * per as usize + j]
         };
-        let campaign_id = own(&self.own_campaign, self.args.campaigns_per_affiliate, &self.offers, rng);
+        let campaign_id = own(&self.own_campaign, self.args.campaigns_per_affiliate, &self.setup.offers, rng);
         let sub1 = if rng.random_range(0..3) == 0 {
             String::new()
         } else {
-            format!("s{}", own(&self.own_sub, self.args.subs_per_affiliate, &self.placements, rng))
+            format!("s{}", own(&self.own_sub, self.args.subs_per_affiliate, &self.setup.placements, rng))
         };
         (affiliate_id, campaign_id, sub1)
     }

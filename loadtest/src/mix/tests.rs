@@ -39,9 +39,10 @@ fn amounts_render_in_major_units() {
 fn each_affiliate_keeps_to_its_own_campaigns_and_subs() {
     let mut seen: std::collections::BTreeMap<u32, (BTreeSet<u32>, BTreeSet<String>)> = Default::default();
     let mut campaigns = BTreeSet::new();
-    // Two connections, each with its own draws: the same set-up.
+    // Two connections, each with its own draws and its own set-up (as two
+    // runs): the same affiliates' campaigns.
     for task_idx in 0..2 {
-        let mix = Mix::new(&args(), task_idx).unwrap();
+        let mix = Mix::new(&args(), task_idx, Setup::new(&args()).unwrap()).unwrap();
         let mut rng = StdRng::seed_from_u64(task_idx as u64);
         for _ in 0..20_000 {
             let (affiliate_id, campaign_id, sub1) = mix.ids(&mut rng);
@@ -65,7 +66,7 @@ fn each_affiliate_keeps_to_its_own_campaigns_and_subs() {
 
 #[test]
 fn shares_are_respected() {
-    let mut mix = Mix::new(&args(), 0).unwrap();
+    let mut mix = Mix::new(&args(), 0, Setup::new(&args()).unwrap()).unwrap();
     let mut rng = StdRng::seed_from_u64(3);
     let mut previous: Option<Plan> = None;
     let mut by_label = std::collections::BTreeMap::new();
@@ -116,7 +117,7 @@ fn shares_are_respected() {
 
 #[test]
 fn pixels_only_draws_only_valid_pixels() {
-    let mut mix = Mix::new(&MixArgs { pixels_only: true, ..args() }, 0).unwrap();
+    let mut mix = Mix::new(&MixArgs { pixels_only: true, ..args() }, 0, Setup::new(&args()).unwrap()).unwrap();
     let mut rng = StdRng::seed_from_u64(3);
     for _ in 0..1000 {
         let plan = mix.next(&mut rng, None);
@@ -128,7 +129,7 @@ fn pixels_only_draws_only_valid_pixels() {
 #[test]
 fn conversions_use_remembered_clicks() {
     let args = MixArgs { postback_share: 1.0, click_share: 0.0, duplicate_share: 0.0, malformed_share: 0.0, ..args() };
-    let mut mix = Mix::new(&args, 3).unwrap();
+    let mut mix = Mix::new(&args, 3, Setup::new(&args).unwrap()).unwrap();
     let mut rng = StdRng::seed_from_u64(5);
     // Without a remembered click, conversions are posted as events.
     let plans: Vec<Plan> = (0..200).map(|_| mix.next(&mut rng, None)).collect();
