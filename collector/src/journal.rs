@@ -103,12 +103,13 @@ pub(crate) enum Entry {
 // === impl Entry ===
 
 impl Entry {
-    /// Whether a rows-only seal takes this entry: a counted conversion
-    /// (with its row) or a quarantine row. A conversion refused as a
-    /// duplicate is only a traffic counter.
+    /// Whether a rows-only seal takes this entry: a count that carries a
+    /// conversion row (the tally keeps its counts with the row) or a
+    /// quarantine row. A conversion refused as a duplicate is only a
+    /// traffic counter.
     pub(crate) fn is_rows(&self) -> bool {
         match self {
-            Entry::Count { kind, .. } => kind.is_conversion(),
+            Entry::Count { conversion, .. } => conversion.is_some(),
             Entry::Quarantine(_) => true,
             Entry::Duplicate { .. } | Entry::RowsSpooled(_) => false,
         }

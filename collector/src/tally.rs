@@ -110,8 +110,6 @@ pub struct Sealed {
     pub quarantine: Vec<QuarantineRow>,
     /// What of the journal this seal holds.
     pub through: Through,
-    /// Taken by [`Tally::seal_rows`].
-    pub rows_only: bool,
 }
 
 pub struct Tally {
@@ -261,7 +259,6 @@ impl Tally {
             conversions,
             quarantine,
             through: Through::all(journal_through),
-            rows_only: false,
         }
     }
 
@@ -285,7 +282,6 @@ impl Tally {
             conversions,
             quarantine,
             through: Through::rows(position),
-            rows_only: true,
         }
     }
 

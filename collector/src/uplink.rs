@@ -56,12 +56,13 @@ const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
 
-/// How long shutdown keeps trying to ship what is left.
 /// An edge with nothing to ship seals an empty batch after this long, so
 /// the aggregator tells a quiet edge from a dead or cut-off one (its
 /// dashboard calls an edge lagging after 5 s without a batch). Only when
 /// nothing waits in the spool: during an outage they would pile up.
 const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);
+
+/// How long shutdown keeps trying to ship what is left.
 const SHUTDOWN_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The aggregator's QUIC close code for an unknown edge or a wrong token.

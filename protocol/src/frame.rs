@@ -156,7 +156,7 @@ impl BatchFrame {
             return Err(FrameError::TooLarge { len });
         }
         let mut out = Vec::with_capacity(len);
-        self.put_header(&mut out, FRAME_VERSION, [&payload, &[], &[]]);
+        self.put_header(&mut out, FRAME_VERSION, &[&payload]);
         out.put_slice(&payload);
         debug_assert_eq!(out.len(), len);
         Ok(out)
@@ -174,7 +174,7 @@ impl BatchFrame {
         self.put_header(
             &mut out,
             FRAME_VERSION_PLAIN,
-            [&self.rollups_ipc, &self.conversions_ipc, &self.quarantine_ipc],
+            &[&self.rollups_ipc, &self.conversions_ipc, &self.quarantine_ipc],
         );
         out.put_slice(&self.rollups_ipc);
         out.put_slice(&self.conversions_ipc);
@@ -183,7 +183,7 @@ impl BatchFrame {
     }
 
     /// Writes the header of `version`, its CRC over it and `payload`.
-    fn put_header(&self, out: &mut Vec<u8>, version: u16, payload: [&[u8]; 3]) {
+    fn put_header(&self, out: &mut Vec<u8>, version: u16, payload: &[&[u8]]) {
         out.put_slice(&FRAME_MAGIC);
         out.put_u16_le(version);
         out.put_u16_le(0);

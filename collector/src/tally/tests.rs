@@ -239,7 +239,7 @@ fn rows_seals_take_conversions_and_a_restart_replays_only_the_rest() {
         let (tally, _) = open(Through::default());
         record_some(&tally, "1");
         let rows = tally.seal_rows();
-        assert!(rows.rows_only && rows.rollups.is_empty());
+        assert!(rows.rollups.is_empty());
         let mut no_click_id = [0; edgetally_protocol::fraud::N_FLAGS];
         no_click_id[Flag::NoClickId.index()] = 1;
         let key =
@@ -265,7 +265,6 @@ fn rows_seals_take_conversions_and_a_restart_replays_only_the_rest() {
         // replay.
         assert_eq!((recovery.rows_spooled, recovery.replayed), (3, 9), "noted: {noted}");
         let full = tally.seal();
-        assert!(!full.rows_only);
         let merged = Tally::new(TallyLimits::default());
         merged.restore(full);
         merged.restore(rows);

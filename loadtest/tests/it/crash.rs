@@ -312,12 +312,16 @@ fn sigterm_during_load_ships_every_accepted_event() {
     assert_eq!(metric(&url, "edgetally_collector_journal_replayed_total"), 0.0);
 }
 
-/// Leads and sales in a ledger file (its counts by pair).
-fn ledger_conversions(ledger: &Path) -> u64 {
+/// Sums of a ledger file's counts by pair: leads and sales, and every
+/// event it booked (accepted, flagged or duplicate).
+fn ledger_sums(ledger: &Path) -> (u64, u64) {
     let file: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(ledger).expect("read ledger")).expect("ledger is JSON");
     let counts = file["counts"].as_object().expect("counts");
-    counts.values().map(|counts| counts["leads"].as_u64().unwrap() + counts["sales"].as_u64().unwrap()).sum()
+    let sum = |names: &[&str]| -> u64 {
+        counts.values().map(|counts| names.iter().map(|name| counts[*name].as_u64().unwrap()).sum::<u64>()).sum()
+    };
+    (sum(&["leads", "sales"]), sum(&["impressions", "clicks", "leads", "sales", "flagged", "duplicates"]))
 }
 
 /// Conversions ship with every flush while the traffic counters wait for
@@ -355,22 +359,44 @@ fn a_collector_killed_between_rows_only_seals_loses_and_doubles_nothing() {
         }
     };
 
+    let dataset_rows = |dataset: &str| -> u64 {
+        let batches = runtime.block_on(crate::support::fetch(&flight, serde_json::json!({"dataset": dataset})));
+        batches.iter().map(|batch| batch.num_rows() as u64).sum()
+    };
+
     let url = format!("http://{}", collector.start()["http"].as_str().unwrap());
     let first = dir.path().join("first.json");
     traffic(&url, &first, 1);
-    let first_conversions = ledger_conversions(&first);
+    let (first_conversions, first_booked) = ledger_sums(&first);
     assert!(first_conversions > 20, "{first_conversions} conversions");
     wait_for_conversions(first_conversions);
+    // Every row sealed, spooled and acknowledged: the journal holds notes
+    // past all of them.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ["conversions_pending", "quarantine_pending", "uplink_pending_batches"]
+        .iter()
+        .any(|gauge| metric(&url, &format!("edgetally_collector_{gauge}")) != 0.0)
+    {
+        assert!(Instant::now() < deadline, "rows still waiting to ship");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     assert!(metric(&url, "edgetally_collector_seals_total{kind=\"rows\"}") > 0.0);
+    let (conversion_rows, quarantine_rows) = (dataset_rows("conversions"), dataset_rows("quarantine"));
+    assert!(quarantine_rows > 0, "the mix has malformed requests");
 
     collector.kill();
     let url = format!("http://{}", collector.start()["http"].as_str().unwrap());
-    // The shipped conversions (and quarantine rows) stay out of the replay.
-    assert!(metric(&url, "edgetally_collector_journal_rows_spooled_total") >= first_conversions as f64);
-    assert!(metric(&url, "edgetally_collector_journal_replayed_total") > 0.0);
+    // The shipped conversion and quarantine rows stay out of the replay;
+    // every other journaled change of the first run (a count or a
+    // duplicate) comes back.
+    assert_eq!(
+        metric(&url, "edgetally_collector_journal_rows_spooled_total"),
+        (conversion_rows + quarantine_rows) as f64
+    );
+    assert_eq!(metric(&url, "edgetally_collector_journal_replayed_total"), (first_booked - conversion_rows) as f64);
     let second = dir.path().join("second.json");
     traffic(&url, &second, 2);
-    wait_for_conversions(first_conversions + ledger_conversions(&second));
+    wait_for_conversions(first_conversions + ledger_sums(&second).0);
 
     let status = collector.terminate(Duration::from_secs(15));
     assert!(status.success(), "collector exited with {status}");

@@ -102,32 +102,28 @@ fn a_flush_ships_in_a_fraction_of_its_plain_streams() {
     assert_eq!(BatchFrame::decode(Bytes::from(version_3)).unwrap(), frame);
 }
 
+/// Writes the CRC a frame's header and payload now call for.
+fn recompute_crc(frame: &mut [u8]) {
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&frame[..FRAME_HEADER_LEN - 4]);
+    crc.update(&frame[FRAME_HEADER_LEN..]);
+    frame[FRAME_HEADER_LEN - 4..FRAME_HEADER_LEN].copy_from_slice(&crc.finalize().to_le_bytes());
+}
+
 #[test]
 fn payloads_that_do_not_decompress_are_refused() {
     // A valid CRC over a payload that is not zstd.
     let mut frame = plain_frame(&sample());
     frame[4..6].copy_from_slice(&FRAME_VERSION.to_le_bytes());
-    let crc = {
-        let mut crc = crc32fast::Hasher::new();
-        crc.update(&frame[..FRAME_HEADER_LEN - 4]);
-        crc.update(&frame[FRAME_HEADER_LEN..]);
-        crc.finalize()
-    };
-    frame[FRAME_HEADER_LEN - 4..FRAME_HEADER_LEN].copy_from_slice(&crc.to_le_bytes());
+    recompute_crc(&mut frame);
     assert!(matches!(BatchFrame::decode(Bytes::from(frame)), Err(FrameError::Decompress(_))));
 
     // Streams announced shorter than they decompress to: the reader stops
     // at the announced length.
     let mut short = sample().encode().unwrap();
     short[44..48].copy_from_slice(&1u32.to_le_bytes());
-    let crc = {
-        let mut crc = crc32fast::Hasher::new();
-        crc.update(&short[..FRAME_HEADER_LEN - 4]);
-        crc.update(&short[FRAME_HEADER_LEN..]);
-        crc.finalize()
-    };
-    short[FRAME_HEADER_LEN - 4..FRAME_HEADER_LEN].copy_from_slice(&crc.to_le_bytes());
-    assert!(BatchFrame::decode(Bytes::from(short)).is_err());
+    recompute_crc(&mut short);
+    assert!(matches!(BatchFrame::decode(Bytes::from(short)), Err(FrameError::Decompress(_))));
 
     // More than a frame may hold, announced: refused before decompressing.
     let mut huge = sample().encode().unwrap();
