@@ -252,7 +252,7 @@ impl Ingress {
         let probe = matches!(path, "/healthz" | "/readyz" | "/metrics");
         // Work in progress is bounded: past the limit a request is shed at
         // once rather than queued, and health checks are always answered.
-        let _in_flight = match self.requests.clone().try_acquire_owned() {
+        let _in_flight = match self.requests.try_acquire() {
             Ok(permit) => Some(permit),
             Err(_) if probe => None,
             Err(_) => {

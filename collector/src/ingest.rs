@@ -37,7 +37,7 @@ pub enum Item<'a> {
 /// (cache busters) are ignored; a repeated parameter keeps its last value.
 pub fn parse_query(query: &str) -> RawEvent<'_> {
     let mut raw = RawEvent::default();
-    for (name, value) in form_urlencoded::parse(query.as_bytes()) {
+    for (name, value) in query_pairs(query) {
         let slot = match name.as_ref() {
             "aff" => &mut raw.affiliate_id,
             "cmp" => &mut raw.campaign_id,
@@ -60,6 +60,55 @@ pub fn parse_query(query: &str) -> RawEvent<'_> {
     raw
 }
 
+/// The name/value pairs of a query string, as `application/x-www-form-urlencoded`
+/// reads them (`form_urlencoded::parse`). A pair with nothing to decode
+/// (no `%`, no `+`) is borrowed as it is: the query is UTF-8 already, so
+/// that is what decoding would give, without checking it again.
+pub fn query_pairs(query: &str) -> QueryPairs<'_> {
+    QueryPairs { rest: query }
+}
+
+/// The iterator of [`query_pairs`]: one pass over each pair's bytes finds
+/// its end, its `=` and whether it needs decoding.
+#[derive(Debug, Clone)]
+pub struct QueryPairs<'a> {
+    rest: &'a str,
+}
+
+impl<'a> Iterator for QueryPairs<'a> {
+    type Item = (Cow<'a, str>, Cow<'a, str>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        while !self.rest.is_empty() {
+            let (mut end, mut equals, mut escaped) = (self.rest.len(), None, false);
+            for (idx, byte) in self.rest.bytes().enumerate() {
+                match byte {
+                    b'&' => {
+                        end = idx;
+                        break;
+                    }
+                    b'=' if equals.is_none() => equals = Some(idx),
+                    b'%' | b'+' => escaped = true,
+                    _ => {}
+                }
+            }
+            // `&` and `=` are ASCII, so both splits are on character
+            // boundaries.
+            let pair = &self.rest[..end];
+            self.rest = self.rest.get(end + 1..).unwrap_or("");
+            if pair.is_empty() {
+                continue;
+            }
+            if escaped {
+                return form_urlencoded::parse(pair.as_bytes()).next();
+            }
+            let (name, value) = equals.map_or((pair, ""), |idx| (&pair[..idx], &pair[idx + 1..]));
+            return Some((Cow::Borrowed(name), Cow::Borrowed(value)));
+        }
+        None
+    }
+}
+
 /// The JSON event a pixel carries in its `d` parameter (base64url, as
 /// browser trackers send structured events through an image request), if
 /// any. `Err` holds the rejection reason.
@@ -67,7 +116,7 @@ pub fn pixel_payload(query: &str) -> Option<Result<Vec<u8>, &'static str>> {
     if !(query.starts_with("d=") || query.contains("&d=")) {
         return None;
     }
-    let (_, encoded) = form_urlencoded::parse(query.as_bytes()).find(|(name, _)| name == "d")?;
+    let (_, encoded) = query_pairs(query).find(|(name, _)| name == "d")?;
     let encoded = encoded.trim_end_matches('=');
     Some(URL_SAFE_NO_PAD.decode(encoded.as_bytes()).map_err(|_| "bad_payload"))
 }

@@ -16,11 +16,11 @@
 //! as shed), while events for keys already held keep counting: a full tally
 //! never drops what it has accepted.
 
-use std::collections::HashMap;
-use std::collections::hash_map::Entry;
 use std::sync::Mutex;
 
 use edgetally_protocol::{ConversionRow, Event, EventKind, Flag, QuarantineRow, RollupCounts, RollupKey};
+use hashbrown::hash_map::EntryRef as MapEntry;
+use hashbrown::{Equivalent, HashMap};
 
 use crate::journal::{Entry as JournalEntry, EntryRef, Journal};
 use crate::spool::Through;
@@ -183,11 +183,11 @@ impl Tally {
         flag_of: impl FnOnce() -> Option<Flag>,
         is_duplicate: impl FnOnce() -> bool,
     ) -> Result<Recorded, TallyError> {
-        let key = RollupKey {
+        let key = KeyRef {
             minute_ms: event.minute_ms(),
             affiliate_id: event.affiliate_id,
             campaign_id: event.campaign_id,
-            sub1: event.sub1().to_owned(),
+            sub1: event.sub1(),
         };
         let mut unsealed = self.lock();
         let Unsealed { rollups, conversion_rollups, conversions, journal, n_unjournaled, journal_failing, .. } =
@@ -196,39 +196,52 @@ impl Tally {
         if is_conversion && conversions.len() >= self.limits.conversions_max {
             return Err(TallyError::ConversionsFull(self.limits.conversions_max));
         }
-        // One hash lookup per event: the entry is found (or its slot chosen)
-        // once, checked for room, and only then written.
+        // One hash lookup per event, by the borrowed key: the entry is found
+        // (or its slot chosen) once, checked for room, and only then
+        // written; a key is copied only when it is new.
         let n_keys = rollups.len();
-        let entry = rollups.entry(key);
-        if matches!(entry, Entry::Vacant(_)) && n_keys >= self.limits.rollup_keys_max {
+        let entry = rollups.entry_ref(&key);
+        if matches!(entry, MapEntry::Vacant(_)) && n_keys >= self.limits.rollup_keys_max {
             return Err(TallyError::KeysFull(self.limits.rollup_keys_max));
         }
         let duplicate = is_duplicate();
         let flag = if duplicate { None } else { flag_of() };
         let unique = unique && event.kind == EventKind::Click && flag.is_none();
         let conversion = is_conversion.then(|| ConversionRow { flag, ..ConversionRow::from_event(event) });
-        if let Some(journal) = journal {
-            let key = entry.key();
-            let written = if duplicate {
-                journal.append(EntryRef::Duplicate { key })
-            } else {
-                journal.append(EntryRef::Count { key, kind: event.kind, unique, flag, conversion: conversion.as_ref() })
-            };
-            *n_unjournaled += u64::from(!written);
-            *journal_failing = !written;
-        }
-        if duplicate {
-            let counts = entry.or_default();
-            counts.duplicates = counts.duplicates.saturating_add(1);
-            return Ok(Recorded::Duplicate);
-        }
-        match conversion {
-            Some(conversion) => {
-                let counts = conversion_rollups.entry(entry.key().clone()).or_default();
-                count(counts, event.kind, unique, flag);
-                conversions.push(conversion);
+        let mut journaled = |key: &RollupKey| {
+            if let Some(journal) = journal {
+                let written = if duplicate {
+                    journal.append(EntryRef::Duplicate { key })
+                } else {
+                    let conversion = conversion.as_ref();
+                    journal.append(EntryRef::Count { key, kind: event.kind, unique, flag, conversion })
+                };
+                *n_unjournaled += u64::from(!written);
+                *journal_failing = !written;
             }
-            None => count(entry.or_default(), event.kind, unique, flag),
+        };
+        // A counted conversion counts in its own map only, so no traffic
+        // key is made for it; duplicates and traffic count in the traffic
+        // map.
+        match conversion.as_ref().filter(|_| !duplicate) {
+            Some(_) => {
+                journaled(&RollupKey::from(&key));
+                count(conversion_rollups.entry_ref(&key).or_default(), event.kind, unique, flag);
+                conversions.extend(conversion);
+            }
+            None => {
+                let mut occupied = match entry {
+                    MapEntry::Occupied(occupied) => occupied,
+                    MapEntry::Vacant(vacant) => vacant.insert_entry(RollupCounts::default()),
+                };
+                journaled(occupied.key());
+                let counts = occupied.get_mut();
+                if duplicate {
+                    counts.duplicates = counts.duplicates.saturating_add(1);
+                    return Ok(Recorded::Duplicate);
+                }
+                count(counts, event.kind, unique, flag);
+            }
         }
         Ok(match flag {
             None => Recorded::Counted,
@@ -428,6 +441,37 @@ impl Unsealed {
             JournalEntry::Quarantine(row) => self.quarantine.push(row),
             // Read by `Journal::open`, never replayed.
             JournalEntry::RowsSpooled(_) => {}
+        }
+    }
+}
+
+/// A rollup key by reference, for lookups that copy the key only when it
+/// is new. It hashes as [`RollupKey`] does (the same fields in the same
+/// order, and `&str` hashes as `String`).
+#[derive(Hash)]
+struct KeyRef<'a> {
+    minute_ms: i64,
+    affiliate_id: u32,
+    campaign_id: u32,
+    sub1: &'a str,
+}
+
+impl Equivalent<RollupKey> for KeyRef<'_> {
+    fn equivalent(&self, key: &RollupKey) -> bool {
+        self.minute_ms == key.minute_ms
+            && self.affiliate_id == key.affiliate_id
+            && self.campaign_id == key.campaign_id
+            && self.sub1 == key.sub1
+    }
+}
+
+impl From<&KeyRef<'_>> for RollupKey {
+    fn from(key: &KeyRef<'_>) -> RollupKey {
+        RollupKey {
+            minute_ms: key.minute_ms,
+            affiliate_id: key.affiliate_id,
+            campaign_id: key.campaign_id,
+            sub1: key.sub1.to_owned(),
         }
     }
 }

@@ -78,3 +78,14 @@ fn pixel_payloads() {
     let mut bytes = pixel_payload(&format!("d={}", encode("{oops"))).unwrap().unwrap();
     assert!(matches!(parse_event(&mut bytes), Item::Invalid { reason: "invalid_json", .. }));
 }
+
+proptest::proptest! {
+    /// The borrowing pair reader reads what `form_urlencoded` reads, on
+    /// any query: separators, escapes, pluses and multibyte characters.
+    #[test]
+    fn query_pairs_read_as_form_urlencoded(query in "[a&=%+2Fé0-9_]{0,40}") {
+        let expect: Vec<_> = form_urlencoded::parse(query.as_bytes()).collect();
+        let actual: Vec<_> = query_pairs(&query).collect();
+        proptest::prop_assert_eq!(actual, expect);
+    }
+}

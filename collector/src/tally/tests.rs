@@ -299,3 +299,19 @@ fn seal_rows_merge_into_one_row_per_key() {
         ]
     );
 }
+
+/// Keys restored or replayed by value and events recorded by reference
+/// meet in one entry: the borrowed key hashes and compares as the owned one.
+#[test]
+fn borrowed_keys_find_owned_keys() {
+    let mut map: HashMap<RollupKey, RollupCounts> = HashMap::new();
+    for sub1 in ["", "a", "fb_campaign-7"] {
+        let key = KeyRef { minute_ms: NOW_MS, affiliate_id: 3, campaign_id: u32::MAX, sub1 };
+        map.entry(RollupKey::from(&key)).or_default().impressions += 1;
+        map.entry_ref(&key).or_default().impressions += 1;
+        let other = KeyRef { sub1: "other", ..key };
+        assert!(map.get(&other).is_none(), "{sub1:?} is not another sub's key");
+    }
+    assert_eq!(map.len(), 3);
+    assert!(map.values().all(|counts| counts.impressions == 2));
+}
