@@ -2,7 +2,11 @@
 //! `POST /v1/events` bodies, and the bot user-agent rule.
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use edgetally_collector::ingest::{Item, parse_body, parse_query};
+use std::hint::black_box;
+
+use aho_corasick::{AhoCorasickBuilder, MatchKind};
+use edgetally_collector::ingest::{Item, parse_body, parse_query, query_pairs};
+use edgetally_protocol::fraud::{BOT_USER_AGENT_MARKERS, is_bot_user_agent};
 use edgetally_protocol::{Event, EventKind};
 
 const NOW_MS: i64 = 1_790_000_000_000;
@@ -14,8 +18,21 @@ fn ingest(criterion: &mut Criterion) {
     group.bench_function("pixel_query", |bench| {
         bench.iter(|| Event::validate(&parse_query(query), Some(EventKind::Impression), NOW_MS).unwrap())
     });
+    // The query reader against form_urlencoded, which it follows and which
+    // it leaves the pairs with escapes to.
+    group.bench_function("query_pairs", |bench| bench.iter(|| query_pairs(black_box(query)).count()));
+    group.bench_function("query_pairs_form_urlencoded", |bench| {
+        bench.iter(|| form_urlencoded::parse(black_box(query).as_bytes()).count())
+    });
     // The bot rule runs on every browser request: a browser's user agent
     // is scanned to its end (no marker), a crawler's stops at its marker.
+    // The baseline scans the same markers ignoring case, without
+    // lowercasing first (the rule's path for user agents over 512 bytes).
+    let any_case = AhoCorasickBuilder::new()
+        .ascii_case_insensitive(true)
+        .match_kind(MatchKind::LeftmostFirst)
+        .build(BOT_USER_AGENT_MARKERS)
+        .unwrap();
     for (name, user_agent) in [
         (
             "browser",
@@ -24,7 +41,10 @@ fn ingest(criterion: &mut Criterion) {
         ("crawler", "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)"),
     ] {
         group.bench_with_input(BenchmarkId::new("bot_user_agent", name), user_agent, |bench, user_agent| {
-            bench.iter(|| edgetally_protocol::fraud::is_bot_user_agent(std::hint::black_box(user_agent.as_bytes())))
+            bench.iter(|| is_bot_user_agent(black_box(user_agent.as_bytes())))
+        });
+        group.bench_with_input(BenchmarkId::new("bot_user_agent_any_case", name), user_agent, |bench, user_agent| {
+            bench.iter(|| any_case.is_match(black_box(user_agent.as_bytes())))
         });
     }
     for n_items in [1usize, 100] {
