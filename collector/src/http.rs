@@ -9,6 +9,7 @@ use std::borrow::Cow;
 use std::convert::Infallible;
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -98,8 +99,8 @@ pub(crate) struct Ingress {
     /// One permit per open connection.
     pub(crate) connections: Arc<Semaphore>,
     pub(crate) connections_max: usize,
-    /// One permit per request being handled, bodies included.
-    pub(crate) requests: Arc<Semaphore>,
+    /// Requests being handled, bodies included.
+    pub(crate) requests: InFlight,
     pub(crate) url_bytes_max: usize,
     /// How long a client may take to send a request head, and how long an
     /// idle keep-alive connection waits for the next one.
@@ -107,6 +108,48 @@ pub(crate) struct Ingress {
 }
 
 type HttpResponse = Response<Full<Bytes>>;
+
+/// The bound on requests being handled. A request past it is shed at
+/// once, never queued, so a plain counter does: a tokio semaphore would
+/// also take its waiters' lock on every release, for waiters there never
+/// are.
+#[derive(Debug)]
+pub(crate) struct InFlight {
+    n_in_flight: AtomicUsize,
+    max: usize,
+}
+
+/// One request counted in [`InFlight`] until dropped.
+#[derive(Debug)]
+pub(crate) struct InFlightGuard<'a>(&'a InFlight);
+
+impl InFlight {
+    pub(crate) fn new(max: usize) -> InFlight {
+        InFlight { n_in_flight: AtomicUsize::new(0), max }
+    }
+
+    /// Counts a request in, unless the bound is reached. An attempt past
+    /// the bound takes its count back, so the requests let in never
+    /// exceed `max`.
+    pub(crate) fn try_enter(&self) -> Option<InFlightGuard<'_>> {
+        if self.n_in_flight.fetch_add(1, Ordering::Relaxed) >= self.max {
+            self.n_in_flight.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(InFlightGuard(self))
+    }
+
+    /// Requests being handled now.
+    pub(crate) fn len(&self) -> usize {
+        self.n_in_flight.load(Ordering::Relaxed).min(self.max)
+    }
+}
+
+impl Drop for InFlightGuard<'_> {
+    fn drop(&mut self) {
+        self.0.n_in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
 
 /// Accepts connections until `shutdown` turns true, then lets in-flight
 /// requests finish for a bounded time. Past `connections_max` open
@@ -251,21 +294,19 @@ impl Ingress {
         let readable = matches!(method, &Method::GET | &Method::HEAD);
         let probe = matches!(path, "/healthz" | "/readyz" | "/metrics");
         // Work in progress is bounded: past the limit a request is shed at
-        // once rather than queued, and health checks are always answered.
-        let _in_flight = match self.requests.try_acquire() {
-            Ok(permit) => Some(permit),
-            Err(_) if probe => None,
-            Err(_) => {
-                let rejection =
-                    Rejection { reason: "shed_overload", detail: "shed_overload: too many requests in flight".into() };
-                if matches!(path, "/p.gif" | "/cv.gif") {
-                    let source = if path == "/p.gif" { Source::Pixel } else { Source::ConversionPixel };
-                    return self.gif(source, Err(rejection), query);
-                }
-                self.metrics.requests_refused.get_or_create(&ReasonLabels { reason: "shed_overload" }).inc();
-                return rejection_response(StatusCode::SERVICE_UNAVAILABLE, &rejection);
+        // once rather than queued. Health checks are always answered, and
+        // not counted. The guard lives until the answer is made.
+        let in_flight = if probe { None } else { Some(self.requests.try_enter()) };
+        if matches!(in_flight, Some(None)) {
+            let rejection =
+                Rejection { reason: "shed_overload", detail: "shed_overload: too many requests in flight".into() };
+            if matches!(path, "/p.gif" | "/cv.gif") {
+                let source = if path == "/p.gif" { Source::Pixel } else { Source::ConversionPixel };
+                return self.gif(source, Err(rejection), query);
             }
-        };
+            self.metrics.requests_refused.get_or_create(&ReasonLabels { reason: "shed_overload" }).inc();
+            return rejection_response(StatusCode::SERVICE_UNAVAILABLE, &rejection);
+        }
         if let Some(throttle) = &self.throttle
             && !probe
         {
@@ -304,6 +345,7 @@ impl Ingress {
                 self.metrics.observe_logs();
                 let n_open = self.connections_max - self.connections.available_permits();
                 self.metrics.connections_open.set(n_open as i64);
+                self.metrics.requests_in_flight.set(self.requests.len() as i64);
                 let mut response = Response::new(Full::new(Bytes::from(self.metrics.render())));
                 response.headers_mut().insert(
                     CONTENT_TYPE,
@@ -814,3 +856,6 @@ fn now_ms() -> i64 {
     // makes them fail the time window rather than crash the collector.
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_millis() as i64)
 }
+
+#[cfg(test)]
+mod tests;

@@ -383,7 +383,7 @@ impl Collector {
                 .map(|(per_second, burst)| throttle::Throttle::new(per_second, burst, throttle::TRACKED_MAX_DEFAULT)),
             connections: Arc::new(Semaphore::new(config.connections_max)),
             connections_max: config.connections_max,
-            requests: Arc::new(Semaphore::new(config.requests_in_flight_max)),
+            requests: http::InFlight::new(config.requests_in_flight_max),
             url_bytes_max: config.url_bytes_max,
             header_read_timeout: config.header_read_timeout,
         });

@@ -101,6 +101,7 @@ pub(crate) struct Metrics {
     pub(crate) requests_refused: Family<ReasonLabels, Counter>,
     pub(crate) request_received_bytes: Counter,
     pub(crate) connections_open: Gauge,
+    pub(crate) requests_in_flight: Gauge,
     pub(crate) uplink_batches: Family<StatusLabels, Counter>,
     pub(crate) uplink_sent_bytes: Counter,
     pub(crate) uplink_retries: Counter,
@@ -164,6 +165,7 @@ impl Metrics {
             requests_refused: Family::default(),
             request_received_bytes: Counter::default(),
             connections_open: Gauge::default(),
+            requests_in_flight: Gauge::default(),
             uplink_batches: Family::default(),
             uplink_sent_bytes: Counter::default(),
             uplink_retries: Counter::default(),
@@ -261,6 +263,11 @@ impl Metrics {
             metrics.uplink_batches.clone(),
         );
         registry.register("connections_open", "Open HTTP connections", metrics.connections_open.clone());
+        registry.register(
+            "requests_in_flight",
+            "HTTP requests being handled (bounded by --requests-in-flight-max); health checks and scrapes are not counted",
+            metrics.requests_in_flight.clone(),
+        );
         registry.register("uplink_sent_bytes", "Frame bytes sent to the aggregator", metrics.uplink_sent_bytes.clone());
         registry.register(
             "uplink_retries",

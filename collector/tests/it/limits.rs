@@ -197,10 +197,10 @@ async fn requests_past_the_in_flight_limit_are_shed_at_once() {
     let collector = TestCollector::start(&["--requests-in-flight-max", "1"]);
     let base = &collector.base_url;
     let addr = base.trim_start_matches("http://");
-    // A post whose body is still arriving holds the one slot. Probes run
-    // on both HTTP workers, so a probe can hold the slot at the moment the
-    // post's head arrives: then the post is the one shed (answered 503 at
-    // once), and another takes its place.
+    // A post whose body is still arriving holds the one slot. Requests run
+    // on both HTTP workers, so a pixel of the loop below can hold the slot
+    // at the moment a post's head arrives: then the post is the one shed
+    // (answered 503 at once), and another takes its place.
     let body = r#"{"kind":"click","affiliate_id":1,"campaign_id":2}"#;
     let head = format!("POST /v1/events HTTP/1.1\r\nhost: edge\r\ncontent-length: {}\r\n\r\n", body.len());
     let open_slow = async || {
@@ -233,8 +233,11 @@ async fn requests_past_the_in_flight_limit_are_shed_at_once() {
     assert_eq!(answer.status, 503);
     assert_eq!(answer.headers["retry-after"], "1");
     assert_eq!(answer.json()["reason"], "shed_overload");
-    // Health checks are answered regardless.
+    // Health checks are answered regardless, and scrapes are not counted
+    // in flight: the slow post is.
     assert_eq!(get(&format!("{base}/healthz")).await.status, 200);
+    let in_flight = "edgetally_collector_requests_in_flight";
+    assert_eq!(metric(&metrics_text(base).await, in_flight), 1);
 
     // Once the slow post completes, it is accepted and the slot frees up.
     slow.write_all(&body.as_bytes()[10..]).await.unwrap();
@@ -245,6 +248,7 @@ async fn requests_past_the_in_flight_limit_are_shed_at_once() {
     assert!(answer.contains(r#""accepted":1"#), "{answer}");
     assert_eq!(get(&format!("{base}/p.gif?aff=1&cmp=2")).await.headers["x-edgetally-outcome"], "accepted");
     let text = metrics_text(base).await;
+    assert_eq!(metric(&text, in_flight), 0, "{text}");
     assert_eq!(refused(&text, "shed_overload"), 1 + n_slow_shed, "{text}");
     let shed = r#"edgetally_collector_events_rejected_total{source="pixel",reason="shed_overload"}"#;
     // The probing loop stops at its first shed pixel.
