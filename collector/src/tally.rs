@@ -225,8 +225,11 @@ impl Tally {
         // map.
         match conversion.as_ref().filter(|_| !duplicate) {
             Some(_) => {
-                journaled(&RollupKey::from(&key));
-                count(conversion_rollups.entry_ref(&key).or_default(), event.kind, unique, flag);
+                // Conversions are few: one owned key serves the journal and
+                // the conversion map.
+                let key = RollupKey::from(&key);
+                journaled(&key);
+                count(conversion_rollups.entry(key).or_default(), event.kind, unique, flag);
                 conversions.extend(conversion);
             }
             None => {
