@@ -19,13 +19,18 @@
 # release builds: `cargo build --release --bins` (bare-gif alone:
 # `cargo build --release -p edgetally-benches --bins`), built when missing.
 # Usage: benches/compare.sh [rate] [seconds] [wrk-rounds] [cpu-rounds] [connections]
-# Extra collector flags: COLLECTOR_ARGS="--http-workers 1" benches/compare.sh
+# Extra collector flags: COLLECTOR_ARGS="--lean-pixels false" benches/compare.sh
+# Like for like: THREADS=N gives the collector N HTTP threads, bare-gif N
+# threads and nginx N workers. Without it the collector and bare-gif take
+# one thread per core and nginx one worker, the cheapest nginx per
+# request at a fixed rate (one worker wakes least often).
 set -euo pipefail
 rate=${1:-50000}
 seconds=${2:-10}
 wrk_rounds=${3:-3}
 cpu_rounds=${4:-2}
 connections=${5:-64}
+threads=${THREADS:-}
 root=$(cd "$(dirname "$0")/.." && pwd)
 bin="$root/target/release"
 work=$(mktemp -d)
@@ -124,27 +129,28 @@ quic=$(json "$work/aggregator/aggregator.json" quic)
 cert=$(json "$work/aggregator/aggregator.json" quic_cert)
 # shellcheck disable=SC2086 # extra flags are words
 RUST_LOG=warn "$bin/edgetally-collector" --data-dir "$work/collector" --http-listen 127.0.0.1:0 \
-    --aggregator-addr "$quic" --aggregator-cert "$cert" ${COLLECTOR_ARGS:-} & pids+=($!)
+    --aggregator-addr "$quic" --aggregator-cert "$cert" ${threads:+--http-workers "$threads"} ${COLLECTOR_ARGS:-} \
+    & pids+=($!)
 collector_pid=$!
 wait_for "$work/collector/collector.json"
 collector=$(json "$work/collector/collector.json" http)
 wait_port "$collector"
 
-"$bin/bare-gif" --listen 127.0.0.1:0 > "$work/bare-gif.out" & pids+=($!)
+"$bin/bare-gif" --listen 127.0.0.1:0 ${threads:+--workers "$threads"} > "$work/bare-gif.out" & pids+=($!)
 bare_pid=$!
 wait_for "$work/bare-gif.out"
 bare=$(awk '/^listening on / {print $3}' "$work/bare-gif.out")
 [ -n "$bare" ] || die "bare-gif printed no address: $(cat "$work/bare-gif.out")"
 wait_port "$bare"
 
-# One worker, in the foreground so that its master is our child; the
+# One worker (or THREADS), in the foreground so that its master is our child; the
 # access log is on in nginx's default (combined) format, unbuffered, as an
 # nginx left at its defaults would run.
 nginx_port=$(free_port)
 nginx="127.0.0.1:$nginx_port"
 cat > "$work/nginx.conf" << CONF
 daemon off;
-worker_processes 1;
+worker_processes ${threads:-1};
 pid $work/nginx.pid;
 error_log $work/nginx-error.log;
 events { worker_connections 4096; }
@@ -166,7 +172,7 @@ nginx_workers=$(children "$nginx_pid")
 nginx_pids=("$nginx_pid" $nginx_workers)
 
 machine="$(nproc) cores, $(uname -r)"
-echo "machine: $machine; collector $collector, bare-gif $bare, nginx $nginx (1 worker, access_log on)"
+echo "machine: $machine; collector $collector, bare-gif $bare, nginx $nginx (${threads:-1} worker(s), access_log on); collector and bare-gif threads: ${threads:-one per core}"
 echo
 
 # --- 1. overhead over a bare server

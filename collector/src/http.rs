@@ -105,6 +105,9 @@ pub(crate) struct Ingress {
     /// How long a client may take to send a request head, and how long an
     /// idle keep-alive connection waits for the next one.
     pub(crate) header_read_timeout: Duration,
+    /// Whether plain HTTP/1.1 pixels are answered by the lean loop
+    /// ([`lean`]) rather than by hyper.
+    pub(crate) lean_pixels: bool,
 }
 
 type HttpResponse = Response<Full<Bytes>>;
@@ -193,9 +196,18 @@ pub(crate) async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let (builder, ingress, tls, watcher) = (builder.clone(), ingress.clone(), tls.clone(), graceful.watcher());
+        let shutdown = shutdown.clone();
         tokio::spawn(async move {
             let _permit = permit;
             match tls {
+                // The watcher is held while the lean loop serves, so the
+                // drain at shutdown waits for it too.
+                None if ingress.lean_pixels => match lean::serve(stream, peer.ip(), &ingress, shutdown).await {
+                    lean::Ended::Closed => drop(watcher),
+                    lean::Ended::HandOff(stream) => {
+                        serve_connection(&builder, TokioIo::new(stream), peer.ip(), ingress, watcher).await;
+                    }
+                },
                 None => serve_connection(&builder, TokioIo::new(stream), peer.ip(), ingress, watcher).await,
                 Some(acceptor) => match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                     Ok(Ok(stream)) => {
@@ -293,48 +305,22 @@ impl Ingress {
         }
         let readable = matches!(method, &Method::GET | &Method::HEAD);
         let probe = matches!(path, "/healthz" | "/readyz" | "/metrics");
-        // Work in progress is bounded: past the limit a request is shed at
-        // once rather than queued. Health checks are always answered, and
-        // not counted. The guard lives until the answer is made.
-        let in_flight = if probe { None } else { Some(self.requests.try_enter()) };
-        if matches!(in_flight, Some(None)) {
-            let rejection =
-                Rejection { reason: "shed_overload", detail: "shed_overload: too many requests in flight".into() };
-            if matches!(path, "/p.gif" | "/cv.gif") {
-                let source = if path == "/p.gif" { Source::Pixel } else { Source::ConversionPixel };
-                return self.gif(source, Err(rejection), query);
-            }
-            self.metrics.requests_refused.get_or_create(&ReasonLabels { reason: "shed_overload" }).inc();
-            return rejection_response(StatusCode::SERVICE_UNAVAILABLE, &rejection);
-        }
-        if let Some(throttle) = &self.throttle
-            && !probe
-        {
-            match throttle.check(self.client_ip(&request, peer_ip)) {
-                Throttled::Allow => {}
-                Throttled::Untracked => {
-                    self.metrics.requests_refused.get_or_create(&ReasonLabels { reason: "throttle_untracked" }).inc();
+        // Health checks are always answered, and not counted. The guard
+        // lives until the answer is made.
+        let _in_flight = match self.admit(probe, || self.client_ip(forwarded_for(&request, self), peer_ip)) {
+            Ok(guard) => guard,
+            Err((status, rejection)) => {
+                if let Some(source) = pixel_source(path) {
+                    return gif(self.outcome(source, Err(rejection), query));
                 }
-                Throttled::Limit => {
-                    let rejection = Rejection {
-                        reason: "rate_limited",
-                        detail: "rate_limited: too many requests from this client".into(),
-                    };
-                    if matches!(path, "/p.gif" | "/cv.gif") {
-                        let source = if path == "/p.gif" { Source::Pixel } else { Source::ConversionPixel };
-                        return self.gif(source, Err(rejection), query);
-                    }
-                    self.metrics.requests_refused.get_or_create(&ReasonLabels { reason: "rate_limited" }).inc();
-                    return rejection_response(StatusCode::TOO_MANY_REQUESTS, &rejection);
-                }
+                self.metrics.requests_refused.get_or_create(&ReasonLabels { reason: rejection.reason }).inc();
+                return rejection_response(status, &rejection);
             }
-        }
+        };
         match path {
-            "/p.gif" if readable => self.pixel(query, self.is_bot(&request)),
-            "/cv.gif" if readable => self.conversion(Source::ConversionPixel, query, self.is_bot(&request)),
-            // Postbacks come from servers, whose user agents are HTTP
-            // libraries by nature: the bot rule does not apply.
-            "/pb" if readable => self.conversion(Source::Postback, query, false),
+            "/p.gif" if readable => gif(self.pixel(Source::Pixel, query, user_agent(&request))),
+            "/cv.gif" if readable => gif(self.pixel(Source::ConversionPixel, query, user_agent(&request))),
+            "/pb" if readable => self.postback(query),
             "/v1/events" if method == Method::POST => self.events(request).await,
             "/healthz" if readable => text(StatusCode::OK, "ok\n"),
             "/readyz" if readable => self.readiness(),
@@ -355,7 +341,7 @@ impl Ingress {
             }
             _ if readable && path.starts_with("/c/") => {
                 let visitor = self.visitor(&request, peer_ip);
-                self.click(&path[3..], query, visitor, self.is_bot(&request))
+                self.click(&path[3..], query, visitor, self.is_bot(user_agent(&request)))
             }
             "/p.gif" | "/cv.gif" | "/pb" | "/healthz" | "/readyz" | "/metrics" => self.refuse(
                 "method_not_allowed",
@@ -497,14 +483,42 @@ impl Ingress {
         }
     }
 
+    /// Admits a request past the bound on requests in flight and, when
+    /// edges are reached directly, the client's rate; or says why not, with
+    /// the status to answer. Past the bound a request is shed at once
+    /// rather than queued. Probes (health checks, scrapes) are neither
+    /// counted nor limited.
+    fn admit(
+        &self,
+        probe: bool,
+        client_ip: impl FnOnce() -> IpAddr,
+    ) -> Result<Option<InFlightGuard<'_>>, (StatusCode, Rejection)> {
+        if probe {
+            return Ok(None);
+        }
+        let Some(guard) = self.requests.try_enter() else {
+            let detail = "shed_overload: too many requests in flight".into();
+            return Err((StatusCode::SERVICE_UNAVAILABLE, Rejection { reason: "shed_overload", detail }));
+        };
+        if let Some(throttle) = &self.throttle {
+            match throttle.check(client_ip()) {
+                Throttled::Allow => {}
+                Throttled::Untracked => {
+                    self.metrics.requests_refused.get_or_create(&ReasonLabels { reason: "throttle_untracked" }).inc();
+                }
+                Throttled::Limit => {
+                    let detail = "rate_limited: too many requests from this client".into();
+                    return Err((StatusCode::TOO_MANY_REQUESTS, Rejection { reason: "rate_limited", detail }));
+                }
+            }
+        }
+        Ok(Some(guard))
+    }
+
     /// Whether a request to a browser endpoint came with a bot's user
     /// agent; the scan is skipped when the bot rule is off.
-    fn is_bot(&self, request: &Request<Incoming>) -> bool {
-        if !self.rules.is_on(Flag::BotUserAgent) {
-            return false;
-        }
-        let user_agent = request.headers().get(USER_AGENT).map_or(&b""[..], |value| value.as_bytes());
-        edgetally_protocol::fraud::is_bot_user_agent(user_agent)
+    fn is_bot(&self, user_agent: &[u8]) -> bool {
+        self.rules.is_on(Flag::BotUserAgent) && edgetally_protocol::fraud::is_bot_user_agent(user_agent)
     }
 
     /// The visitor hash of a browser request: its client IP (the peer, or
@@ -512,17 +526,17 @@ impl Ingress {
     /// balancer in front appends) and its user agent. The IP goes no
     /// further than this function.
     fn visitor(&self, request: &Request<Incoming>, peer_ip: IpAddr) -> u64 {
-        let user_agent = request.headers().get(USER_AGENT).map_or(&b""[..], |value| value.as_bytes());
-        self.visitors.hash(self.client_ip(request, peer_ip), user_agent, now_ms())
+        let client_ip = self.client_ip(forwarded_for(request, self), peer_ip);
+        self.visitors.hash(client_ip, user_agent(request), now_ms())
     }
 
     /// The client's IP: the peer, or the last address of the configured
-    /// header, which the trusted load balancer in front appends.
-    fn client_ip(&self, request: &Request<Incoming>, peer_ip: IpAddr) -> IpAddr {
-        let forwarded = self.client_ip_header.as_ref().and_then(|name| {
-            let values = request.headers().get_all(name);
-            let last = values.iter().next_back()?.to_str().ok()?;
-            last.rsplit(',').next()?.trim().parse::<IpAddr>().ok()
+    /// header (`forwarded`, its last value), which the trusted load
+    /// balancer in front appends.
+    fn client_ip(&self, forwarded: Option<&[u8]>, peer_ip: IpAddr) -> IpAddr {
+        let forwarded = forwarded.and_then(|value| {
+            let last = std::str::from_utf8(value).ok()?.rsplit(',').next()?;
+            last.trim().parse::<IpAddr>().ok()
         });
         forwarded.unwrap_or(peer_ip)
     }
@@ -538,37 +552,39 @@ impl Ingress {
         self.metrics.events_rejected.get_or_create(&labels).inc();
     }
 
-    fn pixel(&self, query: &str, bot_user_agent: bool) -> HttpResponse {
-        let now_ms = now_ms();
-        let signals = Signals { bot_user_agent, ..Signals::default() };
-        let impression = Some(EventKind::Impression);
-        let outcome = match pixel_payload(query) {
-            None => self.accept(Source::Pixel, &mut parse_query(query), impression, signals, now_ms),
-            Some(Ok(mut bytes)) => match parse_event(&mut bytes) {
-                Item::Event(mut raw) => self.accept(Source::Pixel, &mut raw, impression, signals, now_ms),
-                Item::Invalid { reason, detail } => Err(Rejection { reason, detail }),
-            },
-            Some(Err(reason)) => Err(Rejection { reason, detail: "bad payload: d is not base64url".into() }),
+    /// `GET /p.gif` (an impression, from its query or a `d` payload) and
+    /// `GET /cv.gif` (a conversion attributed by its click ID): counts it
+    /// and gives its outcome word, which the GIF's [`OUTCOME_HEADER`]
+    /// carries.
+    fn pixel(&self, source: Source, query: &str, user_agent: &[u8]) -> &'static str {
+        let signals = Signals { bot_user_agent: self.is_bot(user_agent), ..Signals::default() };
+        let outcome = if source == Source::Pixel {
+            let now_ms = now_ms();
+            let impression = Some(EventKind::Impression);
+            match pixel_payload(query) {
+                None => self.accept(source, &mut parse_query(query), impression, signals, now_ms),
+                Some(Ok(mut bytes)) => match parse_event(&mut bytes) {
+                    Item::Event(mut raw) => self.accept(source, &mut raw, impression, signals, now_ms),
+                    Item::Invalid { reason, detail } => Err(Rejection { reason, detail }),
+                },
+                Some(Err(reason)) => Err(Rejection { reason, detail: "bad payload: d is not base64url".into() }),
+            }
+        } else {
+            self.accept(source, &mut parse_query(query), Some(EventKind::Sale), signals, now_ms())
         };
-        self.gif(Source::Pixel, outcome.map(|(_, recorded)| recorded), query)
+        self.outcome(source, outcome.map(|(_, recorded)| recorded), query)
     }
 
-    /// The GIF, whatever happened; the outcome header lets an integrator
-    /// (and the load generator's ledger) see what was counted.
-    fn gif(&self, source: Source, outcome: Result<Recorded, Rejection>, input: &str) -> HttpResponse {
-        let mut response = Response::new(Full::new(Bytes::from_static(&PIXEL_GIF)));
-        let headers = response.headers_mut();
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("image/gif"));
-        headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        let outcome = match outcome {
-            Ok(recorded) => HeaderValue::from_static(label(recorded)),
+    /// The outcome word of a pixel; a rejected one is counted and
+    /// quarantined with its `input`.
+    fn outcome(&self, source: Source, outcome: Result<Recorded, Rejection>, input: &str) -> &'static str {
+        match outcome {
+            Ok(recorded) => label(recorded),
             Err(rejection) => {
                 self.rejected(source, &rejection, input);
-                HeaderValue::from_static(rejection.reason)
+                rejection.reason
             }
-        };
-        headers.insert(OUTCOME, outcome);
-        response
+        }
     }
 
     /// `GET /c/{campaign_id}?aff=&sub1..5=`: counts the click, mints its
@@ -643,16 +659,14 @@ impl Ingress {
         response
     }
 
-    /// `GET /pb` (server-to-server, JSON answer) and `GET /cv.gif` (browser,
-    /// GIF answer): a conversion attributed by its click ID.
-    fn conversion(&self, source: Source, query: &str, bot_user_agent: bool) -> HttpResponse {
-        let mut raw = parse_query(query);
-        let signals = Signals { bot_user_agent, ..Signals::default() };
-        let outcome =
-            self.accept(source, &mut raw, Some(EventKind::Sale), signals, now_ms()).map(|(_, recorded)| recorded);
-        if source == Source::ConversionPixel {
-            return self.gif(source, outcome, query);
-        }
+    /// `GET /pb`: a server-to-server conversion attributed by its click
+    /// ID, answered in JSON. Postbacks come from servers, whose user agents
+    /// are HTTP libraries by nature: the bot rule does not apply.
+    fn postback(&self, query: &str) -> HttpResponse {
+        let source = Source::Postback;
+        let outcome = self
+            .accept(source, &mut parse_query(query), Some(EventKind::Sale), Signals::default(), now_ms())
+            .map(|(_, recorded)| recorded);
         let mut response = match &outcome {
             Ok(recorded) => json_response(StatusCode::OK, &json!({"status": label(*recorded)})),
             Err(rejection) => {
@@ -769,6 +783,38 @@ impl Ingress {
     }
 }
 
+/// The GIF, whatever happened; the outcome header lets an integrator (and
+/// the load generator's ledger) see what was counted.
+fn gif(outcome: &'static str) -> HttpResponse {
+    let mut response = Response::new(Full::new(Bytes::from_static(&PIXEL_GIF)));
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("image/gif"));
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(OUTCOME, HeaderValue::from_static(outcome));
+    response
+}
+
+/// The source of a pixel path: `/p.gif` and `/cv.gif` answer the GIF,
+/// whatever happens.
+fn pixel_source(path: &str) -> Option<Source> {
+    match path {
+        "/p.gif" => Some(Source::Pixel),
+        "/cv.gif" => Some(Source::ConversionPixel),
+        _ => None,
+    }
+}
+
+/// A request's user agent; empty when it sent none.
+fn user_agent(request: &Request<Incoming>) -> &[u8] {
+    request.headers().get(USER_AGENT).map_or(&b""[..], |value| value.as_bytes())
+}
+
+/// The last value of the client IP header the collector is told to trust.
+fn forwarded_for<'r>(request: &'r Request<Incoming>, ingress: &Ingress) -> Option<&'r [u8]> {
+    let name = ingress.client_ip_header.as_ref()?;
+    request.headers().get_all(name).iter().next_back().map(HeaderValue::as_bytes)
+}
+
 /// `METHOD target` of a request, as a quarantine row keeps it (truncated
 /// there to the row's input limit).
 fn request_line<B>(request: &Request<B>) -> String {
@@ -856,6 +902,8 @@ fn now_ms() -> i64 {
     // makes them fail the time window rather than crash the collector.
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_millis() as i64)
 }
+
+mod lean;
 
 #[cfg(test)]
 mod tests;

@@ -157,6 +157,10 @@ pub struct Config {
     /// How long a client may take to send a request head; also how long an
     /// idle keep-alive connection is kept.
     pub header_read_timeout: Duration,
+    /// Answer plain HTTP/1.1 keep-alive pixels (`GET /p.gif`, `/cv.gif`)
+    /// in a lean loop over `httparse` instead of hyper; any other request
+    /// hands its connection to hyper. TLS connections are always hyper's.
+    pub lean_pixels: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -386,6 +390,7 @@ impl Collector {
             requests: http::InFlight::new(config.requests_in_flight_max),
             url_bytes_max: config.url_bytes_max,
             header_read_timeout: config.header_read_timeout,
+            lean_pixels: config.lean_pixels,
         });
         let http_task = if config.http_workers == 0 {
             let listener = listeners.pop().expect("one listener was bound");

@@ -145,6 +145,11 @@ struct Args {
     /// an idle keep-alive connection is kept.
     #[arg(long, env = "EDGETALLY_COLLECTOR_HEADER_READ_TIMEOUT_MS", default_value_t = 10_000)]
     header_read_timeout_ms: u64,
+    /// Answer plain HTTP/1.1 keep-alive pixels (GET /p.gif and /cv.gif) in a
+    /// lean loop over httparse; anything else on the connection, and every
+    /// TLS connection, is served by hyper. `false` serves all with hyper.
+    #[arg(long, env = "EDGETALLY_COLLECTOR_LEAN_PIXELS", default_value_t = true, action = clap::ArgAction::Set)]
+    lean_pixels: bool,
     /// A visitor's repeated clicks on one affiliate's campaign within this
     /// many seconds are counted as clicks but not as unique clicks.
     #[arg(long, env = "EDGETALLY_COLLECTOR_UNIQUE_WINDOW_SECS", default_value_t = 3_600)]
@@ -361,6 +366,7 @@ fn config(args: &Args, click_keys: edgetally_collector::ClickKeys) -> anyhow::Re
         url_bytes_max: args.url_bytes_max,
         requests_in_flight_max: args.requests_in_flight_max.max(1),
         header_read_timeout: Duration::from_millis(args.header_read_timeout_ms.max(1)),
+        lean_pixels: args.lean_pixels,
         uniques: DedupConfig {
             window: Duration::from_secs(args.unique_window_secs.max(1)),
             keys_max: args.unique_keys_max.clamp(1, 1_000_000_000),

@@ -158,6 +158,7 @@ pub(crate) async fn run(args: StackArgs) -> anyhow::Result<()> {
         url_bytes_max: edgetally_collector::URL_BYTES_MAX_DEFAULT,
         requests_in_flight_max: edgetally_collector::REQUESTS_IN_FLIGHT_MAX_DEFAULT,
         header_read_timeout: edgetally_collector::HEADER_READ_TIMEOUT_DEFAULT,
+        lean_pixels: true,
     })
     .await
     .context("starting the collector")?;

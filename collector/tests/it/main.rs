@@ -3,6 +3,7 @@
 
 mod clicks;
 mod dedup;
+mod lean;
 mod lifecycle;
 mod limits;
 mod malformed;

@@ -55,6 +55,14 @@ impl TestCollector {
     }
 }
 
+impl TestCollector {
+    /// Sends the collector `SIGTERM`, as a service manager stops it.
+    pub(crate) fn terminate(&self) {
+        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        assert!(status.expect("kill").success(), "kill -TERM");
+    }
+}
+
 impl Drop for TestCollector {
     fn drop(&mut self) {
         let _ = self.child.kill();

@@ -1,0 +1,303 @@
+//! The lean pixel loop on plain HTTP/1.1: pipelined pixels, the hand-off
+//! of a connection to hyper, its time-outs, and pixels counted exactly as
+//! hyper's path counts them.
+
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::support::{TestCollector, get, metric};
+
+/// One answer read off a raw connection.
+#[derive(Debug)]
+struct RawAnswer {
+    status: u16,
+    outcome: Option<String>,
+    connection: Option<String>,
+    body: Vec<u8>,
+}
+
+/// Reads `n` answers from `stream`, each with its `content-length` body.
+async fn read_answers(stream: &mut TcpStream, n: usize) -> Vec<RawAnswer> {
+    let mut bytes = Vec::new();
+    let mut answers = Vec::new();
+    while answers.len() < n {
+        let mut headers = [httparse::EMPTY_HEADER; 16];
+        let mut response = httparse::Response::new(&mut headers);
+        if let httparse::Status::Complete(head_len) = response.parse(&bytes).expect("an HTTP answer") {
+            let header = |name: &str| {
+                let value = response.headers.iter().find(|header| header.name.eq_ignore_ascii_case(name))?.value;
+                Some(String::from_utf8_lossy(value).into_owned())
+            };
+            let body_len: usize = header("content-length").expect("content-length").parse().unwrap();
+            if bytes.len() >= head_len + body_len {
+                answers.push(RawAnswer {
+                    status: response.code.unwrap(),
+                    outcome: header("x-edgetally-outcome"),
+                    connection: header("connection"),
+                    body: bytes[head_len..head_len + body_len].to_vec(),
+                });
+                bytes.drain(..head_len + body_len);
+                continue;
+            }
+        }
+        let mut chunk = [0u8; 4096];
+        let n_read = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut chunk))
+            .await
+            .expect("answers within 10 s")
+            .expect("read");
+        assert!(n_read > 0, "closed after {} answers: {answers:?}", answers.len());
+        bytes.extend_from_slice(&chunk[..n_read]);
+    }
+    assert!(bytes.is_empty(), "more than {n} answers: {bytes:?}");
+    answers
+}
+
+async fn connect(collector: &TestCollector) -> TcpStream {
+    TcpStream::connect(collector.base_url.trim_start_matches("http://")).await.expect("connect")
+}
+
+async fn metrics_text(collector: &TestCollector) -> String {
+    String::from_utf8(get(&format!("{}/metrics", collector.base_url)).await.body.to_vec()).unwrap()
+}
+
+const IMPRESSIONS: &str = r#"edgetally_collector_events_accepted_total{kind="impression"}"#;
+
+#[tokio::test]
+async fn pipelined_pixels_then_a_post_share_one_connection() {
+    let collector = TestCollector::start(&[]);
+    let mut stream = connect(&collector).await;
+    let event = r#"{"kind":"impression","affiliate_id":2,"campaign_id":2}"#;
+    let requests = [
+        "GET /p.gif?aff=1&cmp=2&eid=lean-1 HTTP/1.1\r\nhost: edge\r\nuser-agent: Mozilla/5.0\r\n\r\n".to_owned(),
+        "GET /p.gif?aff=1&cmp=2&eid=lean-1 HTTP/1.1\r\nhost: edge\r\nconnection: keep-alive\r\n\r\n".to_owned(),
+        "GET /p.gif?aff=x&cmp=2 HTTP/1.1\r\nhost: edge\r\n\r\n".to_owned(),
+        format!(
+            "POST /v1/events HTTP/1.1\r\nhost: edge\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{event}",
+            event.len()
+        ),
+        // After the hand-off, hyper answers the rest of the connection.
+        "GET /p.gif?aff=3&cmp=2 HTTP/1.1\r\nhost: edge\r\n\r\n".to_owned(),
+    ];
+    // All in one write: the loop answers the three pixels in one go, then
+    // hands hyper the POST with what follows it.
+    stream.write_all(requests.concat().as_bytes()).await.unwrap();
+    let answers = read_answers(&mut stream, 5).await;
+    let outcomes: Vec<_> = answers.iter().map(|answer| (answer.status, answer.outcome.as_deref())).collect();
+    assert_eq!(
+        outcomes,
+        [
+            (200, Some("accepted")),
+            (200, Some("duplicate")),
+            (200, Some("bad_id")),
+            (200, None),
+            (200, Some("accepted"))
+        ]
+    );
+    assert!(answers[..3].iter().all(|answer| answer.body == edgetally_collector::PIXEL_GIF), "{answers:?}");
+    let posted: serde_json::Value = serde_json::from_slice(&answers[3].body).unwrap();
+    assert_eq!(posted["accepted"], 1, "{posted}");
+    // A HEAD answer has no body to read, whatever its content-length says.
+    stream.write_all(b"HEAD /p.gif?aff=4&cmp=2 HTTP/1.1\r\nhost: edge\r\n\r\n").await.unwrap();
+    let mut head = [0u8; 512];
+    let n_read = stream.read(&mut head).await.unwrap();
+    let head = String::from_utf8_lossy(&head[..n_read]);
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n") && head.ends_with("\r\n\r\n"), "{head}");
+
+    let text = metrics_text(&collector).await;
+    // aff=1 (once; its repeat is a duplicate), the posted aff=2, aff=3 and
+    // the HEAD's aff=4.
+    assert_eq!(metric(&text, IMPRESSIONS), 4, "{text}");
+    assert_eq!(metric(&text, r#"edgetally_collector_events_duplicate_total{source="pixel"}"#), 1, "{text}");
+    assert_eq!(metric(&text, r#"edgetally_collector_events_rejected_total{source="pixel",reason="bad_id"}"#), 1);
+}
+
+#[tokio::test]
+async fn a_long_pipeline_is_answered_in_order_across_reads_and_writes() {
+    let collector = TestCollector::start(&[]);
+    let mut stream = connect(&collector).await;
+    // 400 heads of about 45 bytes: more than the loop's read buffer holds,
+    // and answers more than it writes at once.
+    let requests: String = (0..400).map(|aff| format!("GET /p.gif?aff={aff}&cmp=2 HTTP/1.1\r\n\r\n")).collect();
+    assert!(requests.len() > 8 * 1024, "{}", requests.len());
+    let (mut read_half, mut write_half) = stream.split();
+    let (written, answers) = tokio::join!(write_half.write_all(requests.as_bytes()), async {
+        let mut answers = Vec::new();
+        let mut rest = Vec::new();
+        // Read as the answers come, so neither side waits on the other.
+        while answers.len() < 400 {
+            let mut chunk = [0u8; 8192];
+            let n_read = tokio::time::timeout(Duration::from_secs(10), read_half.read(&mut chunk))
+                .await
+                .expect("answers within 10 s")
+                .expect("read");
+            assert!(n_read > 0, "closed after {} answers", answers.len());
+            rest.extend_from_slice(&chunk[..n_read]);
+            loop {
+                let mut headers = [httparse::EMPTY_HEADER; 8];
+                let mut response = httparse::Response::new(&mut headers);
+                let Ok(httparse::Status::Complete(head_len)) = response.parse(&rest) else { break };
+                if rest.len() < head_len + edgetally_collector::PIXEL_GIF.len() {
+                    break;
+                }
+                let outcome = response.headers.iter().find(|header| header.name == "x-edgetally-outcome").unwrap();
+                answers.push(String::from_utf8(outcome.value.to_vec()).unwrap());
+                rest.drain(..head_len + edgetally_collector::PIXEL_GIF.len());
+            }
+        }
+        answers
+    });
+    written.unwrap();
+    assert_eq!(answers.len(), 400);
+    // aff=0 is not a valid affiliate; every other one is counted once.
+    assert_eq!(answers[0], "bad_id");
+    assert!(answers[1..].iter().all(|outcome| outcome == "accepted"), "{answers:?}");
+    assert_eq!(metric(&metrics_text(&collector).await, IMPRESSIONS), 399);
+}
+
+#[tokio::test]
+async fn connection_close_and_http_1_0_get_hypers_answer_and_close() {
+    let collector = TestCollector::start(&[]);
+    for (request, connection) in [
+        ("GET /p.gif?aff=1&cmp=2 HTTP/1.1\r\nhost: edge\r\nconnection: close\r\n\r\n", Some("close")),
+        ("GET /p.gif?aff=1&cmp=2 HTTP/1.0\r\n\r\n", None),
+    ] {
+        let mut stream = connect(&collector).await;
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let answers = read_answers(&mut stream, 1).await;
+        assert_eq!((answers[0].status, answers[0].outcome.as_deref()), (200, Some("accepted")));
+        assert_eq!(answers[0].connection.as_deref(), connection, "{request}");
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest)).await;
+        assert!(matches!(read, Ok(Ok(0))), "{request}: not closed: {read:?} {rest:?}");
+    }
+    assert_eq!(metric(&metrics_text(&collector).await, IMPRESSIONS), 2);
+}
+
+#[tokio::test]
+async fn busy_connections_outlive_the_header_read_timeout_and_slow_heads_do_not() {
+    let collector = TestCollector::start(&["--header-read-timeout-ms", "300"]);
+    // A pixel every 100 ms for a second: each head comes within the
+    // time-out, so the connection is kept though it lives past it.
+    let mut busy = connect(&collector).await;
+    for _ in 0..10 {
+        busy.write_all(b"GET /p.gif?aff=1&cmp=2 HTTP/1.1\r\nhost: edge\r\n\r\n").await.unwrap();
+        assert_eq!(read_answers(&mut busy, 1).await[0].outcome.as_deref(), Some("accepted"));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A head begun after an answer and never finished is cut off, and
+    // counted; an idle connection is closed, and not counted.
+    let mut slow = connect(&collector).await;
+    slow.write_all(b"GET /p.gif?aff=1&cmp=2 HTTP/1.1\r\nhost: edge\r\n\r\n").await.unwrap();
+    assert_eq!(read_answers(&mut slow, 1).await[0].outcome.as_deref(), Some("accepted"));
+    slow.write_all(b"GET /p.gif?aff=1&cmp=2 HTTP/1.1\r\nhost: ed").await.unwrap();
+    let mut idle = connect(&collector).await;
+    for stream in [&mut slow, &mut idle] {
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest)).await;
+        assert!(matches!(read, Ok(Ok(0))), "not cut off: {read:?} {rest:?}");
+    }
+    let text = metrics_text(&collector).await;
+    assert_eq!(metric(&text, IMPRESSIONS), 11, "{text}");
+    assert_eq!(metric(&text, r#"edgetally_collector_requests_refused_total{reason="header_read_timeout"}"#), 1);
+}
+
+#[tokio::test]
+async fn http2_with_prior_knowledge_is_handed_to_hyper() {
+    let collector = TestCollector::start(&[]);
+    let client = Client::builder(TokioExecutor::new()).http2_only(true).build_http::<Full<bytes::Bytes>>();
+    for aff in 1..=3 {
+        let url = format!("{}/p.gif?aff={aff}&cmp=2", collector.base_url);
+        let response = client.get(url.parse().unwrap()).await.expect("h2 request");
+        assert_eq!(response.version(), http::Version::HTTP_2);
+        assert_eq!(response.headers()["x-edgetally-outcome"], "accepted");
+        assert_eq!(response.into_body().collect().await.unwrap().to_bytes(), edgetally_collector::PIXEL_GIF[..]);
+    }
+    assert_eq!(metric(&metrics_text(&collector).await, IMPRESSIONS), 3);
+}
+
+#[tokio::test]
+async fn shutdown_closes_idle_keep_alive_connections_at_once() {
+    let collector = TestCollector::start(&[]);
+    let mut idle = connect(&collector).await;
+    idle.write_all(b"GET /p.gif?aff=1&cmp=2 HTTP/1.1\r\nhost: edge\r\n\r\n").await.unwrap();
+    assert_eq!(read_answers(&mut idle, 1).await[0].outcome.as_deref(), Some("accepted"));
+    collector.terminate();
+    // Well within the header read time-out (10 s) and the drain time-out
+    // (5 s), and before the process exits (its last shipping attempt to
+    // the absent aggregator takes 5 s): the connection is closed as soon
+    // as shutdown begins.
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(2), idle.read_to_end(&mut rest)).await;
+    assert!(matches!(read, Ok(Ok(0))), "not closed at shutdown: {read:?} {rest:?}");
+}
+
+/// The same pixels, on one keep-alive connection, against a
+/// collector with the lean loop and one without it: same answers, same
+/// counts.
+#[tokio::test]
+async fn lean_and_hyper_count_pixels_alike() {
+    let pixels = [
+        ("/p.gif?aff=1&cmp=2&sub1=a%2Db&eid=same-1", "Mozilla/5.0"),
+        ("/p.gif?aff=1&cmp=2&sub1=a-b&eid=same-1", "Mozilla/5.0"),
+        ("/p.gif?aff=1&cmp=2", "Googlebot/2.1 (+http://www.google.com/bot.html)"),
+        ("/p.gif?aff=-1&cmp=2", "Mozilla/5.0"),
+        ("/p.gif?aff=1", "Mozilla/5.0"),
+        ("/p.gif?aff=1&cmp=2&sub1=%FF", "Mozilla/5.0"),
+        ("/p.gif?aff=1&cmp=2&bogus=1", "Mozilla/5.0"),
+        ("/p.gif?d=not*base64", "Mozilla/5.0"),
+        ("/p.gif?d=eyJraW5kIjoiaW1wcmVzc2lvbiIsImFmZmlsaWF0ZV9pZCI6NSwiY2FtcGFpZ25faWQiOjZ9", "Mozilla/5.0"),
+        ("/cv.gif?click_id=forged&amount=1.00&currency=USD", "Mozilla/5.0"),
+        ("/cv.gif?amount=1.00&currency=USD", "Mozilla/5.0"),
+    ];
+    let mut seen = Vec::new();
+    for lean in ["true", "false"] {
+        let collector = TestCollector::start(&["--lean-pixels", lean]);
+        let mut stream = connect(&collector).await;
+        let mut outcomes = Vec::new();
+        for (target, user_agent) in pixels {
+            let request = format!("GET {target} HTTP/1.1\r\nhost: edge\r\nuser-agent: {user_agent}\r\n\r\n");
+            stream.write_all(request.as_bytes()).await.unwrap();
+            let answer = read_answers(&mut stream, 1).await.remove(0);
+            assert_eq!((answer.status, answer.body.as_slice()), (200, &edgetally_collector::PIXEL_GIF[..]));
+            outcomes.push(answer.outcome.unwrap());
+        }
+        let text = metrics_text(&collector).await;
+        let mut counts: Vec<String> = text
+            .lines()
+            .filter(|line| {
+                ["events_accepted_total", "events_rejected_total", "events_duplicate_total", "events_flagged_total"]
+                    .iter()
+                    .any(|name| line.starts_with(&format!("edgetally_collector_{name}")))
+            })
+            .map(str::to_owned)
+            .collect();
+        counts.sort();
+        seen.push((outcomes, counts));
+    }
+    assert_eq!(seen[0], seen[1]);
+    let (outcomes, counts) = &seen[0];
+    assert_eq!(
+        outcomes,
+        &[
+            "accepted",
+            "duplicate",
+            "flagged",
+            "bad_id",
+            "missing_field",
+            "bad_charset",
+            "accepted",
+            "bad_payload",
+            "accepted",
+            "click_id_truncated",
+            "missing_field"
+        ]
+    );
+    // The flagged one is accepted too, and counted apart.
+    let impressions = r#"edgetally_collector_events_accepted_total{kind="impression"} 4"#;
+    assert!(counts.iter().any(|line| line == impressions), "{counts:?}");
+}
