@@ -76,6 +76,10 @@ pub(super) async fn serve(
     // for every request: a busy connection costs no timer work.
     let mut waiting_since = Instant::now();
     let mut timer = pin!(tokio::time::sleep_until(waiting_since + timeout));
+    // An idle connection learns of shutdown from `stopped`, polled when a
+    // read waits; a busy one, which may never wait, from `stopping` between
+    // batches (an atomic load: the value only ever turns true).
+    let stopping = shutdown.clone();
     let mut stopped = pin!(crate::stopped(&mut shutdown));
     loop {
         let mut next = Next::Partial;
@@ -100,6 +104,9 @@ pub(super) async fn serve(
                 return Ended::HandOff(conn.into_rewind());
             }
             Next::Partial => {}
+        }
+        if stopping.has_changed().unwrap_or(true) {
+            return Ended::Closed;
         }
         conn.compact();
         let read = poll_fn(|cx| {
