@@ -7,6 +7,7 @@ use std::time::Duration;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use rand::{Rng, SeedableRng};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -300,4 +301,193 @@ async fn lean_and_hyper_count_pixels_alike() {
     // The flagged one is accepted too, and counted apart.
     let impressions = r#"edgetally_collector_events_accepted_total{kind="impression"} 4"#;
     assert!(counts.iter().any(|line| line == impressions), "{counts:?}");
+}
+
+/// One answer as both paths must give it: status, the headers a pixel's
+/// answer carries (not `date`), and the body; `None` when the collector
+/// closed the connection without one.
+type Seen = Option<(u16, Vec<(String, String)>, Vec<u8>)>;
+
+/// A valid pixel sent after each random request on its connection: what
+/// it gets shows where the collector thought the random request ended.
+const FOLLOW_UP: &[u8] = b"GET /p.gif?aff=9&cmp=9 HTTP/1.1\r\nhost: edge\r\n\r\n";
+
+/// Sends `request` then [`FOLLOW_UP`] on a fresh connection, in one
+/// write, and reads the answers to both.
+async fn answers_to(collector: &TestCollector, request: &[u8]) -> [Seen; 2] {
+    let mut stream = connect(collector).await;
+    stream.write_all(&[request, FOLLOW_UP].concat()).await.unwrap();
+    let mut bytes = Vec::new();
+    let mut answers = Vec::new();
+    while answers.len() < 2 {
+        let mut headers = [httparse::EMPTY_HEADER; 16];
+        let mut response = httparse::Response::new(&mut headers);
+        if let Ok(httparse::Status::Complete(head_len)) = response.parse(&bytes) {
+            let length = response.headers.iter().find(|header| header.name.eq_ignore_ascii_case("content-length"));
+            let body_len: usize = match length {
+                // An answer to HEAD has no body, whatever its length says.
+                Some(header) if !(answers.is_empty() && request.starts_with(b"HEAD ")) => {
+                    std::str::from_utf8(header.value).unwrap().parse().unwrap()
+                }
+                _ => 0,
+            };
+            if bytes.len() >= head_len + body_len {
+                let mut kept: Vec<(String, String)> = response
+                    .headers
+                    .iter()
+                    .filter(|header| !header.name.eq_ignore_ascii_case("date"))
+                    .map(|header| (header.name.to_lowercase(), String::from_utf8_lossy(header.value).into_owned()))
+                    .collect();
+                kept.sort();
+                answers.push(Some((response.code.unwrap(), kept, bytes[head_len..head_len + body_len].to_vec())));
+                bytes.drain(..head_len + body_len);
+                continue;
+            }
+        }
+        let mut chunk = [0u8; 4096];
+        let n_read = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut chunk))
+            .await
+            .unwrap_or_else(|_| panic!("no answer or close within 10 s: {}", String::from_utf8_lossy(request)))
+            .unwrap_or(0);
+        if n_read == 0 {
+            answers.resize(2, None);
+            break;
+        }
+        bytes.extend_from_slice(&chunk[..n_read]);
+    }
+    [answers[0].clone(), answers[1].clone()]
+}
+
+/// A random pixel request: mostly well-formed, with values drawn from
+/// bytes that need escaping, bytes the URI parser refuses, escapes that
+/// decode to bad UTF-8, and headers the loop must hand to hyper.
+fn random_request(rng: &mut impl Rng) -> Vec<u8> {
+    const PATHS: &[&str] = &["/p.gif", "/p.gif", "/p.gif", "/cv.gif", "/p.gifx", "/P.GIF", "/pb"];
+    const KEYS: &[&str] =
+        &["aff", "cmp", "sub1", "sub2", "sub5", "eid", "ts", "d", "click_id", "amount", "currency", "bogus", ""];
+    const PIECES: &[&str] = &[
+        "1",
+        "2",
+        "42",
+        "0",
+        "-1",
+        "4294967296",
+        "a",
+        "Z",
+        "x-y_z.~",
+        "%2D",
+        "%41",
+        "%FF",
+        "%",
+        "%zz",
+        "+",
+        "{",
+        "}",
+        "\"",
+        "#",
+        "|",
+        "^",
+        "`",
+        "<",
+        ">",
+        "\\",
+        ";",
+        "=",
+        "&",
+        "/",
+        "?",
+        ":",
+        "@",
+        "!",
+        "$",
+        "'",
+        "(",
+        ")",
+        "*",
+        ",",
+        "USD",
+        "1.00",
+        "12.345",
+        "eyJraW5kIjoiaW1wcmVzc2lvbiIsImFmZmlsaWF0ZV9pZCI6NSwiY2FtcGFpZ25faWQiOjZ9",
+    ];
+    const AGENTS: &[&str] = &["Mozilla/5.0", "Googlebot/2.1", "curl/8.0", ""];
+    const EXTRA: &[&str] = &[
+        "",
+        "",
+        "",
+        "connection: keep-alive\r\n",
+        "content-length: 0\r\n",
+        "x-forwarded-for: 10.0.0.1\r\n",
+        "content-length: 2\r\n",
+        "connection: upgrade\r\n",
+        "expect: 100-continue\r\n",
+    ];
+    let mut target = PATHS[rng.random_range(0..PATHS.len())].to_owned();
+    // Most carry a valid affiliate and campaign, so that what follows
+    // decides the outcome.
+    let valid = rng.random_range(0..10) < 7;
+    if valid {
+        target.push_str(&format!("?aff={}&cmp={}", rng.random_range(1..6), rng.random_range(1..4)));
+    }
+    for pair_idx in 0..rng.random_range(0..4) {
+        target.push(if pair_idx == 0 && !valid { '?' } else { '&' });
+        target.push_str(KEYS[rng.random_range(0..KEYS.len())]);
+        target.push('=');
+        for _ in 0..rng.random_range(0..4) {
+            target.push_str(PIECES[rng.random_range(0..PIECES.len())]);
+        }
+    }
+    let method = if rng.random_range(0..20) == 0 { "HEAD" } else { "GET" };
+    let user_agent = AGENTS[rng.random_range(0..AGENTS.len())];
+    let extra = EXTRA[rng.random_range(0..EXTRA.len())];
+    let body = if extra == "content-length: 2\r\n" { "{}" } else { "" };
+    format!("{method} {target} HTTP/1.1\r\nhost: edge\r\nuser-agent: {user_agent}\r\n{extra}\r\n{body}").into_bytes()
+}
+
+/// Random pixel requests, in the same order, to a collector with the lean
+/// loop and one without it: every answer and every event counter agree.
+#[tokio::test]
+async fn random_pixels_get_the_same_answers_and_counts_on_both_paths() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(20_261_206);
+    let requests: Vec<Vec<u8>> = (0..300).map(|_| random_request(&mut rng)).collect();
+    let mut seen: Vec<(Vec<[Seen; 2]>, Vec<String>)> = Vec::new();
+    for lean in ["true", "false"] {
+        let collector = TestCollector::start(&["--lean-pixels", lean]);
+        let mut answers = Vec::with_capacity(requests.len());
+        for request in &requests {
+            answers.push(answers_to(&collector, request).await);
+        }
+        let text = metrics_text(&collector).await;
+        let mut counts: Vec<String> = text
+            .lines()
+            .filter(|line| line.starts_with("edgetally_collector_events_") || line.contains("requests_refused_total"))
+            .filter(|line| !line.starts_with('#') && !line.contains("lateness"))
+            .map(str::to_owned)
+            .collect();
+        counts.sort();
+        seen.push((answers, counts));
+    }
+    let (lean, hyper) = (&seen[0], &seen[1]);
+    for (idx, (lean_answer, hyper_answer)) in lean.0.iter().zip(&hyper.0).enumerate() {
+        assert_eq!(lean_answer, hyper_answer, "request {idx}: {}", String::from_utf8_lossy(&requests[idx]));
+    }
+    assert_eq!(lean.1, hyper.1);
+    // The mix reaches every kind of answer: counted, refused and rejected.
+    let statuses: std::collections::BTreeSet<u16> =
+        lean.0.iter().flat_map(|[first, _]| first).map(|answer| answer.0).collect();
+    assert!(statuses.is_superset(&[200, 400].into()), "{statuses:?}");
+    let outcomes: std::collections::BTreeSet<&str> = lean
+        .0
+        .iter()
+        .flat_map(|[first, _]| first)
+        .flat_map(|answer| answer.1.iter().filter(|(name, _)| name == "x-edgetally-outcome"))
+        .map(|(_, value)| value.as_str())
+        .collect();
+    for outcome in ["accepted", "flagged", "bad_id", "missing_field"] {
+        assert!(outcomes.contains(outcome), "{outcome} never answered: {outcomes:?}");
+    }
+    // Most follow-ups were answered (the rest came after an answer that
+    // closed the connection, on both paths alike).
+    let n_followed = lean.0.iter().filter(|[_, second]| second.is_some()).count();
+    assert!(n_followed > 200, "{n_followed}");
 }
