@@ -534,11 +534,7 @@ impl Ingress {
     /// header (`forwarded`, its last value), which the trusted load
     /// balancer in front appends.
     fn client_ip(&self, forwarded: Option<&[u8]>, peer_ip: IpAddr) -> IpAddr {
-        let forwarded = forwarded.and_then(|value| {
-            let last = std::str::from_utf8(value).ok()?.rsplit(',').next()?;
-            last.trim().parse::<IpAddr>().ok()
-        });
-        forwarded.unwrap_or(peer_ip)
+        forwarded.and_then(forwarded_ip).unwrap_or(peer_ip)
     }
 
     /// Counts a rejected event and quarantines it with its input for
@@ -807,6 +803,15 @@ fn pixel_source(path: &str) -> Option<Source> {
 /// A request's user agent; empty when it sent none.
 fn user_agent(request: &Request<Incoming>) -> &[u8] {
     request.headers().get(USER_AGENT).map_or(&b""[..], |value| value.as_bytes())
+}
+
+/// The last address of a client IP header's value. A value with bytes
+/// outside visible ASCII (which `HeaderValue::to_str` refuses) names none.
+fn forwarded_ip(value: &[u8]) -> Option<IpAddr> {
+    if !value.iter().all(|&byte| byte == b'\t' || (0x20..0x7f).contains(&byte)) {
+        return None;
+    }
+    std::str::from_utf8(value).ok()?.rsplit(',').next()?.trim().parse().ok()
 }
 
 /// The last value of the client IP header the collector is told to trust.

@@ -16,8 +16,16 @@
 //! Limits hold as on hyper's path: the URL limit (a longer target goes to
 //! hyper, which answers `414`), the in-flight bound, the client's rate, and
 //! the header read time-out, which here is the time from the last answer
-//! (or the connection's start) until the next head is complete. A head cut
-//! off by it is counted as refused, reason `header_read_timeout`.
+//! (or the connection's start) until the next head is complete. A head
+//! cut off by it is counted as refused, reason `header_read_timeout`. A
+//! head still arriving when it outgrows the read buffer goes to hyper,
+//! whose own time-out starts then: such a head may take up to twice the
+//! limit.
+//!
+//! At shutdown the loop answers no further head: it writes the answers
+//! it made, closes its side, and reads what the client still sends for a
+//! moment before letting go, so that closing with unread bytes does not
+//! reset the connection and lose answers on their way.
 
 use std::future::poll_fn;
 use std::io;
@@ -27,7 +35,7 @@ use std::task::Poll;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -47,6 +55,10 @@ const OUT_FLUSH_BYTES: usize = 16 * 1024;
 /// Headers a pixel head may carry here; one with more goes to hyper
 /// (which takes up to 100).
 const HEADERS_MAX: usize = 32;
+
+/// How long a connection closed at shutdown reads and drops what its
+/// client still sends.
+const LINGER: Duration = Duration::from_secs(1);
 
 /// The answer's bytes before the outcome word.
 const ANSWER_HEAD: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: image/gif\r\ncache-control: no-store\r\n";
@@ -77,13 +89,17 @@ pub(super) async fn serve(
     let mut waiting_since = Instant::now();
     let mut timer = pin!(tokio::time::sleep_until(waiting_since + timeout));
     // An idle connection learns of shutdown from `stopped`, polled when a
-    // read waits; a busy one, which may never wait, from `stopping` between
-    // batches (an atomic load: the value only ever turns true).
+    // read waits; a busy one, which may never wait, from `stopping` before
+    // each head (an atomic load: the value only ever turns true).
     let stopping = shutdown.clone();
     let mut stopped = pin!(crate::stopped(&mut shutdown));
     loop {
         let mut next = Next::Partial;
         while conn.out.len() < OUT_FLUSH_BYTES {
+            if stopping.has_changed().unwrap_or(true) {
+                next = Next::Stop;
+                break;
+            }
             next = conn.answer_next(ingress, peer_ip);
             if !matches!(next, Next::Answered) {
                 break;
@@ -103,10 +119,11 @@ pub(super) async fn serve(
             Next::Partial if conn.start == 0 && conn.end == conn.buf.len() => {
                 return Ended::HandOff(conn.into_rewind());
             }
+            Next::Stop => {
+                conn.close().await;
+                return Ended::Closed;
+            }
             Next::Partial => {}
-        }
-        if stopping.has_changed().unwrap_or(true) {
-            return Ended::Closed;
         }
         conn.compact();
         let read = poll_fn(|cx| {
@@ -117,7 +134,7 @@ pub(super) async fn serve(
                 Poll::Pending => {}
             }
             if stopped.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(Read::Closed);
+                return Poll::Ready(Read::Stopped);
             }
             while timer.as_mut().poll(cx).is_ready() {
                 let deadline = waiting_since + timeout;
@@ -131,6 +148,10 @@ pub(super) async fn serve(
         .await;
         match read {
             Read::Bytes(0) | Read::Closed => return Ended::Closed,
+            Read::Stopped => {
+                conn.close().await;
+                return Ended::Closed;
+            }
             Read::Bytes(n_read) => conn.end += n_read,
             Read::TimedOut => {
                 if conn.end > conn.start {
@@ -146,6 +167,7 @@ pub(super) async fn serve(
 enum Read {
     Bytes(usize),
     Closed,
+    Stopped,
     TimedOut,
 }
 
@@ -153,6 +175,8 @@ enum Next {
     Answered,
     Partial,
     HandOff,
+    /// Shutdown began: no further head is answered.
+    Stop,
 }
 
 struct Conn {
@@ -213,6 +237,17 @@ impl Conn {
         }
         self.out.clear();
         Ok(())
+    }
+
+    /// Closes the connection after the answers written: its side first,
+    /// then what the client still sends is read and dropped for at most
+    /// [`LINGER`], until the client closes too.
+    async fn close(mut self) {
+        if self.stream.shutdown().await.is_err() {
+            return;
+        }
+        let _ =
+            tokio::time::timeout(LINGER, async { while let Ok(1..) = self.stream.read(&mut self.buf).await {} }).await;
     }
 
     /// Moves a partial head to the front of the buffer, making room to

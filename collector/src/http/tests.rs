@@ -1,4 +1,4 @@
-//! The in-flight bound.
+//! The in-flight bound, and the client IP a trusted header names.
 
 use super::*;
 
@@ -44,4 +44,18 @@ fn in_flight_holds_its_bound_across_threads() {
         assert_eq!(n_admitted.swap(0, Ordering::SeqCst), 3);
         assert_eq!(requests.n_in_flight.load(Ordering::SeqCst), 0);
     }
+}
+
+#[test]
+fn the_client_is_the_last_visible_address_of_the_header() {
+    let ip = |text: &str| text.parse::<IpAddr>().unwrap();
+    assert_eq!(forwarded_ip(b"203.0.113.9"), Some(ip("203.0.113.9")));
+    assert_eq!(forwarded_ip(b"10.0.0.1, 198.51.100.4"), Some(ip("198.51.100.4")));
+    assert_eq!(forwarded_ip(b"10.0.0.1,\t2001:db8::1 "), Some(ip("2001:db8::1")));
+    // Not an address, or bytes a header string may not hold: the peer is
+    // the client.
+    assert_eq!(forwarded_ip(b"10.0.0.1, unknown"), None);
+    assert_eq!(forwarded_ip(b""), None);
+    assert_eq!(forwarded_ip("café, 198.51.100.4".as_bytes()), None);
+    assert_eq!(forwarded_ip(b"198.51.100.4\x7f"), None);
 }

@@ -104,10 +104,15 @@ async fn pipelined_pixels_then_a_post_share_one_connection() {
     assert_eq!(posted["accepted"], 1, "{posted}");
     // A HEAD answer has no body to read, whatever its content-length says.
     stream.write_all(b"HEAD /p.gif?aff=4&cmp=2 HTTP/1.1\r\nhost: edge\r\n\r\n").await.unwrap();
-    let mut head = [0u8; 512];
-    let n_read = stream.read(&mut head).await.unwrap();
-    let head = String::from_utf8_lossy(&head[..n_read]);
-    assert!(head.starts_with("HTTP/1.1 200 OK\r\n") && head.ends_with("\r\n\r\n"), "{head}");
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut chunk = [0u8; 512];
+        let n_read = stream.read(&mut chunk).await.unwrap();
+        assert!(n_read > 0, "closed: {head:?}");
+        head.extend_from_slice(&chunk[..n_read]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n") && !head.contains("\r\n\r\nGIF"), "{head}");
 
     let text = metrics_text(&collector).await;
     // aff=1 (once; its repeat is a duplicate), the posted aff=2, aff=3 and
@@ -312,21 +317,21 @@ type Seen = Option<(u16, Vec<(String, String)>, Vec<u8>)>;
 /// it gets shows where the collector thought the random request ended.
 const FOLLOW_UP: &[u8] = b"GET /p.gif?aff=9&cmp=9 HTTP/1.1\r\nhost: edge\r\n\r\n";
 
-/// Sends `request` then [`FOLLOW_UP`] on a fresh connection, in one
-/// write, and reads the answers to both.
-async fn answers_to(collector: &TestCollector, request: &[u8]) -> [Seen; 2] {
+/// Sends `requests` on a fresh connection, in one write, and reads an
+/// answer to each, `None` for those after the collector closed it.
+async fn answers_to(collector: &TestCollector, requests: &[&[u8]]) -> Vec<Seen> {
     let mut stream = connect(collector).await;
-    stream.write_all(&[request, FOLLOW_UP].concat()).await.unwrap();
+    stream.write_all(&requests.concat()).await.unwrap();
     let mut bytes = Vec::new();
     let mut answers = Vec::new();
-    while answers.len() < 2 {
+    while answers.len() < requests.len() {
         let mut headers = [httparse::EMPTY_HEADER; 16];
         let mut response = httparse::Response::new(&mut headers);
         if let Ok(httparse::Status::Complete(head_len)) = response.parse(&bytes) {
             let length = response.headers.iter().find(|header| header.name.eq_ignore_ascii_case("content-length"));
             let body_len: usize = match length {
                 // An answer to HEAD has no body, whatever its length says.
-                Some(header) if !(answers.is_empty() && request.starts_with(b"HEAD ")) => {
+                Some(header) if !requests[answers.len()].starts_with(b"HEAD ") => {
                     std::str::from_utf8(header.value).unwrap().parse().unwrap()
                 }
                 _ => 0,
@@ -344,18 +349,18 @@ async fn answers_to(collector: &TestCollector, request: &[u8]) -> [Seen; 2] {
                 continue;
             }
         }
-        let mut chunk = [0u8; 4096];
+        let mut chunk = [0u8; 8192];
         let n_read = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut chunk))
             .await
-            .unwrap_or_else(|_| panic!("no answer or close within 10 s: {}", String::from_utf8_lossy(request)))
+            .unwrap_or_else(|_| panic!("no answer or close within 10 s after {} answers", answers.len()))
             .unwrap_or(0);
         if n_read == 0 {
-            answers.resize(2, None);
+            answers.resize(requests.len(), None);
             break;
         }
         bytes.extend_from_slice(&chunk[..n_read]);
     }
-    [answers[0].clone(), answers[1].clone()]
+    answers
 }
 
 /// A random pixel request: mostly well-formed, with values drawn from
@@ -445,18 +450,35 @@ fn random_request(rng: &mut impl Rng) -> Vec<u8> {
 }
 
 /// Random pixel requests, in the same order, to a collector with the lean
-/// loop and one without it: every answer and every event counter agree.
+/// loop and one without it: every answer and every event counter agree,
+/// each request on its own connection, then pipelined on one.
 #[tokio::test]
 async fn random_pixels_get_the_same_answers_and_counts_on_both_paths() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(20_261_206);
     let requests: Vec<Vec<u8>> = (0..300).map(|_| random_request(&mut rng)).collect();
-    let mut seen: Vec<(Vec<[Seen; 2]>, Vec<String>)> = Vec::new();
+    let mut seen: Vec<(Vec<Vec<Seen>>, Vec<String>)> = Vec::new();
     for lean in ["true", "false"] {
         let collector = TestCollector::start(&["--lean-pixels", lean]);
-        let mut answers = Vec::with_capacity(requests.len());
+        let mut answers = Vec::with_capacity(requests.len() + 1);
         for request in &requests {
-            answers.push(answers_to(&collector, request).await);
+            answers.push(answers_to(&collector, &[request, FOLLOW_UP]).await);
         }
+        // Then every request that kept its connection open, pipelined on
+        // one connection: the loop hands it to hyper at the first that is
+        // not a pixel, mid-pipeline.
+        // Pixels first, so that the hand-off comes after answers made from
+        // the same read.
+        let kept: Vec<&[u8]> = [FOLLOW_UP; 3]
+            .into_iter()
+            .chain(
+                requests
+                    .iter()
+                    .zip(&answers)
+                    .filter(|(_, answers)| answers[1].is_some())
+                    .map(|(request, _)| request.as_slice()),
+            )
+            .collect();
+        answers.push(answers_to(&collector, &kept).await);
         let text = metrics_text(&collector).await;
         let mut counts: Vec<String> = text
             .lines()
@@ -468,18 +490,19 @@ async fn random_pixels_get_the_same_answers_and_counts_on_both_paths() {
         seen.push((answers, counts));
     }
     let (lean, hyper) = (&seen[0], &seen[1]);
-    for (idx, (lean_answer, hyper_answer)) in lean.0.iter().zip(&hyper.0).enumerate() {
-        assert_eq!(lean_answer, hyper_answer, "request {idx}: {}", String::from_utf8_lossy(&requests[idx]));
+    for (idx, (lean_answers, hyper_answers)) in lean.0.iter().zip(&hyper.0).enumerate() {
+        let request = requests.get(idx).map_or("the pipeline".into(), |request| String::from_utf8_lossy(request));
+        assert_eq!(lean_answers, hyper_answers, "request {idx}: {request}");
     }
     assert_eq!(lean.1, hyper.1);
     // The mix reaches every kind of answer: counted, refused and rejected.
+    let singles = &lean.0[..requests.len()];
     let statuses: std::collections::BTreeSet<u16> =
-        lean.0.iter().flat_map(|[first, _]| first).map(|answer| answer.0).collect();
+        singles.iter().flat_map(|answers| &answers[0]).map(|answer| answer.0).collect();
     assert!(statuses.is_superset(&[200, 400].into()), "{statuses:?}");
-    let outcomes: std::collections::BTreeSet<&str> = lean
-        .0
+    let outcomes: std::collections::BTreeSet<&str> = singles
         .iter()
-        .flat_map(|[first, _]| first)
+        .flat_map(|answers| &answers[0])
         .flat_map(|answer| answer.1.iter().filter(|(name, _)| name == "x-edgetally-outcome"))
         .map(|(_, value)| value.as_str())
         .collect();
@@ -488,6 +511,11 @@ async fn random_pixels_get_the_same_answers_and_counts_on_both_paths() {
     }
     // Most follow-ups were answered (the rest came after an answer that
     // closed the connection, on both paths alike).
-    let n_followed = lean.0.iter().filter(|[_, second]| second.is_some()).count();
+    let n_followed = singles.iter().filter(|answers| answers[1].is_some()).count();
     assert!(n_followed > 200, "{n_followed}");
+    // The pipeline went on past hand-offs: most of it was answered.
+    let pipeline = &lean.0[requests.len()];
+    assert_eq!(pipeline.len(), 3 + n_followed);
+    let n_answered = pipeline.iter().filter(|answer| answer.is_some()).count();
+    assert!(n_answered > n_followed / 2, "{n_answered} of {n_followed}");
 }

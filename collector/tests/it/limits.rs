@@ -143,7 +143,19 @@ async fn long_urls_and_slow_clients_get_their_answers() {
 
 #[tokio::test]
 async fn a_flood_from_one_client_is_limited_while_others_are_served() {
+    flood_from_one_client("true").await;
+}
+
+/// As above, pixels answered by hyper rather than the lean loop.
+#[tokio::test]
+async fn a_flood_from_one_client_is_limited_on_hypers_path_too() {
+    flood_from_one_client("false").await;
+}
+
+async fn flood_from_one_client(lean_pixels: &str) {
     let collector = TestCollector::start(&[
+        "--lean-pixels",
+        lean_pixels,
         "--ip-rate-per-sec",
         "1",
         "--ip-rate-burst",
@@ -194,7 +206,17 @@ async fn a_flood_from_one_client_is_limited_while_others_are_served() {
 
 #[tokio::test]
 async fn requests_past_the_in_flight_limit_are_shed_at_once() {
-    let collector = TestCollector::start(&["--requests-in-flight-max", "1"]);
+    requests_past_the_in_flight_limit("true").await;
+}
+
+/// As above, pixels answered by hyper rather than the lean loop.
+#[tokio::test]
+async fn requests_past_the_in_flight_limit_are_shed_on_hypers_path_too() {
+    requests_past_the_in_flight_limit("false").await;
+}
+
+async fn requests_past_the_in_flight_limit(lean_pixels: &str) {
+    let collector = TestCollector::start(&["--lean-pixels", lean_pixels, "--requests-in-flight-max", "1"]);
     let base = &collector.base_url;
     let addr = base.trim_start_matches("http://");
     // A post whose body is still arriving holds the one slot. Requests run
