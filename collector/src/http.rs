@@ -105,8 +105,8 @@ pub(crate) struct Ingress {
     /// How long a client may take to send a request head, and how long an
     /// idle keep-alive connection waits for the next one.
     pub(crate) header_read_timeout: Duration,
-    /// Whether plain HTTP/1.1 pixels are answered by the lean loop
-    /// ([`lean`]) rather than by hyper.
+    /// Whether HTTP/1.1 pixels (plain, or TLS without HTTP/2 chosen) are
+    /// answered by the lean loop ([`lean`]) rather than by hyper.
     pub(crate) lean_pixels: bool,
 }
 
@@ -200,16 +200,15 @@ pub(crate) async fn serve(
         tokio::spawn(async move {
             let _permit = permit;
             match tls {
-                // The watcher is held while the lean loop serves, so the
-                // drain at shutdown waits for it too.
-                None if ingress.lean_pixels => match lean::serve(stream, peer.ip(), &ingress, shutdown).await {
-                    lean::Ended::Closed => drop(watcher),
-                    lean::Ended::HandOff(stream) => {
-                        serve_connection(&builder, TokioIo::new(stream), peer.ip(), ingress, watcher).await;
-                    }
-                },
+                None if ingress.lean_pixels => {
+                    serve_lean(&builder, stream, peer.ip(), ingress, watcher, shutdown).await;
+                }
                 None => serve_connection(&builder, TokioIo::new(stream), peer.ip(), ingress, watcher).await,
                 Some(acceptor) => match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    // A client that chose HTTP/2 goes to hyper at once.
+                    Ok(Ok(stream)) if ingress.lean_pixels && stream.get_ref().1.alpn_protocol() != Some(b"h2") => {
+                        serve_lean(&builder, stream, peer.ip(), ingress, watcher, shutdown).await;
+                    }
                     Ok(Ok(stream)) => {
                         serve_connection(&builder, TokioIo::new(stream), peer.ip(), ingress, watcher).await;
                     }
@@ -224,6 +223,27 @@ pub(crate) async fn serve(
     drop(listener);
     if tokio::time::timeout(SHUTDOWN_DRAIN_TIMEOUT, graceful.shutdown()).await.is_err() {
         tracing::warn!("Some HTTP connections did not finish within the drain time-out.");
+    }
+}
+
+/// Serves a connection in the lean pixel loop, then with hyper from the
+/// first request the loop hands over. The watcher is held while the loop
+/// serves, so the drain at shutdown waits for it too.
+async fn serve_lean<S>(
+    builder: &auto::Builder<TokioExecutor>,
+    stream: S,
+    peer_ip: IpAddr,
+    ingress: Arc<Ingress>,
+    watcher: Watcher,
+    shutdown: watch::Receiver<bool>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    match lean::serve(stream, peer_ip, &ingress, shutdown).await {
+        lean::Ended::Closed => drop(watcher),
+        lean::Ended::HandOff(stream) => {
+            serve_connection(builder, TokioIo::new(stream), peer_ip, ingress, watcher).await
+        }
     }
 }
 

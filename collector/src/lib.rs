@@ -157,9 +157,9 @@ pub struct Config {
     /// How long a client may take to send a request head; also how long an
     /// idle keep-alive connection is kept.
     pub header_read_timeout: Duration,
-    /// Answer plain HTTP/1.1 keep-alive pixels (`GET /p.gif`, `/cv.gif`)
-    /// in a lean loop over `httparse` instead of hyper; any other request
-    /// hands its connection to hyper. TLS connections are always hyper's.
+    /// Answer HTTP/1.1 keep-alive pixels (`GET /p.gif`, `/cv.gif`), plain
+    /// or TLS without HTTP/2 chosen, in a lean loop over `httparse` instead
+    /// of hyper; any other request hands its connection to hyper.
     pub lean_pixels: bool,
 }
 

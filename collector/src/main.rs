@@ -145,9 +145,10 @@ struct Args {
     /// an idle keep-alive connection is kept.
     #[arg(long, env = "EDGETALLY_COLLECTOR_HEADER_READ_TIMEOUT_MS", default_value_t = 10_000)]
     header_read_timeout_ms: u64,
-    /// Answer plain HTTP/1.1 keep-alive pixels (GET /p.gif and /cv.gif) in a
-    /// lean loop over httparse; anything else on the connection, and every
-    /// TLS connection, is served by hyper. `false` serves all with hyper.
+    /// Answer HTTP/1.1 keep-alive pixels (GET /p.gif and /cv.gif), plain or
+    /// TLS without HTTP/2 chosen, in a lean loop over httparse; anything
+    /// else on the connection is served by hyper. `false` serves all with
+    /// hyper.
     #[arg(long, env = "EDGETALLY_COLLECTOR_LEAN_PIXELS", default_value_t = true, action = clap::ArgAction::Set)]
     lean_pixels: bool,
     /// A visitor's repeated clicks on one affiliate's campaign within this

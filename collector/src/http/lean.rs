@@ -1,6 +1,7 @@
 //! The lean pixel loop: answers keep-alive `GET /p.gif` and `GET /cv.gif`
-//! on plain HTTP/1.1 connections straight from the socket, and hands the
-//! connection to hyper at its first request that is anything else.
+//! on HTTP/1.1 connections, plain or TLS (when the client did not choose
+//! HTTP/2), straight from the stream, and hands the connection to hyper
+//! at its first request that is anything else.
 //!
 //! Pixels are most of an edge's traffic, and their answer is always the
 //! same GIF with one varying header. hyper builds a `Request` and a
@@ -36,7 +37,6 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -64,23 +64,23 @@ const LINGER: Duration = Duration::from_secs(1);
 const ANSWER_HEAD: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: image/gif\r\ncache-control: no-store\r\n";
 
 /// How a lean connection ended.
-pub(super) enum Ended {
+pub(super) enum Ended<S> {
     /// Closed: by the client, an error, the time-out or shutdown.
     Closed,
     /// A request the loop does not answer came: the connection is hyper's
     /// from it on, bytes already read first.
-    HandOff(Rewind<TcpStream>),
+    HandOff(Rewind<S>),
 }
 
 /// Serves pixels on `stream` until the client leaves, the connection idles
 /// or stalls past the header read time-out, `shutdown` turns true, or a
 /// request comes that hyper must answer.
-pub(super) async fn serve(
-    stream: TcpStream,
+pub(super) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
     peer_ip: IpAddr,
     ingress: &Ingress,
     mut shutdown: watch::Receiver<bool>,
-) -> Ended {
+) -> Ended<S> {
     let timeout = ingress.header_read_timeout;
     let mut conn = Conn { stream, buf: vec![0; READ_BUF_BYTES], start: 0, end: 0, out: Vec::new(), date: Date::new() };
     // The head being waited for must be complete by `waiting_since +
@@ -158,6 +158,9 @@ pub(super) async fn serve(
                     let labels = ReasonLabels { reason: "header_read_timeout" };
                     ingress.metrics.requests_refused.get_or_create(&labels).inc();
                 }
+                // Said properly (TLS's close_notify, then FIN), but what a
+                // client this slow still sends is not waited for.
+                let _ = tokio::time::timeout(LINGER, conn.stream.shutdown()).await;
                 return Ended::Closed;
             }
         }
@@ -179,8 +182,8 @@ enum Next {
     Stop,
 }
 
-struct Conn {
-    stream: TcpStream,
+struct Conn<S> {
+    stream: S,
     /// Bytes read and not yet answered are `buf[start..end]`.
     buf: Vec<u8>,
     start: usize,
@@ -191,7 +194,7 @@ struct Conn {
     date: Date,
 }
 
-impl Conn {
+impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     /// Answers the next request in the buffer, if it is complete and a
     /// pixel.
     fn answer_next(&mut self, ingress: &Ingress, peer_ip: IpAddr) -> Next {
@@ -219,20 +222,35 @@ impl Conn {
         Next::Answered
     }
 
-    /// Writes the answers made so far. A client that reads none of them
-    /// for the header read time-out is let go.
+    /// Writes the answers made so far. The usual write completes at once
+    /// and arms no timer; one that waits gets the header read time-out,
+    /// after which a client that reads nothing is let go.
     async fn flush(&mut self, timeout: Duration) -> io::Result<()> {
         let mut n_written = 0;
-        while n_written < self.out.len() {
-            match self.stream.try_write(&self.out[n_written..]) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => n_written += n,
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
-                    tokio::time::timeout(timeout, self.stream.writable())
-                        .await
-                        .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
+        let at_once = poll_fn(|cx| {
+            while n_written < self.out.len() {
+                match Pin::new(&mut self.stream).poll_write(cx, &self.out[n_written..]) {
+                    Poll::Ready(Ok(0)) => return Poll::Ready(Some(Err(io::ErrorKind::WriteZero.into()))),
+                    Poll::Ready(Ok(n)) => n_written += n,
+                    Poll::Ready(Err(error)) => return Poll::Ready(Some(Err(error))),
+                    Poll::Pending => return Poll::Ready(None),
                 }
-                Err(error) => return Err(error),
+            }
+            // A TLS stream holds records until flushed; a TCP one, nothing.
+            match Pin::new(&mut self.stream).poll_flush(cx) {
+                Poll::Ready(flushed) => Poll::Ready(Some(flushed)),
+                Poll::Pending => Poll::Ready(None),
+            }
+        })
+        .await;
+        match at_once {
+            Some(written) => written?,
+            None => {
+                let rest = async {
+                    self.stream.write_all(&self.out[n_written..]).await?;
+                    self.stream.flush().await
+                };
+                tokio::time::timeout(timeout, rest).await.map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
             }
         }
         self.out.clear();
@@ -261,7 +279,7 @@ impl Conn {
         }
     }
 
-    fn into_rewind(mut self) -> Rewind<TcpStream> {
+    fn into_rewind(mut self) -> Rewind<S> {
         self.buf.truncate(self.end);
         let mut unread = Bytes::from(self.buf);
         let _ = unread.split_to(self.start);

@@ -8,7 +8,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use rand::{Rng, SeedableRng};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::support::{TestCollector, get, metric};
@@ -23,7 +23,7 @@ struct RawAnswer {
 }
 
 /// Reads `n` answers from `stream`, each with its `content-length` body.
-async fn read_answers(stream: &mut TcpStream, n: usize) -> Vec<RawAnswer> {
+async fn read_answers(stream: &mut (impl AsyncRead + Unpin), n: usize) -> Vec<RawAnswer> {
     let mut bytes = Vec::new();
     let mut answers = Vec::new();
     while answers.len() < n {
@@ -163,6 +163,65 @@ async fn a_long_pipeline_is_answered_in_order_across_reads_and_writes() {
     assert_eq!(answers[0], "bad_id");
     assert!(answers[1..].iter().all(|outcome| outcome == "accepted"), "{answers:?}");
     assert_eq!(metric(&metrics_text(&collector).await, IMPRESSIONS), 399);
+}
+
+#[tokio::test]
+async fn tls_connections_get_the_loop_and_the_hand_off_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let (cert, key) = (dir.path().join("edge-cert.pem"), dir.path().join("edge-key.pem"));
+    std::fs::write(&cert, certified.cert.pem()).unwrap();
+    std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
+    let (cert, key) = (cert.to_str().unwrap().to_owned(), key.to_str().unwrap().to_owned());
+    let collector =
+        TestCollector::start_in(dir, &["--tls-cert", &cert, "--tls-key", &key, "--header-read-timeout-ms", "500"]);
+    let addr = collector.base_url.trim_start_matches("http://").to_owned();
+    let mut store = rustls::RootCertStore::empty();
+    store.add(certified.cert.der().clone()).unwrap();
+    let tls = async |alpn: &[&[u8]]| {
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(store.clone())
+            .with_no_client_auth();
+        config.alpn_protocols = alpn.iter().map(|protocol| protocol.to_vec()).collect();
+        let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+        connector.connect(name, TcpStream::connect(&addr).await.unwrap()).await.expect("TLS handshake")
+    };
+    let event = r#"{"kind":"impression","affiliate_id":2,"campaign_id":2}"#;
+    let post = format!(
+        "POST /v1/events HTTP/1.1\r\nhost: edge\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{event}",
+        event.len()
+    );
+    // A client that offers HTTP/1.1 by ALPN, and one that offers nothing.
+    for alpn in [&[&b"http/1.1"[..]][..], &[]] {
+        let mut stream = tls(alpn).await;
+        let requests = [
+            "GET /p.gif?aff=1&cmp=2 HTTP/1.1\r\nhost: edge\r\n\r\n",
+            "GET /p.gif?aff=x&cmp=2 HTTP/1.1\r\nhost: edge\r\n\r\n",
+            &post,
+            "GET /p.gif?aff=3&cmp=2 HTTP/1.1\r\nhost: edge\r\n\r\n",
+        ];
+        stream.write_all(requests.concat().as_bytes()).await.unwrap();
+        let answers = read_answers(&mut stream, 4).await;
+        let outcomes: Vec<_> = answers.iter().map(|answer| (answer.status, answer.outcome.as_deref())).collect();
+        assert_eq!(outcomes, [(200, Some("accepted")), (200, Some("bad_id")), (200, None), (200, Some("accepted"))]);
+        assert_eq!(answers[0].body, edgetally_collector::PIXEL_GIF);
+    }
+    // A head begun and never finished is cut off by the loop, which counts
+    // it (hyper's path does not): the TLS pixels were the loop's.
+    let mut slow = tls(&[b"http/1.1"]).await;
+    slow.write_all(b"GET /p.gif?aff=1&cmp=2 HTTP/1.1\r\nhost: ed").await.unwrap();
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), slow.read_to_end(&mut rest)).await;
+    assert!(matches!(read, Ok(Ok(0))), "not cut off: {read:?} {rest:?}");
+    let mut stream = tls(&[b"http/1.1"]).await;
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nhost: edge\r\n\r\n").await.unwrap();
+    let text = String::from_utf8(read_answers(&mut stream, 1).await.remove(0).body).unwrap();
+    assert_eq!(metric(&text, IMPRESSIONS), 6, "{text}");
+    assert_eq!(metric(&text, r#"edgetally_collector_requests_refused_total{reason="header_read_timeout"}"#), 1);
 }
 
 #[tokio::test]
