@@ -51,6 +51,9 @@ pub(crate) struct LoadConfig {
     pub(crate) http2: bool,
     /// Requests per second in total; `None` runs closed-loop at full speed.
     pub(crate) rate: Option<f64>,
+    /// Open loop: yield through the last millisecond before each intended
+    /// send time instead of sleeping to it.
+    pub(crate) precise_timer: bool,
     pub(crate) duration: Option<Duration>,
     pub(crate) requests_max: Option<u64>,
     pub(crate) timeout: Duration,
@@ -299,6 +302,7 @@ pub(crate) async fn run(
             let schedule = config.rate.map(|rate| Schedule {
                 first: start + Duration::from_secs_f64(task_idx as f64 / rate),
                 interval: Duration::from_secs_f64(n_tasks as f64 / rate),
+                precise: config.precise_timer,
             });
             let task = Task {
                 target: target.clone(),
@@ -328,6 +332,9 @@ pub(crate) async fn run(
 struct Schedule {
     first: Instant,
     interval: Duration,
+    /// Yield through the last millisecond before a send instead of
+    /// sleeping to it.
+    precise: bool,
 }
 
 struct Task {
@@ -361,9 +368,20 @@ impl Task {
                 break;
             }
             if intended > Instant::now() {
-                tokio::select! {
-                    _ = tokio::time::sleep_until(intended) => {}
-                    _ = self.stop.wait_for(|stop| *stop) => break,
+                // tokio's timer wakes up to a millisecond late: a precise
+                // schedule sleeps to a millisecond before and yields the
+                // rest, letting the other connections run meanwhile.
+                let precise = self.schedule.as_ref().is_some_and(|schedule| schedule.precise);
+                let wake =
+                    if precise { intended.checked_sub(Duration::from_millis(1)).unwrap_or(intended) } else { intended };
+                if wake > Instant::now() {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(wake) => {}
+                        _ = self.stop.wait_for(|stop| *stop) => break,
+                    }
+                }
+                while Instant::now() < intended {
+                    tokio::task::yield_now().await;
                 }
             }
             let n_sent = self.progress.sent.fetch_add(1, Ordering::Relaxed);

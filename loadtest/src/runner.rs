@@ -39,6 +39,12 @@ pub(crate) struct RunArgs {
     /// Keep-alive connections.
     #[arg(long, default_value_t = 32)]
     connections: usize,
+    /// Open loop: meet each intended send time to the microsecond by
+    /// yielding through its last millisecond instead of sleeping (tokio's
+    /// timer is millisecond-grained). Keeps the generator's thread busy:
+    /// for a generator on a core of its own (taskset).
+    #[arg(long, requires = "rate")]
+    precise_timer: bool,
     /// Speak HTTP/2 (prior knowledge, no TLS) instead of HTTP/1.1.
     #[arg(long)]
     http2: bool,
@@ -140,6 +146,7 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<()> {
         streams: args.streams,
         http2: args.http2,
         rate: args.rate,
+        precise_timer: args.precise_timer,
         duration: Some(Duration::from_secs_f64(args.duration_secs)),
         requests_max: args.requests,
         timeout: Duration::from_millis(args.timeout_ms),

@@ -200,6 +200,7 @@ pub(crate) async fn run(args: StackArgs) -> anyhow::Result<()> {
             streams: 1,
             http2: false,
             rate: Some(f64::from(args.rate)),
+            precise_timer: false,
             duration: args.duration_secs.map(Duration::from_secs),
             requests_max: None,
             timeout: Duration::from_secs(5),

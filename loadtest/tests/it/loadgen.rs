@@ -22,6 +22,9 @@ fn generated_run_verifies_exactly_and_corruption_is_caught() {
         &targets,
         "--rate",
         "400",
+        // The precise schedule here; the freshness test below keeps the
+        // default one.
+        "--precise-timer",
         "--duration-secs",
         "3",
         "--connections",
