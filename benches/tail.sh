@@ -56,7 +56,8 @@ stop() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; pids=(
 # One open-loop run against $2, labelled $1.
 measure() {
     taskset -c 0 "$bin/edgetally-loadtest" run --target "http://$2" --rate "$rate" --pixels-only \
-        --connections 64 --duration-secs "$seconds" --precise-timer --no-metrics --json > "$work/report.json"
+        --connections 64 --duration-secs "$seconds" --precise-timer --no-metrics --ledger "$work/ledger.json" \
+        --json > "$work/report.json"
     python3 - "$1" "$work/report.json" << 'PY'
 import json, sys
 report = json.load(open(sys.argv[2]))
