@@ -1,6 +1,7 @@
 //! How the lean loop reads pixel heads, what it hands to hyper, and what
 //! it writes.
 
+use proptest::strategy::Strategy;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::*;
@@ -127,4 +128,61 @@ async fn a_handed_off_connection_reads_the_unread_bytes_first() {
     let mut read = Vec::new();
     rewind.read_to_end(&mut read).await.unwrap();
     assert_eq!(read, b"GET /v1/events HTTP/1.1\r\n\r\n");
+}
+
+proptest::proptest! {
+    /// Any bytes at all: reading them never panics, and a head read as a
+    /// pixel is a plain `GET` of a pixel path, HTTP/1.1, without a body,
+    /// whose query is the target's after its first `?`.
+    #[test]
+    fn any_head_is_either_a_plain_pixel_or_hyper_s(
+        method in proptest::sample::select(vec!["GET", "HEAD", "POST", "get"]),
+        target in proptest::prop_oneof![
+            3 => "/(p\\.gif|cv\\.gif|pb|P\\.GIF)(\\?[a-z0-9=&%._+-]{0,30})?",
+            1 => "/(p\\.gif|cv\\.gif)(\\?[!-~]{0,30})?",
+        ],
+        headers in proptest::collection::vec((
+            proptest::prop_oneof![
+                3 => proptest::sample::select(vec![
+                    "content-length", "Content-Length", "connection", "Connection", "transfer-encoding",
+                    "Expect", "upgrade", "user-agent", "x-forwarded-for",
+                ]).prop_map(str::to_owned),
+                1 => "[a-zA-Z-]{1,16}",
+            ],
+            proptest::prop_oneof![
+                proptest::sample::select(vec![
+                    "0", "00", " 0", "5", "keep-alive", "Keep-Alive", "close", "chunked", "keep-alive, close",
+                ]).prop_map(str::to_owned),
+                "[ -~]{0,24}",
+            ],
+        ), 0..6),
+        version in proptest::sample::select(vec!["HTTP/1.1", "HTTP/1.0", "HTTP/2.0"]),
+    ) {
+        let mut head = format!("{method} {target} {version}\r\n");
+        for (name, value) in &headers {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        head.push_str("\r\n");
+        let mut slots = [httparse::EMPTY_HEADER; HEADERS_MAX];
+        let mut request = httparse::Request::new(&mut slots);
+        if let Ok(httparse::Status::Complete(_)) = request.parse(head.as_bytes())
+            && let Some(pixel) = Pixel::read(&request, 8192, Some("x-forwarded-for"))
+        {
+            proptest::prop_assert_eq!(method, "GET");
+            proptest::prop_assert_eq!(version, "HTTP/1.1");
+            let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+            proptest::prop_assert!(matches!(path, "/p.gif" | "/cv.gif"));
+            proptest::prop_assert_eq!(pixel.query, query);
+            for (name, value) in &headers {
+                let name = name.to_ascii_lowercase();
+                proptest::prop_assert!(!matches!(name.as_str(), "transfer-encoding" | "expect" | "upgrade"));
+                if name == "content-length" {
+                    proptest::prop_assert_eq!(value.trim(), "0");
+                }
+                if name == "connection" {
+                    proptest::prop_assert!(value.trim().eq_ignore_ascii_case("keep-alive"));
+                }
+            }
+        }
+    }
 }
