@@ -33,18 +33,9 @@ connections=${5:-64}
 threads=${THREADS:-}
 root=$(cd "$(dirname "$0")/.." && pwd)
 bin="$root/target/release"
-work=$(mktemp -d)
-pids=()
-cleanup() {
-    kill "${pids[@]}" 2>/dev/null || true
-    wait 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
-# An interrupted run cleans up too.
-trap 'exit 130' INT TERM
-
-die() { echo "compare.sh: $*" >&2; exit 1; }
+name=compare.sh
+# shellcheck source=benches/lib.sh
+source "$root/benches/lib.sh"
 
 # --- tools and builds
 
@@ -74,22 +65,6 @@ clk_tck=$(getconf CLK_TCK)
 
 # --- helpers
 
-# Waits until a file is non-empty.
-wait_for() { for _ in $(seq 300); do [ -s "$1" ] && return; sleep 0.05; done; die "timed out waiting for $1"; }
-# Waits until HOST:PORT accepts a connection.
-wait_port() {
-    local host=${1%:*} port=${1##*:}
-    for _ in $(seq 300); do (exec 3<> "/dev/tcp/$host/$port") 2> /dev/null && return; sleep 0.05; done
-    die "nothing listening on $1"
-}
-# A key of a JSON file; dots walk into objects.
-json() {
-    python3 -c 'import json,sys
-value = json.load(open(sys.argv[1]))
-for key in sys.argv[2].split("."): value = value[key]
-print(value)' "$1" "$2"
-}
-free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 # Summed utime + stime of the given pids, in clock ticks (fields 14 and 15
 # of /proc/PID/stat, counted after the command name, which may hold spaces).
 cpu_ticks() {
@@ -143,26 +118,10 @@ bare=$(awk '/^listening on / {print $3}' "$work/bare-gif.out")
 [ -n "$bare" ] || die "bare-gif printed no address: $(cat "$work/bare-gif.out")"
 wait_port "$bare"
 
-# One worker (or THREADS), in the foreground so that its master is our child; the
-# access log is on in nginx's default (combined) format, unbuffered, as an
-# nginx left at its defaults would run.
+# One worker (or THREADS), access log on (see nginx_conf).
 nginx_port=$(free_port)
 nginx="127.0.0.1:$nginx_port"
-cat > "$work/nginx.conf" << CONF
-daemon off;
-worker_processes ${threads:-1};
-pid $work/nginx.pid;
-error_log $work/nginx-error.log;
-events { worker_connections 4096; }
-http {
-    access_log $work/nginx-access.log;
-    keepalive_requests 100000000;
-    server {
-        listen $nginx;
-        location / { empty_gif; }
-    }
-}
-CONF
+nginx_conf "$work/nginx.conf" "$nginx" "${threads:-1}"
 nginx -e "$work/nginx-error.log" -c "$work/nginx.conf" & pids+=($!)
 nginx_pid=$!
 wait_port "$nginx"

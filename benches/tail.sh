@@ -24,7 +24,9 @@ rounds=${3:-3}
 root=$(cd "$(dirname "$0")/.." && pwd)
 bin="$root/target/release"
 PATH="$PATH:/usr/sbin:/sbin"
-die() { echo "tail.sh: $*" >&2; exit 1; }
+name=tail.sh
+# shellcheck source=benches/lib.sh
+source "$root/benches/lib.sh"
 for tool in taskset nginx python3; do
     command -v "$tool" > /dev/null || die "$tool is missing"
 done
@@ -33,24 +35,6 @@ for binary in edgetally-aggregator edgetally-collector edgetally-loadtest; do
     [ -x "$bin/$binary" ] || die "$bin/$binary is missing: cargo build --release --bins"
 done
 
-pids=()
-work=$(mktemp -d)
-cleanup() {
-    kill "${pids[@]}" 2>/dev/null || true
-    wait 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-wait_for() { for _ in $(seq 300); do [ -s "$1" ] && return; sleep 0.05; done; die "timed out waiting for $1"; }
-wait_port() {
-    local host=${1%:*} port=${1##*:}
-    for _ in $(seq 300); do (exec 3<> "/dev/tcp/$host/$port") 2> /dev/null && return; sleep 0.05; done
-    die "nothing listening on $1"
-}
-json() { python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$1" "$2"; }
-free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 stop() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; pids=(); }
 
 # One open-loop run against $2, labelled $1.
@@ -88,21 +72,7 @@ for round in $(seq "$rounds"); do
     stop
 
     nginx="127.0.0.1:$(free_port)"
-    cat > "$dir/nginx.conf" << CONF
-daemon off;
-worker_processes 1;
-pid $dir/nginx.pid;
-error_log $dir/nginx-error.log;
-events { worker_connections 4096; }
-http {
-    access_log $dir/nginx-access.log;
-    keepalive_requests 100000000;
-    server {
-        listen $nginx;
-        location / { empty_gif; }
-    }
-}
-CONF
+    nginx_conf "$dir/nginx.conf" "$nginx" 1
     taskset -c 1 nginx -e "$dir/nginx-error.log" -c "$dir/nginx.conf" & pids+=($!)
     wait_port "$nginx"
     measure nginx "$nginx"

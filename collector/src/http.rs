@@ -338,8 +338,8 @@ impl Ingress {
             }
         };
         match path {
-            "/p.gif" if readable => gif(self.pixel(Source::Pixel, query, user_agent(&request))),
-            "/cv.gif" if readable => gif(self.pixel(Source::ConversionPixel, query, user_agent(&request))),
+            "/p.gif" if readable => gif(self.pixel(Source::Pixel, query, user_agent(&request), now_ms())),
+            "/cv.gif" if readable => gif(self.pixel(Source::ConversionPixel, query, user_agent(&request), now_ms())),
             "/pb" if readable => self.postback(query),
             "/v1/events" if method == Method::POST => self.events(request).await,
             "/healthz" if readable => text(StatusCode::OK, "ok\n"),
@@ -571,11 +571,11 @@ impl Ingress {
     /// `GET /p.gif` (an impression, from its query or a `d` payload) and
     /// `GET /cv.gif` (a conversion attributed by its click ID): counts it
     /// and gives its outcome word, which the GIF's [`OUTCOME_HEADER`]
-    /// carries.
-    fn pixel(&self, source: Source, query: &str, user_agent: &[u8]) -> &'static str {
+    /// carries. `now_ms` is the clock read for it (the lean loop dates its
+    /// answer with the same reading).
+    fn pixel(&self, source: Source, query: &str, user_agent: &[u8], now_ms: i64) -> &'static str {
         let signals = Signals { bot_user_agent: self.is_bot(user_agent), ..Signals::default() };
         let outcome = if source == Source::Pixel {
-            let now_ms = now_ms();
             let impression = Some(EventKind::Impression);
             match pixel_payload(query) {
                 None => self.accept(source, &mut parse_query(query), impression, signals, now_ms),
@@ -586,7 +586,7 @@ impl Ingress {
                 Some(Err(reason)) => Err(Rejection { reason, detail: "bad payload: d is not base64url".into() }),
             }
         } else {
-            self.accept(source, &mut parse_query(query), Some(EventKind::Sale), signals, now_ms())
+            self.accept(source, &mut parse_query(query), Some(EventKind::Sale), signals, now_ms)
         };
         self.outcome(source, outcome.map(|(_, recorded)| recorded), query)
     }
@@ -922,7 +922,7 @@ fn text(status: StatusCode, body: &'static str) -> HttpResponse {
     response
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     // A clock before 1970 is a broken host; counting such events at time 0
     // makes them fail the time window rather than crash the collector.
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_millis() as i64)

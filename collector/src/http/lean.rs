@@ -213,11 +213,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             return Next::HandOff;
         };
         ingress.metrics.request_received_bytes.inc_by(head_len as u64);
+        // One clock reading dates both the event and the answer.
+        let now_ms = super::now_ms();
         let outcome = match ingress.admit(false, || ingress.client_ip(pixel.forwarded, peer_ip)) {
-            Ok(_in_flight) => ingress.pixel(pixel.source, pixel.query, pixel.user_agent),
+            Ok(_in_flight) => ingress.pixel(pixel.source, pixel.query, pixel.user_agent, now_ms),
             Err((_, rejection)) => ingress.outcome(pixel.source, Err(rejection), pixel.query),
         };
-        push_answer(&mut self.out, outcome, self.date.now());
+        push_answer(&mut self.out, outcome, self.date.at(now_ms));
         self.start += head_len;
         Next::Answered
     }
@@ -384,21 +386,23 @@ fn push_answer(out: &mut Vec<u8>, outcome: &str, date: &[u8]) {
 
 /// The `date` header's value, formatted once a second.
 struct Date {
-    second: u64,
+    second: i64,
     text: String,
 }
 
 impl Date {
     fn new() -> Date {
-        Date { second: u64::MAX, text: String::new() }
+        Date { second: i64::MIN, text: String::new() }
     }
 
-    fn now(&mut self) -> &[u8] {
-        let now = SystemTime::now();
-        let second = now.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_secs());
+    /// The value for the time `now_ms` (milliseconds since the Unix
+    /// epoch).
+    fn at(&mut self, now_ms: i64) -> &[u8] {
+        let second = now_ms.div_euclid(1_000);
         if second != self.second {
             self.second = second;
-            self.text = httpdate::fmt_http_date(now);
+            let time = SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(second).unwrap_or(0));
+            self.text = httpdate::fmt_http_date(time);
         }
         self.text.as_bytes()
     }

@@ -13,48 +13,71 @@ use tokio::net::TcpStream;
 
 use crate::support::{TestCollector, get, metric};
 
-/// One answer read off a raw connection.
-#[derive(Debug)]
+/// One answer read off a raw connection: its status, its headers (names in
+/// lowercase, in the order sent) and its body.
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct RawAnswer {
     status: u16,
-    outcome: Option<String>,
-    connection: Option<String>,
+    headers: Vec<(String, String)>,
     body: Vec<u8>,
 }
 
-/// Reads `n` answers from `stream`, each with its `content-length` body.
-async fn read_answers(stream: &mut (impl AsyncRead + Unpin), n: usize) -> Vec<RawAnswer> {
+impl RawAnswer {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(each, _)| each == name).map(|(_, value)| value.as_str())
+    }
+
+    fn outcome(&self) -> Option<&str> {
+        self.header("x-edgetally-outcome")
+    }
+}
+
+/// Reads one answer per request in `heads` (true for a `HEAD`, whose
+/// answer has no body whatever its `content-length` says), until the
+/// collector closes the connection. Returns the answers and any bytes
+/// after the last of them.
+async fn read_raw_answers(stream: &mut (impl AsyncRead + Unpin), heads: &[bool]) -> (Vec<RawAnswer>, Vec<u8>) {
     let mut bytes = Vec::new();
     let mut answers = Vec::new();
-    while answers.len() < n {
-        let mut headers = [httparse::EMPTY_HEADER; 16];
-        let mut response = httparse::Response::new(&mut headers);
+    while answers.len() < heads.len() {
+        let mut slots = [httparse::EMPTY_HEADER; 16];
+        let mut response = httparse::Response::new(&mut slots);
         if let httparse::Status::Complete(head_len) = response.parse(&bytes).expect("an HTTP answer") {
-            let header = |name: &str| {
-                let value = response.headers.iter().find(|header| header.name.eq_ignore_ascii_case(name))?.value;
-                Some(String::from_utf8_lossy(value).into_owned())
+            let headers: Vec<(String, String)> = response
+                .headers
+                .iter()
+                .map(|header| (header.name.to_lowercase(), String::from_utf8_lossy(header.value).into_owned()))
+                .collect();
+            let length = headers.iter().find(|(name, _)| name == "content-length");
+            let body_len = match length {
+                Some((_, value)) if !heads[answers.len()] => value.parse().expect("a content-length"),
+                _ => 0,
             };
-            let body_len: usize = header("content-length").expect("content-length").parse().unwrap();
             if bytes.len() >= head_len + body_len {
-                answers.push(RawAnswer {
-                    status: response.code.unwrap(),
-                    outcome: header("x-edgetally-outcome"),
-                    connection: header("connection"),
-                    body: bytes[head_len..head_len + body_len].to_vec(),
-                });
+                let body = bytes[head_len..head_len + body_len].to_vec();
+                answers.push(RawAnswer { status: response.code.unwrap(), headers, body });
                 bytes.drain(..head_len + body_len);
                 continue;
             }
         }
-        let mut chunk = [0u8; 4096];
-        let n_read = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut chunk))
+        let mut chunk = [0u8; 8192];
+        let read = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut chunk))
             .await
-            .expect("answers within 10 s")
-            .expect("read");
-        assert!(n_read > 0, "closed after {} answers: {answers:?}", answers.len());
-        bytes.extend_from_slice(&chunk[..n_read]);
+            .unwrap_or_else(|_| panic!("no answer or close within 10 s after {} answers", answers.len()));
+        match read {
+            Ok(0) | Err(_) => break,
+            Ok(n_read) => bytes.extend_from_slice(&chunk[..n_read]),
+        }
     }
-    assert!(bytes.is_empty(), "more than {n} answers: {bytes:?}");
+    (answers, bytes)
+}
+
+/// Reads exactly `n` answers to `GET`s from `stream`, each with its
+/// `content-length` body, and nothing more.
+async fn read_answers(stream: &mut (impl AsyncRead + Unpin), n: usize) -> Vec<RawAnswer> {
+    let (answers, rest) = read_raw_answers(stream, &vec![false; n]).await;
+    assert_eq!(answers.len(), n, "closed after {} answers: {answers:?}", answers.len());
+    assert!(rest.is_empty(), "more than {n} answers: {rest:?}");
     answers
 }
 
@@ -88,7 +111,7 @@ async fn pipelined_pixels_then_a_post_share_one_connection() {
     // hands hyper the POST with what follows it.
     stream.write_all(requests.concat().as_bytes()).await.unwrap();
     let answers = read_answers(&mut stream, 5).await;
-    let outcomes: Vec<_> = answers.iter().map(|answer| (answer.status, answer.outcome.as_deref())).collect();
+    let outcomes: Vec<_> = answers.iter().map(|answer| (answer.status, answer.outcome())).collect();
     assert_eq!(
         outcomes,
         [
@@ -104,15 +127,8 @@ async fn pipelined_pixels_then_a_post_share_one_connection() {
     assert_eq!(posted["accepted"], 1, "{posted}");
     // A HEAD answer has no body to read, whatever its content-length says.
     stream.write_all(b"HEAD /p.gif?aff=4&cmp=2 HTTP/1.1\r\nhost: edge\r\n\r\n").await.unwrap();
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        let mut chunk = [0u8; 512];
-        let n_read = stream.read(&mut chunk).await.unwrap();
-        assert!(n_read > 0, "closed: {head:?}");
-        head.extend_from_slice(&chunk[..n_read]);
-    }
-    let head = String::from_utf8_lossy(&head);
-    assert!(head.starts_with("HTTP/1.1 200 OK\r\n") && !head.contains("\r\n\r\nGIF"), "{head}");
+    let (head, rest) = read_raw_answers(&mut stream, &[true]).await;
+    assert_eq!((head[0].status, head[0].outcome(), rest.as_slice()), (200, Some("accepted"), &b""[..]), "{head:?}");
 
     let text = metrics_text(&collector).await;
     // aff=1 (once; its repeat is a duplicate), the posted aff=2, aff=3 and
@@ -131,37 +147,14 @@ async fn a_long_pipeline_is_answered_in_order_across_reads_and_writes() {
     let requests: String = (0..400).map(|aff| format!("GET /p.gif?aff={aff}&cmp=2 HTTP/1.1\r\n\r\n")).collect();
     assert!(requests.len() > 8 * 1024, "{}", requests.len());
     let (mut read_half, mut write_half) = stream.split();
-    let (written, answers) = tokio::join!(write_half.write_all(requests.as_bytes()), async {
-        let mut answers = Vec::new();
-        let mut rest = Vec::new();
-        // Read as the answers come, so neither side waits on the other.
-        while answers.len() < 400 {
-            let mut chunk = [0u8; 8192];
-            let n_read = tokio::time::timeout(Duration::from_secs(10), read_half.read(&mut chunk))
-                .await
-                .expect("answers within 10 s")
-                .expect("read");
-            assert!(n_read > 0, "closed after {} answers", answers.len());
-            rest.extend_from_slice(&chunk[..n_read]);
-            loop {
-                let mut headers = [httparse::EMPTY_HEADER; 8];
-                let mut response = httparse::Response::new(&mut headers);
-                let Ok(httparse::Status::Complete(head_len)) = response.parse(&rest) else { break };
-                if rest.len() < head_len + edgetally_collector::PIXEL_GIF.len() {
-                    break;
-                }
-                let outcome = response.headers.iter().find(|header| header.name == "x-edgetally-outcome").unwrap();
-                answers.push(String::from_utf8(outcome.value.to_vec()).unwrap());
-                rest.drain(..head_len + edgetally_collector::PIXEL_GIF.len());
-            }
-        }
-        answers
-    });
+    // Read as the answers come, so neither side waits on the other.
+    let (written, answers) = tokio::join!(write_half.write_all(requests.as_bytes()), read_answers(&mut read_half, 400));
     written.unwrap();
-    assert_eq!(answers.len(), 400);
+    let outcomes: Vec<&str> = answers.iter().map(|answer| answer.outcome().unwrap()).collect();
+    assert_eq!(outcomes.len(), 400);
     // aff=0 is not a valid affiliate; every other one is counted once.
-    assert_eq!(answers[0], "bad_id");
-    assert!(answers[1..].iter().all(|outcome| outcome == "accepted"), "{answers:?}");
+    assert_eq!(outcomes[0], "bad_id");
+    assert!(outcomes[1..].iter().all(|outcome| *outcome == "accepted"), "{outcomes:?}");
     assert_eq!(metric(&metrics_text(&collector).await, IMPRESSIONS), 399);
 }
 
@@ -206,7 +199,7 @@ async fn tls_connections_get_the_loop_and_the_hand_off_too() {
         ];
         stream.write_all(requests.concat().as_bytes()).await.unwrap();
         let answers = read_answers(&mut stream, 4).await;
-        let outcomes: Vec<_> = answers.iter().map(|answer| (answer.status, answer.outcome.as_deref())).collect();
+        let outcomes: Vec<_> = answers.iter().map(|answer| (answer.status, answer.outcome())).collect();
         assert_eq!(outcomes, [(200, Some("accepted")), (200, Some("bad_id")), (200, None), (200, Some("accepted"))]);
         assert_eq!(answers[0].body, edgetally_collector::PIXEL_GIF);
     }
@@ -234,8 +227,8 @@ async fn connection_close_and_http_1_0_get_hypers_answer_and_close() {
         let mut stream = connect(&collector).await;
         stream.write_all(request.as_bytes()).await.unwrap();
         let answers = read_answers(&mut stream, 1).await;
-        assert_eq!((answers[0].status, answers[0].outcome.as_deref()), (200, Some("accepted")));
-        assert_eq!(answers[0].connection.as_deref(), connection, "{request}");
+        assert_eq!((answers[0].status, answers[0].outcome()), (200, Some("accepted")));
+        assert_eq!(answers[0].header("connection"), connection, "{request}");
         let mut rest = Vec::new();
         let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest)).await;
         assert!(matches!(read, Ok(Ok(0))), "{request}: not closed: {read:?} {rest:?}");
@@ -251,14 +244,14 @@ async fn busy_connections_outlive_the_header_read_timeout_and_slow_heads_do_not(
     let mut busy = connect(&collector).await;
     for _ in 0..10 {
         busy.write_all(b"GET /p.gif?aff=1&cmp=2 HTTP/1.1\r\nhost: edge\r\n\r\n").await.unwrap();
-        assert_eq!(read_answers(&mut busy, 1).await[0].outcome.as_deref(), Some("accepted"));
+        assert_eq!(read_answers(&mut busy, 1).await[0].outcome(), Some("accepted"));
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // A head begun after an answer and never finished is cut off, and
     // counted; an idle connection is closed, and not counted.
     let mut slow = connect(&collector).await;
     slow.write_all(b"GET /p.gif?aff=1&cmp=2 HTTP/1.1\r\nhost: edge\r\n\r\n").await.unwrap();
-    assert_eq!(read_answers(&mut slow, 1).await[0].outcome.as_deref(), Some("accepted"));
+    assert_eq!(read_answers(&mut slow, 1).await[0].outcome(), Some("accepted"));
     slow.write_all(b"GET /p.gif?aff=1&cmp=2 HTTP/1.1\r\nhost: ed").await.unwrap();
     let mut idle = connect(&collector).await;
     for stream in [&mut slow, &mut idle] {
@@ -290,7 +283,7 @@ async fn shutdown_closes_idle_keep_alive_connections_at_once() {
     let collector = TestCollector::start(&[]);
     let mut idle = connect(&collector).await;
     idle.write_all(b"GET /p.gif?aff=1&cmp=2 HTTP/1.1\r\nhost: edge\r\n\r\n").await.unwrap();
-    assert_eq!(read_answers(&mut idle, 1).await[0].outcome.as_deref(), Some("accepted"));
+    assert_eq!(read_answers(&mut idle, 1).await[0].outcome(), Some("accepted"));
     collector.terminate();
     // Well within the header read time-out (10 s) and the drain time-out
     // (5 s), and before the process exits (its last shipping attempt to
@@ -329,7 +322,7 @@ async fn lean_and_hyper_count_pixels_alike() {
             stream.write_all(request.as_bytes()).await.unwrap();
             let answer = read_answers(&mut stream, 1).await.remove(0);
             assert_eq!((answer.status, answer.body.as_slice()), (200, &edgetally_collector::PIXEL_GIF[..]));
-            outcomes.push(answer.outcome.unwrap());
+            outcomes.push(answer.outcome().unwrap().to_owned());
         }
         let text = metrics_text(&collector).await;
         let mut counts: Vec<String> = text
@@ -367,10 +360,9 @@ async fn lean_and_hyper_count_pixels_alike() {
     assert!(counts.iter().any(|line| line == impressions), "{counts:?}");
 }
 
-/// One answer as both paths must give it: status, the headers a pixel's
-/// answer carries (not `date`), and the body; `None` when the collector
-/// closed the connection without one.
-type Seen = Option<(u16, Vec<(String, String)>, Vec<u8>)>;
+/// One answer as both paths must give it, its headers sorted and without
+/// `date`; `None` when the collector closed the connection without one.
+type Seen = Option<RawAnswer>;
 
 /// A valid pixel sent after each random request on its connection: what
 /// it gets shows where the collector thought the random request ended.
@@ -381,45 +373,18 @@ const FOLLOW_UP: &[u8] = b"GET /p.gif?aff=9&cmp=9 HTTP/1.1\r\nhost: edge\r\n\r\n
 async fn answers_to(collector: &TestCollector, requests: &[&[u8]]) -> Vec<Seen> {
     let mut stream = connect(collector).await;
     stream.write_all(&requests.concat()).await.unwrap();
-    let mut bytes = Vec::new();
-    let mut answers = Vec::new();
-    while answers.len() < requests.len() {
-        let mut headers = [httparse::EMPTY_HEADER; 16];
-        let mut response = httparse::Response::new(&mut headers);
-        if let Ok(httparse::Status::Complete(head_len)) = response.parse(&bytes) {
-            let length = response.headers.iter().find(|header| header.name.eq_ignore_ascii_case("content-length"));
-            let body_len: usize = match length {
-                // An answer to HEAD has no body, whatever its length says.
-                Some(header) if !requests[answers.len()].starts_with(b"HEAD ") => {
-                    std::str::from_utf8(header.value).unwrap().parse().unwrap()
-                }
-                _ => 0,
-            };
-            if bytes.len() >= head_len + body_len {
-                let mut kept: Vec<(String, String)> = response
-                    .headers
-                    .iter()
-                    .filter(|header| !header.name.eq_ignore_ascii_case("date"))
-                    .map(|header| (header.name.to_lowercase(), String::from_utf8_lossy(header.value).into_owned()))
-                    .collect();
-                kept.sort();
-                answers.push(Some((response.code.unwrap(), kept, bytes[head_len..head_len + body_len].to_vec())));
-                bytes.drain(..head_len + body_len);
-                continue;
-            }
-        }
-        let mut chunk = [0u8; 8192];
-        let n_read = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut chunk))
-            .await
-            .unwrap_or_else(|_| panic!("no answer or close within 10 s after {} answers", answers.len()))
-            .unwrap_or(0);
-        if n_read == 0 {
-            answers.resize(requests.len(), None);
-            break;
-        }
-        bytes.extend_from_slice(&chunk[..n_read]);
-    }
-    answers
+    let heads: Vec<bool> = requests.iter().map(|request| request.starts_with(b"HEAD ")).collect();
+    let (answers, _) = read_raw_answers(&mut stream, &heads).await;
+    let mut seen: Vec<Seen> = answers
+        .into_iter()
+        .map(|mut answer| {
+            answer.headers.retain(|(name, _)| name != "date");
+            answer.headers.sort();
+            Some(answer)
+        })
+        .collect();
+    seen.resize(requests.len(), None);
+    seen
 }
 
 /// A random pixel request: mostly well-formed, with values drawn from
@@ -557,14 +522,10 @@ async fn random_pixels_get_the_same_answers_and_counts_on_both_paths() {
     // The mix reaches every kind of answer: counted, refused and rejected.
     let singles = &lean.0[..requests.len()];
     let statuses: std::collections::BTreeSet<u16> =
-        singles.iter().flat_map(|answers| &answers[0]).map(|answer| answer.0).collect();
+        singles.iter().flat_map(|answers| &answers[0]).map(|answer| answer.status).collect();
     assert!(statuses.is_superset(&[200, 400].into()), "{statuses:?}");
-    let outcomes: std::collections::BTreeSet<&str> = singles
-        .iter()
-        .flat_map(|answers| &answers[0])
-        .flat_map(|answer| answer.1.iter().filter(|(name, _)| name == "x-edgetally-outcome"))
-        .map(|(_, value)| value.as_str())
-        .collect();
+    let outcomes: std::collections::BTreeSet<&str> =
+        singles.iter().flat_map(|answers| &answers[0]).filter_map(RawAnswer::outcome).collect();
     for outcome in ["accepted", "flagged", "bad_id", "missing_field"] {
         assert!(outcomes.contains(outcome), "{outcome} never answered: {outcomes:?}");
     }
