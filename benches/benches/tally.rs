@@ -50,6 +50,50 @@ fn tally(criterion: &mut Criterion) {
     let journaled = Tally::journaled(TallyLimits::default(), dir.path()).unwrap();
     group.bench_function("record_journaled", |bench| bench.iter_custom(|n_iters| record(&journaled, &events, n_iters)));
     group.finish();
+
+    // The longest single record while a fresh tally grows: each doubling
+    // of a map rehashes every key in it under the tally's lock, while
+    // every HTTP thread waits.
+    let events = growing_events();
+    let mut group = criterion.benchmark_group("tally_growth");
+    group.sample_size(10);
+    group.bench_function("longest_record_to_900k_keys", |bench| {
+        bench.iter_custom(|n_iters| (0..n_iters).map(|_| longest_record(&events)).sum())
+    });
+    group.finish();
+}
+
+/// Distinct keys a growing tally is filled with: past the map's doubling
+/// at about 460,000 keys, under the default limit of 1,000,000.
+const GROWTH_KEYS: u32 = 900_000;
+
+/// Impression pixels for `GROWTH_KEYS` keys: 9,000 affiliates times 100
+/// sub1 values, in an order that mixes both.
+fn growing_events() -> Vec<Event> {
+    (0..GROWTH_KEYS)
+        .map(|key_idx| {
+            let mut raw = RawEvent {
+                affiliate_id: Some(Cow::Owned((key_idx % 9_000 + 1).to_string())),
+                campaign_id: Some(Cow::Borrowed("56")),
+                ..RawEvent::default()
+            };
+            raw.subs[0] = Some(Cow::Owned(format!("s{}", key_idx / 9_000)));
+            Event::validate(&raw, Some(EventKind::Impression), NOW_MS).unwrap()
+        })
+        .collect()
+}
+
+/// The longest single `record` while an empty tally takes `events`, each
+/// a new key.
+fn longest_record(events: &[Event]) -> Duration {
+    let tally = Tally::new(TallyLimits::default());
+    let mut longest = Duration::ZERO;
+    for event in events {
+        let start = Instant::now();
+        tally.record(black_box(event)).unwrap();
+        longest = longest.max(start.elapsed());
+    }
+    longest
 }
 
 /// Records `n_iters` events, sealing every `SEAL_EVERY`. Only the records

@@ -16,11 +16,12 @@
 //! as shed), while events for keys already held keep counting: a full tally
 //! never drops what it has accepted.
 
+use std::hash::BuildHasher;
 use std::sync::Mutex;
 
 use edgetally_protocol::{ConversionRow, Event, EventKind, Flag, QuarantineRow, RollupCounts, RollupKey};
-use hashbrown::hash_map::EntryRef as MapEntry;
-use hashbrown::{Equivalent, HashMap};
+use hashbrown::hash_table::Entry as TableEntry;
+use hashbrown::{DefaultHashBuilder, Equivalent, HashMap, HashTable};
 
 use crate::journal::{Entry as JournalEntry, EntryRef, Journal};
 use crate::spool::Through;
@@ -86,7 +87,7 @@ fn count(counts: &mut RollupCounts, kind: EventKind, unique: bool, flag: Option<
 #[derive(Default)]
 struct Unsealed {
     /// Traffic counters: every count but a counted conversion's.
-    rollups: HashMap<RollupKey, RollupCounts>,
+    rollups: Rollups,
     /// The counts of the conversions in `conversions` (leads, sales, or a
     /// flag's counter), at most one key per row.
     conversion_rollups: HashMap<RollupKey, RollupCounts>,
@@ -192,6 +193,8 @@ impl Tally {
         let mut unsealed = self.lock();
         let Unsealed { rollups, conversion_rollups, conversions, journal, n_unjournaled, journal_failing, .. } =
             &mut *unsealed;
+        let hash = rollups.hasher.hash_one(&key);
+        let Rollups { hasher, shards, len: n_keys } = rollups;
         let is_conversion = event.kind.is_conversion();
         if is_conversion && conversions.len() >= self.limits.conversions_max {
             return Err(TallyError::ConversionsFull(self.limits.conversions_max));
@@ -199,9 +202,9 @@ impl Tally {
         // One hash lookup per event, by the borrowed key: the entry is found
         // (or its slot chosen) once, checked for room, and only then
         // written; a key is copied only when it is new.
-        let n_keys = rollups.len();
-        let entry = rollups.entry_ref(&key);
-        if matches!(entry, MapEntry::Vacant(_)) && n_keys >= self.limits.rollup_keys_max {
+        let entry =
+            shards[shard_of(hash)].entry(hash, |(held, _)| key.equivalent(held), |(held, _)| hasher.hash_one(held));
+        if matches!(entry, TableEntry::Vacant(_)) && *n_keys >= self.limits.rollup_keys_max {
             return Err(TallyError::KeysFull(self.limits.rollup_keys_max));
         }
         let duplicate = is_duplicate();
@@ -234,11 +237,14 @@ impl Tally {
             }
             None => {
                 let mut occupied = match entry {
-                    MapEntry::Occupied(occupied) => occupied,
-                    MapEntry::Vacant(vacant) => vacant.insert_entry(RollupCounts::default()),
+                    TableEntry::Occupied(occupied) => occupied,
+                    TableEntry::Vacant(vacant) => {
+                        *n_keys += 1;
+                        vacant.insert((RollupKey::from(&key), RollupCounts::default()))
+                    }
                 };
-                journaled(occupied.key());
-                let counts = occupied.get_mut();
+                let (held, counts) = occupied.get_mut();
+                journaled(held);
                 if duplicate {
                     counts.duplicates = counts.duplicates.saturating_add(1);
                     return Ok(Recorded::Duplicate);
@@ -254,15 +260,14 @@ impl Tally {
 
     /// Takes everything out of the tally and rotates the journal, under one
     /// lock, so the seal holds exactly the journal segments it names. The
-    /// lock is held only to swap the maps out (the traffic map is replaced
-    /// by one sized like it, so the next minute's keys do not rehash it
-    /// under the lock as it grows back); sorting happens after.
+    /// lock is held only to swap the maps out (the traffic maps are replaced
+    /// by ones sized like them, so the next minute's keys do not rehash them
+    /// under the lock as they grow back); sorting happens after.
     pub fn seal(&self) -> Sealed {
         let (rollups, conversion_rollups, conversions, quarantine, journal_through) = {
             let mut unsealed = self.lock();
-            let n_keys = unsealed.rollups.len();
             (
-                std::mem::replace(&mut unsealed.rollups, HashMap::with_capacity(n_keys)),
+                unsealed.rollups.take_sized(),
                 std::mem::take(&mut unsealed.conversion_rollups),
                 std::mem::take(&mut unsealed.conversions),
                 std::mem::take(&mut unsealed.quarantine),
@@ -270,7 +275,7 @@ impl Tally {
             )
         };
         Sealed {
-            rollups: sorted(rollups),
+            rollups: sorted(rollups.shards.into_iter().flatten()),
             conversion_rollups: sorted(conversion_rollups),
             conversions,
             quarantine,
@@ -321,7 +326,7 @@ impl Tally {
     pub fn restore(&self, sealed: Sealed) {
         let mut unsealed = self.lock();
         for (key, counts) in sealed.rollups {
-            unsealed.rollups.entry(key).or_default().merge(&counts);
+            unsealed.rollups.counts(key).merge(&counts);
         }
         for (key, counts) in sealed.conversion_rollups {
             unsealed.conversion_rollups.entry(key).or_default().merge(&counts);
@@ -399,7 +404,7 @@ impl Tally {
     pub fn len(&self) -> (usize, usize, usize) {
         let unsealed = self.lock();
         (
-            unsealed.rollups.len() + unsealed.conversion_rollups.len(),
+            unsealed.rollups.len + unsealed.conversion_rollups.len(),
             unsealed.conversions.len(),
             unsealed.quarantine.len(),
         )
@@ -408,7 +413,7 @@ impl Tally {
     /// Held traffic rollup keys, the ones [`TallyLimits::rollup_keys_max`]
     /// bounds.
     pub fn traffic_keys(&self) -> usize {
-        self.lock().rollups.len()
+        self.lock().rollups.len
     }
 
     pub fn limits(&self) -> TallyLimits {
@@ -435,16 +440,69 @@ impl Unsealed {
                 self.conversions.push(conversion);
             }
             JournalEntry::Count { key, kind, unique, flag, conversion: None } => {
-                count(self.rollups.entry(key).or_default(), kind, unique, flag);
+                count(self.rollups.counts(key), kind, unique, flag);
             }
             JournalEntry::Duplicate { key } => {
-                let counts = self.rollups.entry(key).or_default();
+                let counts = self.rollups.counts(key);
                 counts.duplicates = counts.duplicates.saturating_add(1);
             }
             JournalEntry::Quarantine(row) => self.quarantine.push(row),
             // Read by `Journal::open`, never replayed.
             JournalEntry::RowsSpooled(_) => {}
         }
+    }
+}
+
+/// Tables the traffic counters are split over. A table that outgrows itself
+/// moves every key it holds into one twice the size, under the tally's
+/// lock: one table of 460,000 keys held every HTTP thread for about 80 ms
+/// (`cargo bench -p edgetally-benches --bench tally -- tally_growth`). Split
+/// 64 ways, each table holds about a 64th of the keys, and so does each
+/// move.
+const ROLLUP_SHARDS: usize = 64;
+
+/// The traffic counters, split over [`ROLLUP_SHARDS`] tables that share one
+/// hasher. A key is hashed once: bits of its hash that no table uses choose
+/// its table (a table takes a slot from the low bits and a tag from the top
+/// seven).
+struct Rollups {
+    hasher: DefaultHashBuilder,
+    shards: Vec<HashTable<(RollupKey, RollupCounts)>>,
+    /// Keys in all the tables.
+    len: usize,
+}
+
+impl Default for Rollups {
+    fn default() -> Rollups {
+        let hasher = DefaultHashBuilder::default();
+        let shards = (0..ROLLUP_SHARDS).map(|_| HashTable::new()).collect();
+        Rollups { hasher, shards, len: 0 }
+    }
+}
+
+impl Rollups {
+    /// The counters of `key`, made if new.
+    fn counts(&mut self, key: RollupKey) -> &mut RollupCounts {
+        let Rollups { hasher, shards, len } = self;
+        let hash = hasher.hash_one(&key);
+        let entry = shards[shard_of(hash)].entry(hash, |(held, _)| *held == key, |(held, _)| hasher.hash_one(held));
+        match entry {
+            TableEntry::Occupied(occupied) => &mut occupied.into_mut().1,
+            TableEntry::Vacant(vacant) => {
+                *len += 1;
+                &mut vacant.insert((key, RollupCounts::default())).into_mut().1
+            }
+        }
+    }
+
+    /// Takes every counter out, leaving tables sized like the ones taken.
+    fn take_sized(&mut self) -> Rollups {
+        let shards = self
+            .shards
+            .iter_mut()
+            .map(|table| std::mem::replace(table, HashTable::with_capacity(table.len())))
+            .collect();
+        Rollups { hasher: self.hasher.clone(), shards, len: std::mem::take(&mut self.len) }
     }
 }
 
@@ -457,6 +515,11 @@ struct KeyRef<'a> {
     affiliate_id: u32,
     campaign_id: u32,
     sub1: &'a str,
+}
+
+/// The table of [`Rollups`] a key hashed to `hash` is held in.
+fn shard_of(hash: u64) -> usize {
+    (hash >> 32) as usize % ROLLUP_SHARDS
 }
 
 impl Equivalent<RollupKey> for KeyRef<'_> {
@@ -480,7 +543,7 @@ impl From<&KeyRef<'_>> for RollupKey {
 }
 
 /// Rows in key order, which compresses best on the wire.
-fn sorted(rollups: HashMap<RollupKey, RollupCounts>) -> Vec<(RollupKey, RollupCounts)> {
+fn sorted(rollups: impl IntoIterator<Item = (RollupKey, RollupCounts)>) -> Vec<(RollupKey, RollupCounts)> {
     let mut rows: Vec<_> = rollups.into_iter().collect();
     rows.sort_unstable_by(|(a, _), (b, _)| a.cmp(b));
     rows

@@ -301,17 +301,34 @@ fn seal_rows_merge_into_one_row_per_key() {
 }
 
 /// Keys restored or replayed by value and events recorded by reference
-/// meet in one entry: the borrowed key hashes and compares as the owned one.
+/// meet in one row: the borrowed key hashes and compares as the owned one,
+/// so both choose the same table, and the keys spread over every table.
 #[test]
-fn borrowed_keys_find_owned_keys() {
-    let mut map: HashMap<RollupKey, RollupCounts> = HashMap::new();
-    for sub1 in ["", "a", "fb_campaign-7"] {
-        let key = KeyRef { minute_ms: NOW_MS, affiliate_id: 3, campaign_id: u32::MAX, sub1 };
-        map.entry(RollupKey::from(&key)).or_default().impressions += 1;
-        map.entry_ref(&key).or_default().impressions += 1;
-        let other = KeyRef { sub1: "other", ..key };
-        assert!(map.get(&other).is_none(), "{sub1:?} is not another sub's key");
+fn restored_and_recorded_keys_meet_in_one_row_over_every_table() {
+    let tally = Tally::new(TallyLimits::default());
+    let events: Vec<Event> =
+        (0..2_000).map(|i| event("impression", &(i % 50 + 1).to_string(), &format!("s{}", i / 50), NOW_MS)).collect();
+    for event in &events {
+        tally.record(event).unwrap();
     }
-    assert_eq!(map.len(), 3);
-    assert!(map.values().all(|counts| counts.impressions == 2));
+    let sealed = tally.seal();
+    assert_eq!(sealed.rollups.len(), 2_000);
+    tally.restore(sealed);
+    for event in &events {
+        tally.record(event).unwrap();
+    }
+    assert_eq!(tally.traffic_keys(), 2_000);
+    {
+        let unsealed = tally.lock();
+        let sizes: Vec<usize> = unsealed.rollups.shards.iter().map(HashTable::len).collect();
+        assert_eq!(sizes.len(), ROLLUP_SHARDS);
+        assert_eq!(sizes.iter().sum::<usize>(), 2_000);
+        // About 31 keys a table; the bounds are over five deviations out.
+        assert!(sizes.iter().all(|n| (3..=90).contains(n)), "{sizes:?}");
+    }
+    let rows = tally.seal().rollup_rows();
+    assert_eq!(rows.len(), 2_000);
+    assert!(rows.iter().all(|(_, counts)| *counts == RollupCounts { impressions: 2, ..Default::default() }));
+    assert!(rows.windows(2).all(|pair| pair[0].0 < pair[1].0), "in key order, no key twice");
+    assert_eq!(tally.traffic_keys(), 0);
 }
