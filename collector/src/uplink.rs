@@ -356,7 +356,24 @@ impl Uplink {
         let mut release_through = 0;
         // At most twice: a rows-only seal whose note failed, then a full one.
         for _ in 0..if spool_full { 0 } else { 2 } {
-            let sealed = if full { tally.seal() } else { tally.seal_rows() };
+            // Sorting a busy edge's keys takes milliseconds: off the async
+            // workers, as the encoding is.
+            let sealing = tally.clone();
+            let sealed = match tokio::task::spawn_blocking(
+                move || {
+                    if full { sealing.seal() } else { sealing.seal_rows() }
+                },
+            )
+            .await
+            {
+                Ok(sealed) => sealed,
+                Err(error) => {
+                    // Cancelled before it ran (the runtime is stopping): the
+                    // tally and its journal still hold everything.
+                    tracing::error!(%error, "Sealing did not finish.");
+                    break;
+                }
+            };
             if full {
                 self.next_full_ms = next_multiple(crate::unix_ms(), self.rollup_interval_ms.max(1));
             }
@@ -364,7 +381,8 @@ impl Uplink {
             let heartbeat = self.last_spooled.elapsed() >= HEARTBEAT_INTERVAL && self.lock_spool().pending().len() == 0;
             if !sealed.is_empty() || heartbeat {
                 let sequence = self.next_sequence;
-                match self.spool_sealed(sequence, &sealed).await {
+                let (sealed, spooled) = self.spool_sealed(sequence, sealed).await;
+                match spooled {
                     Ok(n_frames) => {
                         self.next_sequence += n_frames;
                         self.last_spooled = Instant::now();
@@ -408,37 +426,25 @@ impl Uplink {
 
     /// Encodes a seal as frames of at most `batch_rows_max` rows of each
     /// kind, numbered from `sequence`, and appends them to the spool as one
-    /// synced record. Returns how many frames it took.
-    async fn spool_sealed(&mut self, sequence: u64, sealed: &Sealed) -> Result<u64, UplinkError> {
-        let rows = self.batch_rows_max;
-        let rollups = sealed.rollup_rows();
-        let n_frames = [rollups.len(), sealed.conversions.len(), sealed.quarantine.len()]
-            .into_iter()
-            .map(|n| n.div_ceil(rows))
-            .max()
-            .unwrap_or(0)
-            .max(1);
-        let chunk = |i: usize, len: usize| (i * rows).min(len)..((i + 1) * rows).min(len);
-        let frames = (0..n_frames)
-            .map(|i| {
-                build_frame(
-                    self.edge_id,
-                    self.epoch,
-                    sequence + i as u64,
-                    &rollups[chunk(i, rollups.len())],
-                    &sealed.conversions[chunk(i, sealed.conversions.len())],
-                    &sealed.quarantine[chunk(i, sealed.quarantine.len())],
-                )
-            })
-            .collect::<Result<Vec<Bytes>, UplinkError>>()?;
-        let spool = self.spool.clone();
-        let through = sealed.through;
+    /// synced record, on a blocking thread: encoding and compressing a busy
+    /// edge's seal takes milliseconds. Returns the seal, to be put back if
+    /// it could not be spooled, and how many frames it took.
+    async fn spool_sealed(&mut self, sequence: u64, sealed: Sealed) -> (Sealed, Result<u64, UplinkError>) {
+        let (rows, edge_id, epoch, spool) = (self.batch_rows_max, self.edge_id, self.epoch, self.spool.clone());
+        let sealed = Arc::new(sealed);
+        let encoding = sealed.clone();
         let sealed_ms = crate::unix_ms();
-        tokio::task::spawn_blocking(move || {
-            spool.lock().expect("spool lock is not poisoned").append(&frames, through, sealed_ms)
+        let spooled = tokio::task::spawn_blocking(move || {
+            let frames = encode_sealed(&encoding, edge_id, epoch, sequence, rows)?;
+            spool.lock().expect("spool lock is not poisoned").append(&frames, encoding.through, sealed_ms)?;
+            Ok(frames.len() as u64)
         })
-        .await??;
-        Ok(n_frames as u64)
+        .await
+        .unwrap_or_else(|error| Err(UplinkError::Task(error)));
+        // A finished blocking task (returned, panicked or cancelled) has
+        // dropped its closure, and with it the other reference.
+        let sealed = Arc::try_unwrap(sealed).expect("the encoding task is finished");
+        (sealed, spooled)
     }
 
     /// Sends spooled batches until `window` are unacknowledged, once
@@ -666,6 +672,37 @@ async fn read_snapshots(mut recv: quinn::RecvStream, catalog: Arc<Catalog>) {
             tracing::error!(%error, "Campaign snapshot from the aggregator refused; keeping the current one.");
         }
     }
+}
+
+/// A seal as frames of at most `rows` rows of each kind, numbered from
+/// `sequence`.
+fn encode_sealed(
+    sealed: &Sealed,
+    edge_id: u32,
+    epoch: u64,
+    sequence: u64,
+    rows: usize,
+) -> Result<Vec<Bytes>, UplinkError> {
+    let rollups = sealed.rollup_rows();
+    let n_frames = [rollups.len(), sealed.conversions.len(), sealed.quarantine.len()]
+        .into_iter()
+        .map(|n| n.div_ceil(rows))
+        .max()
+        .unwrap_or(0)
+        .max(1);
+    let chunk = |i: usize, len: usize| (i * rows).min(len)..((i + 1) * rows).min(len);
+    (0..n_frames)
+        .map(|i| {
+            build_frame(
+                edge_id,
+                epoch,
+                sequence + i as u64,
+                &rollups[chunk(i, rollups.len())],
+                &sealed.conversions[chunk(i, sealed.conversions.len())],
+                &sealed.quarantine[chunk(i, sealed.quarantine.len())],
+            )
+        })
+        .collect()
 }
 
 /// The first multiple of `step` after `now`.
