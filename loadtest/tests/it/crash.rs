@@ -14,7 +14,9 @@ use std::ffi::OsString;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::support::{Node, edge_token_file, loadtest, metric, os, path, write_edge_tokens, write_shop_campaigns};
+use crate::support::{
+    Node, edge_token_file, loadtest, metric, metrics_text, os, path, write_edge_tokens, write_shop_campaigns,
+};
 
 /// How long the aggregator stays away while traffic continues.
 const OUTAGE: Duration = Duration::from_secs(60);
@@ -413,4 +415,37 @@ fn a_collector_killed_between_rows_only_seals_loses_and_doubles_nothing() {
     ]);
     assert!(status.success(), "verify failed: {stdout}");
     assert!(totals().impressions > 0);
+}
+
+/// A seal the spool cannot write goes back into the tally, and everything
+/// accepted meanwhile ships exactly once when the spool works again. A
+/// directory where the spool's first segment file goes makes every append
+/// fail (even for root) until it is removed.
+#[test]
+fn a_seal_the_spool_cannot_write_is_kept_and_ships_once_it_can() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    // Test collectors seal everything every half second, so traffic
+    // counters fail and come back too, not only conversions.
+    let (_aggregator, flight, mut collector) = one_edge(dir.path(), &["--dedup-keys-max", "100000"]);
+    let url = format!("http://{}", collector.start()["http"].as_str().unwrap());
+    let blocker = dir.path().join("collector/spool/00000000000000000001.spool");
+    std::fs::create_dir(&blocker).expect("block the first segment");
+
+    let ledger = dir.path().join("ledger.json");
+    let accepted = traffic(&url, &ledger, 11);
+    assert!(accepted > 300, "accepted {accepted}");
+    // Every flush since has failed and put its seal back: the counters are
+    // still held, and nothing reached the spool.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(&url, "edgetally_collector_spool_errors_total") < 2.0 {
+        assert!(Instant::now() < deadline, "no failed seals");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(metric(&url, "edgetally_collector_rollup_keys") > 0.0, "the failed seals' keys are held");
+    let scrape = metrics_text(&url);
+    assert!(!scrape.contains("edgetally_collector_seals_total{"), "a seal was spooled:\n{scrape}");
+
+    std::fs::remove_dir(&blocker).expect("unblock");
+    let (status, stdout) = loadtest(&["verify", "--ledger", path(&ledger), "--flight", &flight, "--wait-secs", "20"]);
+    assert!(status.success(), "verify failed: {stdout}");
 }
