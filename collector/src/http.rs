@@ -778,6 +778,9 @@ impl Ingress {
         if self.metrics.spool_full.get() != 0 {
             return text(StatusCode::SERVICE_UNAVAILABLE, "not ready: spool full\n");
         }
+        if self.metrics.spool_failing.get() != 0 {
+            return text(StatusCode::SERVICE_UNAVAILABLE, "not ready: spool cannot be written\n");
+        }
         if self.tally.journal_state().failing {
             return text(StatusCode::SERVICE_UNAVAILABLE, "not ready: journal full or failing\n");
         }

@@ -110,6 +110,8 @@ pub(crate) struct Metrics {
     pub(crate) spool_bytes: Gauge,
     pub(crate) spool_full: Gauge,
     pub(crate) spool_errors: Counter,
+    /// 1 while the last seal could not be written to the spool.
+    pub(crate) spool_failing: Gauge,
     /// Seals spooled, by `kind`: `full` or `rows` (conversions and
     /// quarantine only).
     pub(crate) seals: Family<KindLabels, Counter>,
@@ -174,6 +176,7 @@ impl Metrics {
             spool_bytes: Gauge::default(),
             spool_full: Gauge::default(),
             spool_errors: Counter::default(),
+            spool_failing: Gauge::default(),
             seals: Family::default(),
             spool_oldest_unacked_seconds: Gauge::default(),
             uplink_shipping_lag: Histogram::new(SHIPPING_LAG_BUCKETS_SECS),
@@ -291,6 +294,11 @@ impl Metrics {
             metrics.spool_full.clone(),
         );
         registry.register("spool_errors", "Seals that could not be written to the spool", metrics.spool_errors.clone());
+        registry.register(
+            "spool_failing",
+            "1 while the last seal could not be written to the spool (its counts wait in memory and the journal)",
+            metrics.spool_failing.clone(),
+        );
         registry.register(
             "seals",
             "Seals spooled, by kind: full, or rows (conversions and quarantine, the traffic counters left for the rollup interval)",

@@ -384,6 +384,7 @@ impl Uplink {
                 let (sealed, spooled) = self.spool_sealed(sequence, sealed).await;
                 match spooled {
                     Ok(n_frames) => {
+                        metrics.spool_failing.set(0);
                         self.next_sequence += n_frames;
                         self.last_spooled = Instant::now();
                         metrics.seals.get_or_create(&KindLabels { kind: if full { "full" } else { "rows" } }).inc();
@@ -397,6 +398,7 @@ impl Uplink {
                         // Back into the tally: the next seal tries again.
                         tracing::error!(%error, sequence, "Could not spool a sealed batch; keeping its counts in memory.");
                         metrics.spool_errors.inc();
+                        metrics.spool_failing.set(1);
                         tally.restore(sealed);
                     }
                 }

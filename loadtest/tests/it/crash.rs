@@ -444,8 +444,24 @@ fn a_seal_the_spool_cannot_write_is_kept_and_ships_once_it_can() {
     assert!(metric(&url, "edgetally_collector_rollup_keys") > 0.0, "the failed seals' keys are held");
     let scrape = metrics_text(&url);
     assert!(!scrape.contains("edgetally_collector_seals_total{"), "a seal was spooled:\n{scrape}");
+    assert_eq!(metric(&url, "edgetally_collector_spool_failing"), 1.0);
+    // A load balancer sends traffic elsewhere meanwhile.
+    assert_eq!(readyz(&url), "503 not ready: spool cannot be written");
 
     std::fs::remove_dir(&blocker).expect("unblock");
     let (status, stdout) = loadtest(&["verify", "--ledger", path(&ledger), "--flight", &flight, "--wait-secs", "20"]);
     assert!(status.success(), "verify failed: {stdout}");
+    assert_eq!(metric(&url, "edgetally_collector_spool_failing"), 0.0);
+    assert_eq!(readyz(&url), "200 ready");
+}
+
+/// The status and text of `base_url/readyz`.
+fn readyz(base_url: &str) -> String {
+    let output = std::process::Command::new("curl")
+        .args(["-s", "-o", "-", "-w", " %{http_code}", &format!("{base_url}/readyz")])
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&output.stdout);
+    let (body, status) = text.trim_end().rsplit_once(' ').expect("curl wrote a status");
+    format!("{status} {}", body.trim_end())
 }
