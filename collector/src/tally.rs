@@ -275,7 +275,7 @@ impl Tally {
             )
         };
         Sealed {
-            rollups: sorted(rollups.shards.into_iter().flatten()),
+            rollups: sorted(rollups.into_iter().flatten()),
             conversion_rollups: sorted(conversion_rollups),
             conversions,
             quarantine,
@@ -495,14 +495,10 @@ impl Rollups {
         }
     }
 
-    /// Takes every counter out, leaving tables sized like the ones taken.
-    fn take_sized(&mut self) -> Rollups {
-        let shards = self
-            .shards
-            .iter_mut()
-            .map(|table| std::mem::replace(table, HashTable::with_capacity(table.len())))
-            .collect();
-        Rollups { hasher: self.hasher.clone(), shards, len: std::mem::take(&mut self.len) }
+    /// Takes every table out, leaving tables sized like the ones taken.
+    fn take_sized(&mut self) -> Vec<HashTable<(RollupKey, RollupCounts)>> {
+        self.len = 0;
+        self.shards.iter_mut().map(|table| std::mem::replace(table, HashTable::with_capacity(table.len()))).collect()
     }
 }
 

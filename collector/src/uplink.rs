@@ -368,8 +368,10 @@ impl Uplink {
             {
                 Ok(sealed) => sealed,
                 Err(error) => {
-                    // Cancelled before it ran (the runtime is stopping): the
-                    // tally and its journal still hold everything.
+                    // Cancelled before it ran (the runtime is stopping), so
+                    // the tally and its journal still hold everything; a
+                    // panic inside `seal` cannot happen short of allocation
+                    // failure, which aborts.
                     tracing::error!(%error, "Sealing did not finish.");
                     break;
                 }

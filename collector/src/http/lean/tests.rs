@@ -133,9 +133,11 @@ async fn a_handed_off_connection_reads_the_unread_bytes_first() {
 }
 
 proptest::proptest! {
-    /// Any bytes at all: reading them never panics, and a head read as a
-    /// pixel is a plain `GET` of a pixel path, HTTP/1.1, without a body,
-    /// whose query is the target's after its first `?`.
+    /// Heads of any method, pixel-like target, version and headers
+    /// (including framing and connection headers with odd values): reading
+    /// them never panics, and a head read as a pixel is a plain `GET` of a
+    /// pixel path, HTTP/1.1, without a body, whose query is the target's
+    /// after its first `?`.
     #[test]
     fn any_head_is_either_a_plain_pixel_or_hyper_s(
         method in proptest::sample::select(vec!["GET", "HEAD", "POST", "get"]),
