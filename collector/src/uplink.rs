@@ -62,6 +62,12 @@ const BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// nothing waits in the spool: during an outage they would pile up.
 const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);
 
+/// The longest wait between seals while spool appends fail. The first
+/// retry comes at the next flush and each further failure doubles the
+/// wait (see [`spool_skips`]), so a broken disk costs a sort, an encode
+/// and a log line every few seconds rather than every flush.
+const SPOOL_RETRY_MAX: Duration = Duration::from_secs(5);
+
 /// How long shutdown keeps trying to ship what is left.
 const SHUTDOWN_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -163,6 +169,10 @@ pub(crate) struct Uplink {
     next_sequence: u64,
     n_failures: u32,
     retry_at: Instant,
+    /// Spool appends failed in a row, and flushes left to pass without a
+    /// seal before the next try.
+    spool_failures: u32,
+    spool_skips: u32,
 }
 
 /// The certificates in the PEM file the aggregator is trusted by: its own
@@ -240,6 +250,8 @@ impl Uplink {
             next_sequence: 1,
             n_failures: 0,
             retry_at: Instant::now(),
+            spool_failures: 0,
+            spool_skips: 0,
         })
     }
 
@@ -269,7 +281,9 @@ impl Uplink {
 
         let deadline = Instant::now() + SHUTDOWN_FLUSH_TIMEOUT;
         // Seal what is left; stop when a seal makes no progress (nothing
-        // left, the spool full, or a spool error put it back).
+        // left, the spool full, or a spool error put it back). A failing
+        // spool gets one more try now, whatever its back-off.
+        self.spool_skips = 0;
         loop {
             let sequence = self.next_sequence;
             self.seal(&tally, &metrics, true).await;
@@ -344,8 +358,9 @@ impl Uplink {
         now_ms >= self.next_full_ms || tally.traffic_keys() >= tally.limits().rollup_keys_max / 2
     }
 
-    /// Seals the tally into the spool, unless the spool is full: everything
-    /// when `full`, else the conversions and quarantine rows.
+    /// Seals the tally into the spool, unless the spool is full or backing
+    /// off after a failed append: everything when `full`, else the
+    /// conversions and quarantine rows.
     ///
     /// A rows-only seal, once spooled, is noted in the journal; when the
     /// note cannot be written (the journal is full or failing), a full seal
@@ -354,8 +369,10 @@ impl Uplink {
         let spool_full = self.lock_spool().is_full();
         metrics.spool_full.set(i64::from(spool_full));
         let mut release_through = 0;
+        let backing_off = self.spool_skips > 0;
+        self.spool_skips = self.spool_skips.saturating_sub(1);
         // At most twice: a rows-only seal whose note failed, then a full one.
-        for _ in 0..if spool_full { 0 } else { 2 } {
+        for _ in 0..if spool_full || backing_off { 0 } else { 2 } {
             // Sorting a busy edge's keys takes milliseconds: off the async
             // workers, as the encoding is.
             let sealing = tally.clone();
@@ -386,6 +403,10 @@ impl Uplink {
                 let (sealed, spooled) = self.spool_sealed(sequence, sealed).await;
                 match spooled {
                     Ok(n_frames) => {
+                        if self.spool_failures > 0 {
+                            tracing::info!(n_failures = self.spool_failures, "The spool takes appends again.");
+                            self.spool_failures = 0;
+                        }
                         metrics.spool_failing.set(0);
                         self.next_sequence += n_frames;
                         self.last_spooled = Instant::now();
@@ -397,8 +418,20 @@ impl Uplink {
                         }
                     }
                     Err(error) => {
-                        // Back into the tally: the next seal tries again.
-                        tracing::error!(%error, sequence, "Could not spool a sealed batch; keeping its counts in memory.");
+                        // Back into the tally: a seal after the back-off
+                        // tries again.
+                        self.spool_failures = self.spool_failures.saturating_add(1);
+                        self.spool_skips = spool_skips(self.flush_interval, self.spool_failures);
+                        if self.spool_failures == 1 || self.spool_failures.is_power_of_two() {
+                            let retry = self.flush_interval * (self.spool_skips + 1);
+                            tracing::error!(
+                                %error,
+                                sequence,
+                                n_failures = self.spool_failures,
+                                retry_ms = retry.as_millis() as u64,
+                                "Could not spool a sealed batch; keeping its counts in memory."
+                            );
+                        }
                         metrics.spool_errors.inc();
                         metrics.spool_failing.set(1);
                         tally.restore(sealed);
@@ -710,6 +743,15 @@ fn encode_sealed(
 }
 
 /// The first multiple of `step` after `now`.
+/// How many flushes pass without a seal after the `n_failures`th spool
+/// append in a row failed: none after the first, then 1, 3, 7, ... so
+/// the wait doubles, up to [`SPOOL_RETRY_MAX`].
+fn spool_skips(flush_interval: Duration, n_failures: u32) -> u32 {
+    let most = (SPOOL_RETRY_MAX.as_millis() / flush_interval.as_millis().max(1)).saturating_sub(1);
+    let doubling = (1u128 << n_failures.saturating_sub(1).min(64)) - 1;
+    doubling.min(most) as u32
+}
+
 fn next_multiple(now: u64, step: u64) -> u64 {
     (now / step + 1) * step
 }
@@ -751,4 +793,20 @@ fn build_frame(
         quarantine_ipc: quarantine_ipc.into(),
     };
     Ok(frame.encode().map_err(|error| build(error.to_string()))?.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spool_retries_wait_twice_as_long_each_time_up_to_five_seconds() {
+        let flush = Duration::from_millis(250);
+        let skips: Vec<u32> = (1..=8).map(|n_failures| spool_skips(flush, n_failures)).collect();
+        assert_eq!(skips, [0, 1, 3, 7, 15, 19, 19, 19]);
+        assert_eq!(spool_skips(flush, u32::MAX), 19);
+        // A flush interval at or past the ceiling retries at every flush.
+        assert_eq!(spool_skips(Duration::from_secs(5), 9), 0);
+        assert_eq!(spool_skips(Duration::from_secs(60), 9), 0);
+    }
 }

@@ -442,6 +442,17 @@ fn a_seal_the_spool_cannot_write_is_kept_and_ships_once_it_can() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(metric(&url, "edgetally_collector_rollup_keys") > 0.0, "the failed seals' keys are held");
+    // Each failure doubles the wait for the next try: from the fourth on,
+    // tries come at least 2 s (eight flushes) apart, where without the
+    // back-off the spool would fail four times a second.
+    while metric(&url, "edgetally_collector_spool_errors_total") < 4.0 {
+        assert!(Instant::now() < deadline, "fewer than four failed seals");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let n_errors = metric(&url, "edgetally_collector_spool_errors_total");
+    std::thread::sleep(Duration::from_millis(2_500));
+    let n_retries = metric(&url, "edgetally_collector_spool_errors_total") - n_errors;
+    assert!(n_retries <= 2.0, "{n_retries} failed seals in 2.5 s of back-off");
     let scrape = metrics_text(&url);
     assert!(!scrape.contains("edgetally_collector_seals_total{"), "a seal was spooled:\n{scrape}");
     assert_eq!(metric(&url, "edgetally_collector_spool_failing"), 1.0);
