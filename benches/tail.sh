@@ -1,17 +1,22 @@
 #!/usr/bin/env bash
-# Open-loop latency of the collector against nginx with each server on a
-# core of its own, for the p99 at half the peak:
+# Open-loop latency of the collector against a bare server and nginx,
+# with each server on a core of its own, for the p99 at half the peak:
 #
-#   the server (one collector HTTP thread, or one nginx worker serving
-#   empty_gif with its access log on) runs on CPU 1; the load generator,
-#   with --precise-timer, and the collector's aggregator run on CPU 0.
+#   the server (one collector HTTP thread, one bare-gif thread, or one
+#   nginx worker serving empty_gif with its access log on) runs on CPU 1;
+#   the load generator, with --precise-timer, and the collector's
+#   aggregator run on CPU 0.
 #
-# Each round starts a fresh collector and a fresh nginx and runs
+# Each round starts a fresh collector, bare-gif and nginx and runs
 # `edgetally-loadtest run --rate RATE --pixels-only --connections 64
 # --precise-timer` against each in turn, printing p50, p90, p99 and
-# p99.9. Run it after benches/compare.sh has found the peak (half of the
-# pinned collector's closed-loop peak was 70,000/s on the 2-core
-# development machine).
+# p99.9, and the time the hypervisor took each CPU away during the run
+# (steal, from /proc/stat, in 10 ms ticks). bare-gif answers the GIF and
+# does nothing else, so its p99 is the floor this machine and generator
+# set: a collector p99 near it is the machine's, not the collector's.
+# After the last round it prints each server's median p99. Run it after
+# benches/compare.sh has found the peak (half of the pinned collector's
+# closed-loop peak was 70,000/s on the 2-core development machine).
 #
 # Needs: two or more CPUs, taskset (util-linux), Debian's nginx, and
 # release builds (`cargo build --release --bins`).
@@ -31,24 +36,34 @@ for tool in taskset nginx python3; do
     command -v "$tool" > /dev/null || die "$tool is missing"
 done
 [ "$(nproc)" -ge 2 ] || die "needs two CPUs: one for the server, one for the generator"
-for binary in edgetally-aggregator edgetally-collector edgetally-loadtest; do
+for binary in edgetally-aggregator edgetally-collector edgetally-loadtest bare-gif; do
     [ -x "$bin/$binary" ] || die "$bin/$binary is missing: cargo build --release --bins"
 done
 
 stop() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; pids=(); }
 
-# One open-loop run against $2, labelled $1.
+# Steal ticks of each CPU so far, as "cpu0 cpu1".
+steal() { awk '/^cpu[01] / {printf "%s ", $9}' /proc/stat; }
+
+# One open-loop run against $2, labelled $1; its p99 is appended to
+# $work/p99.
 measure() {
+    local before after
+    before=$(steal)
     taskset -c 0 "$bin/edgetally-loadtest" run --target "http://$2" --rate "$rate" --pixels-only \
         --connections 64 --duration-secs "$seconds" --precise-timer --no-metrics --ledger "$work/ledger.json" \
         --json > "$work/report.json"
-    python3 - "$1" "$work/report.json" << 'PY'
+    after=$(steal)
+    python3 - "$1" "$work/report.json" "$before" "$after" "$work/p99" << 'PY'
 import json, sys
 report = json.load(open(sys.argv[2]))
 latency = report["latency_ms"]
 errors = report["errors"] or "none"
+steal = [after - before for before, after in zip(map(int, sys.argv[3].split()), map(int, sys.argv[4].split()))]
 print(f"  {sys.argv[1]:<9} {report['achieved_rate']:>8.0f} req/s  p50 {latency['p50']:.3f}  p90 {latency['p90']:.3f}"
-      f"  p99 {latency['p99']:.3f}  p99.9 {latency['p99_9']:.3f} ms  errors {errors}")
+      f"  p99 {latency['p99']:.3f}  p99.9 {latency['p99_9']:.3f} ms  steal {steal[0]}/{steal[1]} ticks  errors {errors}")
+with open(sys.argv[5], "a") as out:
+    print(sys.argv[1], latency["p99"], file=out)
 PY
 }
 
@@ -71,6 +86,14 @@ for round in $(seq "$rounds"); do
     measure collector "$collector"
     stop
 
+    taskset -c 1 "$bin/bare-gif" --listen 127.0.0.1:0 --workers 1 > "$dir/bare-gif.out" & pids+=($!)
+    wait_for "$dir/bare-gif.out"
+    bare=$(awk '/^listening on / {print $3}' "$dir/bare-gif.out")
+    [ -n "$bare" ] || die "bare-gif printed no address: $(cat "$dir/bare-gif.out")"
+    wait_port "$bare"
+    measure bare-gif "$bare"
+    stop
+
     nginx="127.0.0.1:$(free_port)"
     nginx_conf "$dir/nginx.conf" "$nginx" 1
     taskset -c 1 nginx -e "$dir/nginx-error.log" -c "$dir/nginx.conf" & pids+=($!)
@@ -78,3 +101,14 @@ for round in $(seq "$rounds"); do
     measure nginx "$nginx"
     stop
 done
+
+echo "== median p99 over $rounds round(s), ms"
+python3 - "$work/p99" << 'PY'
+import statistics, sys
+by_server = {}
+for line in open(sys.argv[1]):
+    server, p99 = line.split()
+    by_server.setdefault(server, []).append(float(p99))
+for server, values in by_server.items():
+    print(f"  {server:<9} {statistics.median(values):.3f}  (of {', '.join(f'{v:.2f}' for v in values)})")
+PY
