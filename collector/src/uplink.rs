@@ -742,7 +742,6 @@ fn encode_sealed(
         .collect()
 }
 
-/// The first multiple of `step` after `now`.
 /// How many flushes pass without a seal after the `n_failures`th spool
 /// append in a row failed: none after the first, then 1, 3, 7, ... so
 /// the wait doubles, up to [`SPOOL_RETRY_MAX`].
@@ -752,6 +751,7 @@ fn spool_skips(flush_interval: Duration, n_failures: u32) -> u32 {
     doubling.min(most) as u32
 }
 
+/// The first multiple of `step` after `now`.
 fn next_multiple(now: u64, step: u64) -> u64 {
     (now / step + 1) * step
 }
