@@ -113,10 +113,7 @@ wait_port "$collector"
 
 "$bin/bare-gif" --listen 127.0.0.1:0 ${threads:+--workers "$threads"} > "$work/bare-gif.out" & pids+=($!)
 bare_pid=$!
-wait_for "$work/bare-gif.out"
-bare=$(awk '/^listening on / {print $3}' "$work/bare-gif.out")
-[ -n "$bare" ] || die "bare-gif printed no address: $(cat "$work/bare-gif.out")"
-wait_port "$bare"
+bare=$(bare_gif_address "$work/bare-gif.out")
 
 # One worker (or THREADS), access log on (see nginx_conf).
 nginx_port=$(free_port)

@@ -29,6 +29,16 @@ value = json.load(open(sys.argv[1]))
 for key in sys.argv[2].split("."): value = value[key]
 print(value)' "$1" "$2"
 }
+# The address a bare-gif writing its stdout to $1 listens on, once it
+# answers connections.
+bare_gif_address() {
+    local address
+    wait_for "$1"
+    address=$(awk '/^listening on / {print $3}' "$1")
+    [ -n "$address" ] || die "bare-gif printed no address: $(cat "$1")"
+    wait_port "$address"
+    echo "$address"
+}
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 # An nginx configuration in $1 for WORKERS ($3) workers serving empty_gif
 # on ADDRESS ($2), in the foreground so that its master is our child,

@@ -87,10 +87,7 @@ for round in $(seq "$rounds"); do
     stop
 
     taskset -c 1 "$bin/bare-gif" --listen 127.0.0.1:0 --workers 1 > "$dir/bare-gif.out" & pids+=($!)
-    wait_for "$dir/bare-gif.out"
-    bare=$(awk '/^listening on / {print $3}' "$dir/bare-gif.out")
-    [ -n "$bare" ] || die "bare-gif printed no address: $(cat "$dir/bare-gif.out")"
-    wait_port "$bare"
+    bare=$(bare_gif_address "$dir/bare-gif.out")
     measure bare-gif "$bare"
     stop
 

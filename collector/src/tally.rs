@@ -502,6 +502,11 @@ impl Rollups {
     }
 }
 
+/// The table of [`Rollups`] a key hashed to `hash` is held in.
+fn shard_of(hash: u64) -> usize {
+    (hash >> 32) as usize % ROLLUP_SHARDS
+}
+
 /// A rollup key by reference, for lookups that copy the key only when it
 /// is new. It hashes as [`RollupKey`] does (the same fields in the same
 /// order, and `&str` hashes as `String`).
@@ -511,11 +516,6 @@ struct KeyRef<'a> {
     affiliate_id: u32,
     campaign_id: u32,
     sub1: &'a str,
-}
-
-/// The table of [`Rollups`] a key hashed to `hash` is held in.
-fn shard_of(hash: u64) -> usize {
-    (hash >> 32) as usize % ROLLUP_SHARDS
 }
 
 impl Equivalent<RollupKey> for KeyRef<'_> {

@@ -406,8 +406,8 @@ impl Uplink {
                         if self.spool_failures > 0 {
                             tracing::info!(n_failures = self.spool_failures, "The spool takes appends again.");
                             self.spool_failures = 0;
+                            metrics.spool_failing.set(0);
                         }
-                        metrics.spool_failing.set(0);
                         self.next_sequence += n_frames;
                         self.last_spooled = Instant::now();
                         metrics.seals.get_or_create(&KindLabels { kind: if full { "full" } else { "rows" } }).inc();
